@@ -1,0 +1,1 @@
+from p2pexec.errors import *  # noqa

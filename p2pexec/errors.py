@@ -1,0 +1,79 @@
+"""Every exception p2pexec raises, in one small hierarchy.
+
+Two roots say whose fault an error is: `ProtocolError` when a peer sent something we
+cannot accept (drop that peer, carry on) and `LocalUsageError` when our own caller used an
+API wrongly. The rest describe what happened to a task, an object, an actor or a node.
+"""
+
+from __future__ import annotations
+
+
+class P2PExecError(Exception):
+    """Base class of every p2pexec error."""
+
+
+class LocalUsageError(P2PExecError, ValueError):
+    """Our own caller used an API wrongly: a bug on this side, never the network's fault."""
+
+
+class ProtocolError(P2PExecError):
+    """A peer sent something we cannot accept. Drop that peer; the node carries on."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote side broke the protocol (bad frame, unknown type, limit exceeded)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids (e.g. a frame over the limit)."""
+
+
+class AuthenticationError(ProtocolError):
+    """A peer did not prove its identity or the cluster token; its connection was dropped."""
+
+
+class TaskError(P2PExecError):
+    """A task raised. `px.get` raises an instance of both this and the original type.
+
+    `cause` is the original exception (when it could be unpickled here) and
+    `remote_traceback` the formatted traceback from the worker that ran the task.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None,
+                 remote_traceback: str = "", task_name: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+        self.task_name = task_name
+
+    def __reduce__(self):  # keep the extra fields across pickling
+        return (TaskError, (self.args[0] if self.args else "", self.cause,
+                            self.remote_traceback, self.task_name))
+
+
+class WorkerCrashedError(P2PExecError):
+    """The worker process running a task died and the task ran out of retries."""
+
+
+class NodeDiedError(P2PExecError):
+    """The machine that ran a task left the cluster before the task finished."""
+
+
+class ActorDiedError(P2PExecError):
+    """The actor's process died or the actor was killed; its pending calls fail with this."""
+
+
+class ObjectLostError(P2PExecError):
+    """Every copy of an object is gone and it could not be rebuilt from lineage."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The peer that owned an object's metadata died, so the object can no longer be found."""
+
+
+class GetTimeoutError(P2PExecError, TimeoutError):
+    """`get` or `wait` ran out of time before the objects were ready."""
+
+
+class SerializationError(LocalUsageError):
+    """A value given to p2pexec could not be pickled; the message names which one."""
