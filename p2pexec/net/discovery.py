@@ -87,9 +87,9 @@ _RESOLVE_CONCURRENCY = 16
 """Service records resolved at once; the rest wait, so a flood cannot spawn unbounded tasks."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
-    """How a node finds its peers. Defaults suit a LAN; `loopback()` suits tests."""
+    """How a node finds its peers. Defaults suit a LAN; `local()` suits one machine."""
 
     mdns: bool = True
     """Advertise and browse with mDNS. `--no-mdns` turns it off (seeds only)."""
@@ -120,9 +120,15 @@ class DiscoveryConfig:
             raise LocalUsageError("refresh_interval must be positive or None")
 
     @classmethod
-    def loopback(cls, **overrides: object) -> DiscoveryConfig:
-        """One machine: mDNS on 127.0.0.1 only, so nothing leaves the host."""
-        return cls(**{"interfaces": ("127.0.0.1",), **overrides})  # type: ignore[arg-type]
+    def lan(cls) -> DiscoveryConfig:
+        """Machines on one LAN: mDNS on every interface (the defaults)."""
+        return cls()
+
+    @classmethod
+    def local(cls) -> DiscoveryConfig:
+        """Nodes on one machine (tests, demos): mDNS on 127.0.0.1 only, nothing leaves the
+        host; peers refresh every 5 s so a test's membership heals quickly."""
+        return cls(interfaces=("127.0.0.1",), refresh_interval=5.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -293,7 +294,7 @@ def loopback_mdns() -> DiscoveryConfig:
         Zeroconf(interfaces=["127.0.0.1"]).close()
     except OSError as exc:
         pytest.skip(f"zeroconf cannot open multicast sockets on 127.0.0.1: {exc}")
-    return DiscoveryConfig.loopback()
+    return dataclasses.replace(DiscoveryConfig.local(), refresh_interval=None)  # exact lists
 
 
 class Node:
