@@ -28,6 +28,7 @@ fields and are loaded by exec after authentication.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import struct
 import types
 import typing
@@ -50,6 +51,16 @@ MAX_CODE = 1023
 
 HEADER = struct.Struct(">I")
 """Frame header: body length, 4 bytes big-endian."""
+
+log = logging.getLogger("p2pexec.net")
+
+
+def log_dropped(address: object, reason: object, node: NodeId | None = None) -> None:
+    """The one WARNING line for a peer we drop: where it was, who (if known), and why."""
+    who = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+    if node is not None:
+        who += f" (node {node.short})"
+    log.warning("dropped peer %s: %s", who, reason)
 
 
 class Message:

@@ -61,6 +61,10 @@ class NetConfig:
     """Seconds for the rest of a frame to arrive once its first byte came. An idle
     connection may stay silent forever; a half-sent frame may not hold a buffer forever."""
 
+    write_timeout: float = 30.0
+    """Seconds a write may wait for the peer to take data before the connection counts as
+    broken: a peer that stops reading must not pin our queue and writer forever."""
+
     send_buffer_bytes: int = 4 * MiB
     """Bytes queued on one connection before `send` waits (back-pressure). Four 1 MiB chunks
     keep a gigabit link busy while the writer drains them."""
@@ -86,7 +90,7 @@ class NetConfig:
         """Nodes on one machine (tests, demos): loopback answers in microseconds, so stuck
         peers are given up on quickly."""
         return cls(connect_timeout=2.0, handshake_timeout=2.0, frame_timeout=5.0,
-                   rpc_timeout=5.0)
+                   write_timeout=5.0, rpc_timeout=5.0)
 
 
 def default_data_dir() -> Path:

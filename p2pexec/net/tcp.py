@@ -1,0 +1,464 @@
+"""The production `Transport`: TCP streams secured by `tls.secure`, sealed UDP datagrams.
+
+Streams carry whole messages as length-prefixed frames. Writes coalesce: the first task to
+send becomes the writer and, until the queue is empty, writes everything queued in one
+`send_all` (trio pays per call); other senders only append. The write runs shielded, so a
+cancelled sender never leaves half a frame on the wire; a stalled peer breaks the
+connection after `write_timeout` instead.
+
+Datagrams use UDP on the same port number as the TCP listener, each sealed with
+AES-256-GCM under a key derived from the token (`security.DatagramSealer`), at most
+`max_datagram_size` bytes on the wire. Nothing in a datagram is decoded before it
+authenticated; others are dropped with a rate-limited log line.
+
+Defences: at most `max_handshakes` connections in the handshake at once (more are closed
+at accept), each handshake under `handshake_timeout`, a started frame must finish within
+`frame_timeout`, and a frame header over the limit is refused before its body is read.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import socket
+from typing import Any
+
+import trio
+
+from p2pexec.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    LocalUsageError,
+    ProtocolError,
+)
+from p2pexec.ids import NodeId
+from p2pexec.net.codec import Codec, frame_bytes, log_dropped
+from p2pexec.net.config import NetConfig
+from p2pexec.net.security import DatagramSealer
+from p2pexec.net.tls import Credentials, SecureChannel, secure
+from p2pexec.net.transport import Address, ConnectionHandler, Peer
+
+log = logging.getLogger("p2pexec.net")
+
+_BIND_ATTEMPTS = 8
+"""Tries at finding a port free for both TCP and UDP when binding port 0."""
+
+
+class RateLimitedLog:
+    """At most `burst` WARNING lines per `interval` seconds for each kind of event, then
+    one line saying how many were suppressed: a flood must not flood the log."""
+
+    def __init__(self, interval: float, burst: int = 10) -> None:
+        self.interval = interval
+        self.burst = burst
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def allow(self, kind: str) -> bool:
+        """True if a line about `kind` may be logged now."""
+        now = trio.current_time()
+        start, count = self._windows.get(kind, (-math.inf, 0))
+        if now - start >= self.interval:
+            if count > self.burst:
+                log.warning("%d more '%s' events suppressed in the last %.0f s",
+                            count - self.burst, kind, self.interval)
+            start, count = now, 0
+        self._windows[kind] = (start, count + 1)
+        return count < self.burst
+
+
+class TcpConnection:
+    """One authenticated TLS stream to a peer, carrying whole messages (see module doc)."""
+
+    def __init__(self, transport: TcpTransport, channel: SecureChannel, address: Address) -> None:
+        self._transport = transport
+        self._stream = channel.stream
+        self._decoder = channel.decoder
+        self._inbox: collections.deque[bytes] = collections.deque(channel.early)
+        self._peer = Peer(channel.peer, address)
+        self.version = channel.version
+        cfg = transport.config
+        self._max_frame = cfg.limits.max_frame_size
+        self._limit = cfg.send_buffer_bytes
+        self._frame_timeout = cfg.frame_timeout
+        self._write_timeout = cfg.write_timeout
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._wake = trio.lowlevel.ParkingLot()  # the writer waiting for frames
+        self._space = trio.lowlevel.ParkingLot()  # senders waiting for queue space
+        self._writer_done = trio.Event()
+        self._closed = False
+        self._broken: str | None = None
+        self._eof = False
+
+    @property
+    def peer(self) -> Peer:
+        return self._peer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("connection closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError(f"connection to {self._peer.node_id.short} broke: "
+                                           f"{self._broken}")
+
+    async def send(self, message: bytes) -> None:
+        """Queue one message (see `send_many`)."""
+        await self.send_many([message])
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Queue messages; the writer sends them in one `send_all` with everything else
+        queued. Waits only while `send_buffer_bytes` are already queued (back-pressure)."""
+        self._check_open()
+        if not messages:
+            return
+        frames = [frame_bytes(m, self._max_frame) for m in messages]
+        while self._pending_bytes >= self._limit:
+            await self._space.park()
+            self._check_open()
+        self._pending.extend(frames)
+        self._pending_bytes += sum(map(len, frames))
+        self._wake.unpark_all()
+
+    async def run_writer(self) -> None:
+        """The connection's writer task: drains the queue until the connection closes."""
+        try:
+            while True:
+                while not self._pending:
+                    if self._closed or self._broken is not None:
+                        return
+                    await self._wake.park()
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                self._space.unpark_all()
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                with trio.move_on_after(self._write_timeout) as scope:
+                    await self._stream.send_all(data)
+                if scope.cancelled_caught:
+                    self._fail(f"peer took no data for {self._write_timeout:g} s")
+                    await self._abort()
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self._broken is None and not self._closed:
+                self._broken = f"write failed: {exc.__cause__ or exc or type(exc).__name__}"
+        finally:
+            self._space.unpark_all()
+            self._writer_done.set()
+
+    def _fail(self, reason: str) -> None:
+        self._broken = reason
+        log_dropped(self._peer.address, reason, self._peer.node_id)
+
+    async def receive(self) -> bytes:
+        """Next whole message (`EndOfChannel` after a clean close by the peer)."""
+        if self._closed:
+            raise trio.ClosedResourceError("connection closed")
+        while not self._inbox:
+            self._check_open()
+            if self._eof:
+                raise trio.EndOfChannel
+            try:
+                if self._decoder.partial:
+                    with trio.move_on_after(self._frame_timeout) as scope:
+                        data = await self._stream.receive_some(65536)
+                    if scope.cancelled_caught:
+                        await self._protocol_failure(
+                            f"sent part of a frame, then nothing for {self._frame_timeout:g} s")
+                else:
+                    data = await self._stream.receive_some(65536)
+            except trio.BrokenResourceError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("connection closed") from None
+                self._broken = f"link broke: {exc.__cause__ or exc or 'reset'}"
+                raise
+            if not data:
+                if self._decoder.partial:
+                    await self._protocol_failure("closed the connection in the middle of a frame")
+                self._eof = True
+                raise trio.EndOfChannel
+            try:
+                self._inbox.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                await self._protocol_failure(str(exc))
+        return self._inbox.popleft()
+
+    async def _protocol_failure(self, reason: str) -> None:
+        """Log the one line, drop the peer, and end this receive with BrokenResourceError."""
+        self._fail(reason)
+        await self._abort()
+        raise trio.BrokenResourceError(reason)
+
+    async def _abort(self) -> None:
+        self._transport.forget(self)
+        self._wake.unpark_all()
+        self._space.unpark_all()
+        await trio.aclose_forcefully(self._stream)
+
+    async def aclose(self) -> None:
+        """Let the writer send what is queued (within `write_timeout`), send TLS
+        close_notify, close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._transport.forget(self)
+        self._wake.unpark_all()
+        self._space.unpark_all()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._write_timeout):
+                await self._writer_done.wait()
+            if self._broken is None and self._writer_done.is_set():
+                with trio.move_on_after(1.0):
+                    try:
+                        await self._stream.aclose()
+                        return
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+            await trio.aclose_forcefully(self._stream)
+
+
+class TcpTransport:
+    """TCP + TLS streams and sealed UDP datagrams on one port (see the module docstring).
+
+    Construct it, then `serve` (binds and accepts) and/or `connect`; `aclose` ends it all.
+    A connection handed to the `serve` handler is closed when the handler returns."""
+
+    def __init__(self, credentials: Credentials, config: NetConfig | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.credentials = credentials
+        self.config = config or NetConfig()
+        self.codec = Codec(self.config.limits)
+        self._host = host
+        self._port = port
+        self._listener: trio.SocketListener | None = None
+        self._udp: trio.socket.SocketType | None = None
+        self._address: Address = (host, port)
+        self._sealer = DatagramSealer(credentials.keys, credentials.node_id)
+        self._connections: set[TcpConnection] = set()
+        self._handshakes = 0
+        self._serve_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ratelimit = RateLimitedLog(self.config.log_interval)
+        self.closing = False
+
+    @property
+    def local(self) -> Peer:
+        return Peer(self.credentials.node_id, self._address)
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        """Connections accepted whose handshake has not finished (at most `max_handshakes`)."""
+        return self._handshakes
+
+    @property
+    def connection_count(self) -> int:
+        """Authenticated connections currently open."""
+        return len(self._connections)
+
+    def forget(self, conn: TcpConnection) -> None:
+        """A connection closed: stop tracking it."""
+        self._connections.discard(conn)
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise trio.ClosedResourceError("transport closed")
+
+    async def bind(self) -> Address:
+        """Bind the TCP listener and the UDP socket to one port (idempotent)."""
+        self._check_open()
+        if self._listener is not None:
+            return self._address
+        for _ in range(_BIND_ATTEMPTS):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await sock.bind((self._host, self._port))
+            port = sock.getsockname()[1]
+            udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                await udp.bind((self._host, port))
+            except OSError:
+                sock.close()
+                udp.close()
+                if self._port:
+                    raise
+                continue
+            sock.listen(1024)
+            self._listener = trio.SocketListener(sock)
+            self._udp = udp
+            self._address = (self._host, port)
+            return self._address
+        raise OSError(f"no port free for both TCP and UDP on {self._host}")
+
+    async def serve(self, handler: ConnectionHandler, *,
+                    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until `aclose`; each passes the handshake, then runs
+        `handler` in its own task."""
+        address = await self.bind()
+        assert self._listener is not None
+        listener = self._listener
+        try:
+            async with trio.open_nursery() as nursery:
+                self._serve_scope = nursery.cancel_scope
+                self._nursery = nursery
+                task_status.started(address)
+                await self._accept_loop(listener, nursery, handler)
+        finally:
+            self._nursery = None
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
+                           handler: ConnectionHandler) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:  # out of file descriptors: back off, keep serving
+                if self._ratelimit.allow("accept failed"):
+                    log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if self._handshakes >= self.config.max_handshakes:
+                if self._ratelimit.allow("handshake cap"):
+                    log_dropped(_remote(stream), f"{self._handshakes} handshakes already in "
+                                f"progress (max_handshakes)")
+                await trio.aclose_forcefully(stream)
+                continue
+            self._handshakes += 1
+            nursery.start_soon(self._accept_one, stream, handler)
+
+    async def _accept_one(self, stream: trio.SocketStream, handler: ConnectionHandler) -> None:
+        remote = _remote(stream)
+        try:
+            channel = await self._handshake(stream, remote, server=True, expected=None)
+        finally:
+            self._handshakes -= 1
+        if channel is None:
+            return
+        conn = self._adopt(channel, remote)
+        try:
+            await handler(conn)
+        except ProtocolError as exc:
+            log_dropped(remote, exc, channel.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            pass  # the peer left or the transport is closing: nothing to report
+        except Exception:
+            log.exception("handler for peer %s:%s (node %s) failed", remote[0], remote[1],
+                          channel.peer.short)
+        finally:
+            await conn.aclose()
+
+    async def _handshake(self, stream: trio.SocketStream, remote: Address, *, server: bool,
+                         expected: NodeId | None) -> SecureChannel | None:
+        """Run `tls.secure` under the timeout; on failure log one line, close, return None."""
+        timeout = self.config.handshake_timeout
+        reason: str | Exception
+        try:
+            with trio.fail_after(timeout):
+                return await secure(stream, self.credentials, self.codec, server=server,
+                                    expected=expected)
+        except trio.TooSlowError:
+            reason = f"did not finish the handshake within {timeout:g} s"
+        except ProtocolError as exc:
+            reason = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"connection lost during the handshake ({exc or type(exc).__name__})"
+        if self._ratelimit.allow("handshake failed"):
+            log_dropped(remote, reason)
+        await trio.aclose_forcefully(stream)
+        if not server:
+            if isinstance(reason, ProtocolError):
+                raise reason
+            raise AuthenticationError(f"{remote[0]}:{remote[1]} {reason}")
+        return None
+
+    async def connect(self, address: Address, expected: NodeId | None = None) -> TcpConnection:
+        """Open and authenticate a connection. `OSError` if nobody answers (`TimeoutError`
+        after `connect_timeout`), `AuthenticationError`/`ProtocolError` if the peer fails
+        the handshake (it is logged and dropped)."""
+        self._check_open()
+        if self._nursery is None:
+            raise LocalUsageError("TcpTransport.connect needs `serve` running: connections "
+                                  "run their writer tasks in its nursery")
+        host, port = address
+        with trio.move_on_after(self.config.connect_timeout) as scope:
+            stream = await trio.open_tcp_stream(host, port)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"no answer from {host}:{port} within "
+                               f"{self.config.connect_timeout:g} s")
+        channel = await self._handshake(stream, (host, port), server=False, expected=expected)
+        assert channel is not None  # a client-side failure raised instead
+        if self.closing or self._nursery is None:
+            await trio.aclose_forcefully(channel.stream)
+            self._check_open()
+        return self._adopt(channel, (host, port))
+
+    def _adopt(self, channel: SecureChannel, address: Address) -> TcpConnection:
+        """Track a fresh authenticated connection and start its writer task."""
+        assert self._nursery is not None
+        conn = TcpConnection(self, channel, address)
+        self._connections.add(conn)
+        self._nursery.start_soon(conn.run_writer)
+        return conn
+
+    async def send_datagram(self, address: Address, payload: bytes) -> None:
+        """Seal and send one datagram; lost silently if nobody is there."""
+        await self.bind()
+        assert self._udp is not None
+        limit = self.config.max_datagram_size - DatagramSealer.OVERHEAD
+        if len(payload) > limit:
+            raise LocalProtocolError(f"datagram payload of {len(payload)} bytes is over the "
+                                     f"{limit}-byte limit (max_datagram_size)")
+        try:
+            await self._udp.sendto(self._sealer.seal(payload), address)
+        except OSError as exc:
+            if self._ratelimit.allow("datagram send failed"):
+                log.warning("datagram to %s:%s not sent: %s", address[0], address[1], exc)
+
+    async def receive_datagram(self) -> tuple[Address, bytes]:
+        """Next datagram that authenticated under the token; others are dropped and logged.
+        One task at a time may receive."""
+        await self.bind()
+        assert self._udp is not None
+        udp = self._udp
+        while True:
+            try:
+                data, source = await udp.recvfrom(self.config.max_datagram_size + 1)
+            except (ConnectionRefusedError, ConnectionResetError):
+                continue  # an ICMP error about an earlier send: not a datagram
+            except OSError as exc:
+                if self.closing:
+                    raise trio.ClosedResourceError("transport closed") from exc
+                raise
+            address: Address = (source[0], source[1])
+            if len(data) > self.config.max_datagram_size:
+                reason = f"datagram over {self.config.max_datagram_size} bytes"
+            else:
+                try:
+                    _sender, payload = self._sealer.open(data)
+                except AuthenticationError as exc:
+                    reason = str(exc)
+                else:
+                    return address, payload
+            if self._ratelimit.allow("bad datagram"):
+                log.warning("dropped datagram from %s:%s: %s", address[0], address[1], reason)
+
+    async def aclose(self) -> None:
+        """Stop serving, close the sockets and every connection (idempotent)."""
+        if self.closing:
+            return
+        self.closing = True
+        with trio.CancelScope(shield=True):
+            if self._listener is not None:
+                await self._listener.aclose()
+            if self._udp is not None:
+                self._udp.close()
+            for conn in list(self._connections):
+                await conn.aclose()
+            if self._serve_scope is not None:
+                self._serve_scope.cancel()
+
+
+def _remote(stream: Any) -> Address:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return ("?", 0)
+    return (host, port)
