@@ -77,8 +77,8 @@ _NODE_ID_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"0|[1-9][0-9]{0,3}")
 
 _EVENT_BUFFER = 1024
-"""Browser events waiting for trio. A LAN flooding us with more names loses the excess
-(logged); zeroconf's cache keeps them and the next refresh query reports them again."""
+"""Browser events waiting for trio. Handling one only starts a task, so the buffer fills
+only when a hostile LAN announces 1000+ services at once; the excess is dropped, logged."""
 
 _MAX_REJECTED_NAMES = 4096
 """Names remembered only to log each bad announcement once; forgotten wholesale past this."""
@@ -98,7 +98,7 @@ class DiscoveryConfig:
     interfaces: tuple[str, ...] | None = None
     """IPv4 addresses of the interfaces mDNS uses; None means every interface."""
     service_type: str = SERVICE_TYPE
-    """DNS-SD type; only tests change it, to keep concurrent test runs apart."""
+    """DNS-SD type. Every cluster shares it; the cluster id in TXT tells them apart."""
     resolve_timeout: float = 3.0
     """Seconds to wait for a browsed service's SRV/TXT/A records (usually cached already)."""
     refresh_interval: float | None = 30.0
@@ -159,9 +159,17 @@ class DiscoveredPeer:
 # Sans-IO rules
 
 
+def _cluster_id_ok(cluster_id: str) -> bool:
+    return _CLUSTER_ID_RE.fullmatch(cluster_id) is not None
+
+
+def _name_ok(name: str) -> bool:
+    return bool(name) and len(name.encode("utf-8")) <= MAX_NAME_BYTES and name.isprintable()
+
+
 def validate_cluster_id(cluster_id: str) -> str:
     """Our own cluster id must be one an honest peer's parser accepts."""
-    if not _CLUSTER_ID_RE.fullmatch(cluster_id):
+    if not _cluster_id_ok(cluster_id):
         raise LocalUsageError(
             f"cluster id must be 1-64 characters of A-Z a-z 0-9 _ -, got {cluster_id!r}")
     return cluster_id
@@ -169,7 +177,7 @@ def validate_cluster_id(cluster_id: str) -> str:
 
 def validate_name(name: str) -> str:
     """A node name is one printable DNS label (at most 63 UTF-8 bytes)."""
-    if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES or not name.isprintable():
+    if not _name_ok(name):
         raise LocalUsageError(f"node name must be 1-{MAX_NAME_BYTES} printable bytes, got {name!r}")
     return name
 
@@ -201,7 +209,7 @@ def pick_address(addresses: Iterable[str]) -> str:
     parsed = []
     for text in addresses:
         try:
-            parsed.append(ipaddress.ip_address(text.split("%", 1)[0]))
+            parsed.append(ipaddress.ip_address(text))  # keeps an IPv6 scope ("%eth0")
         except ValueError:
             raise RemoteProtocolError(f"bad address {text!r}") from None
     for version in (4, 6):
@@ -221,10 +229,10 @@ def parse_announcement(properties: Mapping[bytes, bytes | None], addresses: Iter
     if not _NODE_ID_RE.fullmatch(node_hex):
         raise RemoteProtocolError(f"node id is not 64 lowercase hex digits: {node_hex[:80]!r}")
     cluster_id = _txt_field(properties, TXT_CLUSTER_ID)
-    if not _CLUSTER_ID_RE.fullmatch(cluster_id):
+    if not _cluster_id_ok(cluster_id):
         raise RemoteProtocolError(f"malformed cluster id {cluster_id[:80]!r}")
     name = _txt_field(properties, TXT_NAME)
-    if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES or not name.isprintable():
+    if not _name_ok(name):
         raise RemoteProtocolError(f"malformed node name {name[:80]!r}")
     version_text = _txt_field(properties, TXT_PROTOCOL_VERSION)
     if not _VERSION_RE.fullmatch(version_text):
@@ -266,8 +274,8 @@ class PeerTable:
 
     Keyed by mDNS service name: `observe` returns the peer to report when a name is new
     or its announcement changed, and None for a repeat, for ourselves, for another
-    cluster or protocol version, or past `max_peers`. `reject` and `observe` return or
-    log each reason to ignore a name once, so a chatty LAN costs one log line per name."""
+    cluster or protocol version, or past `max_peers`. Each reason to ignore a name is
+    logged once, so a chatty or hostile LAN costs one log line per name."""
 
     me: Announcement
     max_peers: int = 4096
@@ -322,7 +330,7 @@ class PeerTable:
             self._ignored.clear()
         self._ignored[service_name] = reason
         level = logging.DEBUG if reason == _ITSELF else logging.INFO
-        log.log(level, "%s: ignoring mDNS service %s: %s", self.me.name, service_name, reason)
+        log.log(level, "%s: ignoring mDNS service %r: %s", self.me.name, service_name, reason)
 
 
 def advertised_addresses(host: str, interfaces: tuple[str, ...] | None) -> list[str]:
@@ -469,7 +477,7 @@ class _Mdns:
                 zc = Zeroconf(interfaces=list(config.interfaces))
             else:
                 zc = Zeroconf(ip_version=IPVersion.V4Only)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # RuntimeError: no interface to listen on
             log.warning("mDNS unavailable (%s); discovering peers through --peer seeds only", exc)
             return None
         return cls(zc, config)

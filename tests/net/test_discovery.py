@@ -117,7 +117,7 @@ def test_any_network_input_parses_or_raises_a_protocol_error(props, addresses, p
 
 def test_pick_address_prefers_ipv4():
     assert pick_address(["fe80::1%2", "10.0.0.5", "10.0.0.6"]) == "10.0.0.5"
-    assert pick_address(["fe80::1%2"]) == "fe80::1"
+    assert pick_address(["fe80::1%2"]) == "fe80::1%2"
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,8 +172,8 @@ def test_peer_table_ignores_itself_other_clusters_and_other_versions(caplog):
     assert table.observe("v", announcement(ID_C, version=2)) is None
     assert table.known() == []
     assert [r.getMessage() for r in caplog.records] == [
-        "alpha: ignoring mDNS service x: it belongs to cluster 'other'",
-        "alpha: ignoring mDNS service v: it speaks protocol version 2, we speak 1",
+        "alpha: ignoring mDNS service 'x': it belongs to cluster 'other'",
+        "alpha: ignoring mDNS service 'v': it speaks protocol version 2, we speak 1",
     ]
 
 
@@ -201,7 +201,7 @@ def test_peer_table_logs_a_malformed_name_once(caplog):
     table.reject("bad", "malformed announcement: TXT record lacks 'id'")
     table.reject("bad", "malformed announcement: TXT record lacks 'id'")
     assert [r.getMessage() for r in caplog.records] == [
-        "alpha: ignoring mDNS service bad: malformed announcement: TXT record lacks 'id'"]
+        "alpha: ignoring mDNS service 'bad': malformed announcement: TXT record lacks 'id'"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,9 +269,13 @@ async def test_discovery_ends_when_nobody_listens():
         await run_discovery(config, announcement(), send)
 
 
-async def test_mdns_that_cannot_open_falls_back_to_seeds(monkeypatch, caplog):
+@pytest.mark.parametrize(("error", "shown"), [
+    (OSError(19, "No such device"), "[Errno 19] No such device"),
+    (RuntimeError("No interfaces to listen on"), "No interfaces to listen on"),
+])
+async def test_mdns_that_cannot_open_falls_back_to_seeds(monkeypatch, caplog, error, shown):
     def refuse(*args, **kwargs):
-        raise OSError(19, "No such device")
+        raise error
 
     monkeypatch.setattr(discovery, "Zeroconf", refuse)
     config = DiscoveryConfig(seeds=(("10.0.0.9", 7000),))
@@ -280,7 +284,8 @@ async def test_mdns_that_cannot_open_falls_back_to_seeds(monkeypatch, caplog):
         await nursery.start(run_discovery, config, announcement(), send)
         assert await recv.receive() == seed_peer(("10.0.0.9", 7000), "c0ffee")
         nursery.cancel_scope.cancel()
-    assert "mDNS unavailable ([Errno 19] No such device)" in caplog.text
+    assert f"mDNS unavailable ({shown}); discovering peers through --peer seeds only" in (
+        caplog.text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,8 +360,8 @@ async def test_other_clusters_are_ignored(loopback_mdns, caplog):
     expected = {0: [nodes[1]], 1: [nodes[0]], 2: [nodes[3]], 3: [nodes[2]]}
 
     def ignored(watcher: int, other: int) -> str:
-        return (f"node{watcher}: ignoring mDNS service {nodes[other].me.node_id.hex[:32]}"
-                f".{SERVICE_TYPE}: it belongs to cluster")
+        return (f"node{watcher}: ignoring mDNS service '{nodes[other].me.node_id.hex[:32]}"
+                f".{SERVICE_TYPE}': it belongs to cluster")
 
     async with trio.open_nursery() as nursery:
         await start_nodes(nursery, loopback_mdns, nodes)
@@ -415,7 +420,7 @@ async def test_malformed_announcement_from_the_network_is_logged_and_ignored(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, zc.register_service, bad)
             await start_nodes(nursery, loopback_mdns, [a, b])
-            line = (f"node0: ignoring mDNS service {bad_name}: malformed announcement: "
+            line = (f"node0: ignoring mDNS service {bad_name!r}: malformed announcement: "
                     "node id is not 64 lowercase hex digits: 'zz'")
             await wait_until(lambda: line in caplog.text and a.found == [b.peer])
             nursery.cancel_scope.cancel()
