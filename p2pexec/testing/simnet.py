@@ -394,13 +394,16 @@ class SimTransport:
         await checkpoint()
 
 
-@dataclass(frozen=True, slots=True)
-class _Partition:
+@dataclass(frozen=True, slots=True, eq=False)
+class Partition:
+    """A cut between two sets of addresses, as returned by `SimNetwork.partition`."""
+
     side_a: frozenset[Address]
-    side_b: frozenset[Address] | None  # None: every address not in side_a
-    since: float
+    side_b: frozenset[Address] | None
+    """None: every address not in side_a, including nodes added later."""
 
     def cuts(self, x: Address, y: Address) -> bool:
+        """Whether traffic between `x` and `y` (either direction) crosses this cut."""
         x_in_a = x in self.side_a
         y_in_a = y in self.side_a
         if self.side_b is None:
@@ -439,7 +442,7 @@ class SimNetwork:
         self._nodes: dict[Address, SimTransport] = {}
         self._addresses: dict[Address, _AddressState] = {}
         self._links: dict[tuple[Address, Address], LinkSpec] = {}
-        self._partitions: list[_Partition] = []
+        self._partitions: list[Partition] = []
         self._pairs: set[_Pair] = set()
         self._next_host = 1
 
@@ -523,16 +526,17 @@ class SimNetwork:
         return self._links.get((a, b), self.default_link)
 
     def partition(self, group_a: Iterable[Address],
-                  group_b: Iterable[Address] | None = None) -> None:
+                  group_b: Iterable[Address] | None = None) -> Partition:
         """Cut every link between `group_a` and `group_b` (default: everyone else, now
-        and later), both directions, until `heal()`."""
+        and later), both directions, until `heal()` (all cuts) or `heal(cut)`. Cuts may
+        overlap; a connection resumes once no remaining cut separates its ends."""
         side_a = frozenset(group_a)
         side_b = None if group_b is None else frozenset(group_b)
         if side_b is not None and side_a & side_b:
             raise LocalUsageError(f"{sorted(side_a & side_b)} are on both sides of the "
                                   "partition")
         now = trio.current_time()
-        cut = _Partition(side_a, side_b, now)
+        cut = Partition(side_a, side_b)
         self._partitions.append(cut)
         for pair in self._pairs:
             if pair.stalled or not cut.cuts(pair.client._owner.local.address,
@@ -545,14 +549,21 @@ class SimNetwork:
                 end._held = []
                 end._inbox.fail(pair.break_at, trio.BrokenResourceError,
                                 "connection timed out: network partition")
+        return cut
 
-    def heal(self) -> None:
-        """Remove every partition; stalled connections that have not broken yet resume
-        and deliver what was sent during the partition, in order."""
-        self._partitions.clear()
+    def heal(self, cut: Partition | None = None) -> None:
+        """Remove `cut` (default: every cut). Stalled connections no cut separates any more
+        resume and deliver what was sent meanwhile, in order, unless they already broke."""
+        if cut is None:
+            self._partitions.clear()
+        elif cut in self._partitions:
+            self._partitions.remove(cut)
+        else:
+            raise LocalUsageError(f"{cut} is not in force (already healed?)")
         now = trio.current_time()
         for pair in list(self._pairs):
-            if not pair.stalled:
+            if not pair.stalled or self._blocked(pair.client._owner.local.address,
+                                                  pair.server._owner.local.address):
                 continue
             pair.stalled = False
             if pair.dead or pair.break_at <= now:

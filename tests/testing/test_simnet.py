@@ -55,11 +55,10 @@ def test_link_spec_rejects_nonsense() -> None:
 def test_addresses_and_ids_are_deterministic_and_unique() -> None:
     net = SimNetwork(seed=1)
     nodes = [net.add_node() for _ in range(300)]
-    again = [SimNetwork(seed=2).add_node() for _ in range(1)]
     assert [n.local.address for n in nodes[:2]] == [("10.0.0.1", 7946), ("10.0.0.2", 7946)]
     assert nodes[299].local.address == ("10.0.1.44", 7946)
     assert len({n.local.node_id for n in nodes}) == 300
-    assert again[0].local == nodes[0].local
+    assert SimNetwork(seed=2).add_node().local == nodes[0].local  # ids do not need keys
     custom = net.add_node(NodeId(bytes(32)), ("sim-a", 1))
     assert custom.local.node_id == NodeId(bytes(32))
     with pytest.raises(LocalUsageError):
@@ -476,3 +475,24 @@ async def test_thousand_nodes_exchange_datagrams_and_streams(
     total = net.total_stats()
     assert (total.datagrams_delivered, total.stream_messages_delivered,
             total.connections_opened) == (3 * n, 2 * n, n)
+
+
+async def test_overlapping_cuts_heal_one_at_a_time(autojump_clock: trio.abc.Clock) -> None:
+    net = SimNetwork(stream_break_after=None)
+    a, b, c = net.add_node(), net.add_node(), net.add_node()
+    async with trio.open_nursery() as nursery:
+        accepted = await serve_into(nursery, b)
+        conn = await a.connect(b.local.address)
+        server = await accepted.receive()
+        isolate_a = net.partition([a.local.address])
+        split = net.partition([a.local.address, c.local.address], [b.local.address])
+        await conn.send(b"waits for both heals")
+        net.heal(isolate_a)
+        with trio.move_on_after(10):
+            await server.receive()
+            pytest.fail("still cut by the second partition")
+        with pytest.raises(LocalUsageError):
+            net.heal(isolate_a)
+        net.heal(split)
+        assert await server.receive() == b"waits for both heals"
+        nursery.cancel_scope.cancel()
