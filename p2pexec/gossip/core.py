@@ -1,0 +1,626 @@
+"""SWIM + Lifeguard membership as a sans-IO state machine.
+
+`Membership` holds every rule and no I/O: the driver (or a test, or the stepper) tells it the
+time, hands it received messages, and drains what to send (`outbox`), what happened
+(`events`) and when to be woken next (`next_deadline`). Nothing here awaits, reads a clock
+or uses the global random module, so a seeded run replays exactly.
+
+Protocol, following hashicorp/memberlist:
+- every probe period, ping the next member of a shuffled round-robin list; no ack within
+  the probe timeout -> ask `indirect_checks` others to ping it (they nack if it stays
+  silent); no ack by the end of the period -> suspect it;
+- a suspicion is gossiped; the suspect refutes with a higher incarnation, otherwise its
+  timer (Lifeguard: long, shortened by independent confirmations) declares it dead;
+- local health (Lifeguard): missed acks and missing nacks raise an awareness score that
+  stretches this node's probe timeout and probe period, so a struggling node accuses less;
+- updates are piggybacked on probes and on gossip rounds, each sent
+  retransmit_limit(n) times; periodic push-pull exchanges the whole table over a stream;
+- a graceful leave is announced as `Left`, which beats a death at the same incarnation;
+- a node that returns (or learns it was suspected) announces a higher incarnation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from p2pexec.gossip.broadcast import BroadcastQueue
+from p2pexec.gossip.config import GossipConfig
+from p2pexec.gossip.messages import (
+    Ack,
+    Alive,
+    Dead,
+    IndirectPing,
+    Left,
+    LoadUpdate,
+    MemberRecord,
+    MemberUpdate,
+    Message,
+    Nack,
+    Ping,
+    PushPull,
+    State,
+    Suspect,
+)
+from p2pexec.gossip.suspicion import Awareness, Suspicion
+from p2pexec.gossip.table import Load, MemberTable, Row, status_of
+from p2pexec.gossip.wire import PACKET_OVERHEAD, encoded_size
+from p2pexec.ids import NodeId
+from p2pexec.net.transport import Address
+
+LIVE = (State.ALIVE, State.SUSPECT)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Something for the driver to send to `to`: a datagram carrying `msgs` in order, or,
+    when `stream`, one push-pull exchange over a connection whose reply goes to `receive`."""
+
+    to: Address
+    msgs: tuple[Message, ...]
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member as this node sees it (the public view)."""
+
+    node_id: NodeId
+    name: str
+    address: Address
+    state: State
+    incarnation: int
+    resources: dict[str, float]
+    load: Load
+    last_heard: float | None
+    """When this node last got a message straight from it (None: never, or it is us)."""
+    is_self: bool = False
+
+
+class EventKind(Enum):
+    """What changed about a member."""
+
+    JOINED = "joined"      # newly alive (first seen, or back after dead/left)
+    UPDATED = "updated"    # still alive; name, address or resources changed
+    SUSPECT = "suspect"    # stopped answering probes; may still refute
+    ALIVE = "alive"        # refuted a suspicion
+    FAILED = "failed"      # declared dead: its tasks and objects should be recovered
+    LEFT = "left"          # left gracefully
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    kind: EventKind
+    member: Member
+    time: float
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: NodeId
+    address: Address
+    seq: int
+    direct_deadline: float
+    end: float
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    seq: int
+    nack: bool
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Timers:
+    probe: float = math.inf
+    gossip: float = math.inf
+    push_pull: float = math.inf
+    reconnect: float = math.inf
+    reap: float = math.inf
+    load: float = 0.0
+    started: bool = False
+    seeds: list[Address] = field(default_factory=list)
+
+
+class Membership:
+    """The membership protocol of one node. See the module docstring for the rules.
+
+    Construct with this node's id and the address others reach it at; call `tick(now)` at
+    or after `next_deadline()`, `receive` for every message, and drain `outbox()` and
+    `events()` after each call.
+    """
+
+    def __init__(self, node_id: NodeId, address: Address, cfg: GossipConfig,
+                 rng: random.Random, *, name: str = "",
+                 resources: dict[str, float] | None = None, incarnation: int = 0) -> None:
+        self.me = node_id
+        self.address = address
+        self.cfg = cfg
+        self._rng = rng
+        self._name = name or node_id.short
+        self._resources = dict(resources or {})
+        self._incarnation = incarnation
+        self._table = MemberTable()
+        self._queue = BroadcastQueue()
+        self._awareness = Awareness(cfg)
+        self._suspicions: dict[NodeId, Suspicion] = {}
+        self._last_heard: dict[NodeId, float] = {}
+        self._changed_at: dict[NodeId, float] = {}
+        self._live: dict[NodeId, None] = {}   # other visible alive/suspect members, ordered
+        self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
+        self._relays: dict[int, _Relay] = {}
+        self._probe: _Probe | None = None
+        self._probe_order: list[NodeId] = []
+        self._seq = 0
+        self._t = _Timers()
+        self._outbox: list[Send] = []
+        self._events: list[MemberEvent] = []
+        self._leaving = False
+        self._pending_load: tuple[int, int] | None = None
+        self._announce()
+
+    # ---- queries -----------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    @property
+    def awareness(self) -> int:
+        """Local health score: 0 healthy, up to awareness_max_multiplier - 1."""
+        return self._awareness.score
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    def num_live(self) -> int:
+        """Alive or suspect members, this node included: the n of the config formulas."""
+        return len(self._live) + 1
+
+    def view(self) -> dict[NodeId, Member]:
+        """Every known member (this node included), whatever its state."""
+        return {node: self._member(row) for node, row in self._table.rows().items()
+                if row.identity is not None}
+
+    def member(self, node: NodeId) -> Member | None:
+        row = self._table.get(node)
+        return None if row is None or row.identity is None else self._member(row)
+
+    def rows(self) -> dict[NodeId, Row]:
+        """The raw merged table (for tests and debugging)."""
+        return self._table.rows()
+
+    def pending_broadcasts(self) -> list[MemberUpdate]:
+        return self._queue.pending()
+
+    def leave_complete(self) -> bool:
+        """True once our `Left` has been gossiped retransmit_limit(n) times, or nobody is
+        left to tell: the driver may then shut the transport down."""
+        return self._leaving and ((self.me, "m") not in self._queue or not self._live)
+
+    def outbox(self) -> list[Send]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[MemberEvent]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `tick` has work to do (None before the first call)."""
+        if not self._t.started:
+            return None
+        t = self._t
+        times = [t.gossip if len(self._queue) else math.inf]
+        if not self._leaving:
+            times += [t.probe, t.push_pull, t.reconnect, t.reap]
+        if self._pending_load is not None:
+            times.append(t.load)
+        p = self._probe
+        if p is not None:
+            times.append(p.end if p.indirect_sent else p.direct_deadline)
+        times += [r.deadline for r in self._relays.values()]
+        times += [s.deadline for s in self._suspicions.values()]
+        return min(times)
+
+    # ---- commands from the node --------------------------------------------------------
+
+    def join(self, seeds: Iterable[Address], now: float) -> None:
+        """Exchange full state with each seed (and keep them to retry while alone)."""
+        self._start(now)
+        for seed in seeds:
+            if seed == self.address:
+                continue
+            if seed not in self._t.seeds:
+                self._t.seeds.append(seed)
+            self._outbox.append(Send(seed, (self._local_state(join=True),), stream=True))
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave; keep gossiping until `leave_complete()`."""
+        self._start(now)
+        if self._leaving:
+            return
+        self._leaving = True
+        self._probe = None
+        self._apply_self(Left(self.me, self._incarnation))
+
+    def set_local_load(self, queue_length: int, running_tasks: int, now: float) -> None:
+        """Record this node's load; it is gossiped at most every load_update_interval."""
+        self._start(now)
+        current = self._table.get(self.me)
+        if current is not None and current.load.version > 0 and \
+                (current.load.queue_length, current.load.running_tasks) == \
+                (queue_length, running_tasks):
+            self._pending_load = None
+            return
+        self._pending_load = (queue_length, running_tasks)
+        if now >= self._t.load:
+            self._publish_load(now)
+
+    def set_local_resources(self, resources: dict[str, float], now: float) -> None:
+        """Advertise new resources: a new incarnation, like memberlist's UpdateNode."""
+        self._start(now)
+        self._resources = dict(resources)
+        self._incarnation += 1
+        self._announce()
+
+    # ---- input -------------------------------------------------------------------------
+
+    def receive(self, src: Address, msg: Message, now: float) -> None:
+        """Handle one message that arrived from address `src`."""
+        self._start(now)
+        if isinstance(msg, Ping):
+            if msg.target == self.me:
+                self._heard(msg.sender, now)
+                self._send(src, [Ack(msg.seq, self.me)])
+        elif isinstance(msg, IndirectPing):
+            self._heard(msg.sender, now)
+            seq = self._next_seq()
+            deadline = now + self.cfg.nack_fraction * self.cfg.probe_timeout
+            self._relays[seq] = _Relay(src, msg.seq, msg.nack, deadline)
+            self._send(msg.target_address, [Ping(seq, msg.target, self.me)])
+        elif isinstance(msg, Ack):
+            self._heard(msg.sender, now)
+            relay = self._relays.pop(msg.seq, None)
+            if relay is not None:
+                self._send(relay.requester, [Ack(relay.seq, msg.sender)])
+            elif self._probe is not None and msg.seq == self._probe.seq:
+                self._probe = None
+                self._awareness.apply(-1)
+        elif isinstance(msg, Nack):
+            if self._probe is not None and msg.seq == self._probe.seq:
+                self._probe.nacks += 1
+        elif isinstance(msg, PushPull):
+            self._heard(msg.sender, now)
+            self._merge_remote(msg, now)
+        else:
+            self._apply(msg, now)
+
+    def handle_push_pull(self, src: Address, msg: PushPull, now: float) -> PushPull:
+        """Serve an incoming push-pull: merge the remote table, answer with ours."""
+        self.receive(src, msg, now)
+        return self._local_state(join=False)
+
+    def tick(self, now: float) -> None:
+        """Do whatever is due at `now`: probe phases, suspicion timeouts, gossip, sync."""
+        self._start(now)
+        t, cfg = self._t, self.cfg
+        p = self._probe
+        if p is not None and not p.indirect_sent and now >= p.direct_deadline:
+            self._send_indirect(p)
+        if p is not None and now >= p.end:
+            self._probe = None
+            self._probe_failed(p, now)
+        if not self._leaving and now >= t.probe:
+            self._start_probe(now)
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.deadline:
+                del self._relays[seq]
+                if relay.nack:
+                    self._send(relay.requester, [Nack(relay.seq, self.me)])
+        for node, s in list(self._suspicions.items()):
+            if now >= s.deadline:
+                del self._suspicions[node]
+                row = self._table.get(node)
+                if row is not None and row.state == State.SUSPECT:
+                    self._apply(Dead(node, row.incarnation, self.me), now)
+        if now >= t.gossip:
+            if len(self._queue):
+                self._gossip(now)
+            t.gossip += cfg.gossip_interval
+            if t.gossip <= now:
+                t.gossip = now + cfg.gossip_interval
+        if self._pending_load is not None and now >= t.load:
+            self._publish_load(now)
+        if self._leaving:
+            return
+        if now >= t.push_pull:
+            t.push_pull = now + cfg.push_pull_period(self.num_live())
+            target = self._random_live_address()
+            if target is None and t.seeds:
+                target = self._rng.choice(t.seeds)
+            if target is not None:
+                self._outbox.append(Send(target, (self._local_state(join=False),), stream=True))
+        if now >= t.reconnect:
+            t.reconnect = now + cfg.reconnect_interval
+            dead = list(self._dead)
+            if dead:
+                row = self._table.get(self._rng.choice(dead))
+                if row is not None and row.identity is not None:
+                    self._outbox.append(Send(row.identity.address,
+                                             (self._local_state(join=False),), stream=True))
+        if now >= t.reap:
+            t.reap = now + cfg.push_pull_interval
+            self._reap(now)
+
+    # ---- internals: time and bookkeeping -----------------------------------------------
+
+    def _start(self, now: float) -> None:
+        t = self._t
+        if t.started:
+            return
+        t.started = True
+        cfg, rng = self.cfg, self._rng
+        t.probe = now + rng.uniform(0, cfg.probe_interval)
+        t.gossip = now + rng.uniform(0, cfg.gossip_interval)
+        t.push_pull = now + rng.uniform(0, cfg.push_pull_interval)
+        t.reconnect = now + rng.uniform(0, cfg.reconnect_interval)
+        t.reap = now + cfg.push_pull_interval
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _heard(self, node: NodeId, now: float) -> None:
+        if node in self._live or node in self._dead:
+            self._last_heard[node] = now
+
+    def _member(self, row: Row) -> Member:
+        ident = row.identity
+        assert ident is not None
+        return Member(row.node, ident.name, ident.address, row.state, row.incarnation,
+                      dict(ident.resources), row.load, self._last_heard.get(row.node),
+                      row.node == self.me)
+
+    def _address_of(self, node: NodeId) -> Address | None:
+        row = self._table.get(node)
+        return None if row is None or row.identity is None else row.identity.address
+
+    def _random_live_address(self) -> Address | None:
+        if not self._live:
+            return None
+        return self._address_of(self._rng.choice(list(self._live)))
+
+    # ---- internals: sending ------------------------------------------------------------
+
+    def _send(self, to: Address, msgs: list[Message]) -> None:
+        """A datagram: `msgs` first, then as many pending updates as fit."""
+        budget = self.cfg.max_packet_size - PACKET_OVERHEAD - sum(encoded_size(m) for m in msgs)
+        msgs += self._queue.take(budget, 0, self.cfg.retransmit_limit(self.num_live()))
+        self._outbox.append(Send(to, tuple(msgs)))
+
+    def _broadcast(self, upd: MemberUpdate) -> None:
+        key = (upd.node, "l" if isinstance(upd, LoadUpdate) else "m")
+        self._queue.enqueue(key, upd, encoded_size(upd))
+
+    def _gossip(self, now: float) -> None:
+        horizon = now - self.cfg.gossip_to_the_dead_time
+        targets = list(self._live) + [n for n in self._dead
+                                      if self._changed_at.get(n, -math.inf) >= horizon]
+        chosen = self._rng.sample(targets, min(self.cfg.gossip_nodes, len(targets)))
+        limit = self.cfg.retransmit_limit(self.num_live())
+        budget = self.cfg.max_packet_size - PACKET_OVERHEAD
+        for node in chosen:
+            msgs = self._queue.take(budget, 0, limit)
+            if not msgs:
+                break
+            address = self._address_of(node)
+            if address is not None:
+                self._outbox.append(Send(address, tuple(msgs)))
+
+    def _local_state(self, join: bool) -> PushPull:
+        records = []
+        for row in self._table:
+            ident = row.identity
+            if ident is None:
+                continue
+            records.append(MemberRecord(row.node, ident.name, ident.address, row.incarnation,
+                                        row.state, dict(ident.resources), row.load.version,
+                                        row.load.queue_length, row.load.running_tasks))
+        return PushPull(self.me, join, tuple(records))
+
+    # ---- internals: probing ------------------------------------------------------------
+
+    def _next_target(self) -> NodeId | None:
+        """Round-robin over a shuffled list of live members, reshuffled each lap."""
+        for _ in range(2):
+            while self._probe_order:
+                node = self._probe_order.pop()
+                if node in self._live:
+                    return node
+            self._probe_order = list(self._live)
+            self._rng.shuffle(self._probe_order)
+        return None
+
+    def _start_probe(self, now: float) -> None:
+        self._t.probe = now + self._awareness.scale(self.cfg.probe_interval)
+        target = self._next_target()
+        if target is None:
+            return
+        row = self._table.get(target)
+        assert row is not None and row.identity is not None
+        seq = self._next_seq()
+        self._probe = _Probe(target, row.identity.address, seq,
+                             now + self._awareness.scale(self.cfg.probe_timeout), self._t.probe)
+        msgs: list[Message] = [Ping(seq, target, self.me)]
+        if row.state == State.SUSPECT:  # give it the news so it can refute at once
+            msgs.append(Suspect(target, row.incarnation, self.me))
+        self._send(row.identity.address, msgs)
+
+    def _send_indirect(self, p: _Probe) -> None:
+        p.indirect_sent = True
+        helpers = [n for n in self._live if n != p.target
+                   and self._table.get(n).state == State.ALIVE]  # type: ignore[union-attr]
+        chosen = self._rng.sample(helpers, min(self.cfg.indirect_checks, len(helpers)))
+        for node in chosen:
+            address = self._address_of(node)
+            assert address is not None
+            self._send(address, [IndirectPing(p.seq, p.target, p.address, self.me, True)])
+        p.expected_nacks = len(chosen)
+
+    def _probe_failed(self, p: _Probe, now: float) -> None:
+        missing = p.expected_nacks - p.nacks if p.expected_nacks else 1
+        self._awareness.apply(missing)
+        row = self._table.get(p.target)
+        if row is not None and row.state in LIVE:
+            self._apply(Suspect(p.target, row.incarnation, self.me), now)
+
+    # ---- internals: the member table ---------------------------------------------------
+
+    def _announce(self) -> None:
+        self._apply_self(Alive(self.me, self._incarnation, self._name, self.address,
+                               dict(self._resources)))
+
+    def _apply_self(self, upd: MemberUpdate) -> None:
+        self._table.apply(upd)
+        self._broadcast(upd)
+
+    def _publish_load(self, now: float) -> None:
+        assert self._pending_load is not None
+        row = self._table.get(self.me)
+        version = (row.load.version if row is not None else 0) + 1
+        self._apply_self(LoadUpdate(self.me, version, *self._pending_load))
+        self._pending_load = None
+        self._t.load = now + self.cfg.load_update_interval
+
+    def _refute(self, seen: int) -> None:
+        """Someone thinks we are suspect, dead or gone: outbid them (Lifeguard: and count it
+        as a sign of our own poor health)."""
+        self._incarnation = max(self._incarnation, seen) + 1
+        self._awareness.apply(1)
+        self._announce()
+
+    def _about_me(self, upd: MemberUpdate) -> None:
+        if isinstance(upd, LoadUpdate):
+            row = self._table.get(self.me)
+            if row is not None and \
+                    (upd.version, upd.queue_length, upd.running_tasks) > row.load.key():
+                # a sample from an earlier life of this node: outbid it with the current one
+                self._apply_self(LoadUpdate(self.me, upd.version + 1, row.load.queue_length,
+                                            row.load.running_tasks))
+            return
+        if self._leaving:
+            return
+        if isinstance(upd, Alive):
+            if upd.incarnation > self._incarnation:
+                self._refute(upd.incarnation)
+        elif upd.incarnation >= self._incarnation:
+            self._refute(upd.incarnation)
+
+    def _apply(self, upd: MemberUpdate, now: float) -> None:
+        """Merge a gossiped update, re-gossip it if it was news, and react to the change."""
+        if upd.node == self.me:
+            self._about_me(upd)
+            return
+        old, new = self._table.apply(upd)
+        origin = upd.origin if isinstance(upd, (Suspect, Dead)) else None
+        if isinstance(upd, Suspect):
+            s = self._suspicions.get(upd.node)
+            if s is not None and old is not None and old.status == new.status \
+                    and new.status == status_of(upd) and s.confirm(upd.origin):
+                self._broadcast(upd)  # Lifeguard: spread confirmations so others shorten too
+        if old == new:
+            return
+        if isinstance(upd, LoadUpdate):
+            if old is None or old.load != new.load:
+                self._broadcast(upd)
+        elif new.status == status_of(upd) and (old is None or old.status != new.status):
+            self._broadcast(upd)
+        self._transition(old, new, now, origin)
+
+    def _transition(self, old: Row | None, new: Row, now: float, origin: NodeId | None) -> None:
+        node = new.node
+        if old is None or old.status != new.status:
+            self._changed_at[node] = now
+        if new.state == State.SUSPECT:
+            if node not in self._suspicions:
+                self._suspicions[node] = Suspicion(self.cfg, self.num_live(),
+                                                   origin or self.me, now)
+        else:
+            self._suspicions.pop(node, None)
+        if new.identity is None:
+            return
+        self._live.pop(node, None)
+        self._dead.pop(node, None)
+        if new.state in LIVE:
+            self._live[node] = None
+        elif new.state == State.DEAD:
+            self._dead[node] = None
+        kind = _event_kind(old if old is not None and old.identity is not None else None, new)
+        if kind is not None:
+            self._events.append(MemberEvent(kind, self._member(new), now))
+
+    def _merge_remote(self, pp: PushPull, now: float) -> None:
+        """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
+        the member gets a chance to refute before we believe it."""
+        for r in pp.members:
+            alive = Alive(r.node, r.incarnation, r.name, r.address, r.resources)
+            if r.node == self.me:
+                self._about_me(alive if r.state == State.ALIVE else
+                               Suspect(self.me, r.incarnation, pp.sender))
+                continue
+            known = self._table.get(r.node)
+            if r.state != State.ALIVE and (known is None or known.identity is None):
+                continue  # do not learn of members through their obituaries
+            self._apply(alive, now)
+            if r.state in (State.SUSPECT, State.DEAD):
+                self._apply(Suspect(r.node, r.incarnation, pp.sender), now)
+            elif r.state == State.LEFT:
+                self._apply(Left(r.node, r.incarnation), now)
+            if r.load_version:
+                self._apply(LoadUpdate(r.node, r.load_version, r.queue_length,
+                                       r.running_tasks), now)
+
+    def _reap(self, now: float) -> None:
+        horizon = now - self.cfg.reap_time
+        for row in list(self._table):
+            if row.node != self.me and row.state in (State.DEAD, State.LEFT) \
+                    and self._changed_at.get(row.node, now) <= horizon:
+                self._table.remove(row.node)
+                for d in (self._dead, self._changed_at, self._last_heard):
+                    d.pop(row.node, None)
+
+
+def _event_kind(old: Row | None, new: Row) -> EventKind | None:
+    """The event a visible change from `old` (None: not visible before) to `new` makes."""
+    before = old.state if old is not None else None
+    after = new.state
+    if after in LIVE and before not in LIVE:
+        return EventKind.JOINED
+    if before == State.ALIVE and after == State.SUSPECT:
+        return EventKind.SUSPECT
+    if before == State.SUSPECT and after == State.ALIVE:
+        return EventKind.ALIVE
+    if before in LIVE and after == State.DEAD:
+        return EventKind.FAILED
+    if after == State.LEFT and before is not None and before != State.LEFT:
+        return EventKind.LEFT
+    if after in LIVE and old is not None and old.identity is not None \
+            and new.identity is not None and _described(old) != _described(new):
+        return EventKind.UPDATED
+    return None
+
+
+def _described(row: Row) -> tuple:
+    ident = row.identity
+    assert ident is not None
+    return (ident.name, ident.address, ident.resources)

@@ -1,0 +1,187 @@
+"""The messages gossip exchanges: probes, membership updates, load, and full-state sync.
+
+Probe messages (Ping, IndirectPing, Ack, Nack) travel as datagrams, with membership and load
+updates piggybacked on them. `PushPull` carries a whole member table over a reliable stream.
+All are frozen value objects registered with `p2pexec.net.codec` under gossip's codes
+32-63; `wire.py` frames them into datagrams and stream messages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from p2pexec.ids import NodeId
+from p2pexec.net.codec import Message as AnyMessage
+from p2pexec.net.codec import message
+from p2pexec.net.transport import Address
+
+MAX_RESOURCES = 64
+"""Most custom resources one node may advertise."""
+
+
+class State(IntEnum):
+    """A member's state. At one incarnation the higher value wins (see table.py)."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+def check_resources(resources: dict[str, float]) -> None:
+    """Advertised resources must be a few finite, non-negative amounts (a peer's claim of
+    NaN or infinite CPUs must not reach the scheduler)."""
+    if len(resources) > MAX_RESOURCES:
+        raise ValueError(f"more than {MAX_RESOURCES} resources advertised")
+    for name, amount in resources.items():
+        if not (math.isfinite(amount) and amount >= 0):
+            raise ValueError(f"resource {name!r} has invalid amount {amount!r}")
+
+
+_STATES = frozenset(int(s) for s in State)
+
+
+@message(32)
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Are you there? `target` guards against a different node now living at the address."""
+
+    seq: int
+    target: NodeId
+    sender: NodeId
+
+
+@message(33)
+@dataclass(frozen=True, slots=True)
+class IndirectPing:
+    """Please probe `target` at `target_address` for me and forward its ack (SWIM ping-req).
+    With `nack`, answer with a Nack if the target stays silent (Lifeguard)."""
+
+    seq: int
+    target: NodeId
+    target_address: Address
+    sender: NodeId
+    nack: bool = True
+
+
+@message(34)
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Reply to a Ping (or forwarded reply to an IndirectPing) with the prober's seq."""
+
+    seq: int
+    sender: NodeId
+
+
+@message(35)
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """An intermediary reached no one: the target did not answer it either."""
+
+    seq: int
+    sender: NodeId
+
+
+@message(36)
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """`node` is alive at `incarnation`, reachable at `address`, advertising `resources`.
+    Only the node itself raises its incarnation (to refute a suspicion or change resources)."""
+
+    node: NodeId
+    incarnation: int
+    name: str
+    address: Address
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_resources(self.resources)
+
+
+@message(37)
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """`origin` suspects `node` at `incarnation`; independent origins confirm each other."""
+
+    node: NodeId
+    incarnation: int
+    origin: NodeId
+
+
+@message(38)
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """`origin`'s suspicion of `node` at `incarnation` ran out: it is declared failed."""
+
+    node: NodeId
+    incarnation: int
+    origin: NodeId
+
+
+@message(39)
+@dataclass(frozen=True, slots=True)
+class Left:
+    """`node` left gracefully at `incarnation`: it is gone, but it did not fail."""
+
+    node: NodeId
+    incarnation: int
+
+
+@message(40)
+@dataclass(frozen=True, slots=True)
+class LoadUpdate:
+    """`node`'s load sample number `version` (a counter the node alone raises)."""
+
+    node: NodeId
+    version: int
+    queue_length: int
+    running_tasks: int
+
+
+MemberUpdate = Alive | Suspect | Dead | Left | LoadUpdate
+"""Updates that change the member table; they are what gets piggybacked."""
+
+
+@message(41)
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One row of a full-state exchange."""
+
+    node: NodeId
+    name: str
+    address: Address
+    incarnation: int
+    state: int
+    """A `State` value (sent as a plain int)."""
+    resources: dict[str, float]
+    load_version: int
+    queue_length: int
+    running_tasks: int
+
+    def __post_init__(self) -> None:
+        if self.state not in _STATES:
+            raise ValueError(f"unknown member state {self.state!r}")
+        check_resources(self.resources)
+
+
+@message(42)
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """A full member table, sent over a stream; the other side answers with its own."""
+
+    sender: NodeId
+    join: bool
+    members: tuple[MemberRecord, ...]
+
+
+@message(43)
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One datagram: a probe message first, piggybacked updates after."""
+
+    msgs: tuple[AnyMessage, ...]
+
+
+Message = Ping | IndirectPing | Ack | Nack | Alive | Suspect | Dead | Left | LoadUpdate | PushPull
