@@ -1,1 +1,69 @@
-from p2pexec.errors import *  # noqa
+"""p2pexec: Ray's programming model on a peer-to-peer mesh with no head node."""
+
+from p2pexec.api import (
+    ActorClass,
+    ActorHandle,
+    RemoteFunction,
+    available_resources,
+    cluster_resources,
+    get,
+    get_actor,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from p2pexec.errors import (
+    ActorDiedError,
+    AuthenticationError,
+    GetTimeoutError,
+    LocalUsageError,
+    NodeDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    P2PExecError,
+    ProtocolError,
+    SerializationError,
+    TaskError,
+    WorkerCrashedError,
+)
+from p2pexec.exec.refs import ObjectRef
+from p2pexec.executor import Executor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorClass",
+    "ActorDiedError",
+    "ActorHandle",
+    "AuthenticationError",
+    "Executor",
+    "GetTimeoutError",
+    "LocalUsageError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "ObjectRef",
+    "OwnerDiedError",
+    "P2PExecError",
+    "ProtocolError",
+    "RemoteFunction",
+    "SerializationError",
+    "TaskError",
+    "WorkerCrashedError",
+    "available_resources",
+    "cluster_resources",
+    "get",
+    "get_actor",
+    "init",
+    "is_initialized",
+    "kill",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

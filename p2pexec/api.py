@@ -1,0 +1,376 @@
+"""The Ray-style API: remote functions and actors, objects and futures.
+
+The same code runs in a driver (the runtime is an embedded node on a background thread)
+and inside workers (the runtime is the worker's link to its node), so tasks can submit
+tasks, create actors and wait on results exactly as drivers do.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from p2pexec.errors import GetTimeoutError, LocalUsageError, SerializationError
+from p2pexec.exec import serialization
+from p2pexec.exec.protocol import INLINE
+from p2pexec.exec.refs import ObjectRef, return_id
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+
+_runtime: Any = None
+_runtime_lock = threading.Lock()
+_in_worker = False
+
+_EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
+
+TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
+                "name"}
+ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name"}
+
+
+# ---- runtime ----
+def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
+         ignore_reinit_error: bool = False) -> None:
+    """Start an embedded node in this process (worker pool, object store, scheduler).
+
+    Called implicitly by the first API call. `num_cpus` defaults to the machine's CPUs;
+    `resources` declares custom resources, e.g. {"gpu": 1}.
+    """
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and (_in_worker or _runtime.alive):
+            if ignore_reinit_error or _in_worker:
+                return
+            raise LocalUsageError("p2pexec is already initialised in this process; "
+                                  "call px.shutdown() first or pass ignore_reinit_error=True")
+        from p2pexec.client import DriverRuntime
+        from p2pexec.config import NodeConfig
+
+        _runtime = DriverRuntime(NodeConfig.embedded(num_cpus, resources))
+
+
+def shutdown() -> None:
+    """Stop the embedded node and every worker process it started."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and not _in_worker:
+            _runtime.shutdown()
+            _runtime = None
+
+
+def is_initialized() -> bool:
+    return _runtime is not None and (_in_worker or _runtime.alive)
+
+
+def set_worker_runtime(runtime: Any) -> None:
+    """Inside a worker process: route the API through the worker's link to its node."""
+    global _runtime, _in_worker
+    _runtime, _in_worker = runtime, True
+
+
+def _rt() -> Any:
+    runtime = _runtime
+    if runtime is None or not (_in_worker or runtime.alive):
+        init(ignore_reinit_error=True)
+        runtime = _runtime
+    return runtime
+
+
+# ---- arguments ----
+def _serialize_arguments(runtime: Any, task_id: bytes, name: str, args: tuple,
+                         kwargs: dict) -> tuple[list, list[bytes], list[bytes]]:
+    """Payload of (args, kwargs), the top-level ObjectRef ids, and every ObjectRef id."""
+    if not args and not kwargs:
+        return _EMPTY_ARGS, [], []
+    deps = [a.id for a in args if type(a) is ObjectRef]
+    deps += [v.id for v in kwargs.values() if type(v) is ObjectRef]
+    try:
+        payload, contained = serialization.to_payload(
+            (args, kwargs), runtime.inline_limit, runtime.segment_name(task_id + b"args"))
+    except SerializationError:
+        raise _name_unpicklable_argument(name, args, kwargs) from None
+    return payload, list(dict.fromkeys(deps)), contained
+
+
+def _name_unpicklable_argument(name: str, args: tuple, kwargs: dict) -> SerializationError:
+    labelled = [(f"argument {i}", value) for i, value in enumerate(args)]
+    labelled += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    for label, value in labelled:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            return SerializationError(
+                f"{label} of {name} ({type(value).__name__} object) cannot be pickled, so it "
+                f"cannot be sent to a worker: {exc}")
+    return SerializationError(f"the arguments of {name} cannot be pickled")
+
+
+def _demand(num_cpus: float, resources: dict[str, float] | None) -> dict[str, float]:
+    demand = {"CPU": float(num_cpus)} if num_cpus else {}
+    for key, amount in (resources or {}).items():
+        if key == "CPU":
+            raise LocalUsageError("give CPUs with num_cpus=, not resources={'CPU': ...}")
+        if amount:
+            demand[key] = float(amount)
+    return demand
+
+
+def _check_options(options: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        raise LocalUsageError(f"unknown option(s) {sorted(unknown)} for {what}; "
+                              f"valid options are {sorted(allowed)}")
+
+
+class _Callable:
+    """Pickles a function or class once; each runtime learns it once, by hash."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._pickled: bytes | None = None
+        self._hash: bytes | None = None
+
+    def register(self, runtime: Any) -> bytes:
+        if self._hash is None:
+            self._pickled = serialization.pickle_callable(self.target, repr(self.target))
+            self._hash = serialization.callable_hash(self._pickled)
+        runtime.register(self._hash, self._pickled)
+        return self._hash
+
+    def __reduce__(self):
+        return (_Callable, (self.target,))
+
+
+# ---- tasks ----
+class RemoteFunction:
+    """A function that runs as a task: `f.remote(...)` returns ObjectRef(s) at once."""
+
+    def __init__(self, function: Callable, options: dict[str, Any],
+                 shipped: _Callable | None = None) -> None:
+        _check_options(options, TASK_OPTIONS, f"remote function {function.__name__}")
+        self._function = function
+        self._options = options
+        self._shipped = shipped or _Callable(function)
+        self._name = options.get("name") or getattr(function, "__qualname__", "task")
+        self._num_returns = int(options.get("num_returns", 1))
+        if self._num_returns < 1:
+            raise LocalUsageError("num_returns must be at least 1")
+        self._resources = _demand(options.get("num_cpus", 1), options.get("resources"))
+        self._max_retries = int(options.get("max_retries", 3))
+        self._retry_exceptions = bool(options.get("retry_exceptions", False))
+        self.__doc__ = function.__doc__
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise LocalUsageError(f"remote function {self._name} cannot be called directly; "
+                              f"use {self._name}.remote(...)")
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with some options overridden for the calls made through it."""
+        return RemoteFunction(self._function, {**self._options, **options}, self._shipped)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = _rt()
+        code_hash = self._shipped.register(runtime)
+        task_id = runtime.ids.task_id()
+        args_payload, deps, contained = _serialize_arguments(runtime, task_id, self._name,
+                                                             args, kwargs)
+        return_ids = [return_id(task_id, i) for i in range(1, self._num_returns + 1)]
+        refs = [ObjectRef(object_id) for object_id in return_ids]
+        runtime.submit(TaskSpec(task_id, TASK, code_hash, None, args_payload, deps, contained,
+                                return_ids, self._name, self._resources, self._max_retries,
+                                self._retry_exceptions))
+        return refs[0] if self._num_returns == 1 else refs
+
+
+# ---- actors ----
+class ActorClass:
+    """A class whose instances live in their own worker process: `Cls.remote(...)`."""
+
+    def __init__(self, cls: type, options: dict[str, Any],
+                 shipped: _Callable | None = None) -> None:
+        _check_options(options, ACTOR_OPTIONS, f"actor class {cls.__name__}")
+        self._cls = cls
+        self._options = options
+        self._shipped = shipped or _Callable(cls)
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise LocalUsageError(f"actor class {self._cls.__name__} cannot be instantiated "
+                              f"directly; use {self._cls.__name__}.remote(...)")
+
+    def options(self, **options: Any) -> ActorClass:
+        return ActorClass(self._cls, {**self._options, **options}, self._shipped)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        runtime = _rt()
+        code_hash = self._shipped.register(runtime)
+        actor_id = runtime.ids.task_id()
+        class_name = self._cls.__name__
+        args_payload, deps, contained = _serialize_arguments(runtime, actor_id, class_name,
+                                                             args, kwargs)
+        created = ObjectRef(return_id(actor_id, 1))
+        options = self._options
+        runtime.submit(TaskSpec(
+            actor_id, ACTOR_CREATE, code_hash, None, args_payload, deps, contained,
+            [created.id], f"{class_name}.__init__",
+            _demand(options.get("num_cpus", 0), options.get("resources")), 0, False,
+            actor_id, options.get("name"), int(options.get("max_restarts", 0))))
+        return ActorHandle(actor_id, class_name, created)
+
+
+class ActorHandle:
+    """A reference to a live actor; pass it to tasks and other actors freely."""
+
+    def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._created = created
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return ActorMethod(self, name, 1)
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._class_name, self._created))
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    """`handle.method.remote(...)`: calls from one caller run in submission order."""
+
+    def __init__(self, handle: ActorHandle, method: str, num_returns: int) -> None:
+        self._handle = handle
+        self._method = method
+        self._num_returns = num_returns
+
+    def options(self, *, num_returns: int = 1) -> ActorMethod:
+        return ActorMethod(self._handle, self._method, num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = _rt()
+        handle = self._handle
+        task_id = runtime.ids.task_id()
+        name = f"{handle._class_name}.{self._method}"
+        args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args,
+                                                             kwargs)
+        return_ids = [return_id(task_id, i) for i in range(1, self._num_returns + 1)]
+        refs = [ObjectRef(object_id) for object_id in return_ids]
+        runtime.submit(TaskSpec(task_id, ACTOR_CALL, None, self._method, args_payload, deps,
+                                contained, return_ids, name, {}, 0, False,
+                                handle._actor_id))
+        return refs[0] if self._num_returns == 1 else refs
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """`@px.remote` or `@px.remote(num_cpus=..., ...)` on a function or a class."""
+    if len(args) == 1 and not options and (inspect.isfunction(args[0])
+                                           or inspect.isclass(args[0])
+                                           or callable(args[0])):
+        return _make_remote(args[0], {})
+    if args:
+        raise LocalUsageError("px.remote takes a function or class, or only keyword options")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(target):
+        return ActorClass(target, options)
+    if callable(target):
+        return RemoteFunction(target, options)
+    raise LocalUsageError(f"px.remote needs a function or a class, not {target!r}")
+
+
+# ---- objects ----
+def put(value: Any) -> ObjectRef:
+    """Store `value` once; pass the ref to many tasks without copying it again."""
+    if isinstance(value, ObjectRef):
+        raise LocalUsageError("px.put of an ObjectRef is not allowed; pass the ref itself")
+    runtime = _rt()
+    object_id = return_id(runtime.ids.task_id(), 0)
+    payload, contained = serialization.to_payload(
+        value, runtime.inline_limit, runtime.segment_name(object_id), "the value given to put")
+    ref = ObjectRef(object_id)
+    runtime.put(object_id, payload, contained)
+    return ref
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value(s) behind `refs`, waiting for them; raises the task's error if it failed."""
+    runtime = _rt()
+    single = isinstance(refs, ObjectRef)
+    ref_list = [refs] if single else list(refs)
+    for ref in ref_list:
+        if not isinstance(ref, ObjectRef):
+            raise LocalUsageError(f"px.get takes ObjectRefs, got {type(ref).__name__}")
+    ids = [ref.id for ref in ref_list]
+    payloads, timed_out = runtime.get_payloads(ids, timeout)
+    if timed_out:
+        missing = sum(1 for object_id in ids if object_id not in payloads)
+        raise GetTimeoutError(f"{missing} of {len(ids)} objects were not ready after "
+                              f"{timeout} s")
+    values = [serialization.from_payload(payloads[object_id]) for object_id in ids]
+    return values[0] if single else values
+
+
+def on_ready(ref: ObjectRef, callback: Callable[[bytes], None]) -> None:
+    """Driver only: `callback(ref.id)` runs on the node thread when `ref` has a value.
+    The callback must be quick and must not call the API (hand the id to a thread)."""
+    runtime = _rt()
+    if _in_worker:
+        raise LocalUsageError("result callbacks (and so px.Executor) work in drivers only")
+    runtime.on_ready(ref.id, callback)
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None
+         ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split `refs` into (ready, not_ready) once `num_returns` are ready or time is up."""
+    ref_list = list(refs)
+    if not 0 <= num_returns <= len(ref_list):
+        raise LocalUsageError(f"num_returns={num_returns} must be between 0 and "
+                              f"{len(ref_list)}, the number of refs")
+    if len({ref.id for ref in ref_list}) != len(ref_list):
+        raise LocalUsageError("px.wait got the same ObjectRef twice")
+    ready_ids = set(_rt().wait([ref.id for ref in ref_list], num_returns, timeout))
+    ready = [ref for ref in ref_list if ref.id in ready_ids][:num_returns]
+    chosen = {ref.id for ref in ready}
+    return ready, [ref for ref in ref_list if ref.id not in chosen]
+
+
+# ---- actors and cluster ----
+def get_actor(name: str) -> ActorHandle:
+    """The handle of the live actor created with `options(name=name)`."""
+    actor_id = _rt().call("get_actor", name)
+    return ActorHandle(actor_id, name, None)
+
+
+def kill(actor: ActorHandle) -> None:
+    """Stop an actor now; its pending and future calls fail with ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise LocalUsageError(f"px.kill takes an actor handle, got {type(actor).__name__}")
+    _rt().call("kill", actor._actor_id)
+
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node this one knows: id, name, address, state, resources, load."""
+    return _rt().call("nodes", None)
+
+
+def cluster_resources() -> dict[str, float]:
+    return _rt().call("cluster_resources", None)
+
+
+def available_resources() -> dict[str, float]:
+    return _rt().call("available_resources", None)

@@ -1,0 +1,33 @@
+"""Settings of the execution layer, every default explained."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    num_cpus: float | None = None
+    """CPUs this node offers to tasks; None means os.cpu_count(). One worker process is
+    started per CPU (at least one)."""
+    inline_limit: int = 100 * 1024
+    """Values up to this many bytes travel inside frames; larger ones go to shared memory
+    once and are mapped by readers (Ray's limit for inlined returns is also 100 KiB)."""
+    prefetch: int = 4
+    """Tasks queued at a busy worker beyond the one it runs, so it never idles waiting for
+    the next frame. Only tasks that fit in the resources the worker already holds queue."""
+    max_extra_workers: int | None = None
+    """Workers started beyond num_cpus while others are blocked in get/wait (their CPUs are
+    lent out). None means 4 * num_cpus + 4; past this, blocked workers run what they wait
+    for on their own stack, and nothing else."""
+    default_max_retries: int = 3
+    """Retries of a task whose worker died, as in Ray (-1: unlimited)."""
+
+    def cpus(self) -> float:
+        return float(self.num_cpus if self.num_cpus is not None else (os.cpu_count() or 1))
+
+    def extra_workers(self) -> int:
+        if self.max_extra_workers is not None:
+            return self.max_extra_workers
+        return int(4 * self.cpus()) + 4

@@ -1,0 +1,141 @@
+"""The ownership table: every object this node owns, its value and who still needs it.
+
+Sans-IO. An object lives while some process holds an ObjectRef to it (`holders`), a task
+that may still run names it in its arguments, or another live object contains it
+(`pins`). When none is left and its value has arrived, it is freed, and a shared-memory
+segment behind it is reported for unlinking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from p2pexec.exec.serialization import payload_segment
+
+
+@dataclass(slots=True)
+class ObjectEntry:
+    payload: list | None = None
+    """None while the creating task has not finished."""
+    holders: set[int] = field(default_factory=set)
+    """Processes (driver 0, workers by id) holding at least one ObjectRef to it."""
+    pins: int = 0
+    """Tasks that may still run with it as an argument, and live objects containing it."""
+    contained: list[bytes] = field(default_factory=list)
+    on_ready: list[Callable[[bytes], None]] = field(default_factory=list)
+
+
+class ObjectTable:
+    """Values and reference counts of owned objects; reports frees through `unlink`."""
+
+    def __init__(self, unlink: Callable[[str], None]) -> None:
+        self.entries: dict[bytes, ObjectEntry] = {}
+        self._unlink = unlink
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def expect(self, object_id: bytes, holder: int) -> None:
+        """A task was submitted whose result will be `object_id`, held by `holder`."""
+        self.entries[object_id] = ObjectEntry(holders={holder})
+
+    def reset(self, object_id: bytes) -> None:
+        """The value will be produced again (an actor restarts); keep who holds it."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            self.entries[object_id] = ObjectEntry()
+        elif entry.payload is not None:
+            self._release_payload(entry)
+            entry.payload = None
+
+    def payload(self, object_id: bytes) -> list | None:
+        entry = self.entries.get(object_id)
+        return None if entry is None else entry.payload
+
+    def is_ready(self, object_id: bytes) -> bool:
+        entry = self.entries.get(object_id)
+        return entry is not None and entry.payload is not None
+
+    def known(self, object_id: bytes) -> bool:
+        return object_id in self.entries
+
+    def when_ready(self, object_id: bytes, callback: Callable[[bytes], None]) -> bool:
+        """Call `callback(object_id)` once the value arrives. False if it is already here
+        (or unknown), in which case nothing is registered."""
+        entry = self.entries.get(object_id)
+        if entry is None or entry.payload is not None:
+            return False
+        entry.on_ready.append(callback)
+        return True
+
+    def complete(self, object_id: bytes, payload: list, contained: list[bytes]) -> None:
+        """The value arrived. Objects inside it stay alive as long as it does."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            entry = self.entries[object_id] = ObjectEntry()
+        elif entry.payload is not None:
+            self._release_payload(entry)  # a retried task produced it again
+        entry.payload = payload
+        if contained:
+            self.pin_all(contained)
+            entry.contained = contained
+        callbacks, entry.on_ready = entry.on_ready, []
+        for callback in callbacks:
+            callback(object_id)
+        self._maybe_free(object_id, entry)
+
+    def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
+        self.entries[object_id] = ObjectEntry(holders={holder})
+        self.complete(object_id, payload, contained)
+
+    def add_holder(self, object_id: bytes, holder: int) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.holders.add(holder)
+
+    def remove_holder(self, object_id: bytes, holder: int) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.holders.discard(holder)
+            self._maybe_free(object_id, entry)
+
+    def drop_holder_everywhere(self, holder: int) -> None:
+        """A process died: it holds nothing any more."""
+        for object_id, entry in list(self.entries.items()):
+            if holder in entry.holders:
+                entry.holders.discard(holder)
+                self._maybe_free(object_id, entry)
+
+    def pin_all(self, object_ids: list[bytes]) -> None:
+        for object_id in object_ids:
+            entry = self.entries.get(object_id)
+            if entry is not None:
+                entry.pins += 1
+
+    def unpin_all(self, object_ids: list[bytes]) -> None:
+        for object_id in object_ids:
+            entry = self.entries.get(object_id)
+            if entry is not None:
+                entry.pins -= 1
+                self._maybe_free(object_id, entry)
+
+    def _maybe_free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if entry.holders or entry.pins > 0 or entry.payload is None:
+            return
+        del self.entries[object_id]
+        self._release_payload(entry)
+        if entry.contained:
+            self.unpin_all(entry.contained)
+
+    def _release_payload(self, entry: ObjectEntry) -> None:
+        segment = payload_segment(entry.payload)
+        if segment is not None:
+            self._unlink(segment)
+
+    def clear(self) -> None:
+        """Shutdown: release every segment."""
+        for entry in self.entries.values():
+            if entry.payload is not None:
+                self._release_payload(entry)
+        self.entries.clear()

@@ -1,0 +1,152 @@
+"""ObjectRef, the ids behind it, and the per-process reference counts that free objects.
+
+Every process that holds at least one `ObjectRef` to an object counts once at the
+object's owner. A process tells the owner when its local count for an id goes 1 -> 0
+(release) and, for refs it received inside a value or arguments, when it goes 0 -> 1
+(acquire). Refs a process made itself (`.remote()` results, `put`) are counted by the
+owner when it sees the submit or put, so the hot path sends no extra message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import threading
+from collections.abc import Callable
+
+_INDEX = struct.Struct(">I")
+
+
+class IdGenerator:
+    """Task ids: 12 random bytes per process plus a counter. Object ids: task id + index."""
+
+    def __init__(self, prefix: bytes | None = None) -> None:
+        self._prefix = prefix if prefix is not None else os.urandom(12)
+        self._counter = itertools.count(1)
+
+    def task_id(self) -> bytes:
+        return self._prefix + _INDEX.pack(next(self._counter) & 0xFFFFFFFF)
+
+
+def return_id(task_id: bytes, index: int) -> bytes:
+    """The id of a task's `index`-th return value (0 is used by `put`)."""
+    return task_id + _INDEX.pack(index)
+
+
+def task_of(object_id: bytes) -> bytes:
+    return object_id[:16]
+
+
+class RefCounter:
+    """Counts live ObjectRefs per id in this process and reports transitions.
+
+    `report(deltas)` receives {object_id: +1 | -1}; it is called under no lock and may be
+    called from any thread (ObjectRef.__del__ runs wherever the last reference dies).
+    """
+
+    def __init__(self, report: Callable[[dict[bytes, int]], None], batch: bool) -> None:
+        self._counts: dict[bytes, int] = {}
+        self._pending: dict[bytes, int] = {}
+        self._report = report
+        self._batch = batch
+        self._lock = threading.Lock()
+
+    def incref(self, object_id: bytes, announce: bool) -> None:
+        with self._lock:
+            count = self._counts.get(object_id, 0)
+            self._counts[object_id] = count + 1
+            if count or not announce:
+                return
+            self._add_pending(object_id, 1)
+        if not self._batch:
+            self.flush()
+
+    def decref(self, object_id: bytes) -> None:
+        with self._lock:
+            count = self._counts.get(object_id, 0) - 1
+            if count > 0:
+                self._counts[object_id] = count
+                return
+            self._counts.pop(object_id, None)
+            self._add_pending(object_id, -1)
+        if not self._batch:
+            self.flush()
+
+    def _add_pending(self, object_id: bytes, delta: int) -> None:
+        total = self._pending.get(object_id, 0) + delta
+        if total:
+            self._pending[object_id] = total
+        else:
+            del self._pending[object_id]
+
+    def take_pending(self) -> dict[bytes, int]:
+        """The transitions not yet reported, net of those that cancel out."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def flush(self) -> None:
+        pending = self.take_pending()
+        if pending:
+            self._report(pending)
+
+    def holds(self, object_id: bytes) -> bool:
+        return object_id in self._counts
+
+
+class _Collector(threading.local):
+    ids: list[bytes] | None = None
+
+
+collector = _Collector()
+"""While a value is pickled, the ids of the ObjectRefs inside it are noted here."""
+
+counter: RefCounter | None = None
+"""This process's counter, installed by the runtime (driver or worker) that owns it."""
+
+
+def install_counter(new: RefCounter | None) -> None:
+    global counter
+    counter = new
+
+
+class ObjectRef:
+    """A future for a value owned by the node that created it; pass it to tasks or `get` it."""
+
+    __slots__ = ("__weakref__", "id")
+
+    def __init__(self, object_id: bytes, *, announce: bool = False) -> None:
+        self.id = object_id
+        if counter is not None:
+            counter.incref(object_id, announce)
+
+    def __del__(self) -> None:
+        current = counter
+        if current is not None:
+            try:
+                current.decref(self.id)
+            except Exception:  # interpreter shutdown: the owner is going away too
+                return
+
+    def __reduce__(self):
+        ids = collector.ids
+        if ids is not None:
+            ids.append(self.id)
+        return (_received_ref, (self.id,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def hex(self) -> str:
+        return self.id.hex()
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.id.hex()})"
+
+
+def _received_ref(object_id: bytes) -> ObjectRef:
+    return ObjectRef(object_id, announce=True)

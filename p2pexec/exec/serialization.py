@@ -1,0 +1,183 @@
+"""Values to payloads and back: pickle protocol 5, out-of-band buffers, shared memory.
+
+Small values travel inline in frames. Large ones (over `inline_limit` bytes) are written
+once into a shared-memory segment; readers on this machine map it and hand its slices to
+pickle as protocol-5 buffers, so numpy arrays and bytes-like buffers are not copied again.
+Remote exceptions keep their type: `px.get` raises an instance of both `TaskError` and
+the original class, carrying the worker's traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from p2pexec import errors
+from p2pexec.errors import SerializationError, TaskError
+from p2pexec.exec import shm
+from p2pexec.exec.protocol import ERROR, INLINE, SHARED, SYSTEM_ERROR
+from p2pexec.exec.refs import collector
+
+OUT_OF_BAND_MIN = 64 * 1024
+"""Buffers at least this large are kept out of the pickle stream (no copy into it)."""
+ALIGN = 64
+
+
+def dumps_with_refs(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list[bytes]]:
+    """Pickle `value`; returns the stream, its large buffers and the ObjectRef ids inside."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_large(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes >= OUT_OF_BAND_MIN:
+            buffers.append(buffer)
+            return False
+        return True
+
+    outer = collector.ids
+    collector.ids = ids = []
+    try:
+        main = cloudpickle.dumps(value, protocol=5, buffer_callback=keep_large)
+    finally:
+        collector.ids = outer
+    if outer is not None:
+        outer.extend(ids)
+    return main, buffers, ids
+
+
+def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value"
+               ) -> tuple[list, list[bytes]]:
+    """Serialise `value` into a payload; large ones go to shared memory named `segment`."""
+    try:
+        main, buffers, ids = dumps_with_refs(value)
+    except Exception as exc:
+        raise SerializationError(f"could not pickle {what}: {exc!r}") from exc
+    sizes = [buffer.raw().nbytes for buffer in buffers]
+    if len(main) + sum(sizes) <= inline_limit:
+        return [INLINE, main, [buffer.raw() for buffer in buffers]], ids
+    offsets, total = _layout(len(main), sizes)
+    view = shm.create(segment, total)
+    view[:len(main)] = main
+    for buffer, offset, size in zip(buffers, offsets, sizes, strict=True):
+        view[offset:offset + size] = buffer.raw().cast("B")
+    view.release()
+    return [SHARED, segment, len(main), sizes], ids
+
+
+def _layout(main_size: int, sizes: list[int]) -> tuple[list[int], int]:
+    """Offsets of each buffer after the pickle stream, aligned for vectorised readers."""
+    offsets = []
+    position = main_size
+    for size in sizes:
+        position = (position + ALIGN - 1) // ALIGN * ALIGN
+        offsets.append(position)
+        position += size
+    return offsets, position
+
+
+def from_payload(payload: list) -> Any:
+    """The value a payload holds; raises the task's error for error payloads."""
+    kind = payload[0]
+    if kind == INLINE:
+        return pickle.loads(payload[1], buffers=payload[2])
+    if kind == SHARED:
+        _, name, main_size, sizes = payload
+        try:
+            view = shm.attach(name)
+        except FileNotFoundError:
+            raise errors.ObjectLostError(
+                f"shared-memory segment {name} is gone (the object was freed)") from None
+        offsets, _ = _layout(main_size, sizes)
+        buffers = [view[offset:offset + size] for offset, size in zip(offsets, sizes,
+                                                                       strict=True)]
+        return pickle.loads(view[:main_size], buffers=buffers)
+    if kind == ERROR:
+        raise rebuild_task_error(payload[1])
+    if kind == SYSTEM_ERROR:
+        raise system_error(payload[1], payload[2])
+    raise errors.RemoteProtocolError(f"unknown payload kind {kind!r}")
+
+
+def payload_segment(payload: list) -> str | None:
+    """The shared-memory segment behind a payload, if any (to unlink when freed)."""
+    return payload[1] if payload[0] == SHARED else None
+
+
+def payload_size(payload: list) -> int:
+    if payload[0] == INLINE:
+        return len(payload[1]) + sum(memoryview(b).nbytes for b in payload[2])
+    if payload[0] == SHARED:
+        return payload[2] + sum(payload[3])
+    return 0
+
+
+def system_error_payload(error: errors.P2PExecError) -> list:
+    """A payload that makes `get` raise `error` (built by the node, no pickling)."""
+    return [SYSTEM_ERROR, type(error).__name__, str(error)]
+
+
+def system_error(class_name: str, message: str) -> errors.P2PExecError:
+    cls = getattr(errors, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.P2PExecError)):
+        cls = errors.P2PExecError
+    return cls(message)
+
+
+def task_error_payload(exc: BaseException, task_name: str) -> list:
+    """Capture an exception raised by user code, with its traceback, for the caller."""
+    remote_tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        pickled_exc = cloudpickle.dumps(exc)
+        pickle.loads(pickled_exc)
+    except Exception:
+        pickled_exc = None
+    envelope = (pickled_exc, f"{type(exc).__module__}.{type(exc).__qualname__}",
+                repr(exc), remote_tb, task_name)
+    return [ERROR, cloudpickle.dumps(envelope)]
+
+
+def rebuild_task_error(blob: bytes) -> TaskError:
+    pickled_exc, type_name, exc_repr, remote_tb, task_name = pickle.loads(blob)
+    cause = pickle.loads(pickled_exc) if pickled_exc is not None else None
+    return as_task_error(cause, type_name, exc_repr, remote_tb, task_name)
+
+
+def as_task_error(cause: BaseException | None, type_name: str, exc_repr: str,
+                  remote_tb: str, task_name: str) -> TaskError:
+    """An exception that is both a TaskError and (when possible) the original type."""
+    message = (f"task {task_name} raised {exc_repr}\n\n"
+               f"Remote traceback (most recent call last):\n{remote_tb.rstrip()}")
+    if cause is None or isinstance(cause, TaskError):
+        error = TaskError(message, cause, remote_tb, task_name)
+        return error
+    cls = type(cause)
+    try:
+        dual = type(f"TaskError({cls.__name__})", (TaskError, cls),
+                    {"__str__": lambda self: self.args[0] if self.args else message,
+                     "__reduce__": TaskError.__reduce__})
+        error = BaseException.__new__(dual)
+        BaseException.__init__(error, message)
+        error.__dict__.update(getattr(cause, "__dict__", {}))
+        error.cause = cause
+        error.remote_traceback = remote_tb
+        error.task_name = task_name
+    except TypeError:
+        error = TaskError(message, cause, remote_tb, task_name)
+    error.__cause__ = cause
+    return error
+
+
+def callable_hash(pickled: bytes) -> bytes:
+    """Functions and classes are shipped once per worker and cached by this hash."""
+    return hashlib.blake2b(pickled, digest_size=16).digest()
+
+
+def pickle_callable(fn: Any, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"could not pickle {what}: {exc!r}") from exc

@@ -1,0 +1,314 @@
+"""The trio driver of the execution layer: worker processes, their sockets, the clock.
+
+All rules live in `exec.scheduler.Scheduler`; this file only moves bytes and processes.
+Frames for one worker are coalesced: everything queued for it while the loop was busy
+leaves in one `send_all`, because trio pays per call and tiny tasks come in floods.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pexec.errors import LocalUsageError, P2PExecError, RemoteProtocolError
+from p2pexec.exec import protocol as p
+from p2pexec.exec import shm
+from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.scheduler import (
+    DRIVER,
+    Completed,
+    Instruction,
+    Scheduler,
+    Send,
+    StartWorker,
+    StopWorker,
+    Unlink,
+    Warn,
+)
+from p2pexec.exec.task import TaskSpec
+
+log = logging.getLogger("p2pexec.exec")
+RECEIVE_SIZE = 1 << 18
+
+
+class WorkerLink:
+    """One worker process and the node's end of its socket."""
+
+    def __init__(self, worker_id: int, process: subprocess.Popen, stream: trio.SocketStream
+                 ) -> None:
+        self.worker_id = worker_id
+        self.process = process
+        self.stream = stream
+        self.outbox: list[bytes] = []
+        self.wake = trio.Event()
+        self.closed = False
+
+    def queue(self, frame: bytes) -> None:
+        self.outbox.append(frame)
+        self.wake.set()
+
+
+class ExecService:
+    """Runs the scheduler against real worker processes inside one trio nursery.
+
+    Driver threads in the same process hand it work through `post` (thread-safe, wakes the
+    loop at most once per burst) and wait for results through `wait_for`.
+    """
+
+    def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
+                 call_handlers: dict[str, Callable[[Any], Any]] | None = None) -> None:
+        self.config = config
+        self.core = Scheduler(config, resources)
+        self.links: dict[int, WorkerLink] = {}
+        self.waiters: dict[bytes, list[threading.Event]] = {}
+        self.call_handlers = dict(call_handlers or {})
+        self._ops: deque[tuple] = deque()
+        self._drain_scheduled = False
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._timer_changed = trio.Event()
+
+    # ---- lifecycle ----
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Start the worker pool and serve until cancelled; workers are stopped on exit."""
+        shm.sweep_orphans()
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.core.start()
+                self._apply(self.core.take_instructions())
+                nursery.start_soon(self._timer_loop)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        self.core.shutdown()
+        for instruction in self.core.take_instructions():
+            if isinstance(instruction, Unlink):
+                shm.unlink(instruction.segment)
+        for link in list(self.links.values()):
+            self._kill(link)
+        for link in list(self.links.values()):
+            try:
+                link.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not exit", link.process.pid)
+        self.links.clear()
+
+    # ---- from driver threads ----
+    def post(self, op: tuple) -> None:
+        """Hand an operation to the node loop from any thread."""
+        self._ops.append(op)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        core = self.core
+        ops = self._ops
+        while ops:
+            op = ops.popleft()
+            kind = op[0]
+            if kind == "submit":
+                core.submit(op[1], DRIVER)
+            elif kind == "refs":
+                core.refs_changed(DRIVER, op[1])
+            elif kind == "put":
+                core.put(op[1], op[2], op[3], DRIVER)
+            elif kind == "register":
+                core.register(op[1], op[2])
+            else:
+                op[1]()
+        self._apply(core.take_instructions())
+
+    def register_waiter(self, object_ids: list[bytes], event: threading.Event) -> None:
+        for object_id in object_ids:
+            self.waiters.setdefault(object_id, []).append(event)
+
+    def unregister_waiter(self, object_ids: list[bytes], event: threading.Event) -> None:
+        for object_id in object_ids:
+            events = self.waiters.get(object_id)
+            if events is not None and event in events:
+                events.remove(event)
+                if not events:
+                    self.waiters.pop(object_id, None)
+
+    # ---- instructions ----
+    def _apply(self, instructions: list[Instruction]) -> None:
+        links = self.links
+        for instruction in instructions:
+            if type(instruction) is Send:
+                link = links.get(instruction.worker)
+                if link is not None:
+                    link.queue(p.encode_frame(instruction.message))
+            elif type(instruction) is Completed:
+                waiters = self.waiters
+                for object_id in instruction.object_ids:
+                    events = waiters.pop(object_id, None)
+                    if events:
+                        for event in events:
+                            event.set()
+            elif type(instruction) is Unlink:
+                shm.unlink(instruction.segment)
+            elif type(instruction) is StartWorker:
+                self._spawn(instruction.worker, instruction.actor_id)
+            elif type(instruction) is StopWorker:
+                link = links.get(instruction.worker)
+                if link is not None:
+                    self._kill(link)
+            elif type(instruction) is Warn:
+                log.warning("%s", instruction.text)
+
+    def _spawn(self, worker_id: int, actor_id: bytes | None) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "p2pexec.exec.worker", str(child_end.fileno()),
+                 str(os.getpid())],
+                pass_fds=[child_end.fileno()], close_fds=True, stdin=subprocess.DEVNULL)
+        finally:
+            child_end.close()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        link = WorkerLink(worker_id, process, stream)
+        self.links[worker_id] = link
+        link.queue(p.encode_frame([p.CONFIGURE, [path for path in sys.path if path],
+                                   os.getpid(), self.config.inline_limit, os.getcwd()]))
+        kind = "actor" if actor_id is not None else "pool"
+        log.debug("started %s worker %d (pid %d)", kind, worker_id, process.pid)
+        self._nursery.start_soon(self._serve_worker, link)
+
+    def _kill(self, link: WorkerLink) -> None:
+        if link.process.poll() is None:
+            try:
+                link.process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---- per worker ----
+    async def _serve_worker(self, link: WorkerLink) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_worker, link)
+            try:
+                await self._read_worker(link)
+            finally:
+                nursery.cancel_scope.cancel()
+        link.closed = True
+        await trio.to_thread.run_sync(link.process.wait)
+        if self.links.get(link.worker_id) is link:
+            del self.links[link.worker_id]
+        with trio.CancelScope(shield=True):
+            await link.stream.aclose()
+        code = link.process.returncode
+        if code not in (0, -signal.SIGKILL) or link.worker_id in self.core.workers:
+            log.debug("worker %d (pid %d) exited with %s", link.worker_id, link.process.pid,
+                      code)
+        self.core.worker_died(link.worker_id)
+        self._apply(self.core.take_instructions())
+
+    async def _write_worker(self, link: WorkerLink) -> None:
+        while True:
+            await link.wake.wait()
+            link.wake = trio.Event()
+            frames, link.outbox = link.outbox, []
+            if frames:
+                try:
+                    await link.stream.send_all(b"".join(frames))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async def _read_worker(self, link: WorkerLink) -> None:
+        reader = p.FrameReader()
+        stream = link.stream
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            try:
+                for message in reader.feed(data):
+                    self._handle_worker_message(link.worker_id, message)
+            except (RemoteProtocolError, ValueError, TypeError, KeyError, IndexError) as exc:
+                log.error("worker %d sent a malformed message (%s); stopping it",
+                          link.worker_id, exc)
+                self._kill(link)
+                return
+            finally:
+                self._apply(self.core.take_instructions())
+
+    def _handle_worker_message(self, worker_id: int, message: list) -> None:
+        core = self.core
+        kind = message[0]
+        if kind == p.DONE:
+            core.task_done(worker_id, message[1], message[2], message[3])
+        elif kind == p.SUBMIT:
+            core.submit(TaskSpec.from_wire(message[1:]), worker_id)
+        elif kind == p.REFS:
+            core.refs_changed(worker_id, message[1])
+        elif kind == p.GET:
+            _, request_id, object_ids, num_returns, timeout, given_back = message
+            core.worker_get(worker_id, request_id, object_ids, num_returns, timeout,
+                            given_back, trio.current_time())
+            if timeout is not None:
+                self._timer_changed.set()
+        elif kind == p.PUT:
+            core.put(message[1], message[2], message[3], worker_id)
+        elif kind == p.REGISTER:
+            core.register(message[1], message[2])
+        elif kind == p.CALL:
+            self._answer_call(worker_id, message[1], message[2], message[3])
+        elif kind == p.READY:
+            core.worker_ready(worker_id)
+        else:
+            raise RemoteProtocolError(f"unknown message kind {kind!r}")
+
+    def call(self, operation: str, argument: Any) -> Any:
+        """Run a named node operation (get_actor, kill, nodes...) on the loop's thread."""
+        handler = self.call_handlers.get(operation)
+        if handler is None:
+            raise LocalUsageError(f"unknown node operation {operation!r}")
+        try:
+            return handler(argument)
+        finally:
+            self._apply(self.core.take_instructions())
+
+    def _answer_call(self, worker_id: int, request_id: int, operation: str,
+                     argument: Any) -> None:
+        try:
+            reply = [p.REPLY, request_id, True, self.call(operation, argument)]
+        except P2PExecError as exc:
+            reply = [p.REPLY, request_id, False, [type(exc).__name__, str(exc)]]
+        link = self.links.get(worker_id)
+        if link is not None:
+            link.queue(p.encode_frame(reply))
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_changed.wait()
+                self._timer_changed = trio.Event()
+                continue
+            self.core.tick(trio.current_time())
+            self._apply(self.core.take_instructions())
+
+    def pool_ready(self) -> int:
+        """How many workers have said READY."""
+        return sum(1 for w in self.core.workers.values() if w.ready)
