@@ -274,6 +274,30 @@ class TransportConformance:
                 mine = [m for m in got if m[:1000] == tag * 1000]
                 assert mine == [tag * 1000 + i.to_bytes(2, "big") for i in range(100)]
 
+    async def test_full_duplex_traffic_does_not_deadlock(
+            self, transport_factory: TransportFactory,
+            conformance_clock: trio.abc.Clock | None) -> None:
+        """Both ends write and read at the same time (rpc requests and replies crossing)."""
+        async with serving(await transport_factory.make(2)) as (a, b):
+            client, server = await connected_pair(a, b)
+            streams = {side: [side * 10_000 + i.to_bytes(2, "big") for i in range(200)]
+                       for side in (b"c", b"s")}
+            received: dict[bytes, list[bytes]] = {}
+
+            async def write(conn: Connection, side: bytes) -> None:
+                for message in streams[side]:
+                    await conn.send(message)
+
+            async def read(conn: Connection, side: bytes) -> None:
+                received[side] = await receive_n(conn, 200)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, client, b"c")
+                nursery.start_soon(write, server, b"s")
+                nursery.start_soon(read, server, b"c")
+                nursery.start_soon(read, client, b"s")
+            assert received == streams
+
     async def test_concurrent_connections_from_several_peers(
             self, transport_factory: TransportFactory,
             conformance_clock: trio.abc.Clock | None) -> None:

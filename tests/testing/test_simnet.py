@@ -13,6 +13,8 @@ import random
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pexec.errors import AuthenticationError, LocalProtocolError, LocalUsageError
 from p2pexec.ids import NodeId
@@ -496,3 +498,58 @@ async def test_overlapping_cuts_heal_one_at_a_time(autojump_clock: trio.abc.Cloc
         net.heal(split)
         assert await server.receive() == b"waits for both heals"
         nursery.cancel_scope.cancel()
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("send"), st.sampled_from(["client", "server"]), st.integers(1, 5)),
+    st.tuples(st.just("sleep"), st.floats(0, 0.05)),
+    st.tuples(st.just("partition")),
+    st.tuples(st.just("heal"))), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS, seed=st.integers(0, 2**32), jitter=st.floats(0, 0.02),
+       bandwidth=st.sampled_from([math.inf, 50_000.0]))
+def test_streams_never_lose_duplicate_or_reorder_across_partitions(
+        ops: list[tuple[object, ...]], seed: int, jitter: float, bandwidth: float) -> None:
+    sent: dict[str, list[bytes]] = {"client": [], "server": []}
+    received: dict[str, list[bytes]] = {}
+
+    async def scenario() -> None:
+        net = SimNetwork(seed=seed, stream_break_after=None,
+                         default_link=LinkSpec(latency=0.005, jitter=jitter,
+                                               bandwidth=bandwidth))
+        a, b = net.add_node(), net.add_node()
+        async with trio.open_nursery() as nursery:
+            accepted = await serve_into(nursery, b)
+            ends = {"client": await a.connect(b.local.address)}
+            ends["server"] = await accepted.receive()
+
+            async def read(side: str, conn: Connection) -> None:
+                got = received.setdefault(side, [])
+                while True:
+                    got.append(await conn.receive())
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read, "client", ends["server"])
+                readers.start_soon(read, "server", ends["client"])
+                for op in ops:
+                    if op[0] == "send":
+                        side, count = str(op[1]), int(op[2])  # type: ignore[call-overload]
+                        batch = [b"%s %d" % (side.encode(), len(sent[side]) + i)
+                                 for i in range(count)]
+                        sent[side] += batch
+                        await ends[side].send_many(batch)
+                    elif op[0] == "sleep":
+                        await trio.sleep(float(op[1]))  # type: ignore[arg-type]
+                    elif op[0] == "partition":
+                        net.partition([a.local.address])
+                    else:
+                        net.heal()
+                net.heal()
+                await trio.sleep(10)  # far longer than any delay left in flight
+                readers.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert received == sent
