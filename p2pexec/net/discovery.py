@@ -105,6 +105,13 @@ class DiscoveryConfig:
     """Every known peer and seed is reported again this often (None: once), so the
     membership layer can rejoin peers it declared dead during a partition. Matches
     memberlist's 30 s push-pull interval."""
+    requery_interval: float | None = 60.0
+    """Seconds between fresh mDNS queries (None: zeroconf's own schedule only). zeroconf
+    asks four times in the first ~14 s and then only when records near expiry (~56 min):
+    a node that was cut off or not yet up then is not found for an hour. Each fresh query
+    lists the peers we know (known-answer suppression), so only unknown peers answer: one
+    packet per node per interval on a quiet LAN. Every pair of nodes meets within one
+    interval of both being reachable."""
     goodbye_timeout: float = 1.0
     """Longest shutdown waits for the mDNS goodbye packets (three, 125 ms apart)."""
     max_peers: int = 4096
@@ -116,8 +123,10 @@ class DiscoveryConfig:
                 f"service type must end in ._tcp.local., got {self.service_type!r}")
         if self.resolve_timeout <= 0 or self.goodbye_timeout < 0 or self.max_peers < 1:
             raise LocalUsageError("resolve_timeout, goodbye_timeout and max_peers must be positive")
-        if self.refresh_interval is not None and self.refresh_interval <= 0:
-            raise LocalUsageError("refresh_interval must be positive or None")
+        for interval in (self.refresh_interval, self.requery_interval):
+            if interval is not None and interval <= 0:
+                raise LocalUsageError("refresh_interval and requery_interval must be "
+                                      "positive or None")
 
     @classmethod
     def lan(cls) -> DiscoveryConfig:
@@ -127,8 +136,8 @@ class DiscoveryConfig:
     @classmethod
     def local(cls) -> DiscoveryConfig:
         """Nodes on one machine (tests, demos): mDNS on 127.0.0.1 only, nothing leaves the
-        host; peers refresh every 5 s so a test's membership heals quickly."""
-        return cls(interfaces=("127.0.0.1",), refresh_interval=5.0)
+        host; peers are re-reported and re-queried every 5 s so membership heals quickly."""
+        return cls(interfaces=("127.0.0.1",), refresh_interval=5.0, requery_interval=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +461,7 @@ async def run_discovery(config: DiscoveryConfig, me: Announcement,
                 events_send, events_recv = trio.open_memory_channel[Event](_EVENT_BUFFER)
                 await mdns.browse(events_send)
                 nursery.start_soon(mdns.register, me)
+                nursery.start_soon(mdns.requery_periodically)
                 nursery.start_soon(_handle_events, mdns, table, events_recv, emit)
             nursery.start_soon(_refresh, config, table, seeds, emit)
             task_status.started()
@@ -468,6 +478,7 @@ class _Mdns:
         self.zc = zc
         self.config = config
         self.browser: AsyncServiceBrowser | None = None
+        self.handler: Callable[..., None] | None = None
 
     @classmethod
     def open(cls, config: DiscoveryConfig) -> _Mdns | None:
@@ -484,13 +495,30 @@ class _Mdns:
 
     async def browse(self, events: trio.MemorySendChannel[Event]) -> None:
         """Start the browser on zeroconf's loop; its events go to `events`."""
-        handler = _browser_handler(trio.lowlevel.current_trio_token(), events)
+        self.handler = _browser_handler(trio.lowlevel.current_trio_token(), events)
+        await self._restart_browser()
 
-        async def start() -> AsyncServiceBrowser:
-            return AsyncServiceBrowser(self.zc, self.config.service_type, handlers=[handler],
-                                       question_type=DNSQuestionType.QM)
+    async def requery_periodically(self) -> None:
+        """Replace the browser every `requery_interval`: a new browser asks afresh."""
+        interval = self.config.requery_interval
+        while interval is not None:
+            await trio.sleep(interval)
+            await self._restart_browser()
 
-        self.browser = await _in_zeroconf_loop(self.zc, start)
+    async def _restart_browser(self) -> None:
+        """Cancel the current browser (if any) and start one that queries at once.
+
+        A new browser first replays zeroconf's cached services as "added"; `PeerTable`
+        drops those repeats, and services new to the cache are reported as usual."""
+
+        async def restart() -> None:  # on zeroconf's loop, so `aclose` sees the newest
+            if self.browser is not None:
+                await self.browser.async_cancel()
+            self.browser = AsyncServiceBrowser(self.zc, self.config.service_type,
+                                               handlers=[self.handler],
+                                               question_type=DNSQuestionType.QM)
+
+        await _in_zeroconf_loop(self.zc, restart)
 
     async def register(self, me: Announcement) -> None:
         """Probe our names and announce them. A failure leaves us browsing, never crashes."""
@@ -511,11 +539,11 @@ class _Mdns:
 
     async def aclose(self) -> None:
         """Stop browsing, say goodbye (bounded by `goodbye_timeout`), join zeroconf's thread."""
-        browser = self.browser
 
         async def goodbye() -> None:
-            if browser is not None:
-                await browser.async_cancel()
+            if self.browser is not None:
+                await self.browser.async_cancel()
+                self.browser = None
             await self.zc.async_unregister_all_services()
 
         with trio.move_on_after(self.config.goodbye_timeout):

@@ -428,3 +428,25 @@ async def test_malformed_announcement_from_the_network_is_logged_and_ignored(
         await trio.to_thread.run_sync(zc.close)
     assert caplog.text.count(line) == 1
     assert (a.found, b.found) == ([b.peer], [a.peer])
+
+
+async def test_a_peer_that_never_announced_is_found_by_the_next_fresh_query(loopback_mdns):
+    """zeroconf alone asks at ~0, 1, 5 and 14 s, then hardly ever: a peer that came up
+    (or was cut off) during its announcements would stay unknown for an hour."""
+    cluster = secrets.token_hex(8)
+    a = Node(0, cluster)
+    quiet = Node(1, cluster)
+    config = dataclasses.replace(loopback_mdns, requery_interval=0.5)
+    zc = Zeroconf(interfaces=["127.0.0.1"])
+    try:
+        async with trio.open_nursery() as nursery:
+            await start_nodes(nursery, config, [a])
+            await trio.sleep(2.0)  # past zeroconf's second startup query, before its third
+            assert zc.loop is not None
+            # answer queries for `quiet` without ever announcing it
+            zc.loop.call_soon_threadsafe(zc.registry.async_add,
+                                         service_info_for(quiet.me, loopback_mdns))
+            await wait_until(lambda: a.found == [quiet.peer], timeout=2.5)
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(zc.close)
