@@ -10,8 +10,10 @@ bandwidth, partitions and node crashes, all on trio's clock: under
     async with trio.open_nursery() as nursery:
         await nursery.start(b.serve, handler)
         conn = await a.connect(b.local.address)
-        net.partition([a.local.address], [b.local.address]); ...; net.heal()
+        net.set_link(a.local.address, b.local.address, LinkSpec(latency=0.05, loss=0.2))
+        cut = net.partition([a.local.address], [b.local.address]); ...; net.heal(cut)
         net.crash(b.local.address); b2 = net.restart(b.local.address)
+        net.stats(a.local.address), net.total_stats()     # NodeStats counters
 
 Semantics, chosen to be close to TCP/UDP on a LAN:
 - A one-way delay is `latency + U(0, jitter) + size / bandwidth`; `latency` is a floor and
@@ -29,13 +31,15 @@ Semantics, chosen to be close to TCP/UDP on a LAN:
   across it fail with `TimeoutError` (an `OSError`) after `connect_timeout` seconds.
 - `crash(address)` kills a node at once: everything its transport does afterwards
   raises `NodeCrashedError` (a `trio.BrokenResourceError`), including a running
-  `serve()`; its peers' connections break one latency later (a reset), or at the
-  partition timer when a partition hides the crash; datagrams to it vanish.
-  `restart(address)` gives a fresh transport at the same address.
+  `serve()` (whose handlers are cancelled); its peers' connections break one latency
+  later (a reset), or, when a partition hides the crash, at the partition's break timer
+  or on heal; datagrams to it vanish. `restart(address)` gives a fresh transport at the
+  same address, with the same node id unless told otherwise.
 - Connecting to an address where nobody serves fails after one round trip with
   `ConnectionRefusedError` (an `OSError`).
 - Connection handlers run in `serve()`'s nursery; a handler returning does not close its
   connection (trio's `serve_tcp` convention); closing the transport cancels them.
+- A node receives datagrams from the moment it is added, serving or not.
 
 Every random choice comes from one `random.Random` per source address, seeded from the
 network seed and the address, so a node's traffic does not change when unrelated nodes
