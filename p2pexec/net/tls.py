@@ -44,7 +44,7 @@ _TLS_REASONS = {
     "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         "presented no certificate (not a p2pexec node, or started without the token)",
     "CERTIFICATE_VERIFY_FAILED":
-        "its certificate is not signed by this cluster's token (different --token?)",
+        "has a certificate not signed by this cluster's token (different --token?)",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "refused us: it requires a certificate",
     "TLSV1_ALERT_UNKNOWN_CA": "refused our certificate (different --token?)",
     "SSLV3_ALERT_BAD_CERTIFICATE": "refused our certificate (different --token?)",
@@ -55,6 +55,9 @@ _TLS_REASONS = {
     "UNSUPPORTED_PROTOCOL": "offered no TLS 1.3",
     "TLSV1_ALERT_PROTOCOL_VERSION": "offered no TLS 1.3",
     "NO_SHARED_CIPHER": "shares no TLS 1.3 cipher with us",
+    "UNEXPECTED_EOF_WHILE_READING":
+        "hung up during the TLS handshake (it did not trust our certificate: different "
+        "--token?)",
 }
 
 

@@ -36,3 +36,9 @@ def tcp_transport(token: str = TOKEN, config: NetConfig | None = None) -> TcpTra
 def make_transport() -> Callable[..., TcpTransport]:
     """Factory of fresh transports: `make_transport(token=TOKEN, config=None)`."""
     return tcp_transport
+
+
+@pytest.fixture
+def make_credentials() -> Callable[..., Credentials]:
+    """Factory of fresh node credentials: `make_credentials(token=TOKEN)`."""
+    return credentials
