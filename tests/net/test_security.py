@@ -1,0 +1,123 @@
+"""Node keys on disk, the token and what is derived from it, sealed datagrams."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pexec.errors import AuthenticationError, LocalProtocolError, LocalUsageError
+from p2pexec.ids import NodeId
+from p2pexec.net.security import (
+    KEY_FILE,
+    ClusterKeys,
+    DatagramSealer,
+    NodeIdentity,
+    new_token,
+    resolve_token,
+)
+from p2pexec.net.tcp import TcpTransport
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def test_key_is_created_private_and_reloaded_with_the_same_id(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = NodeIdentity.load_or_create(data_dir)
+    assert stat.S_IMODE((data_dir / KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    again = NodeIdentity.load_or_create(data_dir)
+    assert again.node_id == first.node_id
+    assert first.node_id == NodeId.from_public_key(first.public_bytes)
+    assert len(first.public_bytes) == 32
+
+
+def test_key_readable_by_others_is_made_private(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    first = NodeIdentity.load_or_create(tmp_path)
+    (tmp_path / KEY_FILE).chmod(0o644)
+    assert NodeIdentity.load_or_create(tmp_path).node_id == first.node_id
+    assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
+    assert "was readable by others (mode 644); set to 0600" in caplog.text
+
+
+def test_tokens_are_random_url_safe_and_long() -> None:
+    tokens = {new_token() for _ in range(50)}
+    assert len(tokens) == 50
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", t) for t in tokens)
+
+
+def test_token_comes_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PEXEC_TOKEN", "from-env")
+    assert resolve_token("from-flag") == "from-flag"
+    assert resolve_token(None) == "from-env"
+    monkeypatch.delenv("P2PEXEC_TOKEN")
+    assert resolve_token(None) is None
+
+
+def test_cluster_id_is_stable_distinct_and_does_not_reveal_the_token() -> None:
+    a, b = ClusterKeys(TOKEN), ClusterKeys(TOKEN + "x")
+    assert a.cluster_id == ClusterKeys(TOKEN).cluster_id
+    assert a.cluster_id != b.cluster_id
+    assert re.fullmatch(r"[0-9a-f]{20}", a.cluster_id)
+    assert TOKEN not in repr(a) and a.cluster_id in repr(a)
+    assert len({a.cluster_id, a.proof_key.hex(), a.datagram_key.hex()}) == 3
+
+
+def test_short_token_is_refused() -> None:
+    with pytest.raises(LocalUsageError,
+                       match=r"too short \(5 characters, need 16\); make one with `p2pexec tok"):
+        ClusterKeys("short")
+
+
+def test_sealed_datagram_round_trip_and_tampering() -> None:
+    me = NodeIdentity.generate().node_id
+    sender, receiver = DatagramSealer(ClusterKeys(TOKEN), me), DatagramSealer(
+        ClusterKeys(TOKEN), NodeIdentity.generate().node_id)
+    sealed = [sender.seal(b"hello %d" % i) for i in range(3)]
+    assert [receiver.open(d) for d in sealed] == [(me, b"hello %d" % i) for i in range(3)]
+    assert len(sealed[0]) == len(b"hello 0") + DatagramSealer.OVERHEAD
+    assert sealed[0][-24:] != sealed[1][-24:]  # fresh nonce per datagram
+    for i in (0, 5, 40, 60, len(sealed[0]) - 1):
+        bad = bytearray(sealed[0])
+        bad[i] ^= 1
+        with pytest.raises(AuthenticationError):
+            receiver.open(bytes(bad))
+    with pytest.raises(AuthenticationError, match="wrong token"):
+        DatagramSealer(ClusterKeys(TOKEN + "x"), me).open(sealed[0])
+    with pytest.raises(AuthenticationError, match="too short"):
+        receiver.open(b"tiny")
+
+
+async def test_datagrams_from_another_cluster_are_dropped_and_logged(
+        make_transport: Callable[..., TcpTransport], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "p2pexec.net")
+    a, b = make_transport(), make_transport()
+    outsider = make_transport(token=TOKEN + "-other")
+    for t in (a, b, outsider):
+        await t.bind()
+    try:
+        raw = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+        await raw.bind(("127.0.0.1", 0))
+        await raw.sendto(b"\x07" + os.urandom(199), b.local.address)
+        await outsider.send_datagram(b.local.address, b"intruder")
+        await a.send_datagram(b.local.address, b"member")
+        with trio.fail_after(5):
+            assert await b.receive_datagram() == (a.local.address, b"member")
+        raw_port = raw.getsockname()[1]
+        raw.close()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"dropped datagram from 127.0.0.1:{raw_port}: datagram version 7 is not 1",
+            f"dropped datagram from 127.0.0.1:{outsider.local.address[1]}: datagram failed "
+            f"authentication (wrong token?)"]
+        with pytest.raises(LocalProtocolError, match="over the 1327-byte limit"):
+            await a.send_datagram(b.local.address, b"x" * 1328)
+    finally:
+        for t in (a, b, outsider):
+            await t.aclose()
