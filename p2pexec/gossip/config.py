@@ -71,6 +71,10 @@ class GossipConfig:
     stream_timeout: float = 10.0
     """Seconds a push-pull exchange may take before it is abandoned (memberlist TCPTimeout)."""
 
+    leave_timeout: float = 5.0
+    """Seconds `GossipDriver.leave` waits for the leave to be gossiped retransmit_limit(n)
+    times (a few gossip intervals) before giving up and letting the node shut down."""
+
     awareness_max_multiplier: int = 8
     """Local health score is capped at awareness_max_multiplier - 1; timeouts and the probe
     interval are scaled by (score + 1), so at most by this factor."""
