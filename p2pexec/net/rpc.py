@@ -123,23 +123,31 @@ class RpcNode:
 
     # ---- outgoing --------------------------------------------------------------------
 
-    async def _channel(self, address: Address, node: NodeId | None) -> _Channel:
-        """A live channel to `node` (any direction) or `address`; connect if there is none."""
+    def _live(self, address: Address, node: NodeId | None) -> _Channel | None:
+        """The live channel to `node` (either direction) or, with no node given, `address`."""
         chan = self._by_node.get(node) if node is not None else self._by_address.get(address)
-        if chan is not None and chan.alive:
+        return chan if chan is not None and chan.alive else None
+
+    async def _channel(self, address: Address, node: NodeId | None) -> _Channel:
+        """A live channel to `node` or `address`; connect if there is none."""
+        chan = self._live(address, node)
+        if chan is not None:
             return chan
         lock = self._connecting.setdefault(address, trio.Lock())
-        async with lock:
-            chan = self._by_address.get(address)
-            if chan is not None and chan.alive and (node is None or
-                                                    chan.conn.peer.node_id == node):
+        try:
+            async with lock:
+                chan = self._live(address, node)  # another task may have connected meanwhile
+                if chan is not None:
+                    return chan
+                if self._nursery is None:
+                    raise trio.ClosedResourceError("RpcNode is not serving")
+                conn = await self.transport.connect(address, expected=node)
+                chan = self._register(conn, address)
+                self._nursery.start_soon(self._read, chan, address)
                 return chan
-            if self._nursery is None:
-                raise trio.ClosedResourceError("RpcNode is not serving")
-            conn = await self.transport.connect(address, expected=node)
-            chan = self._register(conn, address)
-            self._nursery.start_soon(self._read, chan, address)
-            return chan
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._connecting.pop(address, None)  # keep no lock per address ever seen
 
     def _register(self, conn: Connection, address: Address | None) -> _Channel:
         chan = _Channel(conn)
@@ -180,10 +188,13 @@ class RpcNode:
             return []
         timeout = self.config.rpc_timeout if timeout is None else timeout
         deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline) as scope:
-            chan = await self._channel(address, node)
-        if scope.cancelled_caught:
-            raise TimeoutError(f"no connection to {address[0]}:{address[1]} within {timeout:g} s")
+        chan = self._live(address, node)
+        if chan is None:
+            with trio.move_on_at(deadline) as scope:
+                chan = await self._channel(address, node)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"no connection to {address[0]}:{address[1]} within "
+                                   f"{timeout:g} s")
         waiter = _Waiter(len(bodies))
         ids = [next(self._ids) for _ in bodies]
         frames = [self.codec.encode(Request(call_id, body)) for call_id, body in zip(

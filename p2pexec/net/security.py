@@ -206,7 +206,10 @@ def peer_node_id(peer_cert_der: bytes | None) -> NodeId:
     """The node id proven by the peer's TLS certificate (its key signed the handshake)."""
     if not peer_cert_der:
         raise AuthenticationError("peer presented no certificate")
-    key = x509.load_der_x509_certificate(peer_cert_der).public_key()
+    try:
+        key = x509.load_der_x509_certificate(peer_cert_der).public_key()
+    except ValueError as exc:
+        raise AuthenticationError(f"peer certificate cannot be read: {exc}") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise AuthenticationError("peer certificate does not hold an Ed25519 key")
     return NodeId.from_public_key(key.public_bytes(serialization.Encoding.Raw,

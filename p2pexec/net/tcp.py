@@ -121,26 +121,30 @@ class TcpConnection:
         self._wake.unpark_all()
 
     async def run_writer(self) -> None:
-        """The connection's writer task: drains the queue until the connection closes."""
+        """The connection's writer task: drains the queue until the connection closes.
+
+        One cancel scope serves every write: its deadline is armed (`write_timeout`) only
+        while a write is in progress, which costs less than a scope per write."""
         try:
-            while True:
-                while not self._pending:
-                    if self._closed or self._broken is not None:
-                        return
-                    await self._wake.park()
-                batch, self._pending, self._pending_bytes = self._pending, [], 0
-                self._space.unpark_all()
-                data = batch[0] if len(batch) == 1 else b"".join(batch)
-                with trio.move_on_after(self._write_timeout) as scope:
-                    await self._stream.send_all(data)
-                if scope.cancelled_caught:
-                    self._fail(f"peer took no data for {self._write_timeout:g} s")
-                    await self._abort()
-                    return
+            with trio.CancelScope() as scope:
+                while True:
+                    while not self._pending:
+                        if self._closed or self._broken is not None:
+                            return
+                        await self._wake.park()
+                    batch, self._pending, self._pending_bytes = self._pending, [], 0
+                    self._space.unpark_all()
+                    scope.deadline = trio.current_time() + self._write_timeout
+                    await self._stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                    scope.deadline = math.inf
+            self._fail(f"peer took no data for {self._write_timeout:g} s")
+            await self._abort()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self._broken is None and not self._closed:
                 self._broken = f"write failed: {exc.__cause__ or exc or type(exc).__name__}"
         finally:
+            if self._broken is None and not self._closed:  # cancelled: the transport stopped
+                self._broken = "the transport stopped serving"
             self._space.unpark_all()
             self._writer_done.set()
 
@@ -450,8 +454,9 @@ class TcpTransport:
                 await self._listener.aclose()
             if self._udp is not None:
                 self._udp.close()
-            for conn in list(self._connections):
-                await conn.aclose()
+            async with trio.open_nursery() as closing:  # a stalled peer delays no other
+                for conn in list(self._connections):
+                    closing.start_soon(conn.aclose)
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
 
