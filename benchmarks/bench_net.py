@@ -5,7 +5,10 @@ Run: `python benchmarks/bench_net.py [--seconds S] [--inflight N]`. A server pro
 TCP+TLS; this process measures, in one run:
 
 * raw echo, one at a time: send one frame, wait for it to come back;
-* raw echo, batched: N frames in one `send_all`, wait for all N echoes;
+* raw echo, batched: N frames in one `send_all`, wait for all N echoes (and 100 per
+  `send_all`, the figure REFERENCES.md quotes);
+* TLS echo (trio `SSLStream`, no p2pexec handshake or codec), one at a time and batched:
+  what TLS alone costs;
 * TLS RPC, one at a time: `RpcNode.call` in a loop;
 * TLS RPC, pipelined: N requests in flight, as one `call_many` and as N concurrent tasks.
 
@@ -129,10 +132,12 @@ async def measure(raw_port: int, tls_port: int, rpc_port: int, token: str, secon
                 got += len(decoder.feed(await stream.receive_some(1 << 16)))
             return n
 
-        for n, kind in ((1, "one at a time"), (inflight, f"batched ({inflight:,} per send)")):
+        sizes = [(1, "one at a time"), (inflight, f"batched ({inflight:,} per send)")]
+        if port == raw_port:  # the REFERENCES.md figure: 100 frames per send_all
+            sizes.append((100, "batched (100 per send)"))
+        for n, kind in sizes:
             ops, p50 = await timed_loop(seconds, partial(echo_round, n))
-            base = f"raw TCP echo, {kind}"
-            rows.append(Row(f"{label}, {kind}", ops, p50 * 1e3, base))
+            rows.append(Row(f"{label}, {kind}", ops, p50 * 1e3, f"raw TCP echo, {kind}"))
         await stream.aclose()
 
     rpc = RpcNode(TcpTransport(creds, NetConfig.local()))
@@ -184,6 +189,8 @@ def print_table(rows: list[Row]) -> None:
     best = max((r for r in rows if "pipelined" in r.name), key=lambda r: r.ops)
     print(f"pipelined TLS RPC / raw batched throughput: {best.ops / by_name[best.base].ops:.0%}"
           f"  (target >= 50%, best pipelined row)")
+    per100 = by_name["raw TCP echo, batched (100 per send)"]
+    print(f"pipelined TLS RPC / raw echo at 100 frames per send: {best.ops / per100.ops:.0%}")
     print("p50 of pipelined and batched rows is the time for one whole batch.")
 
 

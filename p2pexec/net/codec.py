@@ -76,12 +76,13 @@ _Encoder = Callable[[Any], Any] | None
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Kind:
+    """A registered class and the functions compiled for it (see `_compile`)."""
+
     cls: type
     code: int
-    names: tuple[str, ...]
-    encoders: tuple[_Encoder, ...]
-    decoders: tuple[_Decoder, ...]
-    plain: bool  # every field is sent as is: encode without per-field calls
+    fields: Callable[[Any], list[Any]]  # message -> its encoded field values
+    message: Callable[[Any], list[Any]]  # message -> [code, encoded field values...]
+    build: Callable[[tuple[Any, ...], int], Any]  # (field values, depth room) -> message
 
 
 _BY_CODE: dict[int, _Kind] = {}
@@ -131,17 +132,56 @@ def _kind_of_code(code: int) -> _Kind | None:
 
 
 def _resolve(cls: type, code: int) -> _Kind:
-    """Compile the field encoders/decoders once type hints can be resolved."""
+    """Compile the class's encoders and decoder once its type hints can be resolved."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    names = tuple(f.name for f in fields)
-    encoders = tuple(_encoder_for(hints[n]) for n in names)
-    decoders = tuple(_decoder_for(hints[n], f"{cls.__qualname__}.{n}") for n in names)
-    kind = _Kind(cls, code, names, encoders, decoders, all(e is None for e in encoders))
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kind = _compile(cls, code, names, [hints[n] for n in names])
     del _PENDING[cls]
     _BY_CODE[code] = kind
     _BY_CLASS[cls] = kind
     return kind
+
+
+_EXACT = (int, bool, str, bytes)
+"""Field types checked inline by type identity (msgpack decodes exactly these types)."""
+
+
+def _compile(cls: type, code: int, names: list[str], types_: list[Any]) -> _Kind:
+    """Generate straight-line encode/decode functions for one message class, as
+    `dataclasses` does for `__init__`: the codec runs per message, so no per-field loops
+    or lookups. Field names are Python identifiers, so the generated source is safe."""
+    ns: dict[str, Any] = {"cls": cls, "_fail": _fail, "RemoteProtocolError": RemoteProtocolError}
+    encoded: list[str] = []
+    checks: list[str] = []
+    for i, (name, tp) in enumerate(zip(names, types_, strict=True)):
+        enc = _encoder_for(tp)
+        if enc is None:
+            encoded.append(f"m.{name}")
+        else:
+            ns[f"e{i}"] = enc
+            encoded.append(f"e{i}(m.{name})")
+        where = f"{cls.__qualname__}.{name}"
+        if tp in _EXACT:
+            ns[f"t{i}"] = tp
+            checks.append(f"    if type(v{i}) is not t{i}:\n"
+                          f"        raise _fail({where!r}, {tp.__name__!r}, v{i})\n")
+        else:
+            ns[f"d{i}"] = _decoder_for(tp, where)
+            checks.append(f"    v{i} = d{i}(v{i}, room)\n")
+    values = "".join(f"v{i}, " for i in range(len(names)))
+    count_error = (f"message {cls.__qualname__} has {len(names)} fields, got ")
+    src = (f"def fields(m):\n    return [{', '.join(encoded)}]\n"
+           f"def message(m):\n    return [{code}, {', '.join(encoded)}]\n"
+           f"def build(values, room):\n"
+           f"    if len(values) != {len(names)}:\n"
+           f"        raise RemoteProtocolError({count_error!r} + str(len(values)))\n"
+           f"    ({values}) = values\n" + "".join(checks) +
+           f"    try:\n        return cls({values})\n"
+           f"    except (TypeError, ValueError) as exc:  # the class's own __post_init__\n"
+           f"        raise RemoteProtocolError("
+           f"{'message ' + cls.__qualname__ + ' rejected: '!r} + str(exc)) from None\n")
+    exec(compile(src, f"<p2pexec codec {cls.__qualname__}>", "exec"), ns)
+    return _Kind(cls, code, ns["fields"], ns["message"], ns["build"])
 
 
 def registered() -> dict[int, type]:
@@ -190,20 +230,17 @@ def _encoder_for(tp: Any) -> _Encoder:
 
 
 def _fields_of(msg: Any) -> list[Any]:
-    kind = _kind_of_class(type(msg))
+    kind = _BY_CLASS.get(type(msg)) or _kind_of_class(type(msg))
     if kind is None:
         raise LocalProtocolError(f"{type(msg).__qualname__} is not a registered message")
-    if kind.plain:
-        return [getattr(msg, n) for n in kind.names]
-    return [v if e is None else e(v)
-            for e, v in zip(kind.encoders, (getattr(msg, n) for n in kind.names), strict=True)]
+    return kind.fields(msg)
 
 
 def _encode_any_message(msg: Any) -> list[Any]:
-    kind = _kind_of_class(type(msg))
+    kind = _BY_CLASS.get(type(msg)) or _kind_of_class(type(msg))
     if kind is None:
         raise LocalProtocolError(f"{type(msg).__qualname__} is not a registered message")
-    return [kind.code, *_fields_of(msg)]
+    return kind.message(msg)
 
 
 # ---- field decoders: msgpack value -> checked Python value -------------------------------
@@ -245,10 +282,13 @@ def _decoder_for(tp: Any, where: str) -> _Decoder:
         return dec_node
     if tp is Message:
         def dec_message(v: Any, room: int) -> Any:
-            _check_depth(room, where)
             if type(v) is not tuple or not v:
                 raise _fail(where, "a message", v)
-            return _decode_fields(v[0], v[1:], room - 1)
+            _check_depth(room, where)
+            kind = _BY_CODE.get(v[0]) if type(v[0]) is int else None
+            if kind is None:  # not yet compiled, or an error to report
+                return _decode_fields(v[0], v[1:], room - 1)
+            return kind.build(v[1:], room - 1)
         return dec_message
     if tp is Any:
         def dec_any(v: Any, room: int) -> Any:
@@ -294,7 +334,7 @@ def _decoder_for(tp: Any, where: str) -> _Decoder:
             kind = _kind_of_class(tp)
             if kind is None:
                 raise LocalUsageError(f"{tp.__qualname__} is not a registered message")
-            return _build(kind, v, room - 1)
+            return kind.build(v, room - 1)
         return dec_nested
     raise LocalUsageError(f"unsupported message field type {tp!r}")
 
@@ -316,23 +356,13 @@ def _check_plain(v: Any, room: int, where: str) -> None:
         raise _fail(where, "plain msgpack data", v)
 
 
-def _build(kind: _Kind, values: tuple[Any, ...], room: int) -> Any:
-    if len(values) != len(kind.names):
-        raise RemoteProtocolError(f"message {kind.cls.__qualname__} has {len(kind.names)} "
-                                  f"fields, got {len(values)}")
-    try:
-        return kind.cls(*[d(v, room) for d, v in zip(kind.decoders, values, strict=True)])
-    except (TypeError, ValueError) as exc:  # the class's own __post_init__ checks
-        raise RemoteProtocolError(f"message {kind.cls.__qualname__} rejected: {exc}") from None
-
-
 def _decode_fields(code: Any, values: tuple[Any, ...], room: int) -> Any:
     if type(code) is not int:
         raise RemoteProtocolError(f"message type code must be an int, got {type(code).__name__}")
-    kind = _kind_of_code(code)
+    kind = _BY_CODE.get(code) or _kind_of_code(code)
     if kind is None:
         raise RemoteProtocolError(f"unknown message type {code}")
-    return _build(kind, values, room)
+    return kind.build(values, room)
 
 
 # ---- the codec ---------------------------------------------------------------------------

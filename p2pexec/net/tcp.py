@@ -104,7 +104,13 @@ class TcpConnection:
 
     async def send(self, message: bytes) -> None:
         """Queue one message (see `send_many`)."""
-        await self.send_many([message])
+        self._check_open()
+        frame = frame_bytes(message, self._max_frame)
+        if self._pending_bytes >= self._limit:
+            await self._wait_for_space()
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        self._wake.unpark_all()
 
     async def send_many(self, messages: list[bytes]) -> None:
         """Queue messages; the writer sends them in one `send_all` with everything else
@@ -113,12 +119,16 @@ class TcpConnection:
         if not messages:
             return
         frames = [frame_bytes(m, self._max_frame) for m in messages]
-        while self._pending_bytes >= self._limit:
-            await self._space.park()
-            self._check_open()
+        if self._pending_bytes >= self._limit:
+            await self._wait_for_space()
         self._pending.extend(frames)
         self._pending_bytes += sum(map(len, frames))
         self._wake.unpark_all()
+
+    async def _wait_for_space(self) -> None:
+        while self._pending_bytes >= self._limit:
+            await self._space.park()
+            self._check_open()
 
     async def run_writer(self) -> None:
         """The connection's writer task: drains the queue until the connection closes.
