@@ -134,8 +134,9 @@ def _kind_of_code(code: int) -> _Kind | None:
 def _resolve(cls: type, code: int) -> _Kind:
     """Compile the class's encoders and decoder once its type hints can be resolved."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kind = _compile(cls, code, names, [hints[n] for n in names])
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    kind = _compile(cls, code, [f.name for f in fields], [hints[f.name] for f in fields],
+                    [f.kw_only is True for f in fields])
     del _PENDING[cls]
     _BY_CODE[code] = kind
     _BY_CLASS[cls] = kind
@@ -146,7 +147,8 @@ _EXACT = (int, bool, str, bytes)
 """Field types checked inline by type identity (msgpack decodes exactly these types)."""
 
 
-def _compile(cls: type, code: int, names: list[str], types_: list[Any]) -> _Kind:
+def _compile(cls: type, code: int, names: list[str], types_: list[Any],
+             kw_only: list[bool]) -> _Kind:
     """Generate straight-line encode/decode functions for one message class, as
     `dataclasses` does for `__init__`: the codec runs per message, so no per-field loops
     or lookups. Field names are Python identifiers, so the generated source is safe."""
@@ -169,6 +171,8 @@ def _compile(cls: type, code: int, names: list[str], types_: list[Any]) -> _Kind
             ns[f"d{i}"] = _decoder_for(tp, where)
             checks.append(f"    v{i} = d{i}(v{i}, room)\n")
     values = "".join(f"v{i}, " for i in range(len(names)))
+    arguments = ", ".join(f"{n}=v{i}" if kw else f"v{i}"
+                          for i, (n, kw) in enumerate(zip(names, kw_only, strict=True)))
     count_error = (f"message {cls.__qualname__} has {len(names)} fields, got ")
     src = (f"def fields(m):\n    return [{', '.join(encoded)}]\n"
            f"def message(m):\n    return [{code}, {', '.join(encoded)}]\n"
@@ -176,7 +180,7 @@ def _compile(cls: type, code: int, names: list[str], types_: list[Any]) -> _Kind
            f"    if len(values) != {len(names)}:\n"
            f"        raise RemoteProtocolError({count_error!r} + str(len(values)))\n"
            f"    ({values}) = values\n" + "".join(checks) +
-           f"    try:\n        return cls({values})\n"
+           f"    try:\n        return cls({arguments})\n"
            f"    except (TypeError, ValueError) as exc:  # the class's own __post_init__\n"
            f"        raise RemoteProtocolError("
            f"{'message ' + cls.__qualname__ + ' rejected: '!r} + str(exc)) from None\n")

@@ -22,6 +22,7 @@ import collections
 import logging
 import math
 import socket
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,7 +36,7 @@ from p2pexec.errors import (
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec, frame_bytes, log_dropped
 from p2pexec.net.config import NetConfig
-from p2pexec.net.security import DatagramSealer
+from p2pexec.net.security import ClusterKeys, DatagramSealer, NodeIdentity
 from p2pexec.net.tls import Credentials, SecureChannel, secure
 from p2pexec.net.transport import Address, ConnectionHandler, Peer
 
@@ -252,6 +253,16 @@ class TcpTransport:
         self._nursery: trio.Nursery | None = None
         self._ratelimit = RateLimitedLog(self.config.log_interval)
         self.closing = False
+
+    @classmethod
+    def create(cls, data_dir: Path, token: str, config: NetConfig | None = None,
+               host: str = "127.0.0.1", port: int = 0) -> TcpTransport:
+        """The usual way a node makes its transport: its key from `data_dir` (created on
+        first start), the cluster from `token`. Logs the node id's short form."""
+        identity = NodeIdentity.load_or_create(data_dir)
+        keys = ClusterKeys(token)
+        log.info("node %s in cluster %s", identity.node_id.short, keys.cluster_id)
+        return cls(Credentials.create(identity, keys), config, host, port)
 
     @property
     def local(self) -> Peer:

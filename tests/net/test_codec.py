@@ -65,6 +65,13 @@ class Anything:
     value: Any
 
 
+@message(904)
+@dataclass(frozen=True, kw_only=True)
+class KeywordsOnly:
+    a: int
+    b: str = "x"
+
+
 def everything() -> Everything:
     return Everything(n=-5, f=2.5, ok=True, name="héllo", blob=b"\x00\xff", node=A, maybe=None,
                       nums=(1, 2, 3), pair=("a", 1), items=["x", "y"], table={"k": 7},
@@ -75,6 +82,11 @@ def everything() -> Everything:
 def test_round_trip_of_every_field_kind() -> None:
     codec = Codec()
     assert codec.decode(codec.encode(everything())) == everything()
+
+
+def test_keyword_only_fields_round_trip() -> None:
+    codec = Codec()
+    assert codec.decode(codec.encode(KeywordsOnly(a=1, b="y"))) == KeywordsOnly(a=1, b="y")
 
 
 def test_wire_form_is_code_then_fields() -> None:
@@ -220,6 +232,22 @@ def test_fuzz_random_bodies_decode_or_raise_protocol_error(body: bytes) -> None:
 def test_fuzz_any_plain_value_round_trips(value: Any) -> None:
     codec = Codec()
     assert codec.decode(codec.encode(Anything(value))) == Anything(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=20), st.lists(st.integers(1, 50), min_size=1))
+def test_fuzz_frame_decoder_reassembles_any_split(bodies: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frame_bytes(b, 300) for b in bodies)
+    dec = FrameDecoder(300)
+    got: list[bytes] = []
+    pos = i = 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        got += dec.feed(stream[pos:pos + step])
+        pos += step
+        i += 1
+    assert got == bodies
+    assert not dec.partial
 
 
 @settings(max_examples=200, deadline=None)

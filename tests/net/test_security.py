@@ -38,6 +38,14 @@ def test_key_is_created_private_and_reloaded_with_the_same_id(tmp_path: Path) ->
     assert len(first.public_bytes) == 32
 
 
+async def test_transport_from_data_dir_keeps_its_node_id(tmp_path: Path) -> None:
+    first = TcpTransport.create(tmp_path, TOKEN)
+    again = TcpTransport.create(tmp_path, TOKEN)
+    assert first.local.node_id == again.local.node_id == NodeIdentity.load_or_create(
+        tmp_path).node_id
+    assert first.credentials.keys.cluster_id == ClusterKeys(TOKEN).cluster_id
+
+
 def test_key_readable_by_others_is_made_private(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     first = NodeIdentity.load_or_create(tmp_path)
