@@ -331,8 +331,8 @@ class Membership:
             if now >= s.deadline:
                 del self._suspicions[node]
                 row = self._table.get(node)
-                if row is not None and row.state == State.SUSPECT:
-                    self._apply(Dead(node, row.incarnation, self.me), now)
+                if row is not None and row.status == (s.incarnation, State.SUSPECT):
+                    self._apply(Dead(node, s.incarnation, self.me), now)
         if now >= t.gossip:
             if len(self._queue):
                 self._gossip(now)
@@ -552,9 +552,12 @@ class Membership:
         if old is None or old.status != new.status:
             self._changed_at[node] = now
         if new.state == State.SUSPECT:
-            if node not in self._suspicions:
+            s = self._suspicions.get(node)
+            if s is None or s.incarnation != new.incarnation:
+                # a suspicion at a higher incarnation means the old one was refuted (we
+                # missed the refutation): the member gets a fresh timer to refute again
                 self._suspicions[node] = Suspicion(self.cfg, self.num_live(),
-                                                   origin or self.me, now)
+                                                   origin or self.me, new.incarnation, now)
         else:
             self._suspicions.pop(node, None)
         if new.identity is None:

@@ -214,4 +214,6 @@ class Stepper:
         due = core.next_deadline()
         if due is not None and due != node.wake:
             node.wake = due
-            self._schedule(due, _WAKE, (node, due))
+            # a deadline already past (e.g. a gossip round due since a quiet spell) runs now:
+            # simulated time never goes backwards
+            self._schedule(max(due, self.now), _WAKE, (node, due))

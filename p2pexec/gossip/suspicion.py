@@ -13,10 +13,12 @@ from p2pexec.ids import NodeId
 
 
 class Suspicion:
-    """The timer of one suspected member, as seen by this node."""
+    """The timer of one suspected member at one incarnation, as seen by this node."""
 
-    def __init__(self, cfg: GossipConfig, n: int, origin: NodeId, start: float) -> None:
+    def __init__(self, cfg: GossipConfig, n: int, origin: NodeId, incarnation: int,
+                 start: float) -> None:
         self._cfg = cfg
+        self.incarnation = incarnation
         self._n = n
         self.start = start
         self.confirmers: set[NodeId] = {origin}

@@ -55,7 +55,14 @@ def primary(sends: list[Send]) -> list[tuple]:
 
 def news(core: Membership) -> list:
     """Updates just sent (drains the outbox) or still waiting to be piggybacked."""
-    return [m for s in core.outbox() for m in s.msgs[1:]] + core.pending_broadcasts()
+    probes = (Ping, IndirectPing, Ack, Nack)
+    sent = [m for s in core.outbox() for m in s.msgs if not isinstance(m, probes)]
+    return sent + core.pending_broadcasts()
+
+
+def about(core: Membership, node: NodeId) -> list[tuple]:
+    """(kind, incarnation) of the events about `node` (other members may be probed too)."""
+    return [(e.kind, e.member.incarnation) for e in core.events() if e.member.node_id == node]
 
 
 def until_ping(core: Membership) -> tuple[float, Ping]:
@@ -295,3 +302,18 @@ def test_each_update_is_piggybacked_retransmit_limit_times_then_dropped():
         core.receive(ADDR[B], Ping(i, A, B), 1.0)
         count += sum(m == Alive(C, 0, "c", ADDR[C], {}) for s in core.outbox() for m in s.msgs)
     assert count == cfg.retransmit_limit(3) == 3
+
+
+def test_a_suspicion_at_a_higher_incarnation_gets_a_fresh_timer():
+    """We missed B's refutation of a suspicion at incarnation 0; a new suspicion at 1 tells
+    us it refuted. The old timer must not declare B dead at incarnation 1 (a death the
+    whole cluster would accept): B gets a full new timeout to refute again."""
+    core = make(B, C)
+    core.receive(ADDR[C], Suspect(B, 0, C), 0.0)
+    core.receive(ADDR[C], Suspect(B, 1, C), 10.0)
+    core.tick(CFG.suspicion_max(3))  # the first timer's deadline
+    assert about(core, B) == [(EventKind.SUSPECT, 0)]
+    assert core.member(B).state == State.SUSPECT
+    core.tick(10.0 + CFG.suspicion_max(3))
+    assert about(core, B) == [(EventKind.FAILED, 1)]
+    assert Dead(B, 1, A) in news(core)
