@@ -38,7 +38,7 @@ def test_key_is_created_private_and_reloaded_with_the_same_id(tmp_path: Path) ->
     assert len(first.public_bytes) == 32
 
 
-async def test_transport_from_data_dir_keeps_its_node_id(tmp_path: Path) -> None:
+def test_transport_from_data_dir_keeps_its_node_id(tmp_path: Path) -> None:
     first = TcpTransport.create(tmp_path, TOKEN)
     again = TcpTransport.create(tmp_path, TOKEN)
     assert first.local.node_id == again.local.node_id == NodeIdentity.load_or_create(
