@@ -50,6 +50,7 @@ _TLS_REASONS = {
     "SSLV3_ALERT_BAD_CERTIFICATE": "refused our certificate (different --token?)",
     "TLSV1_ALERT_DECRYPT_ERROR": "refused our certificate (different --token?)",
     "WRONG_VERSION_NUMBER": "does not speak TLS (sent plain bytes)",
+    "PACKET_LENGTH_TOO_LONG": "does not speak TLS (sent plain bytes)",
     "HTTP_REQUEST": "does not speak TLS (sent an HTTP request)",
     "UNEXPECTED_MESSAGE": "broke the TLS handshake (unexpected message)",
     "UNSUPPORTED_PROTOCOL": "offered no TLS 1.3",
