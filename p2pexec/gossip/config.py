@@ -79,10 +79,11 @@ class GossipConfig:
     """Local health score is capped at awareness_max_multiplier - 1; timeouts and the probe
     interval are scaled by (score + 1), so at most by this factor."""
 
-    max_packet_size: int = 1350
+    max_packet_size: int = 1300
     """Bytes of gossip per datagram, piggybacked updates included. memberlist's
-    UDPBufferSize is 1400, the transport's sealed-datagram limit (NetConfig
-    max_datagram_size); 50 bytes are left for the transport's sealing (nonce, tag)."""
+    UDPBufferSize is 1400, as is the TCP transport's limit on the wire (NetConfig
+    max_datagram_size); its AES-GCM sealing takes 73 of those (DatagramSealer.OVERHEAD),
+    leaving 1327: 1300 keeps a margin."""
 
     load_update_interval: float = 1.0
     """Minimum seconds between two broadcasts of this node's load: load changes with every

@@ -207,6 +207,9 @@ class GossipDriver:
                 continue
             try:
                 await self.transport.send_datagram(send.to, data)
+            except LocalProtocolError as exc:  # over the transport's datagram limit
+                log.error("gossip datagram to %s not sent: %s (lower max_packet_size)",
+                          send.to, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._transport_gone(exc)
                 return
