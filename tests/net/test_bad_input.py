@@ -12,10 +12,12 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from p2pexec.errors import AuthenticationError
 from p2pexec.ids import NodeId
@@ -23,6 +25,7 @@ from p2pexec.net.codec import HEADER, Codec, frame_bytes
 from p2pexec.net.config import NetConfig
 from p2pexec.net.messages import MAGIC, Hello
 from p2pexec.net.rpc import RpcNode
+from p2pexec.net.security import node_certificate
 from p2pexec.net.tcp import TcpTransport
 from p2pexec.net.tls import Credentials, secure
 from p2pexec.net.transport import Peer
@@ -146,6 +149,33 @@ async def test_openssl_client_without_token(make_transport: Callable[..., TcpTra
         assert b"TLSv1.3" in result.stdout  # the client side of TLS 1.3 completed...
         await assert_still_serving(server, make_transport)
     assert_one_drop(caplog, None, r"presented no certificate")  # ...the server refused it
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_openssl_client_with_the_token_sending_garbage(
+        make_transport: Callable[..., TcpTransport], caplog: pytest.LogCaptureFixture,
+        make_credentials: Callable[..., Credentials], tmp_path: Path) -> None:
+    """A real TLS client holding a token-signed certificate passes TLS, then sends text
+    where the hello frame belongs: its 4 first bytes read as an absurd frame length."""
+    creds = make_credentials()
+    pem = serialization.Encoding.PEM
+    (tmp_path / "cert.pem").write_bytes(
+        node_certificate(creds.identity, creds.keys).public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(creds.identity.private_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "ca.pem").write_bytes(creds.keys.ca_certificate.public_bytes(pem))
+    async with node(make_transport) as server:
+        host, port = server.address
+        result = await trio.run_process(
+            ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_3",
+             "-cert", str(tmp_path / "cert.pem"), "-key", str(tmp_path / "key.pem"),
+             "-CAfile", str(tmp_path / "ca.pem"), "-verify_return_error"],
+            stdin=b"garbage instead of a hello\n", capture_stdout=True,
+            capture_stderr=True, check=False)
+        assert b"Verify return code: 0 (ok)" in result.stdout  # it trusted our node
+        await assert_still_serving(server, make_transport)
+    assert_one_drop(caplog, None, r"frame of 1734439522 bytes announced, over the "
+                                  r"16777216-byte limit")
 
 
 async def test_client_with_wrong_token(make_transport: Callable[..., TcpTransport],
