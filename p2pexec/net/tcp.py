@@ -291,12 +291,13 @@ class TcpTransport:
         self._check_open()
         if self._listener is not None:
             return self._address
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         for _ in range(_BIND_ATTEMPTS):
-            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             await sock.bind((self._host, self._port))
             port = sock.getsockname()[1]
-            udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp = trio.socket.socket(family, socket.SOCK_DGRAM)
             try:
                 await udp.bind((self._host, port))
             except OSError:

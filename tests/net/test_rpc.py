@@ -212,3 +212,21 @@ async def test_bad_message_drops_only_that_peer(
     assert lines[0].startswith("dropped peer 127.0.0.1:")
     assert f"(node {rogue.local.node_id.short}): " in lines[0]
     assert re.search(reason, lines[0])
+
+
+async def test_rpc_and_datagrams_over_ipv6_loopback(
+        make_credentials: Callable[..., Any]) -> None:
+    a = TcpTransport(make_credentials(), NetConfig.local(), host="::1")
+    b = TcpTransport(make_credentials(), NetConfig.local(), host="::1")
+    try:
+        await a.bind()
+        await b.bind()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    async with rpc_node(a, Server()) as server, rpc_node(b) as client:
+        assert await client.call(server.local.address, Echo("six")) == Echo("SIX")
+        assert server.local.address[0] == "::1"
+        await b.send_datagram(a.local.address, b"over v6")
+        with trio.fail_after(5):
+            source, payload = await a.receive_datagram()
+        assert (source[:2], payload) == (b.local.address, b"over v6")
