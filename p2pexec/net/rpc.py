@@ -76,10 +76,11 @@ class _Channel:
         self.running: dict[int, trio.CancelScope] = {}  # async handlers, by call id
         self.alive = True
 
-    def fail_all(self, exc: BaseException) -> None:
+    def fail_all(self, reason: str) -> None:
+        """The link is gone: every call still waiting on it fails (each its own error)."""
         self.alive = False
         for waiter, index in list(self.calls.values()):
-            waiter.settle(index, exc)
+            waiter.settle(index, trio.BrokenResourceError(reason))
         self.calls.clear()
 
 
@@ -112,10 +113,13 @@ class RpcNode:
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve the transport; `task_status.started(address)` once calls can be made."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            address = await nursery.start(self.transport.serve, self._accepted)
-            task_status.started(address)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                address = await nursery.start(self.transport.serve, self._accepted)
+                task_status.started(address)
+        finally:
+            self._nursery = None
 
     async def aclose(self) -> None:
         """Close the transport and with it every connection and reader."""
@@ -203,8 +207,8 @@ class RpcNode:
             chan.calls[call_id] = (waiter, index)
         finished = False
         try:
-            await chan.conn.send_many(frames)
             with trio.move_on_at(deadline):
+                await chan.conn.send_many(frames)  # waits only under back-pressure
                 await waiter.done.wait()
             finished = waiter.done.is_set()
         finally:
@@ -241,8 +245,7 @@ class RpcNode:
         """The connection's reader: answers, requests, cancels, one-way messages."""
         conn = chan.conn
         peer = conn.peer
-        reason: BaseException = trio.BrokenResourceError(f"connection to {peer.node_id.short} "
-                                                         f"closed")
+        reason = f"connection to {peer.node_id.short} closed"
         try:
             async with trio.open_nursery() as handlers:
                 try:
@@ -251,11 +254,10 @@ class RpcNode:
                         await self._dispatch(chan, peer, msg, handlers)
                 except ProtocolError as exc:
                     log_dropped(peer.address, exc, peer.node_id)
-                    reason = trio.BrokenResourceError(f"dropped {peer.node_id.short}: {exc}")
+                    reason = f"dropped {peer.node_id.short}: {exc}"
                 except (trio.EndOfChannel, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
-                    reason = trio.BrokenResourceError(
-                        f"connection to {peer.node_id.short} lost ({type(exc).__name__})")
+                    reason = f"connection to {peer.node_id.short} lost ({type(exc).__name__})"
                 handlers.cancel_scope.cancel()
         finally:
             chan.fail_all(reason)
