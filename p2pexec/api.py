@@ -207,6 +207,10 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         runtime = _rt()
+        name = self._options.get("name")
+        if name is not None and runtime.call("actor_exists", name):
+            raise LocalUsageError(f"an actor named {name!r} already exists; pick another "
+                                  f"name or px.get_actor({name!r})")
         code_hash = self._shipped.register(runtime)
         actor_id = runtime.ids.task_id()
         class_name = self._cls.__name__

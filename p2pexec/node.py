@@ -21,6 +21,7 @@ class Node:
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
         self.exec = ExecService(config.exec, config.resources, call_handlers={
             "get_actor": self._get_actor,
+            "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
             "kill": self._kill,
             "nodes": lambda _arg: self.nodes(),
             "cluster_resources": lambda _arg: dict(self.exec.core.total),

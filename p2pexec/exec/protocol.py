@@ -37,6 +37,7 @@ PUT = 14            # [PUT, object_id, payload, contained_ids]
 REFS = 15           # [REFS, {object_id: +1 acquired | -1 released}]
 CALL = 16           # [CALL, request_id, operation, argument]
 REGISTER = 17       # [REGISTER, callable_hash, pickled_callable]
+GIVE_BACK = 18      # [GIVE_BACK, [task_id, ...]] queued work returned by a blocked worker
 
 INLINE, SHARED, ERROR, SYSTEM_ERROR = 0, 1, 2, 3
 

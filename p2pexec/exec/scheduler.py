@@ -244,6 +244,8 @@ class Scheduler:
                 self._fail(task, errors.ObjectLostError(
                     f"argument {dep.hex()} of task {spec.name} no longer exists"))
                 return
+        if task.missing == 0 and self._failed_dependency(task):
+            return
         if spec.kind == TASK:
             if task.missing == 0:
                 task.state = READY
@@ -258,6 +260,12 @@ class Scheduler:
         task.missing -= 1
         if task.missing or task.spec.task_id not in self.tasks:
             return
+        if self._failed_dependency(task):
+            if task.spec.kind == ACTOR_CALL:
+                actor = self.actors.get(task.spec.actor_id)
+                if actor is not None:
+                    self._pump_actor(actor)
+            return
         kind = task.spec.kind
         if kind == TASK:
             task.state = READY
@@ -269,6 +277,15 @@ class Scheduler:
             actor = self.actors.get(task.spec.actor_id)
             if actor is not None:
                 self._pump_actor(actor)
+
+    def _failed_dependency(self, task: TaskState) -> bool:
+        """An argument's task failed: this one fails with the same error, unrun (as Ray)."""
+        for dep in task.spec.deps:
+            payload = self.objects.payload(dep)
+            if payload is not None and payload[0] in (p.ERROR, p.SYSTEM_ERROR):
+                self._finish(task, [payload] * len(task.spec.return_ids), None)
+                return True
+        return False
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
         self.objects.put(object_id, payload, contained, holder)
@@ -510,6 +527,17 @@ class Scheduler:
             self._dispatch_awaited(worker, request)
         self._schedule()
 
+    def give_back(self, worker_id: int, task_ids: list[bytes]) -> None:
+        """A blocked worker returned work that reached it after it blocked."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        self._take_back(worker, task_ids)
+        top = self.tasks.get(worker.stack[-1]) if worker.stack else None
+        if top is not None and top.request is not None:
+            self._dispatch_awaited(worker, top.request)
+        self._schedule()
+
     def _current_task(self, worker: WorkerState) -> TaskState | None:
         if worker.stack:
             return self.tasks.get(worker.stack[-1])
@@ -602,8 +630,10 @@ class Scheduler:
         if spec.actor_name is not None and spec.actor_name in self.named:
             existing = self.actors.get(self.named[spec.actor_name])
             if existing is not None and existing.dead_reason is None:
-                self._fail(task, errors.LocalUsageError(
-                    f"an actor named {spec.actor_name!r} already exists"))
+                reason = f"an actor named {spec.actor_name!r} already exists"
+                self._fail(task, errors.LocalUsageError(reason))
+                self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
+                                                        dead_reason=reason)
                 return
         worker_id = self._start_worker(spec.actor_id)
         actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts)

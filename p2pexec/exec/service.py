@@ -270,6 +270,8 @@ class ExecService:
                 self._timer_changed.set()
         elif kind == p.PUT:
             core.put(message[1], message[2], message[3], worker_id)
+        elif kind == p.GIVE_BACK:
+            core.give_back(worker_id, message[1])
         elif kind == p.REGISTER:
             core.register(message[1], message[2])
         elif kind == p.CALL:

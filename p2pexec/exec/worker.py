@@ -40,6 +40,7 @@ class WorkerRuntime:
         self.inbox: deque[list] = deque()
         self.replies: dict[int, list] = {}
         self.callables: dict[bytes, Any] = {}
+        self.unloaded: dict[bytes, bytes] = {}
         self.registered: set[bytes] = set()
         self.requests = itertools.count(1)
         self.ids = IdGenerator()
@@ -111,9 +112,15 @@ class WorkerRuntime:
             payloads, contained = [error] * len(return_ids), []
         self.send([p.DONE, task_id, payloads, contained])
 
+    def _keep_code(self, message: list) -> None:
+        """The node ships a function once per worker: keep it even if the task goes back."""
+        if message[3] is not None:
+            self.unloaded[message[2]] = message[3]
+
     def _load(self, code_hash: bytes, code_bytes: bytes | None) -> Any:
         target = self.callables.get(code_hash)
         if target is None:
+            code_bytes = code_bytes or self.unloaded.pop(code_hash, None)
             if code_bytes is None:
                 raise RemoteProtocolError("node sent a task for a function it never shipped")
             target = self.callables[code_hash] = pickle.loads(code_bytes)
@@ -155,7 +162,10 @@ class WorkerRuntime:
         deferred: list[list] = []
         while request_id not in self.replies:
             message = self.receive()
-            if message[0] in _WORK and not message[-1]:
+            if message[0] == p.EXEC and blocking and not message[-1]:
+                self._keep_code(message)
+                self.send([p.GIVE_BACK, [message[1]]])  # was on its way as we blocked
+            elif message[0] in _WORK and not message[-1]:
                 deferred.append(message)
             else:
                 self.handle(message)
@@ -167,6 +177,7 @@ class WorkerRuntime:
         given: list[bytes] = []
         for message in self.inbox:
             if message[0] == p.EXEC:
+                self._keep_code(message)
                 given.append(message[1])
             else:
                 kept.append(message)

@@ -1,0 +1,134 @@
+"""What users see when tasks fail, workers die or arguments cannot travel."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+import p2pexec as px
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+class CustomError(Exception):
+    def __init__(self, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+@px.remote
+def fail_with_value_error(x):
+    raise ValueError(f"bad value {x}")
+
+
+def test_task_exception_is_both_task_error_and_original_type():
+    ref = fail_with_value_error.remote(7)
+    with pytest.raises(ValueError) as info:
+        px.get(ref)
+    error = info.value
+    assert isinstance(error, px.TaskError)
+    assert "bad value 7" in str(error)
+    assert "Remote traceback" in str(error)
+    assert "fail_with_value_error" in error.remote_traceback
+    assert isinstance(error.cause, ValueError)
+
+
+def test_custom_exception_keeps_its_attributes():
+    @px.remote
+    def fail():
+        raise CustomError(42)
+
+    with pytest.raises(CustomError) as info:
+        px.get(fail.remote())
+    assert info.value.code == 42
+    assert isinstance(info.value, px.TaskError)
+
+
+def test_error_propagates_through_dependent_tasks():
+    @px.remote
+    def plus_one(x):
+        return x + 1
+
+    with pytest.raises(ValueError):
+        px.get(plus_one.remote(fail_with_value_error.remote(1)))
+
+
+def test_application_errors_are_not_retried_unless_asked(tmp_path):
+    marker = tmp_path / "count"
+
+    @px.remote
+    def flaky(path):
+        with open(path, "a") as f:
+            f.write("x")
+        if len(open(path).read()) < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    with pytest.raises(RuntimeError):
+        px.get(flaky.remote(str(marker)))
+    assert marker.read_text() == "x"
+    marker.unlink()
+    assert px.get(flaky.options(retry_exceptions=True, max_retries=3).remote(str(marker))) == "ok"
+    assert marker.read_text() == "xxx"
+
+
+def test_worker_crash_is_retried_then_raises_worker_crashed(tmp_path):
+    marker = tmp_path / "attempts"
+
+    @px.remote(max_retries=2)
+    def die(path):
+        with open(path, "a") as f:
+            f.write("x")
+        os._exit(3)
+
+    with pytest.raises(px.WorkerCrashedError, match="3 attempts"):
+        px.get(die.remote(str(marker)), timeout=60)
+    assert marker.read_text() == "xxx"  # one run plus two retries
+
+
+def test_crash_then_success_on_retry(tmp_path):
+    marker = tmp_path / "once"
+
+    @px.remote
+    def crash_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return "survived"
+
+    assert px.get(crash_once.remote(str(marker)), timeout=60) == "survived"
+
+
+def test_pool_recovers_after_crashes():
+    @px.remote(max_retries=0)
+    def die():
+        os._exit(1)
+
+    @px.remote
+    def square(x):
+        return x * x
+
+    with pytest.raises(px.WorkerCrashedError):
+        px.get(die.remote(), timeout=60)
+    assert px.get([square.remote(i) for i in range(20)], timeout=60) == [i * i for i in range(20)]
+
+
+def test_unpicklable_argument_names_the_argument():
+    @px.remote
+    def use(a, lock=None):
+        return a
+
+    with pytest.raises(px.SerializationError, match=r"keyword argument 'lock'.*lock"):
+        use.remote(1, lock=threading.Lock())
+    with pytest.raises(px.SerializationError, match=r"argument 0 of .*use"):
+        use.remote(threading.Lock())
+
+
+def test_unpicklable_return_value_is_a_task_error():
+    @px.remote
+    def make_lock():
+        return threading.Lock()
+
+    with pytest.raises(px.TaskError, match="could not pickle the return value"):
+        px.get(make_lock.remote())
