@@ -475,11 +475,11 @@ class Scheduler:
                 contained: list[list[bytes]] | None) -> None:
         spec = task.spec
         del self.tasks[spec.task_id]
+        self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
         for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
                                                           strict=True)):
             inside = contained[index] if contained else []
             self.objects.complete(object_id, payload, inside)
-        self._out.append(Completed(tuple(spec.return_ids)))
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
             self._forget_arguments(spec)
 
@@ -496,9 +496,9 @@ class Scheduler:
 
     def _finish_failed(self, spec: TaskSpec, error: errors.P2PExecError) -> None:
         payload = system_error_payload(error)
+        self._out.append(Completed(tuple(spec.return_ids)))
         for object_id in spec.return_ids:
             self.objects.complete(object_id, payload, [])
-        self._out.append(Completed(tuple(spec.return_ids)))
         if spec.kind != ACTOR_CREATE:
             self._forget_arguments(spec)
 

@@ -1,5 +1,6 @@
 """Tasks, objects and futures through the public API on an embedded node."""
 
+import itertools
 import os
 import threading
 import time
@@ -159,7 +160,7 @@ def test_custom_resources_limit_concurrency():
         return start, time.monotonic()
 
     spans = sorted(px.get([hold.remote() for _ in range(3)]))
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.01  # one gpu: never two at once
 
 

@@ -1,0 +1,237 @@
+"""The sans-IO scheduler: stimuli in, instruction lists out. No processes, no clock."""
+
+import pytest
+
+from p2pexec import errors
+from p2pexec.exec import protocol as p
+from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.refs import return_id
+from p2pexec.exec.scheduler import (
+    DRIVER,
+    Completed,
+    Scheduler,
+    Send,
+    StartWorker,
+    StopWorker,
+    Unlink,
+    Warn,
+)
+from p2pexec.exec.serialization import from_payload, system_error_payload
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+
+ARGS = [p.INLINE, b"args", []]
+CODE = b"h" * 16
+
+
+def tid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def rid(n: int) -> bytes:
+    return return_id(tid(n), 1)
+
+
+def spec(n: int, deps=(), cpus=1.0, kind=TASK, actor=None, **extra) -> TaskSpec:
+    return TaskSpec(tid(n), kind, CODE if kind != ACTOR_CALL else None,
+                    "m" if kind == ACTOR_CALL else None, ARGS, list(deps), list(deps), [rid(n)],
+                    f"t{n}", {"CPU": cpus} if cpus else {}, actor_id=actor, **extra)
+
+
+def exec_msg(n, code=None, deps=None, nested=False, kind=p.EXEC, target=CODE):
+    return [kind, tid(n), target, code, ARGS, deps or {}, [rid(n)], f"t{n}", nested]
+
+
+def ok(value: bytes = b"v") -> list:
+    return [p.INLINE, value, []]
+
+
+@pytest.fixture
+def core():
+    scheduler = Scheduler(ExecConfig(num_cpus=2, prefetch=1))
+    scheduler.register(CODE, b"code")
+    scheduler.start()
+    assert scheduler.take_instructions() == [StartWorker(1), StartWorker(2)]
+    return scheduler
+
+
+def test_task_waits_for_a_ready_worker_and_ships_code_once(core):
+    core.submit(spec(1), DRIVER)
+    assert core.take_instructions() == []
+    core.worker_ready(1)
+    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code"))]
+    core.task_done(1, tid(1), [ok()])
+    core.submit(spec(2), DRIVER)
+    assert core.take_instructions() == [Completed((rid(1),)), Send(1, exec_msg(2))]
+    assert core.objects.payload(rid(1)) == ok()
+
+
+def test_dependency_resolved_before_the_task_runs(core):
+    core.worker_ready(1)
+    core.worker_ready(2)
+    core.submit(spec(1), DRIVER)
+    core.submit(spec(2, deps=[rid(1)]), DRIVER)
+    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code"))]
+    core.task_done(1, tid(1), [ok(b"one")])
+    assert core.take_instructions() == [
+        Completed((rid(1),)), Send(1, exec_msg(2, deps={rid(1): ok(b"one")}))]
+
+
+def test_failed_dependency_fails_dependent_without_running_it(core):
+    core.worker_ready(1)
+    core.submit(spec(1), DRIVER)
+    core.submit(spec(2, deps=[rid(1)]), DRIVER)
+    core.take_instructions()
+    error = [p.ERROR, b"pickled error"]
+    core.task_done(1, tid(1), [error])
+    assert core.take_instructions() == [Completed((rid(1),)), Completed((rid(2),))]
+    assert core.objects.payload(rid(2)) == error
+
+
+def test_busy_worker_prefetches_only_when_none_idle(core):
+    core.worker_ready(1)
+    for n in (1, 2, 3):
+        core.submit(spec(n), DRIVER)
+    # one runs, one is queued behind it (prefetch=1), one waits for the second worker
+    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code")), Send(1, exec_msg(2))]
+    core.worker_ready(2)
+    assert core.take_instructions() == [Send(2, exec_msg(3, code=b"code"))]
+    assert core.available["CPU"] == 0.0
+    core.task_done(1, tid(1), [ok()])
+    assert core.take_instructions() == [Completed((rid(1),))]
+    assert core.workers[1].stack == [tid(2)]
+    assert core.available["CPU"] == 0.0
+
+
+def test_blocked_worker_gives_back_queue_lends_cpu_and_runs_awaited_task(core):
+    core.worker_ready(1)
+    core.submit(spec(1), DRIVER)
+    core.submit(spec(2), DRIVER)  # queued behind task 1 on worker 1
+    core.take_instructions()
+    # task 1 submits task 3 and waits for it and for task 2
+    core.submit(spec(3), 1)
+    core.worker_get(1, 7, [rid(3), rid(2)], -1, None, [tid(2)], now=0.0)
+    out = core.take_instructions()
+    assert out[0] == Send(1, exec_msg(3, nested=True))
+    assert core.available["CPU"] == 1.0  # lent CPU taken by nested task 3
+    assert core.workers[1].stack == [tid(1), tid(3)]
+    core.task_done(1, tid(3), [ok(b"3")])
+    out = core.take_instructions()
+    assert out[:2] == [Completed((rid(3),)), Send(1, exec_msg(2, nested=True))]
+    core.task_done(1, tid(2), [ok(b"2")])
+    out = core.take_instructions()
+    assert out == [Completed((rid(2),)),
+                   Send(1, [p.VALUES, 7, {rid(3): ok(b"3"), rid(2): ok(b"2")}, False])]
+    assert core.available["CPU"] == 1.0  # task 1 holds its CPU again
+
+
+def test_more_workers_start_while_every_worker_is_blocked(core):
+    core.worker_ready(1)
+    core.worker_ready(2)
+    core.submit(spec(1), DRIVER)
+    core.submit(spec(2), DRIVER)
+    core.submit(spec(8, deps=[rid(1)]), DRIVER)
+    core.take_instructions()
+    core.worker_get(1, 1, [rid(2)], -1, None, [], now=0.0)
+    core.worker_get(2, 1, [rid(8)], -1, None, [], now=0.0)
+    assert core.take_instructions() == []
+    assert core.available["CPU"] == 2.0
+    core.submit(spec(5), DRIVER)
+    assert core.take_instructions() == [StartWorker(3)]
+    core.worker_ready(3)
+    assert core.take_instructions() == [Send(3, exec_msg(5, code=b"code"))]
+
+
+def test_worker_death_retries_then_fails_with_worker_crashed(core):
+    core.worker_ready(1)
+    core.submit(spec(1, max_retries=1), DRIVER)
+    core.take_instructions()
+    core.worker_died(1)
+    assert core.take_instructions() == [StartWorker(3)]  # replacement; task 1 waits
+    core.worker_ready(2)
+    assert core.take_instructions() == [Send(2, exec_msg(1, code=b"code"))]
+    core.worker_died(2)
+    out = core.take_instructions()
+    assert Completed((rid(1),)) in out
+    with pytest.raises(errors.WorkerCrashedError, match="2 attempts"):
+        from_payload(core.objects.payload(rid(1)))
+
+
+def test_release_frees_object_and_its_shared_memory(core):
+    shared = [p.SHARED, "p2px_1_seg", 10, [1000]]
+    core.put(rid(1), shared, [], DRIVER)
+    core.refs_changed(5, {rid(1): +1})
+    core.refs_changed(DRIVER, {rid(1): -1})
+    assert core.take_instructions() == []
+    core.refs_changed(5, {rid(1): -1})
+    assert core.take_instructions() == [Unlink("p2px_1_seg")]
+    assert not core.objects.known(rid(1))
+
+
+def test_object_argument_kept_alive_until_task_finishes(core):
+    core.put(rid(50), ok(b"arg"), [], DRIVER)
+    core.submit(spec(1, deps=[rid(50)]), DRIVER)
+    core.refs_changed(DRIVER, {rid(50): -1})
+    assert core.objects.known(rid(50))
+    core.worker_ready(1)
+    core.take_instructions()
+    core.task_done(1, tid(1), [ok()])
+    assert not core.objects.known(rid(50))
+
+
+def test_infeasible_task_warns_once_and_waits(core):
+    core.worker_ready(1)
+    core.submit(spec(1, cpus=8), DRIVER)
+    out = core.take_instructions()
+    assert len(out) == 1 and isinstance(out[0], Warn) and "needs {'CPU': 8}" in out[0].text
+
+
+def test_wait_with_timeout_answers_partial_at_deadline(core):
+    core.worker_ready(1)
+    core.submit(spec(1), DRIVER)
+    core.take_instructions()
+    core.put(rid(60), ok(), [], DRIVER)
+    core.worker_get(1, 3, [rid(60), rid(1)], 2, 5.0, [], now=10.0)
+    assert core.take_instructions() == []
+    assert core.next_deadline() == 15.0
+    core.tick(14.9)
+    assert core.take_instructions() == []
+    core.tick(15.0)
+    assert core.take_instructions() == [Send(1, [p.VALUES, 3, [rid(60)], True])]
+
+
+def test_actor_calls_wait_for_creation_and_keep_order(core):
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {}, actor_id=actor)
+    core.submit(create, DRIVER)
+    assert core.take_instructions() == [StartWorker(3, actor)]
+    core.submit(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
+    core.submit(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
+    assert core.take_instructions() == []
+    core.worker_ready(3)
+    assert core.take_instructions() == [Send(3, [
+        p.CREATE_ACTOR, actor, CODE, b"code", ARGS, {}, [return_id(actor, 1)], "A.__init__",
+        False])]
+    core.task_done(3, actor, [ok()])
+    assert core.take_instructions() == [
+        Completed((return_id(actor, 1),)),
+        Send(3, exec_msg(1, kind=p.ACTOR_CALL, target="m")),
+        Send(3, exec_msg(2, kind=p.ACTOR_CALL, target="m"))]
+
+
+def test_killed_actor_fails_pending_calls(core):
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {}, actor_id=actor, actor_name="a")
+    core.submit(create, DRIVER)
+    core.worker_ready(3)
+    core.task_done(3, actor, [ok()])
+    core.submit(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
+    core.take_instructions()
+    assert core.lookup_actor("a") == actor
+    assert core.kill_actor(actor) is True
+    out = core.take_instructions()
+    assert StopWorker(3) in out and Completed((rid(1),)) in out
+    assert core.objects.payload(rid(1))[:2] == system_error_payload(
+        errors.ActorDiedError(""))[:2]
+    assert core.lookup_actor("a") is None
