@@ -37,12 +37,33 @@ def add_token_command(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(run=_token_id)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from p2pexec import demo
+
+    ok = demo.run(samples=args.samples, batches=args.batches, num_cpus=args.cpus)
+    return 0 if ok else 1
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
+    """`p2pexec demo`: Monte Carlo pi with nested tasks and a parameter-server actor, on an
+    embedded node (no daemon, no configuration)."""
+    demo = subparsers.add_parser("demo", help="run a checked demo workload on this machine")
+    demo.add_argument("--samples", type=int, default=20_000_000,
+                      help="Monte Carlo samples in total (default 20,000,000)")
+    demo.add_argument("--batches", type=int, default=40,
+                      help="batch tasks, each fanning out 10 sampling tasks (default 40)")
+    demo.add_argument("--cpus", type=float, default=None,
+                      help="CPUs for the embedded node (default: all)")
+    demo.set_defaults(run=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one `add_*_command` per subcommand."""
     parser = argparse.ArgumentParser(prog="p2pexec",
                                      description="Peer-to-peer distributed execution.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_token_command(subparsers)
+    add_demo_command(subparsers)
     return parser
 
 
