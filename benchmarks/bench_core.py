@@ -375,7 +375,8 @@ class Recorder:
                 self.values.update(dict.fromkeys(keys))
             except Exception as exc:
                 self.values.update(dict.fromkeys(keys, "ERR"))
-                self.errors[keys[0]] = f"{type(exc).__name__}: {exc}"[:300]
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                self.errors[keys[0]] = f"{type(exc).__name__}: {first_line}"[:300]
         self.flush()
 
     def flush(self) -> None:
@@ -765,7 +766,9 @@ def report(results: dict[str, Any], params: Params, names: list[str],
     for name in names:
         status = results[name]["status"]
         if status not in ("ok", "not installed") or results[name].get("errors"):
-            lines.append(f"{LABELS[name]}: {status}; errors: {results[name].get('errors')}")
+            lines.append(f"{LABELS[name]}: {status}")
+            lines += [f"  {key}: {error}" for key, error in results[name].get("errors",
+                                                                                {}).items()]
             if results[name].get("log_tail"):
                 lines.append("  log tail: " + results[name]["log_tail"].strip()[-600:])
     return "\n".join(lines)
