@@ -159,6 +159,7 @@ class Membership:
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
         self._probe_order: list[NodeId] = []
+        self._probe_soon: dict[NodeId, None] = {}  # newly suspected: probe them next
         self._seq = 0
         self._t = _Timers()
         self._outbox: list[Send] = []
@@ -441,7 +442,14 @@ class Membership:
     # ---- internals: probing ------------------------------------------------------------
 
     def _next_target(self) -> NodeId | None:
-        """Round-robin over a shuffled list of live members, reshuffled each lap."""
+        """A newly suspected member first (once per suspicion), else round-robin over a
+        shuffled list of live members, reshuffled each lap."""
+        while self._probe_soon:
+            node = next(iter(self._probe_soon))
+            del self._probe_soon[node]
+            row = self._table.get(node)
+            if node in self._live and row is not None and row.state == State.SUSPECT:
+                return node
         for _ in range(2):
             while self._probe_order:
                 node = self._probe_order.pop()
@@ -462,8 +470,9 @@ class Membership:
         self._probe = _Probe(target, row.identity.address, seq,
                              now + self._awareness.scale(self.cfg.probe_timeout), self._t.probe)
         msgs: list[Message] = [Ping(seq, target, self.me)]
-        if row.state == State.SUSPECT:  # give it the news so it can refute at once
-            msgs.append(Suspect(target, row.incarnation, self.me))
+        if row.state == State.SUSPECT:
+            # give it the news first, so that the ack it sends back carries its refutation
+            msgs.insert(0, Suspect(target, row.incarnation, self.me))
         self._send(row.identity.address, msgs)
 
     def _send_indirect(self, p: _Probe) -> None:
@@ -525,6 +534,10 @@ class Membership:
                 self._refute(upd.incarnation)
         elif upd.incarnation >= self._incarnation:
             self._refute(upd.incarnation)
+        elif not isinstance(upd, Left) and (self.me, "m") not in self._queue:
+            # someone still acts on a suspicion we refuted already (it missed our Alive,
+            # and would declare us dead when its timer runs out): repeat the Alive
+            self._announce()
 
     def _apply(self, upd: MemberUpdate, now: float) -> None:
         """Merge a gossiped update, re-gossip it if it was news, and react to the change."""
@@ -558,6 +571,9 @@ class Membership:
                 # missed the refutation): the member gets a fresh timer to refute again
                 self._suspicions[node] = Suspicion(self.cfg, self.num_live(),
                                                    origin or self.me, new.incarnation, now)
+                # probe it next: our ping tells it about the suspicion, its ack brings back
+                # its refutation, or our failed probe becomes an independent confirmation
+                self._probe_soon[node] = None
         else:
             self._suspicions.pop(node, None)
         if new.identity is None:

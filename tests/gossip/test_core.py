@@ -70,7 +70,7 @@ def until_ping(core: Membership) -> tuple[float, Ping]:
     for _ in range(100):
         now = core.next_deadline()
         core.tick(now)
-        pings = [s.msgs[0] for s in core.outbox() if isinstance(s.msgs[0], Ping)]
+        pings = [m for s in core.outbox() for m in s.msgs if isinstance(m, Ping)]
         if pings:
             assert len(pings) == 1
             return now, pings[0]
@@ -202,6 +202,24 @@ def test_suspicion_of_ourselves_is_refuted_with_a_higher_incarnation():
     assert core.incarnation == 4
 
 
+def test_a_stale_suspicion_of_ourselves_gets_our_alive_again_in_the_very_ack():
+    """B missed our refutation and still suspects us at incarnation 0; its probe carries
+    that suspicion before the ping, so our ack carries the Alive that clears it."""
+    core = make(B)
+    core.receive(ADDR[B], Suspect(A, 0, B), 1.0)
+    assert core.incarnation == 1
+    sent = 0
+    while core.pending_broadcasts():  # the refutation is gossiped until its limit
+        core.tick(core.next_deadline())
+        sent += sum(isinstance(m, Alive) and m.node == A for s in core.outbox() for m in s.msgs)
+    assert sent == CFG.retransmit_limit(2)
+    core.receive(ADDR[B], Suspect(A, 0, B), 30.0)
+    core.receive(ADDR[B], Ping(9, A, B), 30.0)
+    (ack,) = core.outbox()
+    assert ack.msgs == (Ack(9, A), Alive(A, 1, "a", ADDR[A], {"CPU": 4.0}))
+    assert core.incarnation == 1
+
+
 def test_a_member_that_left_is_never_reported_failed_and_may_return_later():
     core = make(B, C)
     core.receive(ADDR[C], Suspect(B, 0, C), 1.0)
@@ -317,3 +335,33 @@ def test_a_suspicion_at_a_higher_incarnation_gets_a_fresh_timer():
     core.tick(10.0 + CFG.suspicion_max(3))
     assert about(core, B) == [(EventKind.FAILED, 1)]
     assert Dead(B, 1, A) in news(core)
+
+
+def test_a_newly_suspected_member_is_probed_next_with_the_news_before_the_ping():
+    core = make(B, C, D)
+    core.receive(ADDR[B], Suspect(C, 0, B), 0.0)
+    t, ping = until_ping(core)
+    assert ping.target == C
+    core.receive(ADDR[C], Ack(ping.seq, C), t)
+    targets = []
+    for _ in range(3):  # once per suspicion: then a round-robin lap over everyone
+        t, ping = until_ping(core)
+        core.receive(ADDR[ping.target], Ack(ping.seq, ping.target), t)
+        targets.append(ping.target)
+    assert sorted(targets) == sorted([B, C, D])
+
+
+def test_the_probe_of_a_suspect_carries_the_suspicion_first():
+    core = make(B)
+    core.receive(ADDR[B], Suspect(D, 0, B), 0.0)   # unknown member: nothing to probe
+    core.receive(ADDR[C], alive(C), 0.0)
+    core.receive(ADDR[B], Suspect(C, 0, B), 0.0)
+    core.outbox()
+    for _ in range(10):
+        core.tick(core.next_deadline())
+        sends = [s for s in core.outbox() if any(isinstance(m, Ping) for m in s.msgs)]
+        if sends:
+            break
+    (send,) = sends
+    assert send.to == ADDR[C]
+    assert send.msgs[:2] == (Suspect(C, 0, A), Ping(send.msgs[1].seq, C, A))
