@@ -16,7 +16,22 @@ Protocol, following hashicorp/memberlist:
 - updates are piggybacked on probes and on gossip rounds, each sent
   retransmit_limit(n) times; periodic push-pull exchanges the whole table over a stream;
 - a graceful leave is announced as `Left`, which beats a death at the same incarnation;
-- a node that returns (or learns it was suspected) announces a higher incarnation.
+- a node that returns (or learns it was suspected) announces a higher incarnation;
+- a remote table saying "dead" only makes us suspect (memberlist mergeState), and every
+  reconnect_interval we push-pull with one dead member (Serf's reconnect), which is how
+  the two sides of a healed partition find each other again.
+
+Where this differs from memberlist, and why:
+- A newly suspected member is probed next (once per suspicion), with the suspicion placed
+  before the ping: its ack then carries its refutation straight back, or our failed probe
+  is an independent confirmation that shortens the Lifeguard timer. A member told of a
+  suspicion it already refuted repeats its Alive (same incarnation). Together these cut
+  false positives under heavy loss (simulations/gossip_figures.py).
+- A suspicion heard at a higher incarnation than the one being timed starts a fresh timer:
+  the old suspicion was refuted and must not turn into a death at the new incarnation.
+- Gossip rounds are skipped while nothing is pending and run at once when news arrives
+  after a quiet spell, then every gossip_interval: updates spread at network speed rather
+  than one tick per hop; each is still sent retransmit_limit(n) times.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.broadcast import BroadcastQueue
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.messages import (
@@ -44,6 +60,7 @@ from p2pexec.gossip.messages import (
     PushPull,
     State,
     Suspect,
+    check_resources,
 )
 from p2pexec.gossip.suspicion import Awareness, Suspicion
 from p2pexec.gossip.table import Load, MemberTable, Row, status_of
@@ -256,6 +273,9 @@ class Membership:
 
     def set_local_load(self, queue_length: int, running_tasks: int, now: float) -> None:
         """Record this node's load; it is gossiped at most every load_update_interval."""
+        if queue_length < 0 or running_tasks < 0:
+            raise LocalUsageError(f"load must be non-negative, got queue_length="
+                                  f"{queue_length}, running_tasks={running_tasks}")
         self._start(now)
         current = self._table.get(self.me)
         if current is not None and current.load.version > 0 and \
@@ -269,6 +289,10 @@ class Membership:
 
     def set_local_resources(self, resources: dict[str, float], now: float) -> None:
         """Advertise new resources: a new incarnation, like memberlist's UpdateNode."""
+        try:
+            check_resources(resources)
+        except ValueError as exc:
+            raise LocalUsageError(f"cannot advertise resources {resources!r}: {exc}") from None
         self._start(now)
         self._resources = dict(resources)
         self._incarnation += 1

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import EventKind, Membership, Send
 from p2pexec.gossip.messages import (
@@ -365,3 +366,13 @@ def test_the_probe_of_a_suspect_carries_the_suspicion_first():
     (send,) = sends
     assert send.to == ADDR[C]
     assert send.msgs[:2] == (Suspect(C, 0, A), Ping(send.msgs[1].seq, C, A))
+
+
+def test_bad_local_load_or_resources_are_our_callers_bug():
+    core = make()
+    with pytest.raises(LocalUsageError):
+        core.set_local_load(-1, 0, 1.0)
+    with pytest.raises(LocalUsageError):
+        core.set_local_resources({"CPU": float("inf")}, 1.0)
+    core.set_local_resources({"CPU": 8.0, "gpu": 1.0}, 1.0)
+    assert (core.incarnation, core.view()[A].resources) == (1, {"CPU": 8.0, "gpu": 1.0})

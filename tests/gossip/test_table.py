@@ -105,3 +105,31 @@ def test_random_orders_of_a_realistic_history_agree():
         assert table_after(order) == expected
     assert {n: (r.incarnation, r.state) for n, r in expected.items()} == {
         A: (1, State.ALIVE), B: (0, State.LEFT)}
+
+
+others = st.sampled_from(NODES[1:])
+core_updates = st.one_of(
+    st.builds(Alive, others, incarnations, st.just("n"), st.just(("h1", 1)), st.just({})),
+    st.builds(Suspect, others, incarnations, nodes),
+    st.builds(Dead, others, incarnations, nodes),
+    st.builds(Left, others, incarnations),
+    st.builds(LoadUpdate, others, st.integers(0, 3), st.integers(0, 5), st.integers(0, 5)),
+)
+
+
+@settings(max_examples=150)
+@given(st.lists(core_updates, max_size=20), st.randoms(use_true_random=False))
+def test_the_membership_core_keeps_the_merge_order_independent(seq, rnd):
+    """Through the whole core (timers, events, re-gossip), not just the table."""
+    from p2pexec.gossip.config import GossipConfig
+    from p2pexec.gossip.core import Membership
+
+    def rows_after(order) -> dict:
+        core = Membership(A, ("h0", 1), GossipConfig.lan(), random.Random(0))
+        for u in order:
+            core.receive(("h9", 9), u, 1.0)
+        return {n: r for n, r in core.rows().items() if n != A}
+
+    shuffled = list(seq)
+    rnd.shuffle(shuffled)
+    assert rows_after(seq) == rows_after(shuffled)
