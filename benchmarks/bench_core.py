@@ -147,7 +147,6 @@ class System:
     and show as n/a."""
 
     name = ""
-    label = ""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -193,7 +192,7 @@ class System:
 
 
 class P2pexec(System):
-    name, label = "p2pexec", "p2pexec"
+    name = "p2pexec"
 
     def start(self) -> None:
         import p2pexec as px
@@ -236,7 +235,7 @@ class P2pexec(System):
 
 
 class Ray(System):
-    name, label = "ray", "Ray"
+    name = "ray"
 
     def start(self) -> None:
         import ray
@@ -272,7 +271,7 @@ class Ray(System):
 
 
 class Dask(System):
-    name, label = "dask", "Dask"
+    name = "dask"
 
     def start(self) -> None:
         import distributed
@@ -318,7 +317,7 @@ class Dask(System):
 
 
 class ProcessPool(System):
-    name, label = "ppe", "ProcessPool"
+    name = "ppe"
 
     def start(self) -> None:
         from concurrent.futures import ProcessPoolExecutor
