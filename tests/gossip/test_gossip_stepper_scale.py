@@ -1,6 +1,6 @@
 """50-node clusters on the deterministic stepper: the issue's correctness scenarios, fast
 and exactly replayable. (The same scenarios through the trio driver on SimNetwork are in
-test_driver_simnet.py.)"""
+test_gossip_driver_simnet.py.)"""
 
 from __future__ import annotations
 
