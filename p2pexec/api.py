@@ -8,6 +8,7 @@ tasks, create actors and wait on results exactly as drivers do.
 from __future__ import annotations
 
 import inspect
+import pickle
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,6 +86,11 @@ def _serialize_arguments(runtime: Any, task_id: bytes, name: str, args: tuple,
     """Payload of (args, kwargs), the top-level ObjectRef ids, and every ObjectRef id."""
     if not args and not kwargs:
         return _EMPTY_ARGS, [], []
+    plain = serialization.PLAIN_TYPES
+    if all(type(a) in plain for a in args) and all(type(v) in plain for v in kwargs.values()):
+        main = pickle.dumps((args, kwargs), protocol=5)  # no refs, no code: skip cloudpickle
+        if len(main) <= runtime.inline_limit:
+            return [INLINE, main, []], [], []
     deps = [a.id for a in args if type(a) is ObjectRef]
     deps += [v.id for v in kwargs.values() if type(v) is ObjectRef]
     try:

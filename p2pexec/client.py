@@ -38,6 +38,7 @@ class DriverRuntime:
         self._stop: trio.Event | None = None
         self._started = threading.Event()
         self._failure: BaseException | None = None
+        self._running = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="p2pexec-node", daemon=True)
         self._thread.start()
@@ -50,11 +51,14 @@ class DriverRuntime:
 
     # ---- the node thread ----
     def _run(self) -> None:
+        self._running = True
         try:
             trio.run(self._main)
         except BaseException as exc:  # reported to the user at their next call
             self._failure = exc
             self._started.set()
+        finally:
+            self._running = False
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -79,10 +83,10 @@ class DriverRuntime:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._running
 
     def _check(self) -> None:
-        if not self._thread.is_alive():
+        if not self._running:
             raise P2PExecError("the p2pexec node has stopped; call px.init() again")
 
     def in_loop(self, fn: Any, *args: Any) -> Any:
@@ -92,7 +96,7 @@ class DriverRuntime:
 
     # ---- the runtime interface used by api.py ----
     def _report_refs(self, deltas: dict[bytes, int]) -> None:
-        if self._thread.is_alive():
+        if self._running:
             self.service.post(("refs", deltas))
 
     def segment_name(self, object_id: bytes) -> str:

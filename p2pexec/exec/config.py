@@ -14,9 +14,14 @@ class ExecConfig:
     inline_limit: int = 100 * 1024
     """Values up to this many bytes travel inside frames; larger ones go to shared memory
     once and are mapped by readers (Ray's limit for inlined returns is also 100 KiB)."""
-    prefetch: int = 4
-    """Tasks queued at a busy worker beyond the one it runs, so it never idles waiting for
-    the next frame. Only tasks that fit in the resources the worker already holds queue."""
+    prefetch_seconds: float = 0.002
+    """Work queued at a busy worker beyond the task it runs, so it never idles waiting for
+    the next frame: depth = prefetch_seconds / the function's average run time, between 1
+    and max_prefetch (a 10 us task queues 64, a 1 s task queues 1). Only tasks that fit in
+    the resources the worker already holds queue."""
+    max_prefetch: int = 64
+    """Upper bound of that depth: enough to cover the node's reaction time for tasks of
+    a few microseconds, small enough that a mis-estimate strands little work."""
     max_extra_workers: int | None = None
     """Workers started beyond num_cpus while others are blocked in get/wait (their CPUs are
     lent out). None means 4 * num_cpus + 4; past this, blocked workers run what they wait

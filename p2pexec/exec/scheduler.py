@@ -7,7 +7,8 @@ calls and compare instruction lists; the trio driver in `exec.service` does the 
 
 Rules it keeps:
 - A task runs once its top-level ObjectRef arguments are ready and its resources fit.
-- A busy worker queues up to `prefetch` more tasks that fit in what it already holds.
+- A busy worker queues more tasks that fit in what it already holds: about
+  `prefetch_seconds` of work, judged by how long the function took before.
 - A worker blocked in get/wait hands back its queued tasks and lends its CPU; tasks it
   waits for are sent to it to run on its own stack (`nested`), which keeps recursive
   task trees depth-first; more workers start while CPUs are lent and work is waiting.
@@ -149,9 +150,16 @@ class Scheduler:
         self._pool_target = max(1, int(self.total[CPU]))
         self._warned_infeasible: set[bytes] = set()
         self._waiting_actors: list[bytes] = []
+        self._dirty = False
+        self._durations: dict[bytes | None, float] = {}
 
     # ---- outputs ----
     def take_instructions(self) -> list[Instruction]:
+        """What to do now. Scheduling runs here, once per batch of stimuli, so a burst of
+        10,000 submissions costs one pass over the workers, not 10,000."""
+        if self._dirty:
+            self._dirty = False
+            self._schedule()
         out, self._out = self._out, []
         return out
 
@@ -183,7 +191,7 @@ class Scheduler:
         if worker.actor_id is not None:
             actor = self.actors[worker.actor_id]
             self._try_create_actor(actor)
-        self._schedule()
+        self._dirty = True
 
     def worker_died(self, worker_id: int) -> None:
         worker = self.workers.pop(worker_id, None)
@@ -196,7 +204,7 @@ class Scheduler:
             self._actor_worker_died(worker)
         else:
             self._pool_worker_died(worker)
-        self._schedule()
+        self._dirty = True
 
     def _pool_worker_died(self, worker: WorkerState) -> None:
         for task_id in reversed(worker.queued):
@@ -250,7 +258,7 @@ class Scheduler:
             if task.missing == 0:
                 task.state = READY
                 self.ready.append(spec.task_id)
-                self._schedule()
+                self._dirty = True
         elif spec.kind == ACTOR_CREATE:
             self._create_actor(task)
         else:
@@ -270,7 +278,7 @@ class Scheduler:
         if kind == TASK:
             task.state = READY
             self.ready.append(task.spec.task_id)
-            self._schedule()
+            self._dirty = True
         elif kind == ACTOR_CREATE:
             self._try_create_actor(self.actors[task.spec.actor_id])
         else:
@@ -288,6 +296,7 @@ class Scheduler:
         return False
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
+        self._out.append(Completed((object_id,)))  # a driver may already wait for it
         self.objects.put(object_id, payload, contained, holder)
 
     def refs_changed(self, holder: int, deltas: dict[bytes, int]) -> None:
@@ -377,19 +386,19 @@ class Scheduler:
     def _prefetch(self) -> None:
         """Queue work behind busy workers when no worker is idle."""
         ready = self.ready
-        depth = self.config.prefetch
         for worker in self.workers.values():
             if worker.actor_id is not None or not worker.stack or worker.ready is False:
                 continue
             top = self.tasks.get(worker.stack[-1])
             if top is None or top.request is not None or len(worker.stack) > 1:
                 continue
-            while ready and len(worker.queued) < depth:
+            while ready:
                 task = self.tasks.get(ready[0])
                 if task is None or task.state != READY:
                     ready.popleft()
                     continue
-                if not _covers(top.held, task.spec.resources):
+                if (len(worker.queued) >= self._depth(task.spec.callable_hash)
+                        or not _covers(top.held, task.spec.resources)):
                     break
                 ready.popleft()
                 task.state, task.worker = QUEUED, worker.worker_id
@@ -397,6 +406,15 @@ class Scheduler:
                 self._send_work(worker, task, p.EXEC, nested=False)
             if not ready:
                 return
+
+    def _depth(self, code_hash: bytes | None) -> int:
+        """How many tasks of this function may queue at a busy worker: about
+        `prefetch_seconds` of work, judged from how long its earlier runs took."""
+        duration = self._durations.get(code_hash)
+        if duration is None:
+            return 1
+        config = self.config
+        return max(1, min(config.max_prefetch, int(config.prefetch_seconds / duration)))
 
     def _run_on(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
         task.state, task.worker = RUNNING, worker.worker_id
@@ -425,7 +443,8 @@ class Scheduler:
 
     # ---- results ----
     def task_done(self, worker_id: int, task_id: bytes, payloads: list[list],
-                  contained: list[list[bytes]] | None = None) -> None:
+                  contained: list[list[bytes]] | None = None,
+                  duration: float | None = None) -> None:
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
         if task is None or worker is None or task.worker != worker_id:
@@ -437,6 +456,10 @@ class Scheduler:
         if worker.stack and worker.stack[-1] == task_id:
             worker.stack.pop()
         spec = task.spec
+        if duration is not None and spec.kind == TASK:
+            previous = self._durations.get(spec.callable_hash)
+            self._durations[spec.callable_hash] = max(1e-6, duration if previous is None
+                                                      else 0.8 * previous + 0.2 * duration)
         if spec.kind == ACTOR_CREATE and spec.actor_id in self.actors:
             self.actors[spec.actor_id].holds = TaskState(spec, held=task.held)
             task.held = {}
@@ -452,7 +475,7 @@ class Scheduler:
         else:
             self._finish(task, payloads, contained)
         self._after_worker_step(worker)
-        self._schedule()
+        self._dirty = True
 
     def _after_worker_step(self, worker: WorkerState) -> None:
         """A task left `worker`'s stack: start its next queued one or go back to waiting."""
@@ -516,7 +539,7 @@ class Scheduler:
                              caller.spec.task_id if caller is not None else b"")
         if self._satisfied(request):
             self._answer(request, timed_out=False)
-            self._schedule()
+            self._dirty = True
             return
         self.requests[(worker_id, request_id)] = request
         for object_id in object_ids:
@@ -525,7 +548,7 @@ class Scheduler:
             caller.request = request
             self._lend_cpu(caller)
             self._dispatch_awaited(worker, request)
-        self._schedule()
+        self._dirty = True
 
     def give_back(self, worker_id: int, task_ids: list[bytes]) -> None:
         """A blocked worker returned work that reached it after it blocked."""
@@ -536,7 +559,7 @@ class Scheduler:
         top = self.tasks.get(worker.stack[-1]) if worker.stack else None
         if top is not None and top.request is not None:
             self._dispatch_awaited(worker, top.request)
-        self._schedule()
+        self._dirty = True
 
     def _current_task(self, worker: WorkerState) -> TaskState | None:
         if worker.stack:
@@ -622,7 +645,7 @@ class Scheduler:
             del self.requests[(request.worker, request.request_id)]
             self._answer(request, timed_out=True)
         if expired:
-            self._schedule()
+            self._dirty = True
 
     # ---- actors ----
     def _create_actor(self, task: TaskState) -> None:

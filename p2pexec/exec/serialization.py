@@ -48,9 +48,17 @@ def dumps_with_refs(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list[
     return main, buffers, ids
 
 
+PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+"""Values of these types hold no code and no ObjectRef: the C pickler alone is enough."""
+
+
 def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value"
                ) -> tuple[list, list[bytes]]:
     """Serialise `value` into a payload; large ones go to shared memory named `segment`."""
+    if type(value) in PLAIN_TYPES:
+        main = pickle.dumps(value, protocol=5)
+        if len(main) <= inline_limit:
+            return [INLINE, main, []], []
     try:
         main, buffers, ids = dumps_with_refs(value)
     except Exception as exc:

@@ -257,7 +257,7 @@ class ExecService:
         core = self.core
         kind = message[0]
         if kind == p.DONE:
-            core.task_done(worker_id, message[1], message[2], message[3])
+            core.task_done(worker_id, message[1], message[2], message[3], message[4])
         elif kind == p.SUBMIT:
             core.submit(TaskSpec.from_wire(message[1:]), worker_id)
         elif kind == p.REFS:

@@ -95,6 +95,7 @@ class WorkerRuntime:
 
     def execute(self, message: list) -> None:
         kind, task_id, code, code_bytes, args_payload, deps, return_ids, name, _nested = message
+        started = time.perf_counter()
         try:
             args, kwargs = _resolve_arguments(serialization.from_payload(args_payload), deps)
             if kind == p.ACTOR_CALL:
@@ -110,7 +111,7 @@ class WorkerRuntime:
         except Exception as exc:
             error = serialization.task_error_payload(exc, name)
             payloads, contained = [error] * len(return_ids), []
-        self.send([p.DONE, task_id, payloads, contained])
+        self.send([p.DONE, task_id, payloads, contained, time.perf_counter() - started])
 
     def _keep_code(self, message: list) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""

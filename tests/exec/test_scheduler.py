@@ -47,7 +47,7 @@ def ok(value: bytes = b"v") -> list:
 
 @pytest.fixture
 def core():
-    scheduler = Scheduler(ExecConfig(num_cpus=2, prefetch=1))
+    scheduler = Scheduler(ExecConfig(num_cpus=2, max_prefetch=1))
     scheduler.register(CODE, b"code")
     scheduler.start()
     assert scheduler.take_instructions() == [StartWorker(1), StartWorker(2)]
@@ -159,6 +159,7 @@ def test_worker_death_retries_then_fails_with_worker_crashed(core):
 def test_release_frees_object_and_its_shared_memory(core):
     shared = [p.SHARED, "p2px_1_seg", 10, [1000]]
     core.put(rid(1), shared, [], DRIVER)
+    assert core.take_instructions() == [Completed((rid(1),))]  # wakes a waiting driver
     core.refs_changed(5, {rid(1): +1})
     core.refs_changed(DRIVER, {rid(1): -1})
     assert core.take_instructions() == []
@@ -190,6 +191,7 @@ def test_wait_with_timeout_answers_partial_at_deadline(core):
     core.submit(spec(1), DRIVER)
     core.take_instructions()
     core.put(rid(60), ok(), [], DRIVER)
+    core.take_instructions()
     core.worker_get(1, 3, [rid(60), rid(1)], 2, 5.0, [], now=10.0)
     assert core.take_instructions() == []
     assert core.next_deadline() == 15.0
