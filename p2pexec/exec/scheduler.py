@@ -193,7 +193,8 @@ class Scheduler:
             self._try_create_actor(actor)
         self._dirty = True
 
-    def worker_died(self, worker_id: int) -> None:
+    def worker_died(self, worker_id: int, reason: str = "it exited") -> None:
+        """The worker's process is gone; `reason` says how (exit code or signal)."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -201,12 +202,12 @@ class Scheduler:
         for key in [k for k in self.requests if k[0] == worker_id]:
             del self.requests[key]
         if worker.actor_id is not None:
-            self._actor_worker_died(worker)
+            self._actor_worker_died(worker, reason)
         else:
-            self._pool_worker_died(worker)
+            self._pool_worker_died(worker, reason)
         self._dirty = True
 
-    def _pool_worker_died(self, worker: WorkerState) -> None:
+    def _pool_worker_died(self, worker: WorkerState, reason: str) -> None:
         for task_id in reversed(worker.queued):
             task = self.tasks.get(task_id)
             if task is not None:
@@ -221,10 +222,14 @@ class Scheduler:
             if retries < 0 or task.attempts <= retries:
                 task.state = READY
                 self.ready.appendleft(task_id)
+                self._out.append(Warn(
+                    f"the worker process running task {task.spec.name} died ({reason}); "
+                    f"retrying it (retry {task.attempts} of "
+                    f"{'unlimited' if retries < 0 else retries})"))
             else:
                 self._fail(task, errors.WorkerCrashedError(
-                    f"the worker running task {task.spec.name} died (pid exited) and the "
-                    f"task ran out of retries after {task.attempts} attempts"))
+                    f"the worker process running task {task.spec.name} died ({reason}) and "
+                    f"the task ran out of retries after {task.attempts} attempts"))
         if self._pool_size() < self._pool_target:
             self._start_worker(None)
 
@@ -724,7 +729,7 @@ class Scheduler:
             actor.in_flight.remove(spec.task_id)
         self._finish(task, payloads, contained)
 
-    def _actor_worker_died(self, worker: WorkerState) -> None:
+    def _actor_worker_died(self, worker: WorkerState, reason: str) -> None:
         actor = self.actors.get(worker.actor_id)
         if actor is None:
             return
@@ -734,7 +739,7 @@ class Scheduler:
             task = self.tasks.get(task_id)
             if task is not None:
                 self._fail(task, errors.ActorDiedError(
-                    f"the actor's process died while running {task.spec.name}"))
+                    f"the actor's process died ({reason}) while running {task.spec.name}"))
         if actor.dead_reason is not None:
             return
         creation = self.tasks.get(actor.creation.task_id)
@@ -750,8 +755,8 @@ class Scheduler:
             actor.worker = self._start_worker(actor.actor_id)
             return
         if creation is not None:
-            self._fail(creation, errors.ActorDiedError("the actor's process died"))
-        self._actor_dead(actor, "its process died", stop=False)
+            self._fail(creation, errors.ActorDiedError(f"the actor's process died ({reason})"))
+        self._actor_dead(actor, f"its process died ({reason})", stop=False)
 
     def _actor_dead(self, actor: ActorState, reason: str, stop: bool) -> None:
         actor.alive = False

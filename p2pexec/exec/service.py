@@ -214,11 +214,7 @@ class ExecService:
             del self.links[link.worker_id]
         with trio.CancelScope(shield=True):
             await link.stream.aclose()
-        code = link.process.returncode
-        if code not in (0, -signal.SIGKILL) or link.worker_id in self.core.workers:
-            log.debug("worker %d (pid %d) exited with %s", link.worker_id, link.process.pid,
-                      code)
-        self.core.worker_died(link.worker_id)
+        self.core.worker_died(link.worker_id, _exit_reason(link.process))
         self._apply(self.core.take_instructions())
 
     async def _write_worker(self, link: WorkerLink) -> None:
@@ -314,3 +310,13 @@ class ExecService:
     def pool_ready(self) -> int:
         """How many workers have said READY."""
         return sum(1 for w in self.core.workers.values() if w.ready)
+
+
+def _exit_reason(process: subprocess.Popen) -> str:
+    code = process.returncode
+    if code is not None and code < 0:
+        try:
+            return f"pid {process.pid} killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"pid {process.pid} killed by signal {-code}"
+    return f"pid {process.pid} exit code {code}"

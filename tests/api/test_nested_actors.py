@@ -210,3 +210,17 @@ def test_executor_runs_existing_executor_code():
             failing.result(timeout=30)
     with pytest.raises(RuntimeError):
         executor.submit(square, 1)
+
+
+def test_actor_holds_the_resources_it_asks_for_until_killed():
+    @px.remote
+    def quick():
+        return "ran"
+
+    hog = Counter.options(num_cpus=2).remote()
+    assert px.get(hog.incr.remote()) == 1
+    waiting = quick.remote()
+    ready, _ = px.wait([waiting], timeout=0.5)
+    assert ready == []  # both CPUs belong to the actor
+    px.kill(hog)
+    assert px.get(waiting, timeout=30) == "ran"

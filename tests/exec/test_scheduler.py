@@ -145,8 +145,11 @@ def test_worker_death_retries_then_fails_with_worker_crashed(core):
     core.worker_ready(1)
     core.submit(spec(1, max_retries=1), DRIVER)
     core.take_instructions()
-    core.worker_died(1)
-    assert core.take_instructions() == [StartWorker(3)]  # replacement; task 1 waits
+    core.worker_died(1, "pid 9 killed by SIGSEGV")
+    assert core.take_instructions() == [  # a replacement starts; task 1 waits for a worker
+        Warn("the worker process running task t1 died (pid 9 killed by SIGSEGV); "
+             "retrying it (retry 1 of 1)"),
+        StartWorker(3)]
     core.worker_ready(2)
     assert core.take_instructions() == [Send(2, exec_msg(1, code=b"code"))]
     core.worker_died(2)
