@@ -181,15 +181,8 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         runtime = _rt()
         code_hash = self._shipped.register(runtime)
-        task_id = runtime.ids.task_id()
-        args_payload, deps, contained = _serialize_arguments(runtime, task_id, self._name,
-                                                             args, kwargs)
-        return_ids = [return_id(task_id, i) for i in range(1, self._num_returns + 1)]
-        refs = [ObjectRef(object_id) for object_id in return_ids]
-        runtime.submit(TaskSpec(task_id, TASK, code_hash, None, args_payload, deps, contained,
-                                return_ids, self._name, self._resources, self._max_retries,
-                                self._retry_exceptions))
-        return refs[0] if self._num_returns == 1 else refs
+        return _submit(runtime, self._name, self._num_returns, args, kwargs, TASK, code_hash,
+                       None, self._resources, self._max_retries, self._retry_exceptions, None)
 
 
 # ---- actors ----
@@ -270,18 +263,23 @@ class ActorMethod:
         return ActorMethod(self._handle, self._method, num_returns)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        runtime = _rt()
         handle = self._handle
-        task_id = runtime.ids.task_id()
-        name = f"{handle._class_name}.{self._method}"
-        args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args,
-                                                             kwargs)
-        return_ids = [return_id(task_id, i) for i in range(1, self._num_returns + 1)]
-        refs = [ObjectRef(object_id) for object_id in return_ids]
-        runtime.submit(TaskSpec(task_id, ACTOR_CALL, None, self._method, args_payload, deps,
-                                contained, return_ids, name, {}, 0, False,
-                                handle._actor_id))
-        return refs[0] if self._num_returns == 1 else refs
+        return _submit(_rt(), f"{handle._class_name}.{self._method}", self._num_returns, args,
+                       kwargs, ACTOR_CALL, None, self._method, {}, 0, False, handle._actor_id)
+
+
+def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict, kind: int,
+            code_hash: bytes | None, method: str | None, resources: dict[str, float],
+            max_retries: int, retry_exceptions: bool, actor_id: bytes | None) -> Any:
+    """Serialise the arguments, make the result refs, hand the spec to the runtime."""
+    task_id = runtime.ids.task_id()
+    args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args, kwargs)
+    return_ids = [return_id(task_id, i) for i in range(1, num_returns + 1)]
+    refs = [ObjectRef(object_id) for object_id in return_ids]
+    runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, deps, contained,
+                            return_ids, name, resources, max_retries, retry_exceptions,
+                            actor_id))
+    return refs[0] if num_returns == 1 else refs
 
 
 def remote(*args: Any, **options: Any) -> Any:
