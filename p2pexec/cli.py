@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from p2pexec.errors import LocalUsageError
 from p2pexec.net.security import TOKEN_ENV, ClusterKeys, new_token, resolve_token
@@ -57,6 +58,178 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_demo)
 
 
+def _parse_resources(text: str) -> dict[str, float]:
+    """`gpu=1,tpu=0.5` -> {"gpu": 1.0, "tpu": 0.5}."""
+    resources: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, amount = item.partition("=")
+        try:
+            resources[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected name=amount, got {item!r}")
+    return resources
+
+
+def _join(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from p2pexec.config import ClusterConfig, NodeConfig, default_data_dir
+    from p2pexec.exec.config import ExecConfig
+    from p2pexec.net.discovery import parse_seed
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    token = resolve_token(args.token)
+    generated = token is None
+    if token is None:
+        token = new_token()
+    settings = {"data_dir": args.data_dir or default_data_dir(), "host": args.host,
+                "port": args.port, "peers": tuple(parse_seed(p) for p in args.peer),
+                "mdns": not args.no_mdns, "advertise_host": args.advertise}
+    cluster = ClusterConfig.preset(args.gossip, token, **settings)
+    config = NodeConfig(exec=ExecConfig(num_cpus=args.cpus), resources=args.resources,
+                        cluster=cluster, **({"name": args.name} if args.name else {}))
+    try:
+        trio.run(_run_joined, config, generated)
+    except BaseException as exc:  # trio wraps failures in exception groups
+        failure = _first_failure(exc)
+        if failure is None:
+            raise
+        print(f"p2pexec join: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first_failure(exc: BaseException) -> BaseException | None:
+    """The user-facing error (bad usage, address in use...) inside an exception group."""
+    if isinstance(exc, (LocalUsageError, OSError)):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group
+        found = _first_failure(inner)
+        if found is not None:
+            return found
+    return None
+
+
+async def _run_joined(config: object, generated: bool) -> None:
+    """Run the node until SIGINT or SIGTERM, then leave the cluster gracefully."""
+    import logging
+    import signal
+
+    import trio
+
+    from p2pexec.cluster import format_address
+    from p2pexec.node import Node
+
+    node = Node(config)  # type: ignore[arg-type]
+    cluster = node.cluster
+    assert cluster is not None and cluster.address is None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            address = format_address(cluster.address)
+            print(f"node {node.config.name} ({node.node_id.short}) listening on {address}\n"
+                  f"cluster id {cluster.cluster_id}\n"
+                  f"control socket {node.control.path if node.control else '-'}", flush=True)
+            if generated:
+                print(f"created a new cluster token; on other machines run:\n"
+                      f"  p2pexec join --token {cluster.config.token} --peer {address}\n"
+                      f"anyone holding this token can run code on every node: keep it secret",
+                      flush=True)
+            async for signum in signals:
+                logging.getLogger("p2pexec.cluster").info(
+                    "%s received: leaving the cluster", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+
+
+def add_join_command(subparsers: argparse._SubParsersAction) -> None:
+    """`p2pexec join`: run a node in the foreground until Ctrl-C (which leaves gracefully).
+    Several nodes can run on one machine with distinct --port and --data-dir."""
+    from p2pexec.config import DATA_DIR_ENV, DEFAULT_PORT, PRESETS
+
+    join = subparsers.add_parser("join", help="run a node of a cluster in the foreground")
+    join.add_argument("--token", help=f"the cluster token (default: ${TOKEN_ENV}; with "
+                                      f"neither, a new cluster is created)")
+    join.add_argument("--host", default="0.0.0.0",
+                      help="address to listen on (default 0.0.0.0: every interface)")
+    join.add_argument("--port", type=int, default=DEFAULT_PORT,
+                      help=f"TCP and UDP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    join.add_argument("--advertise", default=None, metavar="HOST",
+                      help="address other nodes reach this one at (default: --host, or this "
+                           "machine's first non-loopback IPv4 address for a wildcard host)")
+    join.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                      help="a node to contact at start (repeatable); mDNS finds LAN peers")
+    join.add_argument("--no-mdns", action="store_true",
+                      help="do not advertise or browse with mDNS (use --peer)")
+    join.add_argument("--cpus", type=float, default=None,
+                      help="CPUs offered to tasks (default: all)")
+    join.add_argument("--resources", type=_parse_resources, default={},
+                      metavar="NAME=AMOUNT,...", help="custom resources, e.g. gpu=1")
+    join.add_argument("--name", default=None, help="node name (default: the host name)")
+    join.add_argument("--data-dir", type=Path, default=None,
+                      help=f"node key and control socket (default: ${DATA_DIR_ENV} or "
+                           f"~/.local/share/p2pexec)")
+    join.add_argument("--gossip", choices=sorted(PRESETS), default="lan",
+                      help="membership timings: lan (default) or local (one machine, fast "
+                           "failure detection)")
+    join.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    join.set_defaults(run=_join)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from p2pexec.config import control_socket_path, default_data_dir
+    from p2pexec.control import ControlError, NodeNotRunning, request
+
+    path = control_socket_path(args.data_dir or default_data_dir())
+    try:
+        status = request(path, "status")
+    except (NodeNotRunning, ControlError, OSError) as exc:
+        print(f"p2pexec status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"members": status["members"]}, indent=2))
+    else:
+        print(format_members(status["members"]))
+    return 0
+
+
+def format_members(members: list[dict]) -> str:
+    """The `p2pexec status` table: one line per member, this node first."""
+    def resources(r: dict) -> str:
+        return " ".join(f"{k}={v:g}" for k, v in sorted(r.items(), key=lambda kv: kv[0] != "CPU"))
+
+    def heard(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds:.1f}s ago"
+
+    header = ("NAME", "ID", "ADDRESS", "STATE", "RESOURCES", "LOAD (queued/running)",
+              "LAST HEARD")
+    rows = [header] + [(m["name"], m["short_id"], m["address"] or "-", m["state"],
+                        resources(m["resources"]),
+                        f"{m['load']['queue_length']}/{m['load']['running_tasks']}",
+                        heard(m["last_heard"])) for m in members]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def add_status_command(subparsers: argparse._SubParsersAction) -> None:
+    """`p2pexec status`: the members the local node knows, read through its control socket."""
+    status = subparsers.add_parser("status", help="show the members of the local node's cluster")
+    status.add_argument("--data-dir", type=Path, default=None,
+                        help="data dir of the node to ask (default: as `p2pexec join`)")
+    status.add_argument("--json", action="store_true",
+                        help='print {"members": [{"name", "id", "address", "state", ...}]}')
+    status.set_defaults(run=_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one `add_*_command` per subcommand."""
     parser = argparse.ArgumentParser(prog="p2pexec",
@@ -64,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_token_command(subparsers)
     add_demo_command(subparsers)
+    add_join_command(subparsers)
+    add_status_command(subparsers)
     return parser
 
 

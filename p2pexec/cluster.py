@@ -1,0 +1,237 @@
+"""The cluster part of a node: transport, connection router, membership, discovery.
+
+`ClusterService.run` composes, in one nursery:
+
+- the `TcpTransport` (TLS 1.3 + token proof) bound to the configured host and port;
+- the connection router, which owns `transport.serve` and dispatches each incoming
+  connection by its first message (a gossip `PushPull` goes to the gossip driver; anything
+  else is logged in one line and dropped);
+- the `GossipDriver` (SWIM + Lifeguard), advertising this node's resources;
+- discovery (mDNS and `--peer` seeds): every candidate not already a live member is handed
+  to `gossip.join`, so a peer that was declared dead during a partition is rejoined when
+  discovery re-reports it;
+- load publishing: the node's queue length and running tasks, sampled every
+  `load_update_interval` and gossiped when they change;
+- one log line per membership event.
+
+Shutting down (the node's nursery is cancelled: Ctrl-C, SIGTERM, end of the driver) is a
+graceful leave: the services keep running under a shield while `gossip.leave` spreads the
+news (bounded by the gossip config's `leave_timeout`), then discovery sends its mDNS
+goodbyes and the transport closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pexec.config import ClusterConfig
+from p2pexec.errors import ProtocolError
+from p2pexec.gossip.core import EventKind, Member, MemberEvent, Membership
+from p2pexec.gossip.driver import GossipDriver
+from p2pexec.gossip.messages import PushPull, State
+from p2pexec.net.codec import PROTOCOL_MAX, Codec, log_dropped
+from p2pexec.net.discovery import (
+    Announcement,
+    DiscoveredPeer,
+    advertised_addresses,
+    run_discovery,
+    validate_name,
+)
+from p2pexec.net.security import ClusterKeys
+from p2pexec.net.tcp import TcpTransport
+from p2pexec.net.transport import Address, Connection
+
+log = logging.getLogger("p2pexec.cluster")
+
+LoadSampler = Callable[[], tuple[int, int]]
+"""Returns (queue_length, running_tasks) of this node right now."""
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+_LIVE = (State.ALIVE, State.SUSPECT)
+_EVENT_LEVELS = {EventKind.UPDATED: logging.DEBUG}
+
+
+def format_address(address: Address | None) -> str | None:
+    """host:port, IPv6 hosts in brackets (as `--peer` takes them)."""
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def member_dict(member: Member, now: float) -> dict[str, Any]:
+    """One member as `p2pexec status --json` and `px.nodes()` show it."""
+    return {
+        "name": member.name,
+        "id": member.node_id.hex,
+        "short_id": member.node_id.short,
+        "address": format_address(member.address),
+        "state": member.state.name.lower(),
+        "resources": dict(member.resources),
+        "load": {"queue_length": member.load.queue_length,
+                 "running_tasks": member.load.running_tasks},
+        "last_heard": None if member.last_heard is None else max(0.0, now - member.last_heard),
+        "incarnation": member.incarnation,
+    }
+
+
+class ClusterService:
+    """Joins this node to its cluster and keeps its membership view (see module doc)."""
+
+    def __init__(self, config: ClusterConfig, name: str, resources: dict[str, float],
+                 load: LoadSampler) -> None:
+        validate_name(name)
+        self.config = config
+        self.name = name
+        self.resources = dict(resources)
+        self._load = load
+        self.cluster_id = ClusterKeys(config.token).cluster_id
+        self.transport = TcpTransport.create(config.data_dir, config.token, config.net,
+                                             host=config.host, port=config.port)
+        self.node_id = self.transport.local.node_id
+        self.gossip: GossipDriver | None = None
+        self.address: Address | None = None
+        """Where other nodes reach this one (valid once running)."""
+        self._codec = Codec(config.net.limits)
+        self._services = trio.CancelScope()
+
+    # ---- the node's API ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve, gossip and discover until cancelled, then leave gracefully.
+        `task_status.started(address)` once listening and gossiping."""
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(self._run_services)
+                assert self.address is not None
+                task_status.started(self.address)
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._leave()
+                    self._services.cancel()
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]:
+        """Every membership event from now on (joined, suspect, alive, failed, left...)."""
+        if self.gossip is None:
+            raise trio.ClosedResourceError("the cluster service is not running")
+        return self.gossip.subscribe()
+
+    def members(self) -> list[dict[str, Any]]:
+        """The membership view, this node first, then by name and id; [] before start."""
+        if self.gossip is None:
+            return []
+        now = trio.current_time()
+        view = self.gossip.view().values()
+        ordered = sorted(view, key=lambda m: (not m.is_self, m.name, m.node_id.hex))
+        return [member_dict(m, now) for m in ordered]
+
+    # ---- services ----------------------------------------------------------------------
+
+    async def _run_services(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+        cfg = self.config
+        try:
+            with self._services:
+                async with trio.open_nursery() as nursery:
+                    host, port = await self.transport.bind()
+                    advertised = cfg.advertise_host or (
+                        advertised_addresses(host, cfg.discovery_config().interfaces)[0]
+                        if host in _WILDCARDS else host)
+                    self.address = (advertised, port)
+                    core = Membership(self.node_id, self.address, cfg.gossip, random.Random(),
+                                      name=self.name, resources=self.resources)
+                    self.gossip = GossipDriver(core, self.transport)
+                    events = self.gossip.subscribe()
+                    await nursery.start(self.gossip.run)
+                    await nursery.start(self.transport.serve, self._route)
+                    nursery.start_soon(self._log_events, events)
+                    nursery.start_soon(self._publish_load)
+                    found_send, found_recv = trio.open_memory_channel[DiscoveredPeer](64)
+                    me = Announcement((host, port), self.node_id, self.cluster_id, self.name,
+                                      PROTOCOL_MAX)
+                    await nursery.start(run_discovery, cfg.discovery_config(), me, found_send)
+                    nursery.start_soon(self._join_found, found_recv)
+                    # from here on only our own `_services.cancel()` stops the services, so
+                    # a cancelled node can still gossip its leave
+                    self._services.shield = True
+                    task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
+
+    async def _leave(self) -> None:
+        gossip = self.gossip
+        if gossip is None or not self._services.shield:
+            return
+        timeout = self.config.gossip.leave_timeout
+        if await gossip.leave(timeout):
+            log.info("left the cluster")
+        else:
+            log.warning("leave not confirmed by any member within %.1f s; they will "
+                        "detect our absence", timeout)
+
+    async def _route(self, conn: Connection) -> None:
+        """Dispatch one authenticated incoming connection by its first message."""
+        peer = conn.peer
+        with trio.move_on_after(self.config.first_message_timeout) as waited:
+            try:
+                first = await conn.receive()
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if waited.cancelled_caught:
+            log_dropped(peer.address, f"sent nothing for {self.config.first_message_timeout:g} s "
+                                      f"after connecting", peer.node_id)
+            return
+        try:
+            msg = self._codec.decode(first)
+        except ProtocolError as exc:
+            log_dropped(peer.address, f"bad first message: {exc}", peer.node_id)
+            return
+        if isinstance(msg, PushPull) and self.gossip is not None:
+            await self.gossip.handle_stream(conn, first=msg)
+        else:
+            log_dropped(peer.address, f"opened a connection with {type(msg).__name__}, which "
+                                      f"no service on this node accepts", peer.node_id)
+
+    async def _join_found(self, found: trio.MemoryReceiveChannel[DiscoveredPeer]) -> None:
+        """Hand each discovered candidate that is not a live member to gossip."""
+        assert self.gossip is not None
+        async for peer in found:
+            if not self._is_live(peer):
+                log.debug("contacting %s at %s (%s)", peer.name, format_address(peer.address),
+                          peer.source)
+                self.gossip.join([peer.address])
+
+    def _is_live(self, peer: DiscoveredPeer) -> bool:
+        assert self.gossip is not None
+        for member in self.gossip.view().values():
+            same = (member.node_id == peer.node_id if peer.node_id is not None
+                    else member.address == peer.address)
+            if same and (member.is_self or member.state in _LIVE):
+                return True
+        return False
+
+    async def _publish_load(self) -> None:
+        assert self.gossip is not None
+        last: tuple[int, int] | None = None
+        while True:
+            sample = self._load()
+            if sample != last:
+                self.gossip.set_local_load(*sample)
+                last = sample
+            await trio.sleep(self.config.gossip.load_update_interval)
+
+    async def _log_events(self, events: trio.MemoryReceiveChannel[MemberEvent]) -> None:
+        async for ev in events:
+            m = ev.member
+            if m.is_self:
+                continue
+            log.log(_EVENT_LEVELS.get(ev.kind, logging.INFO), "member %s: %s (%s) at %s",
+                    ev.kind.value, m.name, m.node_id.short, format_address(m.address))
