@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from p2pexec.config import ClusterConfig
-from p2pexec.errors import ProtocolError
+from p2pexec.errors import LocalUsageError, ProtocolError
 from p2pexec.gossip.core import EventKind, Member, MemberEvent, Membership
 from p2pexec.gossip.driver import GossipDriver
 from p2pexec.gossip.messages import PushPull, State
@@ -140,7 +140,13 @@ class ClusterService:
         try:
             with self._services:
                 async with trio.open_nursery() as nursery:
-                    host, port = await self.transport.bind()
+                    try:
+                        host, port = await self.transport.bind()
+                    except OSError as exc:
+                        raise LocalUsageError(
+                            f"cannot listen on {format_address((cfg.host, cfg.port))}: "
+                            f"{exc.strerror or exc} (nodes on one machine need distinct "
+                            f"--port values)") from exc
                     advertised = cfg.advertise_host or (
                         advertised_addresses(host, cfg.discovery_config().interfaces)[0]
                         if host in _WILDCARDS else host)

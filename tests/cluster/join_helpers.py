@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pexec.net.security import TOKEN_ENV
+
 PX = [sys.executable, "-m", "p2pexec.cli"]
 BANNER = re.compile(r"node (\S+) \((\S+)\) listening on (\S+)")
 
@@ -83,16 +85,19 @@ class Launcher:
         self.base = base
         self.nodes: list[JoinedNode] = []
 
-    def start(self, name: str, token: str, args: Sequence[str] = (),
+    def start(self, name: str, token: str | None, args: Sequence[str] = (),
               command: Callable[[list[str]], list[str]] = list) -> JoinedNode:
-        """`p2pexec join --name NAME --token T --data-dir <tmp>/NAME --cpus 1 ARGS`,
-        stdout and stderr to <tmp>/NAME.log; `command` may wrap the argv (namespaces)."""
+        """`p2pexec join --name NAME [--token T] --data-dir <tmp>/NAME --cpus 1 ARGS`,
+        stdout and stderr to <tmp>/NAME.log; `command` may wrap the argv (namespaces).
+        $P2PEXEC_TOKEN is not passed on, so `token=None` creates a new cluster."""
         data_dir = self.base / name
         log_path = self.base / f"{name}.log"
-        argv = command([*PX, "join", "--name", name, "--token", token, "--data-dir",
+        token_args = [] if token is None else ["--token", token]
+        argv = command([*PX, "join", "--name", name, *token_args, "--data-dir",
                         str(data_dir), "--cpus", "1", *args])
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
         node = JoinedNode(name, proc, data_dir, log_path)
         self.nodes.append(node)

@@ -4,6 +4,7 @@ a node with the wrong token that is never admitted and says why."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -64,3 +65,21 @@ def test_three_nodes_find_each_other_detect_a_crash_and_refuse_a_wrong_token(lau
     assert seen, states(nodes[0].status())
     assert "left the cluster" in nodes[1].log()
     assert "member left: n2" in nodes[0].log()
+
+
+def test_join_without_a_token_creates_one_and_prints_the_command_that_joins(launcher):
+    first = launcher.start("first", None, ["--host", "127.0.0.1", "--port", "0", "--no-mdns",
+                                           "--gossip", "local"]).wait_started()
+    printed = wait_for(lambda: re.search(r"on other machines run:\n  p2pexec join (.*)\n",
+                                         first.log()), 10.0)
+    assert printed, first.log()
+    command = printed.group(1).split()
+    assert command[::2] == ["--token", "--peer"]
+    assert command[3] == first.address
+    assert len(command[1]) == 43  # 32 random bytes, URL-safe base64
+    second = launcher.start("second", command[1], [*command[2:], "--host", "127.0.0.1",
+                                                   "--port", "0", "--no-mdns",
+                                                   "--gossip", "local"]).wait_started()
+    both = {"first": "alive", "second": "alive"}
+    seen = wait_for(lambda: states(first.status()) == states(second.status()) == both, 20.0)
+    assert seen, (states(first.status()), states(second.status()))

@@ -1,5 +1,6 @@
 """`p2pexec status`: the table, `--json`, the error when no node runs, the control socket's
-permissions, one node per data dir; `Node.nodes()` (what `px.nodes()` returns) in a cluster."""
+permissions, one node per data dir and per port; `Node.nodes()` (what `px.nodes()` returns)
+and the membership event stream in a cluster."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from p2pexec.cli import format_members
 from p2pexec.config import ClusterConfig, NodeConfig
 from p2pexec.exec.config import ExecConfig
 from p2pexec.gossip.config import GossipConfig
+from p2pexec.gossip.core import EventKind
 from p2pexec.net.security import NodeIdentity
 from p2pexec.node import Node
 
@@ -55,6 +57,11 @@ def test_status_table_and_json_of_one_node(launcher):
     assert second.proc.wait(timeout=30) == 1
     assert (f"p2pexec join: another node is already running with data dir {node.data_dir}"
             in second.log())
+    port = node.address.rsplit(":", 1)[1]
+    clash = launcher.start("clash", TOKEN, [*ONE_NODE, "--port", port])
+    assert clash.proc.wait(timeout=30) == 1
+    assert (f"p2pexec join: cannot listen on 127.0.0.1:{port}: Address already in use (nodes "
+            f"on one machine need distinct --port values)\n") in clash.log()
 
 
 def test_table_shows_each_member_on_one_aligned_line():
@@ -86,8 +93,12 @@ async def test_nodes_lists_this_node_first_then_the_members_it_knows(tmp_path):
     first = cluster_node(tmp_path, "first")
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
+        events = first.cluster.subscribe()
         second = cluster_node(tmp_path, "second", peers=[first.cluster.address])
         await nursery.start(second.run)
+        with trio.fail_after(20):
+            joined = await events.receive()
+        assert (joined.kind, joined.member.node_id) == (EventKind.JOINED, second.node_id)
         with trio.fail_after(20):
             while len(first.nodes()) < 2 or len(second.nodes()) < 2:
                 await trio.sleep(0.05)
