@@ -46,6 +46,7 @@ from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.broadcast import BroadcastQueue
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.messages import (
+    MAX_COUNTER,
     Ack,
     Alive,
     Dead,
@@ -60,6 +61,7 @@ from p2pexec.gossip.messages import (
     PushPull,
     State,
     Suspect,
+    check_counter,
     check_resources,
 )
 from p2pexec.gossip.suspicion import Awareness, Suspicion
@@ -69,6 +71,12 @@ from p2pexec.ids import NodeId
 from p2pexec.net.transport import Address
 
 LIVE = (State.ALIVE, State.SUSPECT)
+
+
+def _bump(counter: int) -> int:
+    """counter + 1, held below MAX_COUNTER: peers refuse larger counters, and only a
+    hostile peer's claim of the largest one can bring us there (it then goes unrefuted)."""
+    return min(counter + 1, MAX_COUNTER - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,10 @@ class Membership:
     def __init__(self, node_id: NodeId, address: Address, cfg: GossipConfig,
                  rng: random.Random, *, name: str = "",
                  resources: dict[str, float] | None = None, incarnation: int = 0) -> None:
+        try:
+            check_counter("incarnation", incarnation)
+        except ValueError as exc:
+            raise LocalUsageError(str(exc)) from None
         self.me = node_id
         self.address = address
         self.cfg = cfg
@@ -273,9 +285,11 @@ class Membership:
 
     def set_local_load(self, queue_length: int, running_tasks: int, now: float) -> None:
         """Record this node's load; it is gossiped at most every load_update_interval."""
-        if queue_length < 0 or running_tasks < 0:
-            raise LocalUsageError(f"load must be non-negative, got queue_length="
-                                  f"{queue_length}, running_tasks={running_tasks}")
+        try:
+            check_counter("queue_length", queue_length)
+            check_counter("running_tasks", running_tasks)
+        except ValueError as exc:
+            raise LocalUsageError(f"bad local load: {exc}") from None
         self._start(now)
         current = self._table.get(self.me)
         if current is not None and current.load.version > 0 and \
@@ -295,7 +309,7 @@ class Membership:
             raise LocalUsageError(f"cannot advertise resources {resources!r}: {exc}") from None
         self._start(now)
         self._resources = dict(resources)
-        self._incarnation += 1
+        self._incarnation = _bump(self._incarnation)
         self._announce()
 
     # ---- input -------------------------------------------------------------------------
@@ -530,7 +544,7 @@ class Membership:
     def _publish_load(self, now: float) -> None:
         assert self._pending_load is not None
         row = self._table.get(self.me)
-        version = (row.load.version if row is not None else 0) + 1
+        version = _bump(row.load.version if row is not None else 0)
         self._apply_self(LoadUpdate(self.me, version, *self._pending_load))
         self._pending_load = None
         self._t.load = now + self.cfg.load_update_interval
@@ -538,7 +552,7 @@ class Membership:
     def _refute(self, seen: int) -> None:
         """Someone thinks we are suspect, dead or gone: outbid them (Lifeguard: and count it
         as a sign of our own poor health)."""
-        self._incarnation = max(self._incarnation, seen) + 1
+        self._incarnation = _bump(max(self._incarnation, seen))
         self._awareness.apply(1)
         self._announce()
 
@@ -548,7 +562,7 @@ class Membership:
             if row is not None and \
                     (upd.version, upd.queue_length, upd.running_tasks) > row.load.key():
                 # a sample from an earlier life of this node: outbid it with the current one
-                self._apply_self(LoadUpdate(self.me, upd.version + 1, row.load.queue_length,
+                self._apply_self(LoadUpdate(self.me, _bump(upd.version), row.load.queue_length,
                                             row.load.running_tasks))
             return
         if self._leaving:

@@ -32,7 +32,7 @@ import trio
 
 from p2pexec.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from p2pexec.gossip.core import Member, MemberEvent, Membership
-from p2pexec.gossip.messages import PushPull, State
+from p2pexec.gossip.messages import Message, PushPull, State
 from p2pexec.gossip.wire import decode_packet, decode_stream, encode_packet, encode_stream
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import log_dropped
@@ -135,7 +135,7 @@ class GossipDriver:
             return
         now = trio.current_time()
         for msg in msgs:
-            self.core.receive(src, msg, now)
+            self._receive(src, msg, now)
         self._kick()
 
     async def handle_stream(self, conn: Connection,
@@ -149,7 +149,9 @@ class GossipDriver:
                 request = first if first is not None else await conn.receive()
                 msg = request if isinstance(request, PushPull) else decode_stream(request)
                 self._check_sender(msg, peer.node_id)
-                reply = self.core.handle_push_pull(peer.address, msg, trio.current_time())
+                reply = self._serve_push_pull(peer.address, msg)
+                if reply is None:
+                    return
                 self._kick()
                 await conn.send(encode_stream(reply))
         except ProtocolError as exc:
@@ -167,6 +169,30 @@ class GossipDriver:
         if msg.sender != node_id:
             raise RemoteProtocolError(f"push-pull claims to come from {msg.sender}, but the "
                                       f"connection is authenticated as {node_id}")
+
+    def _receive(self, src: Address, msg: Message, now: float) -> bool:
+        """Feed one decoded message to the core. One that breaks the core (a bug, or input
+        the decoder's checks let through) is logged and dropped: it must never stop gossip."""
+        try:
+            self.core.receive(src, msg, now)
+        except Exception as exc:
+            self._core_failed(src, msg, exc)
+            return False
+        return True
+
+    def _serve_push_pull(self, src: Address, msg: PushPull) -> PushPull | None:
+        """The core's answer to an incoming push-pull (None: the request broke it)."""
+        try:
+            return self.core.handle_push_pull(src, msg, trio.current_time())
+        except Exception as exc:
+            self._core_failed(src, msg, exc)
+            return None
+
+    @staticmethod
+    def _core_failed(src: Address, msg: Message, exc: Exception) -> None:
+        log_dropped(src, f"gossip {type(msg).__name__} broke the membership core: "
+                         f"{type(exc).__name__}: {exc}")
+        log.debug("membership core failure", exc_info=exc)
 
     def _kick(self) -> None:
         self._wake.set()
@@ -243,8 +269,8 @@ class GossipDriver:
             finally:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
-            self.core.receive(address, reply, trio.current_time())
-            self._kick()
+            if self._receive(address, reply, trio.current_time()):
+                self._kick()
 
     async def _forward_events(self, events: trio.MemoryReceiveChannel[MemberEvent]) -> None:
         assert self._events_send is not None

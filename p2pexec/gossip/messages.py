@@ -20,6 +20,11 @@ from p2pexec.net.transport import Address
 MAX_RESOURCES = 64
 """Most custom resources one node may advertise."""
 
+MAX_COUNTER = 2**62
+"""Incarnations, load versions, sequence numbers and task counts are below this. An honest
+node counts up one at a time and never gets near it; a peer's claim of 2**64 - 1 (all that
+msgpack can carry) would otherwise make our own +1 unencodable and stop gossip."""
+
 
 class State(IntEnum):
     """A member's state. At one incarnation the higher value wins (see table.py)."""
@@ -40,6 +45,13 @@ def check_resources(resources: dict[str, float]) -> None:
             raise ValueError(f"resource {name!r} has invalid amount {amount!r}")
 
 
+def check_counter(what: str, value: int) -> None:
+    """A counter must be in 0..MAX_COUNTER - 1 (`ValueError`, which the codec reports as
+    the peer's `RemoteProtocolError`)."""
+    if not 0 <= value < MAX_COUNTER:
+        raise ValueError(f"{what} {value} is outside 0..{MAX_COUNTER - 1}")
+
+
 _STATES = frozenset(int(s) for s in State)
 
 
@@ -51,6 +63,9 @@ class Ping:
     seq: int
     target: NodeId
     sender: NodeId
+
+    def __post_init__(self) -> None:
+        check_counter("seq", self.seq)
 
 
 @message(33)
@@ -65,6 +80,9 @@ class IndirectPing:
     sender: NodeId
     nack: bool = True
 
+    def __post_init__(self) -> None:
+        check_counter("seq", self.seq)
+
 
 @message(34)
 @dataclass(frozen=True, slots=True)
@@ -74,6 +92,9 @@ class Ack:
     seq: int
     sender: NodeId
 
+    def __post_init__(self) -> None:
+        check_counter("seq", self.seq)
+
 
 @message(35)
 @dataclass(frozen=True, slots=True)
@@ -82,6 +103,9 @@ class Nack:
 
     seq: int
     sender: NodeId
+
+    def __post_init__(self) -> None:
+        check_counter("seq", self.seq)
 
 
 @message(36)
@@ -97,6 +121,7 @@ class Alive:
     resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_counter("incarnation", self.incarnation)
         check_resources(self.resources)
 
 
@@ -109,6 +134,9 @@ class Suspect:
     incarnation: int
     origin: NodeId
 
+    def __post_init__(self) -> None:
+        check_counter("incarnation", self.incarnation)
+
 
 @message(38)
 @dataclass(frozen=True, slots=True)
@@ -119,6 +147,9 @@ class Dead:
     incarnation: int
     origin: NodeId
 
+    def __post_init__(self) -> None:
+        check_counter("incarnation", self.incarnation)
+
 
 @message(39)
 @dataclass(frozen=True, slots=True)
@@ -127,6 +158,9 @@ class Left:
 
     node: NodeId
     incarnation: int
+
+    def __post_init__(self) -> None:
+        check_counter("incarnation", self.incarnation)
 
 
 @message(40)
@@ -138,6 +172,11 @@ class LoadUpdate:
     version: int
     queue_length: int
     running_tasks: int
+
+    def __post_init__(self) -> None:
+        check_counter("version", self.version)
+        check_counter("queue_length", self.queue_length)
+        check_counter("running_tasks", self.running_tasks)
 
 
 MemberUpdate = Alive | Suspect | Dead | Left | LoadUpdate
@@ -163,6 +202,10 @@ class MemberRecord:
     def __post_init__(self) -> None:
         if self.state not in _STATES:
             raise ValueError(f"unknown member state {self.state!r}")
+        check_counter("incarnation", self.incarnation)
+        check_counter("load_version", self.load_version)
+        check_counter("queue_length", self.queue_length)
+        check_counter("running_tasks", self.running_tasks)
         check_resources(self.resources)
 
 

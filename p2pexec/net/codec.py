@@ -388,7 +388,8 @@ class Codec:
         holds something msgpack cannot send, or is larger than a frame may be."""
         try:
             body = self._packer.pack(_encode_any_message(msg))
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # OverflowError: an int beyond msgpack's 64 bits
             raise LocalProtocolError(f"cannot encode {type(msg).__qualname__}: {exc}") from None
         if len(body) > self.limits.max_frame_size:
             raise LocalProtocolError(f"{type(msg).__qualname__} is {len(body)} bytes, over the "

@@ -260,3 +260,13 @@ def test_fuzz_mutated_valid_bodies_never_escape_protocol_error(noise: bytes, at:
         Codec().decode(body)
     except RemoteProtocolError:
         pass
+
+
+def test_an_int_msgpack_cannot_hold_is_a_local_protocol_error() -> None:
+    """msgpack ints stop at 2**64 - 1: one more is our bug, reported as the docstring says."""
+    codec = Codec()
+    with pytest.raises(LocalProtocolError, match="cannot encode Point"):
+        codec.encode(Point(2**64, 1.0))
+    with pytest.raises(LocalProtocolError, match="cannot encode Point"):
+        codec.encode(Point(-(2**63) - 1, 1.0))
+    assert codec.decode(codec.encode(Point(2**64 - 1, 1.0))) == Point(2**64 - 1, 1.0)

@@ -1,0 +1,126 @@
+"""Gossip input a buggy or hostile token holder could send: each is refused at decode or
+absorbed by the core, never a crash of the driver (code review findings)."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import msgpack
+import pytest
+import trio
+
+from p2pexec.errors import RemoteProtocolError
+from p2pexec.gossip.config import GossipConfig
+from p2pexec.gossip.core import Membership
+from p2pexec.gossip.driver import GossipDriver
+from p2pexec.gossip.messages import (
+    MAX_COUNTER,
+    Ack,
+    Alive,
+    LoadUpdate,
+    Suspect,
+)
+from p2pexec.gossip.wire import decode_packet, encode_packet
+from p2pexec.ids import NodeId
+from p2pexec.testing.simnet import LinkSpec, SimNetwork
+
+A, B = NodeId(b"\x01" * 32), NodeId(b"\x02" * 32)
+ADDR = {A: ("10.0.0.1", 7946), B: ("10.0.0.2", 7946)}
+CFG = GossipConfig.local()
+HUGE = 2**64 - 1
+
+
+def make() -> Membership:
+    """Core of A that knows B (outbox and events drained)."""
+    core = Membership(A, ADDR[A], CFG, random.Random(7), name="a", resources={"CPU": 4.0})
+    core.tick(0.0)
+    core.receive(ADDR[B], Alive(B, 0, "b", ADDR[B], {"CPU": 1.0}), 0.0)
+    core.outbox()
+    core.events()
+    return core
+
+
+@pytest.mark.parametrize("raw", [
+    [32, HUGE, A.raw, B.raw],                                   # Ping seq
+    [33, -1, A.raw, ["10.0.0.1", 1], B.raw, True],              # IndirectPing seq
+    [34, MAX_COUNTER, A.raw],                                   # Ack seq
+    [36, A.raw, HUGE, "a", ["10.0.0.1", 1], {}],                # Alive incarnation
+    [37, A.raw, HUGE, B.raw],                                   # Suspect incarnation
+    [38, A.raw, MAX_COUNTER, B.raw],                            # Dead incarnation
+    [39, A.raw, -1],                                            # Left incarnation
+    [40, A.raw, HUGE, 0, 0],                                    # LoadUpdate version
+    [40, A.raw, 1, -5, 0],                                      # negative queue length
+    [40, A.raw, 1, 0, HUGE],                                    # running tasks
+])
+def test_counters_outside_the_bound_are_refused_at_decode(raw):
+    with pytest.raises(RemoteProtocolError, match="outside 0"):
+        decode_packet(msgpack.packb([43, [raw]]))
+
+
+def test_the_largest_counters_about_us_never_break_our_own_packets():
+    """Suspect(me, max) used to make our incarnation 2**64, LoadUpdate(me, max) our load
+    version 2**64: the next encode raised OverflowError and killed the driver."""
+    core = make()
+    core.receive(ADDR[B], Suspect(A, MAX_COUNTER - 1, B), 1.0)
+    core.receive(ADDR[B], LoadUpdate(A, MAX_COUNTER - 1, 0, 0), 1.0)
+    core.set_local_load(3, 1, 2.0)
+    core.set_local_resources({"CPU": 2.0}, 2.0)
+    core.tick(5.0)
+    sent = [decode_packet(encode_packet(s.msgs)) for s in core.outbox() if not s.stream]
+    assert sent != []
+    assert core.incarnation == MAX_COUNTER - 1
+    assert core.rows()[A].load.version == MAX_COUNTER - 1
+
+
+async def test_a_message_the_core_chokes_on_is_logged_and_dropped(caplog):
+    net = SimNetwork(seed=1, default_link=LinkSpec(latency=0.001))
+    transport = net.add_node()
+    core = Membership(transport.local.node_id, transport.local.address, CFG, random.Random(1))
+    driver = GossipDriver(core, transport)
+    seen = []
+
+    def choke(src, msg, now):
+        seen.append(msg)
+        raise OverflowError("int too big to convert")
+
+    core.receive = choke
+    caplog.set_level(logging.WARNING)
+    driver.handle_datagram(("10.9.9.9", 7946), encode_packet([Ack(1, B), Ack(2, B)]))
+    assert seen == [Ack(1, B), Ack(2, B)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped peer 10.9.9.9:7946: gossip Ack broke the membership core: "
+        "OverflowError: int too big to convert"] * 2
+
+
+async def test_a_push_pull_reply_the_core_chokes_on_does_not_stop_gossip(autojump_clock,
+                                                                         caplog):
+    net = SimNetwork(seed=2, default_link=LinkSpec(latency=0.001))
+    ta, tb = net.add_node(), net.add_node()
+    cores = [Membership(t.local.node_id, t.local.address, CFG, random.Random(i))
+             for i, t in enumerate((ta, tb))]
+    drivers = [GossipDriver(c, t) for c, t in zip(cores, (ta, tb), strict=True)]
+    real_receive = cores[1].receive
+    choked = []
+
+    def choke_once(src, msg, now):
+        if not choked:
+            choked.append(msg)
+            raise OverflowError("int too big to convert")
+        real_receive(src, msg, now)
+
+    cores[1].receive = choke_once
+    caplog.set_level(logging.WARNING)
+    async with trio.open_nursery() as nursery:
+        for t, d in zip((ta, tb), drivers, strict=True):
+            nursery.start_soon(t.serve, d.handle_stream)
+            await nursery.start(d.run)
+        drivers[1].join([ta.local.address])       # its reply chokes the core of b
+        await trio.sleep(1.0)
+        drivers[1].join([ta.local.address])       # b's driver is still there to retry
+        await trio.sleep(1.0)
+        assert sorted(drivers[1].view()) == sorted([ta.local.node_id, tb.local.node_id])
+        nursery.cancel_scope.cancel()
+    assert [type(m).__name__ for m in choked] == ["PushPull"]
+    assert any("gossip PushPull broke the membership core" in r.getMessage()
+               for r in caplog.records)
