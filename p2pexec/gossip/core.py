@@ -61,6 +61,7 @@ from p2pexec.gossip.messages import (
     PushPull,
     State,
     Suspect,
+    check_address,
     check_counter,
     check_resources,
 )
@@ -168,8 +169,10 @@ class Membership:
                  resources: dict[str, float] | None = None, incarnation: int = 0) -> None:
         try:
             check_counter("incarnation", incarnation)
+            check_address(address)
+            check_resources(resources or {})
         except ValueError as exc:
-            raise LocalUsageError(str(exc)) from None
+            raise LocalUsageError(f"cannot start membership: {exc}") from None
         self.me = node_id
         self.address = address
         self.cfg = cfg

@@ -253,7 +253,8 @@ class GossipDriver:
         with trio.move_on_after(self.core.cfg.stream_timeout):
             try:
                 conn = await self.transport.connect(address)
-            except (*_LINK_ERRORS, ProtocolError) as exc:
+            except (*_LINK_ERRORS, ProtocolError, OverflowError, ValueError) as exc:
+                # OverflowError, ValueError: an address no socket takes (port, NUL, IDNA)
                 log.debug("push-pull to %s: no connection (%r)", address, exc)
                 return
             try:

@@ -52,6 +52,22 @@ def check_counter(what: str, value: int) -> None:
         raise ValueError(f"{what} {value} is outside 0..{MAX_COUNTER - 1}")
 
 
+MAX_HOST_BYTES = 255
+"""Longest host name in an address (DNS's limit)."""
+
+
+def check_address(address: Address) -> None:
+    """A gossiped address must be one a socket can take: a non-empty printable host of at
+    most MAX_HOST_BYTES bytes and a port in 1..65535. Else `ValueError` (at decode: the
+    peer's `RemoteProtocolError`), so a bad claim never reaches sendto or connect."""
+    host, port = address
+    if not 1 <= port <= 65535:
+        raise ValueError(f"address port {port} is outside 1..65535")
+    if not host or not host.isprintable() or len(host.encode()) > MAX_HOST_BYTES:
+        raise ValueError(f"address host {host[:64]!r} is not a printable name of "
+                         f"1..{MAX_HOST_BYTES} bytes")
+
+
 _STATES = frozenset(int(s) for s in State)
 
 
@@ -82,6 +98,7 @@ class IndirectPing:
 
     def __post_init__(self) -> None:
         check_counter("seq", self.seq)
+        check_address(self.target_address)
 
 
 @message(34)
@@ -122,6 +139,7 @@ class Alive:
 
     def __post_init__(self) -> None:
         check_counter("incarnation", self.incarnation)
+        check_address(self.address)
         check_resources(self.resources)
 
 
@@ -206,6 +224,7 @@ class MemberRecord:
         check_counter("load_version", self.load_version)
         check_counter("queue_length", self.queue_length)
         check_counter("running_tasks", self.running_tasks)
+        check_address(self.address)
         check_resources(self.resources)
 
 

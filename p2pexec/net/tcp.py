@@ -434,7 +434,7 @@ class TcpTransport:
                                      f"{limit}-byte limit (max_datagram_size)")
         try:
             await self._udp.sendto(self._sealer.seal(payload), address)
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:  # bad port, NUL or bad IDNA host
             if self._ratelimit.allow("datagram send failed"):
                 log.warning("datagram to %s:%s not sent: %s", address[0], address[1], exc)
 

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import trio
 
-from p2pexec.errors import RemoteProtocolError
+from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import Membership
 from p2pexec.gossip.driver import GossipDriver
@@ -21,8 +21,12 @@ from p2pexec.gossip.messages import (
     LoadUpdate,
     Suspect,
 )
-from p2pexec.gossip.wire import decode_packet, encode_packet
+from p2pexec.gossip.wire import decode_packet, decode_stream, encode_packet
 from p2pexec.ids import NodeId
+from p2pexec.net.config import NetConfig
+from p2pexec.net.security import ClusterKeys, NodeIdentity
+from p2pexec.net.tcp import TcpTransport
+from p2pexec.net.tls import Credentials
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
 
 A, B = NodeId(b"\x01" * 32), NodeId(b"\x02" * 32)
@@ -124,3 +128,66 @@ async def test_a_push_pull_reply_the_core_chokes_on_does_not_stop_gossip(autojum
     assert [type(m).__name__ for m in choked] == ["PushPull"]
     assert any("gossip PushPull broke the membership core" in r.getMessage()
                for r in caplog.records)
+
+
+BAD_ADDRESSES = [["10.0.0.1", 0], ["10.0.0.1", 65536], ["10.0.0.1", -1],
+                 ["10.0.0.1", 2**64 - 1], ["", 7946], ["10.0.\x000.1", 7946],
+                 ["h\nx", 7946], ["x" * 256, 7946]]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_addresses_a_socket_cannot_take_are_refused_at_decode(address):
+    for raw in ([33, 1, A.raw, address, B.raw, True],
+                [36, A.raw, 0, "a", address, {}]):
+        with pytest.raises(RemoteProtocolError, match="address"):
+            decode_packet(msgpack.packb([43, [raw]]))
+    record = [A.raw, "a", address, 0, 0, {}, 0, 0, 0]
+    with pytest.raises(RemoteProtocolError, match="address"):
+        decode_stream(msgpack.packb([42, B.raw, False, [record]]))
+
+
+def test_the_widest_valid_addresses_still_decode():
+    for address in (("h" * 255, 1), ("::1", 65535), ("sim0", 7946)):
+        alive = Alive(A, 0, "a", address, {})
+        assert decode_packet(encode_packet([alive])) == [alive]
+
+
+def tcp_transport() -> TcpTransport:
+    creds = Credentials.create(NodeIdentity.generate(), ClusterKeys("hostile-test-token-1234"))
+    return TcpTransport(creds, NetConfig.local())
+
+
+async def test_a_datagram_to_an_unusable_address_is_logged_not_raised(caplog):
+    transport = tcp_transport()
+    caplog.set_level(logging.WARNING)
+    for address in (("127.0.0.1", 70000), ("127.0.0.\x001", 7946), ("x" * 64, 1)):
+        await transport.send_datagram(address, b"payload")
+    await transport.aclose()
+    assert [r.getMessage().split(" not sent: ")[0] for r in caplog.records] == [
+        "datagram to 127.0.0.1:70000", "datagram to 127.0.0.\x001:7946",
+        f"datagram to {'x' * 64}:1"]
+
+
+async def test_a_push_pull_to_an_unusable_address_does_not_stop_gossip():
+    transport = tcp_transport()
+    core = Membership(transport.local.node_id, ("127.0.0.1", 1), CFG, random.Random(3))
+    driver = GossipDriver(core, transport)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.serve, driver.handle_stream)
+        await nursery.start(driver.run)
+        driver.join([("127.0.0.1", 2**70), ("127.0.0.\x001", 7946)])
+        await trio.sleep(0.2)
+        driver.set_local_load(2, 1)            # the driver still runs and ticks the core
+        with trio.fail_after(5):
+            while core.rows()[core.me].load.queue_length != 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    await transport.aclose()
+
+
+def test_a_bad_local_address_incarnation_or_resources_is_our_callers_bug():
+    for kwargs in ({"address": ("127.0.0.1", 0)}, {"incarnation": -1},
+                   {"resources": {"CPU": -1.0}}):
+        args = {"address": ADDR[A], **kwargs}
+        with pytest.raises(LocalUsageError, match="cannot start membership"):
+            Membership(A, args.pop("address"), CFG, random.Random(1), **args)
