@@ -1,6 +1,7 @@
 """Real `p2pexec join` processes on 127.0.0.1: mDNS discovery, `p2pexec status`, failure
-detection of a SIGKILLed node within the configured bound, a graceful leave on SIGINT, and
-a node with the wrong token that is never admitted and says why."""
+detection of a SIGKILLed node within the configured bound, a graceful leave on SIGINT, a
+node with the wrong token that is never admitted and says why, a killed node that restarts
+and rejoins."""
 
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def test_three_nodes_find_each_other_detect_a_crash_and_refuse_a_wrong_token(lau
     assert seen, states(nodes[0].status())
     assert "left the cluster" in nodes[1].log()
     assert "member left: n2" in nodes[0].log()
+
+    # n3 restarts on its data dir (stale control socket, same key): it refutes its death
+    again = launcher.start("n3", TOKEN, JOIN_ARGS).wait_started()
+    assert again.short_id == nodes[2].short_id
+    seen = wait_for(lambda: states(nodes[0].status()) == {"n1": "alive", "n2": "left",
+                                                           "n3": "alive"}, 15.0)
+    assert seen, states(nodes[0].status())
 
 
 def test_join_without_a_token_creates_one_and_prints_the_command_that_joins(launcher):
