@@ -277,7 +277,10 @@ class RpcNode:
             if self._on_request is None:
                 raise RemoteProtocolError("sent a request to a node that serves none")
             if self._request_is_async:
-                handlers.start_soon(self._run_async_request, chan, peer, msg)
+                if msg.call_id in chan.running:  # its Cancel could not tell the two apart
+                    raise RemoteProtocolError(f"duplicate call id {msg.call_id}")
+                scope = chan.running[msg.call_id] = trio.CancelScope()
+                handlers.start_soon(self._run_async_request, chan, peer, msg, scope)
             else:
                 await chan.conn.send(self._answer_inline(peer, msg))
         elif kind is Cancel:
@@ -313,10 +316,12 @@ class RpcNode:
     def _encode_failure(self, call_id: int, exc: Exception) -> bytes:
         return self.codec.encode(Failure(call_id, type(exc).__name__, str(exc)[:4096]))
 
-    async def _run_async_request(self, chan: _Channel, peer: Peer, req: Request) -> None:
+    async def _run_async_request(self, chan: _Channel, peer: Peer, req: Request,
+                                 scope: trio.CancelScope) -> None:
+        """Run one request in `scope`, registered in `chan.running` by the reader before
+        this task started (so a duplicate id or a Cancel that arrives first is seen)."""
         assert self._on_request is not None
-        with trio.CancelScope() as scope:
-            chan.running[req.call_id] = scope
+        with scope:
             try:
                 reply = self._encode_answer(req.call_id, await self._on_request(peer, req.body))
             except RemoteProtocolError as exc:
@@ -326,7 +331,8 @@ class RpcNode:
             except Exception as exc:
                 reply = self._encode_failure(req.call_id, exc)
             finally:
-                del chan.running[req.call_id]
+                if chan.running.get(req.call_id) is scope:
+                    del chan.running[req.call_id]
         if scope.cancelled_caught:
             return
         try:

@@ -13,8 +13,9 @@ import msgpack
 import pytest
 import trio
 
-from p2pexec.net.codec import message
+from p2pexec.net.codec import Codec, message
 from p2pexec.net.config import NetConfig
+from p2pexec.net.messages import Request
 from p2pexec.net.rpc import RemoteError, RpcNode
 from p2pexec.net.tcp import TcpTransport
 from p2pexec.net.transport import Peer
@@ -230,3 +231,34 @@ async def test_rpc_and_datagrams_over_ipv6_loopback(
         with trio.fail_after(5):
             source, payload = await a.receive_datagram()
         assert (source[:2], payload) == (b.local.address, b"over v6")
+
+
+async def test_duplicate_call_ids_drop_that_peer_and_the_node_keeps_serving(
+        make_transport: Callable[..., TcpTransport], caplog: pytest.LogCaptureFixture) -> None:
+    """Two requests with one call id on a connection the node opened itself: its reader
+    runs in the node's own nursery, where a KeyError used to end `serve`."""
+    caplog.set_level(logging.WARNING, "p2pexec.net")
+    codec = Codec()
+    rogue = make_transport()
+
+    async def answer_with_duplicates(conn: Any) -> None:
+        codec.decode(await conn.receive())
+        duplicate = codec.encode(Request(7, Sleep(0.05)))
+        await conn.send_many([duplicate, duplicate])
+        with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):
+            await conn.receive()
+
+    server_logic = Server()
+    async with rpc_node(make_transport(), server_logic) as server, \
+            rpc_node(make_transport()) as honest, trio.open_nursery() as nursery:
+        await nursery.start(rogue.serve, answer_with_duplicates)
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+            await server.call(rogue.local.address, Echo("hi"))
+        await trio.sleep(0.1)  # a handler left running would finish (and del) by now
+        assert await honest.call(server.local.address, Echo("still")) == Echo("STILL")
+        assert server_logic.cancelled == 1  # the first request's handler was cancelled
+        await rogue.aclose()
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "dropped peer" in r.getMessage()]
+    assert lines == [f"dropped peer {rogue.local.address[0]}:{rogue.local.address[1]} "
+                     f"(node {rogue.local.node_id.short}): duplicate call id 7"]
