@@ -7,9 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pexec.errors import LocalUsageError
 from p2pexec.net.security import TOKEN_ENV, ClusterKeys, new_token, resolve_token
+
+if TYPE_CHECKING:  # the node's modules load only for the commands that run one
+    from p2pexec.config import NodeConfig
 
 
 def _token_new(args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def _first_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-async def _run_joined(config: object, generated: bool) -> None:
+async def _run_joined(config: NodeConfig, generated: bool) -> None:
     """Run the node until SIGINT or SIGTERM, then leave the cluster gracefully."""
     import logging
     import signal
@@ -126,7 +130,7 @@ async def _run_joined(config: object, generated: bool) -> None:
     from p2pexec.cluster import format_address
     from p2pexec.node import Node
 
-    node = Node(config)  # type: ignore[arg-type]
+    node = Node(config)
     cluster = node.cluster
     assert cluster is not None and cluster.address is None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -176,8 +180,9 @@ def add_join_command(subparsers: argparse._SubParsersAction) -> None:
                       help=f"node key and control socket (default: ${DATA_DIR_ENV} or "
                            f"~/.local/share/p2pexec)")
     join.add_argument("--gossip", choices=sorted(PRESETS), default="lan",
-                      help="membership timings: lan (default) or local (one machine, fast "
-                           "failure detection)")
+                      help="membership and discovery timings: lan (default) or local (nodes "
+                           "on one machine: fast failure detection; with a wildcard --host, "
+                           "mDNS on 127.0.0.1 only)")
     join.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     join.set_defaults(run=_join)
 
