@@ -386,6 +386,9 @@ class TcpTransport:
             reason = exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"connection lost during the handshake ({exc or type(exc).__name__})"
+        except BaseException:  # cancelled (the caller gave up, the transport is closing)
+            await trio.aclose_forcefully(stream)
+            raise
         if self._ratelimit.allow("handshake failed"):
             log_dropped(remote, reason)
         await trio.aclose_forcefully(stream)
