@@ -72,6 +72,9 @@ TXT_PROTOCOL_VERSION = "v"
 MAX_NAME_BYTES = 63
 """A node's human name fits one DNS label, so it can also name the mDNS instance."""
 
+MAX_ADDRESSES = 8
+"""Most addresses kept from one announcement (a host with more interfaces is rare)."""
+
 _CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NODE_ID_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"0|[1-9][0-9]{0,3}")
@@ -149,19 +152,25 @@ class Announcement:
     cluster_id: str
     name: str
     protocol_version: int
+    addresses: tuple[Address, ...] = ()
+    """Every address a parsed announcement listed, best first (`address` is the first).
+    Empty for our own: `service_info_for` derives what we advertise from `address`."""
 
 
 @dataclass(frozen=True, slots=True)
 class DiscoveredPeer:
     """A candidate peer. `node_id` is None for a seed: it is learnt when we connect.
 
-    Unverified by construction: the transport handshake proves id and cluster token."""
+    Unverified by construction: the transport handshake proves id and cluster token, so
+    dial `address` with `expected=node_id`, and the other `addresses` if it fails."""
 
     address: Address
     node_id: NodeId | None
     cluster_id: str
     name: str
     source: Literal["mdns", "seed"] = "mdns"
+    addresses: tuple[Address, ...] = ()
+    """Every advertised address, best first; `address` is `addresses[0]`."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,19 +222,23 @@ def _txt_field(properties: Mapping[bytes, bytes | None], key: str) -> str:
         raise RemoteProtocolError(f"TXT field {key!r} is not UTF-8") from None
 
 
-def pick_address(addresses: Iterable[str]) -> str:
-    """The address to dial among those a service lists: the first IPv4 one, else IPv6."""
-    parsed = []
+def order_addresses(addresses: Iterable[str]) -> list[str]:
+    """The addresses a service lists, best to dial first: IPv4 before IPv6, routable before
+    link-local, listed order otherwise; duplicates, wildcard and multicast addresses
+    dropped; at most `MAX_ADDRESSES`. A multi-homed peer (Wi-Fi plus a container bridge)
+    lists several and only the handshake can tell which one reaches it, so all are kept."""
+    parsed: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, None] = {}
     for text in addresses:
         try:
-            parsed.append(ipaddress.ip_address(text))  # keeps an IPv6 scope ("%eth0")
+            addr = ipaddress.ip_address(text)  # keeps an IPv6 scope ("%eth0")
         except ValueError:
-            raise RemoteProtocolError(f"bad address {text!r}") from None
-    for version in (4, 6):
-        for addr in parsed:
-            if addr.version == version:
-                return str(addr)
-    raise RemoteProtocolError("announcement has no address")
+            raise RemoteProtocolError(f"bad address {text[:80]!r}") from None
+        if not (addr.is_unspecified or addr.is_multicast):
+            parsed[addr] = None
+    if not parsed:
+        raise RemoteProtocolError("announcement has no usable address")
+    ranked = sorted(parsed, key=lambda a: (a.version, a.is_link_local))  # stable
+    return [str(a) for a in ranked[:MAX_ADDRESSES]]
 
 
 def parse_announcement(properties: Mapping[bytes, bytes | None], addresses: Iterable[str],
@@ -248,9 +261,10 @@ def parse_announcement(properties: Mapping[bytes, bytes | None], addresses: Iter
         raise RemoteProtocolError(f"malformed protocol version {version_text[:80]!r}")
     if port is None or not 1 <= port <= 65535:
         raise RemoteProtocolError(f"bad port {port!r}")
-    return Announcement(address=(pick_address(addresses), port),
-                        node_id=NodeId.from_hex(node_hex), cluster_id=cluster_id,
-                        name=name, protocol_version=int(version_text))
+    ordered = tuple((host, port) for host in order_addresses(addresses))
+    return Announcement(address=ordered[0], node_id=NodeId.from_hex(node_hex),
+                        cluster_id=cluster_id, name=name, protocol_version=int(version_text),
+                        addresses=ordered)
 
 
 def parse_seed(text: str) -> Address:
@@ -271,7 +285,7 @@ def seed_peer(address: Address, cluster_id: str) -> DiscoveredPeer:
     host, port = address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return DiscoveredPeer(address=address, node_id=None, cluster_id=cluster_id,
-                          name=shown, source="seed")
+                          name=shown, source="seed", addresses=(address,))
 
 
 _ITSELF = "it is this node"
@@ -300,7 +314,8 @@ class PeerTable:
             return None
         self._ignored.pop(service_name, None)
         peer = DiscoveredPeer(address=announcement.address, node_id=announcement.node_id,
-                              cluster_id=announcement.cluster_id, name=announcement.name)
+                              cluster_id=announcement.cluster_id, name=announcement.name,
+                              addresses=announcement.addresses or (announcement.address,))
         if self._known.get(service_name) == peer:
             return None
         self._known[service_name] = peer

@@ -24,9 +24,9 @@ from p2pexec.net.discovery import (
     PeerTable,
     advertised_addresses,
     encode_txt,
+    order_addresses,
     parse_announcement,
     parse_seed,
-    pick_address,
     run_discovery,
     seed_peer,
     service_info_for,
@@ -50,7 +50,7 @@ def as_properties(txt: dict[str, str]) -> dict[bytes, bytes | None]:
 
 def as_peer(ann: Announcement) -> DiscoveredPeer:
     return DiscoveredPeer(address=ann.address, node_id=ann.node_id, cluster_id=ann.cluster_id,
-                          name=ann.name, source="mdns")
+                          name=ann.name, source="mdns", addresses=(ann.address,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def test_txt_round_trip_gives_back_the_announcement():
     ann = announcement(name="gpu-box 3 ü")
     assert encode_txt(ann) == {"id": ID_A.hex, "c": "c0ffee", "n": "gpu-box 3 ü", "v": "1"}
     got = parse_announcement(as_properties(encode_txt(ann)), ["127.0.0.1"], 7000)
-    assert got == ann
+    assert got == dataclasses.replace(ann, addresses=(("127.0.0.1", 7000),))
 
 
 def test_txt_never_carries_a_token_like_field():
@@ -70,7 +70,17 @@ def test_txt_never_carries_a_token_like_field():
 
 def test_unknown_txt_keys_are_ignored():
     props = as_properties(encode_txt(announcement())) | {b"future": b"x", b"flag": None}
-    assert parse_announcement(props, ["127.0.0.1"], 7000) == announcement()
+    assert parse_announcement(props, ["127.0.0.1"], 7000) == dataclasses.replace(
+        announcement(), addresses=(("127.0.0.1", 7000),))
+
+
+def test_every_usable_address_is_kept_best_first():
+    props = as_properties(encode_txt(announcement()))
+    got = parse_announcement(props, ["fe80::1%2", "169.254.0.7", "0.0.0.0", "10.0.0.5",
+                                     "224.0.0.251", "10.0.0.5", "2001:db8::1"], 7000)
+    assert (got.address, got.addresses) == (("10.0.0.5", 7000), (
+        ("10.0.0.5", 7000), ("169.254.0.7", 7000), ("2001:db8::1", 7000),
+        ("fe80::1%2", 7000)))
 
 
 GOOD = as_properties(encode_txt(announcement()))
@@ -94,7 +104,8 @@ GOOD = as_properties(encode_txt(announcement()))
     (GOOD, ["127.0.0.1"], None, "bad port"),
     (GOOD, ["127.0.0.1"], 0, "bad port"),
     (GOOD, ["127.0.0.1"], 65536, "bad port"),
-    (GOOD, [], 7000, "no address"),
+    (GOOD, [], 7000, "no usable address"),
+    (GOOD, ["0.0.0.0", "224.0.0.251"], 7000, "no usable address"),
     (GOOD, ["not-an-ip"], 7000, "bad address"),
 ])
 def test_malformed_announcements_are_refused(props, addresses, port, message):
@@ -115,9 +126,11 @@ def test_any_network_input_parses_or_raises_a_protocol_error(props, addresses, p
                                if k != b"x" and v is not None}
 
 
-def test_pick_address_prefers_ipv4():
-    assert pick_address(["fe80::1%2", "10.0.0.5", "10.0.0.6"]) == "10.0.0.5"
-    assert pick_address(["fe80::1%2"]) == "fe80::1%2"
+def test_order_addresses_prefers_ipv4_and_caps_the_count():
+    assert order_addresses(["fe80::1%2", "10.0.0.6", "10.0.0.5"]) == [
+        "10.0.0.6", "10.0.0.5", "fe80::1%2"]
+    assert order_addresses([f"10.0.0.{i}" for i in range(1, 20)]) == [
+        f"10.0.0.{i}" for i in range(1, 9)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,7 +156,7 @@ def test_parse_seed_refuses_bad_input(text):
 def test_seed_peer_has_no_node_id_until_connected():
     assert seed_peer(("fe80::1", 9), "c0ffee") == DiscoveredPeer(
         address=("fe80::1", 9), node_id=None, cluster_id="c0ffee", name="[fe80::1]:9",
-        source="seed")
+        source="seed", addresses=(("fe80::1", 9),))
 
 
 # ---------------------------------------------------------------------------------------
