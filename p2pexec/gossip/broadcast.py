@@ -24,7 +24,10 @@ class _Entry:
 class BroadcastQueue:
     """Updates waiting to be piggybacked, keyed by subject."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int | None = None) -> None:
+        """`max_size`: the most bytes of updates one packet can carry. A bigger update would
+        never be taken and would stay queued (and wake the driver) forever."""
+        self.max_size = max_size
         self._entries: dict[Hashable, _Entry] = {}
         self._counter = 0
 
@@ -34,10 +37,16 @@ class BroadcastQueue:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
-    def enqueue(self, key: Hashable, msg: MemberUpdate, size: int) -> None:
-        """Queue `msg` (encoded size `size`), replacing any pending update with the same key."""
+    def enqueue(self, key: Hashable, msg: MemberUpdate, size: int) -> bool:
+        """Queue `msg` (encoded size `size`), replacing any pending update with the same key.
+        False when it is over `max_size`: then it is not queued (and the older update with
+        that key, which it supersedes, is dropped too)."""
+        if self.max_size is not None and size > self.max_size:
+            self._entries.pop(key, None)
+            return False
         self._counter += 1
         self._entries[key] = _Entry(msg, size, self._counter)
+        return True
 
     def take(self, budget: int, per_message_overhead: int, limit: int) -> list[MemberUpdate]:
         """Updates fitting in `budget` bytes, least-sent first; counts one send for each and

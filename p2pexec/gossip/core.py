@@ -36,6 +36,7 @@ Where this differs from memberlist, and why:
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterable
@@ -72,6 +73,8 @@ from p2pexec.ids import NodeId
 from p2pexec.net.transport import Address
 
 LIVE = (State.ALIVE, State.SUSPECT)
+
+log = logging.getLogger("p2pexec.gossip")
 
 
 def _bump(counter: int) -> int:
@@ -176,12 +179,13 @@ class Membership:
         self.me = node_id
         self.address = address
         self.cfg = cfg
+        self._check_fits(name or node_id.short, address, resources or {})
         self._rng = rng
         self._name = name or node_id.short
         self._resources = dict(resources or {})
         self._incarnation = incarnation
         self._table = MemberTable()
-        self._queue = BroadcastQueue()
+        self._queue = BroadcastQueue(cfg.max_packet_size - PACKET_OVERHEAD)
         self._awareness = Awareness(cfg)
         self._suspicions: dict[NodeId, Suspicion] = {}
         self._last_heard: dict[NodeId, float] = {}
@@ -310,6 +314,7 @@ class Membership:
             check_resources(resources)
         except ValueError as exc:
             raise LocalUsageError(f"cannot advertise resources {resources!r}: {exc}") from None
+        self._check_fits(self._name, self.address, resources)
         self._start(now)
         self._resources = dict(resources)
         self._incarnation = _bump(self._incarnation)
@@ -450,9 +455,24 @@ class Membership:
         msgs += self._queue.take(budget, 0, self.cfg.retransmit_limit(self.num_live()))
         self._outbox.append(Send(to, tuple(msgs)))
 
+    def _check_fits(self, name: str, address: Address, resources: dict[str, float]) -> None:
+        """Our own Alive must fit in one packet, or no one would hear of us by gossip."""
+        size = encoded_size(Alive(self.me, MAX_COUNTER - 1, name, address, dict(resources)))
+        room = self.cfg.max_packet_size - PACKET_OVERHEAD
+        if size > room:
+            raise LocalUsageError(
+                f"our Alive (name {name[:40]!r}, {len(resources)} resources) is {size} "
+                f"bytes and does not fit in a gossip packet ({room} bytes of "
+                f"max_packet_size): advertise fewer or shorter resource names")
+
     def _broadcast(self, upd: MemberUpdate) -> None:
         key = (upd.node, "l" if isinstance(upd, LoadUpdate) else "m")
-        self._queue.enqueue(key, upd, encoded_size(upd))
+        size = encoded_size(upd)
+        if not self._queue.enqueue(key, upd, size):
+            log.warning("gossip update %s about node %s is %d bytes, over the %d-byte room "
+                        "of a packet (max_packet_size): not piggybacked, push-pull still "
+                        "carries it", type(upd).__name__, upd.node.short, size,
+                        self._queue.max_size)
 
     def _gossip(self, now: float) -> None:
         horizon = now - self.cfg.gossip_to_the_dead_time

@@ -20,6 +20,10 @@ from p2pexec.net.transport import Address
 MAX_RESOURCES = 64
 """Most custom resources one node may advertise."""
 
+MAX_RESOURCE_NAME_BYTES = 64
+"""Longest resource name ("CPU", "gpu", "memory_gb"...): names, like the whole `Alive`,
+must fit in one gossip packet."""
+
 MAX_COUNTER = 2**62
 """Incarnations, load versions, sequence numbers and task counts are below this. An honest
 node counts up one at a time and never gets near it; a peer's claim of 2**64 - 1 (all that
@@ -41,6 +45,9 @@ def check_resources(resources: dict[str, float]) -> None:
     if len(resources) > MAX_RESOURCES:
         raise ValueError(f"more than {MAX_RESOURCES} resources advertised")
     for name, amount in resources.items():
+        if not name or len(name.encode()) > MAX_RESOURCE_NAME_BYTES:
+            raise ValueError(f"resource name {name[:80]!r} is not 1..{MAX_RESOURCE_NAME_BYTES} "
+                             f"bytes long")
         if not (math.isfinite(amount) and amount >= 0):
             raise ValueError(f"resource {name!r} has invalid amount {amount!r}")
 

@@ -3,6 +3,7 @@ absorbed by the core, never a crash of the driver (code review findings)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 
@@ -16,12 +17,19 @@ from p2pexec.gossip.core import Membership
 from p2pexec.gossip.driver import GossipDriver
 from p2pexec.gossip.messages import (
     MAX_COUNTER,
+    MAX_RESOURCE_NAME_BYTES,
     Ack,
     Alive,
     LoadUpdate,
     Suspect,
 )
-from p2pexec.gossip.wire import decode_packet, decode_stream, encode_packet
+from p2pexec.gossip.wire import (
+    PACKET_OVERHEAD,
+    decode_packet,
+    decode_stream,
+    encode_packet,
+    encoded_size,
+)
 from p2pexec.ids import NodeId
 from p2pexec.net.config import NetConfig
 from p2pexec.net.security import ClusterKeys, NodeIdentity
@@ -191,3 +199,46 @@ def test_a_bad_local_address_incarnation_or_resources_is_our_callers_bug():
         args = {"address": ADDR[A], **kwargs}
         with pytest.raises(LocalUsageError, match="cannot start membership"):
             Membership(A, args.pop("address"), CFG, random.Random(1), **args)
+
+
+SMALL = dataclasses.replace(CFG, max_packet_size=300)
+MANY = {f"resource-{i:02}": 1.0 for i in range(20)}  # an Alive of about 450 bytes
+
+
+def test_an_update_too_big_for_any_packet_is_dropped_not_queued_forever(caplog):
+    core = Membership(A, ADDR[A], SMALL, random.Random(7), name="a")
+    core.tick(0.0)
+    caplog.set_level(logging.WARNING, "p2pexec.gossip")
+    big = Alive(B, 0, "b", ADDR[B], MANY)
+    core.receive(ADDR[B], big, 0.0)
+    assert encoded_size(big) > SMALL.max_packet_size
+    assert [m for m in core.pending_broadcasts() if m.node == B] == []
+    now = 0.0
+    for _ in range(50):               # our own Alive drains; then nothing is pending
+        now = core.next_deadline()
+        core.tick(now)
+        core.outbox()
+    assert core.pending_broadcasts() == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"gossip update Alive about node {B.short} is {encoded_size(big)} bytes, over the "
+        f"{SMALL.max_packet_size - PACKET_OVERHEAD}-byte room of a packet "
+        f"(max_packet_size): not piggybacked, push-pull still carries it"]
+    assert core.member(B).resources == MANY  # the member is still known
+
+
+def test_our_own_alive_must_fit_in_a_packet():
+    with pytest.raises(LocalUsageError, match="does not fit in a gossip packet"):
+        Membership(A, ADDR[A], SMALL, random.Random(7), resources=MANY)
+    core = Membership(A, ADDR[A], SMALL, random.Random(7), resources={"CPU": 1.0})
+    with pytest.raises(LocalUsageError, match="does not fit in a gossip packet"):
+        core.set_local_resources(MANY, 1.0)
+    assert (core.incarnation, core.view()[A].resources) == (0, {"CPU": 1.0})
+
+
+def test_resource_names_are_bounded():
+    with pytest.raises(ValueError, match="resource name"):
+        Alive(B, 0, "b", ADDR[B], {"x" * (MAX_RESOURCE_NAME_BYTES + 1): 1.0})
+    with pytest.raises(ValueError, match="resource name"):
+        Alive(B, 0, "b", ADDR[B], {"": 1.0})
+    name = "x" * MAX_RESOURCE_NAME_BYTES
+    assert Alive(B, 0, "b", ADDR[B], {name: 1.0}).resources == {name: 1.0}
