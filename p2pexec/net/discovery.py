@@ -57,6 +57,7 @@ from zeroconf.asyncio import AsyncServiceBrowser
 
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.ids import NodeId
+from p2pexec.net.tcp import RateLimitedLog
 from p2pexec.net.transport import Address
 
 log = logging.getLogger("p2pexec.discovery")
@@ -427,11 +428,15 @@ def _browser_handler(token: trio.lowlevel.TrioToken,
                      events: trio.MemorySendChannel[Event]) -> Callable[..., None]:
     """A zeroconf state-change handler (runs on zeroconf's loop) feeding a trio channel."""
 
+    overflow = RateLimitedLog(interval=10.0, burst=1)
+
     def deliver(event: Event) -> None:  # runs in trio; must never raise
         try:
             events.send_nowait(event)
         except trio.WouldBlock:
-            log.warning("mDNS events arrive faster than they are handled; dropped %s", event[1])
+            if overflow.allow("mDNS event dropped"):
+                log.warning("mDNS events arrive faster than they are handled; dropped %r",
+                            event[1])
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return
 

@@ -9,9 +9,10 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from zeroconf import ServiceInfo, Zeroconf
+from zeroconf import ServiceInfo, ServiceStateChange, Zeroconf
 
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.ids import NodeId
@@ -463,3 +464,24 @@ async def test_a_peer_that_never_announced_is_found_by_the_next_fresh_query(loop
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(zc.close)
+
+
+async def test_browser_events_beyond_the_buffer_are_dropped_with_one_log_line(caplog):
+    send, recv = trio.open_memory_channel[tuple[ServiceStateChange, str]](1)
+    handler = discovery._browser_handler(trio.lowlevel.current_trio_token(), send)
+
+    def fire_from_zeroconfs_thread() -> None:
+        for name in ("a", "b", "c"):
+            handler(zeroconf=None, service_type=SERVICE_TYPE, name=name,
+                    state_change=ServiceStateChange.Added)
+
+    await trio.to_thread.run_sync(fire_from_zeroconfs_thread)
+    await trio.testing.wait_all_tasks_blocked()
+    assert recv.receive_nowait() == (ServiceStateChange.Added, "a")
+    with pytest.raises(trio.WouldBlock):
+        recv.receive_nowait()
+    assert [r.getMessage() for r in caplog.records if r.name == "p2pexec.discovery"] == [
+        "mDNS events arrive faster than they are handled; dropped 'b'"]
+    await recv.aclose()
+    await trio.to_thread.run_sync(fire_from_zeroconfs_thread)  # a closed channel: no error
+    await trio.testing.wait_all_tasks_blocked()
