@@ -17,19 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2pexec.config import control_socket_path
+from p2pexec.control import NodeNotRunning, request
 from p2pexec.net.security import TOKEN_ENV
 
 PX = [sys.executable, "-m", "p2pexec.cli"]
 BANNER = re.compile(r"node (\S+) \((\S+)\) listening on (\S+)")
 
 
-def status(data_dir: Path) -> list[dict[str, Any]] | None:
+def status_cli(data_dir: Path) -> list[dict[str, Any]] | None:
     """`p2pexec status --json --data-dir D`'s members, or None when no node answers."""
     done = subprocess.run([*PX, "status", "--json", "--data-dir", str(data_dir)],
                           capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         return None
     return json.loads(done.stdout)["members"]
+
+
+def status(data_dir: Path) -> list[dict[str, Any]] | None:
+    """The same answer read straight from the control socket: what tests poll, since a
+    Python process per poll would starve the nodes of CPU on a small machine."""
+    try:
+        return request(control_socket_path(data_dir), "status")["members"]
+    except NodeNotRunning:
+        return None
 
 
 def states(members: list[dict[str, Any]] | None) -> dict[str, str]:
@@ -73,6 +84,9 @@ class JoinedNode:
 
     def status(self) -> list[dict[str, Any]] | None:
         return status(self.data_dir)
+
+    def status_cli(self) -> list[dict[str, Any]] | None:
+        return status_cli(self.data_dir)
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)
