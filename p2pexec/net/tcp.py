@@ -82,6 +82,9 @@ class TcpConnection:
         self._max_frame = cfg.limits.max_frame_size
         self._limit = cfg.send_buffer_bytes
         self._frame_timeout = cfg.frame_timeout
+        # when the frame being received must be complete (one may have begun in the handshake)
+        self._frame_deadline = (trio.current_time() + cfg.frame_timeout
+                                if self._decoder.partial else math.inf)
         self._write_timeout = cfg.write_timeout
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -173,11 +176,12 @@ class TcpConnection:
                 raise trio.EndOfChannel
             try:
                 if self._decoder.partial:
-                    with trio.move_on_after(self._frame_timeout) as scope:
+                    with trio.move_on_at(self._frame_deadline) as scope:
                         data = await self._stream.receive_some(65536)
                     if scope.cancelled_caught:
                         await self._protocol_failure(
-                            f"sent part of a frame, then nothing for {self._frame_timeout:g} s")
+                            f"started a frame and did not finish it within "
+                            f"{self._frame_timeout:g} s")
                 else:
                     data = await self._stream.receive_some(65536)
             except trio.BrokenResourceError as exc:
@@ -190,10 +194,16 @@ class TcpConnection:
                     await self._protocol_failure("closed the connection in the middle of a frame")
                 self._eof = True
                 raise trio.EndOfChannel
+            was_partial = self._decoder.partial
             try:
-                self._inbox.extend(self._decoder.feed(data))
+                frames = self._decoder.feed(data)
             except ProtocolError as exc:
                 await self._protocol_failure(str(exc))
+            self._inbox.extend(frames)
+            if self._decoder.partial and (frames or not was_partial):
+                # a new frame started: it has frame_timeout to arrive whole, however slowly
+                # its bytes trickle in
+                self._frame_deadline = trio.current_time() + self._frame_timeout
         return self._inbox.popleft()
 
     async def _protocol_failure(self, reason: str) -> None:

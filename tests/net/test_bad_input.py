@@ -305,7 +305,35 @@ async def test_truncated_frame_then_silence_times_out(
                 await trio.sleep(0.01)
         await read_until_closed(tls, limit=FAST.frame_timeout + 2)
         await assert_still_serving(server, make_transport)
-    assert_one_drop(caplog, port, r"sent part of a frame, then nothing for 0\.5 s")
+    assert_one_drop(caplog, port, r"started a frame and did not finish it within 0\.5 s")
+
+
+async def test_a_frame_trickled_byte_by_byte_still_times_out_as_a_whole(
+        make_transport: Callable[..., TcpTransport], caplog: pytest.LogCaptureFixture,
+        make_credentials: Callable[..., Credentials]) -> None:
+    """frame_timeout bounds the whole frame, not each read: one byte every 0.2 s (under
+    the 0.5 s timeout) must not hold a half frame open."""
+    async with node(make_transport) as server:
+        tls, port = await authenticated_raw(server, make_credentials())
+        await tls.send_all(HEADER.pack(1000))
+        with trio.fail_after(1):
+            while not server.transport.connection_count:
+                await trio.sleep(0.01)
+        dropped = False
+        for _ in range(int(6 * FAST.frame_timeout / 0.2)):  # trickle for 6 frame timeouts
+            await trio.sleep(0.2)
+            try:
+                await tls.send_all(b"x")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                dropped = True
+                break
+            if not server.transport.connection_count:
+                dropped = True
+                break
+        assert dropped
+        await read_until_closed(tls)
+        await assert_still_serving(server, make_transport)
+    assert_one_drop(caplog, port, r"started a frame and did not finish it within 0\.5 s")
 
 
 async def test_silent_connection_times_out_in_the_handshake(
