@@ -671,12 +671,18 @@ class Membership:
                                        r.running_tasks), now)
 
     def _reap(self, now: float) -> None:
+        """Forget tombstones (dead or left) and rows no Alive ever came for (heard of only
+        through load or suspicion) once reap_time has passed since their last change.
+        Hidden rows must be kept for a while, so the order updates arrive in does not
+        matter, but not forever: made-up node ids would grow the table without bound."""
         horizon = now - self.cfg.reap_time
         for row in list(self._table):
-            if row.node != self.me and row.state in (State.DEAD, State.LEFT) \
+            if row.node != self.me and (row.state in (State.DEAD, State.LEFT)
+                                        or row.identity is None) \
                     and self._changed_at.get(row.node, now) <= horizon:
                 self._table.remove(row.node)
-                for d in (self._dead, self._changed_at, self._last_heard):
+                for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
+                          self._probe_soon):
                     d.pop(row.node, None)
 
 

@@ -12,7 +12,8 @@ interleaving (and any duplication) of the same updates yields the same table:
 - load: from the `LoadUpdate` with the highest version.
 
 A row can exist without identity (only a suspicion or death was heard about it yet): it is
-kept so the order of arrival does not matter, but it is not shown as a member.
+kept so the order of arrival does not matter, but it is not shown as a member, and the core
+reaps it after reap_time if no `Alive` ever comes.
 """
 
 from __future__ import annotations

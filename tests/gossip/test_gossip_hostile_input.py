@@ -21,6 +21,8 @@ from p2pexec.gossip.messages import (
     Ack,
     Alive,
     LoadUpdate,
+    Ping,
+    State,
     Suspect,
 )
 from p2pexec.gossip.wire import (
@@ -242,3 +244,30 @@ def test_resource_names_are_bounded():
         Alive(B, 0, "b", ADDR[B], {"": 1.0})
     name = "x" * MAX_RESOURCE_NAME_BYTES
     assert Alive(B, 0, "b", ADDR[B], {name: 1.0}).resources == {name: 1.0}
+
+
+def test_rows_heard_of_only_through_load_or_suspicion_are_reaped():
+    """A LoadUpdate or Suspect about a node nobody announced makes a hidden row; without
+    reaping, made-up node ids would grow the table forever."""
+    cfg = dataclasses.replace(CFG, reap_time=60.0)
+    core = Membership(A, ADDR[A], cfg, random.Random(7), name="a")
+    core.tick(0.0)
+    core.receive(ADDR[B], Alive(B, 0, "b", ADDR[B], {}), 0.0)
+    ghosts = [NodeId(bytes([0x40 + i]) * 32) for i in range(3)]
+    core.receive(ADDR[B], LoadUpdate(ghosts[0], 1, 2, 3), 1.0)
+    core.receive(ADDR[B], Suspect(ghosts[1], 0, B), 1.0)
+    core.receive(ADDR[B], LoadUpdate(ghosts[2], 1, 0, 0), 1.0)
+    core.receive(ADDR[B], Alive(ghosts[2], 0, "g", ("10.0.0.9", 1), {}), 1.0)  # announced
+    assert set(core.rows()) == {A, B, *ghosts}
+    assert set(core.view()) == {A, B, ghosts[2]}
+    now = 1.0
+    while now < 1.0 + cfg.reap_time + 2 * cfg.push_pull_interval:
+        now = core.next_deadline()
+        core.tick(now)
+        for send in core.outbox():              # the announced members answer every probe
+            for msg in send.msgs:
+                if isinstance(msg, Ping) and msg.target in (B, ghosts[2]):
+                    core.receive(send.to, Ack(msg.seq, msg.target), now)
+    assert set(core.rows()) == {A, B, ghosts[2]}
+    assert {n: m.state for n, m in core.view().items()} == {
+        A: State.ALIVE, B: State.ALIVE, ghosts[2]: State.ALIVE}
