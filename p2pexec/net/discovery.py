@@ -364,6 +364,11 @@ def advertised_addresses(host: str, interfaces: tuple[str, ...] | None) -> list[
     A concrete listen host is advertised as is; a wildcard one (0.0.0.0) is reachable on
     every mDNS interface, so those interfaces' addresses are advertised."""
     if host not in ("", "0.0.0.0", "::"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise LocalUsageError(f"mDNS advertises IP addresses; {host!r} is not one "
+                                  f"(listen on an address, or use --no-mdns)") from None
         return [host]
     if interfaces:
         return list(interfaces)
@@ -465,6 +470,7 @@ async def run_discovery(config: DiscoveryConfig, me: Announcement,
     our service is withdrawn and zeroconf closed. `found` is left open for its owner."""
     validate_cluster_id(me.cluster_id)
     validate_name(me.name)
+    info = service_info_for(me, config) if config.mdns else None  # usage errors surface now
     table = PeerTable(me, max_peers=config.max_peers)
     seeds = [seed_peer(a, me.cluster_id) for a in dict.fromkeys(config.seeds) if a != me.address]
     mdns = _Mdns.open(config) if config.mdns else None
@@ -480,7 +486,7 @@ async def run_discovery(config: DiscoveryConfig, me: Announcement,
             if mdns is not None:
                 events_send, events_recv = trio.open_memory_channel[Event](_EVENT_BUFFER)
                 await mdns.browse(events_send)
-                nursery.start_soon(mdns.register, me)
+                nursery.start_soon(mdns.register, info)
                 nursery.start_soon(mdns.requery_periodically)
                 nursery.start_soon(_handle_events, mdns, table, events_recv, emit)
             nursery.start_soon(_refresh, config, table, seeds, emit)
@@ -540,9 +546,8 @@ class _Mdns:
 
         await _in_zeroconf_loop(self.zc, restart)
 
-    async def register(self, me: Announcement) -> None:
+    async def register(self, info: ServiceInfo) -> None:
         """Probe our names and announce them. A failure leaves us browsing, never crashes."""
-        info = service_info_for(me, self.config)
         try:
             await _in_zeroconf_loop(self.zc, lambda: self.zc.async_register_service(info))
         except (ZeroconfError, OSError) as exc:

@@ -250,6 +250,8 @@ async def test_bad_local_identity_is_a_usage_error():
         await run_discovery(DiscoveryConfig(mdns=False), announcement(cluster="a b"), send)
     with pytest.raises(LocalUsageError, match="node name"):
         await run_discovery(DiscoveryConfig(mdns=False), announcement(name=""), send)
+    with pytest.raises(LocalUsageError, match="'localhost' is not one"):
+        await run_discovery(DiscoveryConfig.local(), announcement(host="localhost"), send)
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,7 +438,8 @@ async def test_malformed_announcement_from_the_network_is_logged_and_ignored(
             await start_nodes(nursery, loopback_mdns, [a, b])
             line = (f"node0: ignoring mDNS service {bad_name!r}: malformed announcement: "
                     "node id is not 64 lowercase hex digits: 'zz'")
-            await wait_until(lambda: line in caplog.text and a.found == [b.peer])
+            await wait_until(lambda: line in caplog.text and a.found == [b.peer]
+                             and b.found == [a.peer])
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(zc.close)
