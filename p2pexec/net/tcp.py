@@ -45,6 +45,11 @@ log = logging.getLogger("p2pexec.net")
 _BIND_ATTEMPTS = 8
 """Tries at finding a port free for both TCP and UDP when binding port 0."""
 
+CLOSE_DRAIN_TIMEOUT = 2.0
+"""Most seconds `aclose` lets the writer send what is queued (at most write_timeout). A
+live peer takes megabytes in that time; a stalled one must not hold a shutdown for the
+whole write_timeout, so after it the connection is closed hard."""
+
 
 class RateLimitedLog:
     """At most `burst` WARNING lines per `interval` seconds for each kind of event, then
@@ -219,8 +224,8 @@ class TcpConnection:
         await trio.aclose_forcefully(self._stream)
 
     async def aclose(self) -> None:
-        """Let the writer send what is queued (within `write_timeout`), send TLS
-        close_notify, close. Idempotent."""
+        """Let the writer send what is queued (within CLOSE_DRAIN_TIMEOUT or write_timeout,
+        whichever is shorter), send TLS close_notify, close. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -228,7 +233,7 @@ class TcpConnection:
         self._wake.unpark_all()
         self._space.unpark_all()
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(self._write_timeout):
+            with trio.move_on_after(min(self._write_timeout, CLOSE_DRAIN_TIMEOUT)):
                 await self._writer_done.wait()
             if self._broken is None and self._writer_done.is_set():
                 with trio.move_on_after(1.0):
