@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -82,20 +82,34 @@ class NodeIdentity:
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> NodeIdentity:
-        """The node key in `data_dir`, created (0600, directory 0700) on first start."""
+        """The node key in `data_dir`, created (0600, directory 0700) on first start.
+
+        A new key is written to a temporary file, synced, then linked to its name: the key
+        file is always whole, and when several nodes start at once the first link wins
+        and the others load its key."""
         data_dir = Path(data_dir)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = data_dir / KEY_FILE
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if path.exists():
             return cls._load(path)
         identity = cls.generate()
         pem = identity.private_key.private_bytes(serialization.Encoding.PEM,
                                                  serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption())
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # another node on this data dir was first
+                return cls._load(path)
+        finally:
+            tmp.unlink()
+        _fsync_dir(data_dir)
         log.info("created node key %s, node id %s", path, identity.node_id.short)
         return identity
 
@@ -105,11 +119,25 @@ class NodeIdentity:
         if mode & 0o077:
             log.warning("node key %s was readable by others (mode %o); set to 0600", path, mode)
             path.chmod(0o600)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        what_to_do = "move it away and a new one is created (the node gets a new id)"
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # TypeError: a key that wants a password
+            raise LocalUsageError(f"{path} is not a valid node key; {what_to_do} "
+                                  f"({exc})") from None
         if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise LocalUsageError(f"{path} does not hold an Ed25519 key; move it away and a new "
-                                  f"one is created (the node gets a new id)")
+            raise LocalUsageError(f"{path} does not hold an Ed25519 key; {what_to_do}")
         return cls(key)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new directory entry durable (the key's link) before the node id is used."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- the cluster token -------------------------------------------------------------------

@@ -55,6 +55,40 @@ def test_key_readable_by_others_is_made_private(tmp_path: Path,
     assert "was readable by others (mode 644); set to 0600" in caplog.text
 
 
+@pytest.mark.parametrize("content", [b"", b"-----BEGIN PRIVATE KEY-----\ntrunc", b"\x00" * 64])
+def test_a_broken_key_file_says_what_to_do(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / KEY_FILE).write_bytes(content)
+    (tmp_path / KEY_FILE).chmod(0o600)
+    with pytest.raises(LocalUsageError, match=re.escape(
+            f"{tmp_path / KEY_FILE} is not a valid node key; move it away")):
+        NodeIdentity.load_or_create(tmp_path)
+
+
+def test_a_key_of_another_type_says_what_to_do(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / KEY_FILE).write_bytes(pem)
+    (tmp_path / KEY_FILE).chmod(0o600)
+    with pytest.raises(LocalUsageError, match="does not hold an Ed25519 key; move it away"):
+        NodeIdentity.load_or_create(tmp_path)
+
+
+def test_nodes_starting_at_once_on_one_data_dir_share_one_complete_key(tmp_path: Path) -> None:
+    """The key appears under its name only once written and synced (link of a temporary
+    file): a second starter never reads a half-written key, and the first writer wins."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: NodeIdentity.load_or_create(tmp_path).node_id, range(32)))
+    assert set(ids) == {NodeIdentity.load_or_create(tmp_path).node_id}
+    assert os.listdir(tmp_path) == [KEY_FILE]  # no temporary file left behind
+    assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
+
+
 def test_tokens_are_random_url_safe_and_long() -> None:
     tokens = {new_token() for _ in range(50)}
     assert len(tokens) == 50
