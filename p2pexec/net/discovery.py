@@ -88,7 +88,8 @@ _MAX_REJECTED_NAMES = 4096
 """Names remembered only to log each bad announcement once; forgotten wholesale past this."""
 
 _RESOLVE_CONCURRENCY = 16
-"""Service records resolved at once; the rest wait, so a flood cannot spawn unbounded tasks."""
+"""Service records resolved at once. A resolution task is only started once it has a slot,
+so a flood of announcements cannot pile up tasks: the event buffer above fills and drops."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,18 +587,18 @@ async def _handle_events(mdns: _Mdns, table: PeerTable, events: trio.MemoryRecei
     resolving: set[str] = set()
     stale: set[str] = set()
 
-    async def resolve_name(name: str) -> None:
+    async def resolve_name(name: str, slot: object) -> None:
         try:
             while True:
                 stale.discard(name)
-                async with limiter:
-                    peer = await _judge(mdns, table, name)
+                peer = await _judge(mdns, table, name)
                 if peer is not None:
                     await emit(peer)
                 if name not in stale:
                     return
         finally:
             resolving.discard(name)
+            limiter.release_on_behalf_of(slot)
 
     async with trio.open_nursery() as nursery:
         async for state, name in events:
@@ -607,13 +608,21 @@ async def _handle_events(mdns: _Mdns, table: PeerTable, events: trio.MemoryRecei
             elif name in resolving:
                 stale.add(name)
             else:
+                # take the slot before spawning: a flood waits here (and the bounded event
+                # buffer drops the excess) instead of piling up tasks
+                slot = object()
+                await limiter.acquire_on_behalf_of(slot)
                 resolving.add(name)
-                nursery.start_soon(resolve_name, name)
+                nursery.start_soon(resolve_name, name, slot)
 
 
 async def _judge(mdns: _Mdns, table: PeerTable, name: str) -> DiscoveredPeer | None:
     """Resolve one service and judge its announcement; never raises for bad input."""
-    info = await mdns.resolve(name)
+    try:
+        info = await mdns.resolve(name)
+    except (ZeroconfError, ValueError) as exc:  # e.g. BadTypeInNameException for odd names
+        table.reject(name, f"unresolvable service name: {exc}")
+        return None
     if info is None:
         log.debug("mDNS service %s did not resolve within %.1f s", name,
                   mdns.config.resolve_timeout)

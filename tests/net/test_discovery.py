@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 import threading
 
@@ -488,3 +489,58 @@ async def test_browser_events_beyond_the_buffer_are_dropped_with_one_log_line(ca
     await recv.aclose()
     await trio.to_thread.run_sync(fire_from_zeroconfs_thread)  # a closed channel: no error
     await trio.testing.wait_all_tasks_blocked()
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile names and floods (review findings)
+
+
+class _StubMdns:
+    """Stands in for zeroconf: resolving takes a while or raises, as a hostile LAN makes it."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.config = DiscoveryConfig.local()
+        self.error = error
+        self.resolving = 0
+        self.most_at_once = 0
+
+    async def resolve(self, name):
+        if self.error is not None:
+            raise self.error
+        self.resolving += 1
+        self.most_at_once = max(self.most_at_once, self.resolving)
+        await trio.sleep(1)
+        self.resolving -= 1
+        return None
+
+
+async def test_unresolvable_service_name_is_rejected_not_raised(caplog):
+    from zeroconf import BadTypeInNameException
+
+    caplog.set_level(logging.INFO, logger="p2pexec.discovery")
+    table = PeerTable(announcement(ID_A))
+    mdns = _StubMdns(BadTypeInNameException("evil._http._tcp.local."))
+    assert await discovery._judge(mdns, table, "evil._http._tcp.local.") is None
+    assert any("unresolvable service name" in r.getMessage() for r in caplog.records)
+
+
+async def test_announcement_flood_waits_in_the_bounded_buffer_not_in_tasks(autojump_clock):
+    mdns = _StubMdns()
+    table = PeerTable(announcement(ID_A))
+    send, receive = trio.open_memory_channel(math.inf)
+    for i in range(200):
+        send.send_nowait((ServiceStateChange.Added, f"flood-{i}._p2pexec._tcp.local."))
+    send.close()
+
+    async def emit(peer):
+        raise AssertionError("nothing resolves in this test")
+
+    limit = discovery._RESOLVE_CONCURRENCY
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(discovery._handle_events, mdns, table, receive, emit)
+        await trio.sleep(0.5)
+        # `limit` resolutions run; one more event is taken and waits for a slot; the rest
+        # stay in the channel (which a real browser bounds and drops from), not in tasks
+        assert mdns.most_at_once == limit
+        assert receive.statistics().current_buffer_used == 200 - limit - 1
+    assert mdns.most_at_once == limit
