@@ -14,6 +14,8 @@ import os
 import re
 import tempfile
 
+from p2pexec.processes import pid_alive
+
 PREFIX = "p2px"
 _NAME = re.compile(rf"^{PREFIX}_(\d+)_[0-9a-f]+$")
 
@@ -68,18 +70,8 @@ def sweep_orphans() -> int:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         unlink(entry)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

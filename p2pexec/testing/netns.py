@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from p2pexec.processes import pid_alive
+
 log = logging.getLogger("p2pexec.testing.netns")
 
 SUBNET_PREFIX = "10.77.0"
@@ -72,13 +74,6 @@ def netns_available() -> bool:
     return netns_skip_reason() is None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -89,7 +84,7 @@ def remove_stale_namespaces() -> list[str]:
     for line in listed:
         name = line.split(" ", 1)[0]
         match = _NAME_RE.fullmatch(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             _ip("netns", "del", name, check=False)
             stale.append(name)
     return stale
