@@ -11,6 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from p2pexec.net.config import require_setting
+
+MAX_DATAGRAM = 65_507
+"""Largest UDP payload: no gossip packet can be bigger."""
+
+MIN_PACKET_SIZE = 512
+"""Smallest max_packet_size: room for the largest probe message (an IndirectPing naming a
+255-byte host is about 350 bytes) and an update or two."""
+
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
@@ -89,6 +98,28 @@ class GossipConfig:
     """Minimum seconds between two broadcasts of this node's load: load changes with every
     task, gossip should carry a recent sample, not every change."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings the protocol cannot run with: a zero gossip_interval makes the
+        driver spin, a probe timeout as long as the probe period never leaves time for
+        indirect probes, a packet too small holds no probe."""
+        for name in ("probe_interval", "probe_timeout", "gossip_interval",
+                     "push_pull_interval", "reconnect_interval", "reap_time",
+                     "stream_timeout"):
+            require_setting(self, name, getattr(self, name) > 0, "must be > 0")
+        for name in ("gossip_to_the_dead_time", "leave_timeout", "load_update_interval"):
+            require_setting(self, name, getattr(self, name) >= 0, "must be >= 0")
+        for name in ("suspicion_mult", "suspicion_max_timeout_mult", "retransmit_mult",
+                     "gossip_nodes", "awareness_max_multiplier"):
+            require_setting(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require_setting(self, "indirect_checks", self.indirect_checks >= 0, "must be >= 0")
+        require_setting(self, "nack_fraction", 0 < self.nack_fraction <= 1, "must be in (0, 1]")
+        require_setting(self, "probe_timeout", self.probe_timeout < self.probe_interval,
+                 f"must be shorter than probe_interval ({self.probe_interval!r}), or no "
+                 f"time is left for indirect probes")
+        require_setting(self, "max_packet_size",
+                 MIN_PACKET_SIZE <= self.max_packet_size <= MAX_DATAGRAM,
+                 f"must be in {MIN_PACKET_SIZE}..{MAX_DATAGRAM} bytes")
+
     @classmethod
     def lan(cls) -> GossipConfig:
         """memberlist DefaultLANConfig: a LAN of up to a few hundred machines."""
@@ -153,3 +184,4 @@ class GossipConfig:
         ceil(log2(n)) + 2 gossip intervals for the verdict to spread (epidemic rounds)."""
         spread = (math.ceil(math.log2(max(2, n))) + 2) * self.gossip_interval
         return 3 * self.probe_interval + self.suspicion_max(n) + spread
+

@@ -30,7 +30,12 @@ from collections.abc import Iterable
 
 import trio
 
-from p2pexec.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from p2pexec.errors import (
+    LocalProtocolError,
+    LocalUsageError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from p2pexec.gossip.core import Member, MemberEvent, Membership
 from p2pexec.gossip.messages import Message, PushPull, State
 from p2pexec.gossip.wire import decode_packet, decode_stream, encode_packet, encode_stream
@@ -50,7 +55,17 @@ class GossipDriver:
                  events_send: trio.MemorySendChannel[MemberEvent] | None = None, *,
                  read_datagrams: bool = True) -> None:
         """`events_send`, if given, receives every membership event in order (the driver
-        awaits it in a task of its own, so a slow consumer never stalls gossip)."""
+        awaits it in a task of its own, so a slow consumer never stalls gossip).
+
+        A transport that knows its datagram limit (`max_datagram_payload`, as
+        TcpTransport) is checked against max_packet_size here, once, rather than every
+        packet failing later."""
+        room = getattr(transport, "max_datagram_payload", None)
+        if room is not None and core.cfg.max_packet_size > room:
+            raise LocalUsageError(
+                f"GossipConfig.max_packet_size ({core.cfg.max_packet_size}) is over the "
+                f"{room} bytes a datagram of this transport carries (NetConfig."
+                f"max_datagram_size minus the seal): lower max_packet_size")
         self.core = core
         self.transport = transport
         self._events_send = events_send

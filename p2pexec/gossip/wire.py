@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from p2pexec.errors import LocalProtocolError, RemoteProtocolError
+from p2pexec.gossip.config import MAX_DATAGRAM
 from p2pexec.gossip.messages import (
     Ack,
     Alive,
@@ -27,8 +28,6 @@ from p2pexec.gossip.messages import (
 )
 from p2pexec.net.codec import Codec
 
-MAX_DATAGRAM = 65_507
-"""Largest UDP payload: a bigger gossip datagram is refused on both sides."""
 PACKET_OVERHEAD = 5
 """Bytes of a `Packet` beyond its messages' own encodings: the outer array (1), the type
 code (1) and the header of the message array (up to 3, for 16 to 65535 messages)."""

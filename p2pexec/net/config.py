@@ -10,7 +10,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pexec.errors import LocalUsageError
+
 MiB = 1024 * 1024
+
+MAX_UDP_PAYLOAD = 65_507
+"""Largest UDP payload over IPv4."""
+MIN_DATAGRAM_SIZE = 576
+"""Smallest max_datagram_size: the datagram every IPv4 host must accept; less leaves too
+little room after the 73-byte seal for a gossip packet (GossipConfig's minimum is 512)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,12 @@ class CodecLimits:
 
     max_bin_len: int = 16 * MiB
     """Longest byte string: one frame's worth (`max_frame_size`)."""
+
+    def __post_init__(self) -> None:
+        """Every limit is at least 1: a zero limit refuses every message."""
+        for name in ("max_frame_size", "max_depth", "max_collection_len", "max_str_len",
+                     "max_bin_len"):
+            require_setting(self, name, getattr(self, name) >= 1, "must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,18 @@ class NetConfig:
     """Seconds between two log lines about the same kind of dropped input (undecryptable
     datagrams, handshake floods): a flood must not flood the log too."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings the transport cannot run with (a zero timeout fails every
+        connection, a datagram size no sealed gossip packet fits in)."""
+        for name in ("connect_timeout", "handshake_timeout", "frame_timeout",
+                     "write_timeout", "rpc_timeout", "log_interval"):
+            require_setting(self, name, getattr(self, name) > 0, "must be > 0")
+        for name in ("max_handshakes", "send_buffer_bytes"):
+            require_setting(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require_setting(self, "max_datagram_size",
+                 MIN_DATAGRAM_SIZE <= self.max_datagram_size <= MAX_UDP_PAYLOAD,
+                 f"must be in {MIN_DATAGRAM_SIZE}..{MAX_UDP_PAYLOAD} bytes")
+
     @classmethod
     def lan(cls) -> NetConfig:
         """Machines on one LAN: the defaults."""
@@ -98,3 +124,10 @@ def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                              "share")
     return Path(base) / "p2pexec"
+
+
+def require_setting(cfg: object, name: str, ok: bool, rule: str) -> None:
+    """`LocalUsageError` naming the setting, its value and `rule` unless `ok` (used by every
+    config's __post_init__, so all refusals read alike)."""
+    if not ok:
+        raise LocalUsageError(f"{type(cfg).__name__}.{name} = {getattr(cfg, name)!r} {rule}")

@@ -284,6 +284,11 @@ class TcpTransport:
         return Peer(self.credentials.node_id, self._address)
 
     @property
+    def max_datagram_payload(self) -> int:
+        """Most bytes `send_datagram` takes: max_datagram_size minus the seal."""
+        return self.config.max_datagram_size - DatagramSealer.OVERHEAD
+
+    @property
     def handshakes_in_progress(self) -> int:
         """Connections accepted whose handshake has not finished (at most `max_handshakes`)."""
         return self._handshakes
@@ -446,7 +451,7 @@ class TcpTransport:
         """Seal and send one datagram; lost silently if nobody is there."""
         await self.bind()
         assert self._udp is not None
-        limit = self.config.max_datagram_size - DatagramSealer.OVERHEAD
+        limit = self.max_datagram_payload
         if len(payload) > limit:
             raise LocalProtocolError(f"datagram payload of {len(payload)} bytes is over the "
                                      f"{limit}-byte limit (max_datagram_size)")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.config import GossipConfig
 
 
@@ -38,3 +41,35 @@ def test_retransmit_limit_and_push_pull_scale_with_n():
     assert [lan.retransmit_limit(n) for n in (1, 9, 10, 99, 100, 200)] == [4, 4, 8, 8, 12, 12]
     assert [lan.push_pull_period(n) for n in (10, 32, 33, 64, 65, 200)] == [
         30.0, 30.0, 60.0, 60.0, 90.0, 120.0]
+
+
+@pytest.mark.parametrize("changes", [
+    {"gossip_interval": 0.0},                       # the driver would spin
+    {"probe_interval": 0.0},
+    {"probe_timeout": 1.0},                         # not shorter than the probe interval
+    {"probe_timeout": -0.1},
+    {"nack_fraction": 1.5},
+    {"indirect_checks": -1},
+    {"suspicion_mult": 0},
+    {"suspicion_max_timeout_mult": 0},
+    {"retransmit_mult": 0},
+    {"gossip_nodes": 0},                            # updates would never leave the queue
+    {"push_pull_interval": 0.0},
+    {"reconnect_interval": -1.0},
+    {"reap_time": 0.0},
+    {"stream_timeout": 0.0},
+    {"leave_timeout": -1.0},
+    {"awareness_max_multiplier": 0},
+    {"max_packet_size": 200},                       # no room for the largest probe
+    {"max_packet_size": 70_000},                    # over any UDP datagram
+    {"load_update_interval": float("nan")},
+])
+def test_nonsense_settings_are_refused_with_a_clear_error(changes):
+    with pytest.raises(LocalUsageError, match=f"GossipConfig.{next(iter(changes))}"):
+        dataclasses.replace(GossipConfig.lan(), **changes)
+
+
+def test_the_presets_and_the_test_configs_are_valid():
+    fast = dataclasses.replace(GossipConfig.local(), probe_interval=0.1, probe_timeout=0.05,
+                               gossip_interval=0.02)
+    assert (fast.probe_timeout, GossipConfig.lan().max_packet_size) == (0.05, 1300)

@@ -34,7 +34,7 @@ from p2pexec.gossip.wire import (
 )
 from p2pexec.ids import NodeId
 from p2pexec.net.config import NetConfig
-from p2pexec.net.security import ClusterKeys, NodeIdentity
+from p2pexec.net.security import ClusterKeys, DatagramSealer, NodeIdentity
 from p2pexec.net.tcp import TcpTransport
 from p2pexec.net.tls import Credentials
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
@@ -203,8 +203,8 @@ def test_a_bad_local_address_incarnation_or_resources_is_our_callers_bug():
             Membership(A, args.pop("address"), CFG, random.Random(1), **args)
 
 
-SMALL = dataclasses.replace(CFG, max_packet_size=300)
-MANY = {f"resource-{i:02}": 1.0 for i in range(20)}  # an Alive of about 450 bytes
+SMALL = dataclasses.replace(CFG, max_packet_size=512)
+MANY = {f"resource-{i:02}": 1.0 for i in range(40)}  # an Alive of about 900 bytes
 
 
 def test_an_update_too_big_for_any_packet_is_dropped_not_queued_forever(caplog):
@@ -271,3 +271,19 @@ def test_rows_heard_of_only_through_load_or_suspicion_are_reaped():
     assert set(core.rows()) == {A, B, ghosts[2]}
     assert {n: m.state for n, m in core.view().items()} == {
         A: State.ALIVE, B: State.ALIVE, ghosts[2]: State.ALIVE}
+
+
+def test_gossip_packets_must_fit_the_transports_datagrams():
+    small = dataclasses.replace(NetConfig.local(), max_datagram_size=1200)
+    creds = Credentials.create(NodeIdentity.generate(), ClusterKeys("hostile-test-token-1234"))
+    transport = TcpTransport(creds, small)
+    assert transport.max_datagram_payload == 1200 - DatagramSealer.OVERHEAD
+    core = Membership(transport.local.node_id, ("127.0.0.1", 1), GossipConfig.lan(),
+                      random.Random(1))
+    with pytest.raises(LocalUsageError, match=r"max_packet_size \(1300\) is over the 1127 "
+                                              r"bytes a datagram of this transport carries"):
+        GossipDriver(core, transport)
+    fits = dataclasses.replace(GossipConfig.lan(), max_packet_size=1127)
+    driver = GossipDriver(Membership(transport.local.node_id, ("127.0.0.1", 1), fits,
+                                     random.Random(1)), transport)
+    assert driver.core.cfg.max_packet_size == 1127

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import trio
 
 from p2pexec.errors import AuthenticationError, LocalProtocolError, LocalUsageError
 from p2pexec.ids import NodeId
+from p2pexec.net.config import CodecLimits, NetConfig
 from p2pexec.net.security import (
     KEY_FILE,
     ClusterKeys,
@@ -163,3 +165,29 @@ async def test_datagrams_from_another_cluster_are_dropped_and_logged(
     finally:
         for t in (a, b, outsider):
             await t.aclose()
+
+
+@pytest.mark.parametrize("changes", [
+    {"connect_timeout": 0.0},
+    {"handshake_timeout": -1.0},
+    {"frame_timeout": 0.0},
+    {"write_timeout": float("nan")},
+    {"rpc_timeout": 0.0},
+    {"log_interval": 0.0},
+    {"max_handshakes": 0},
+    {"send_buffer_bytes": 0},
+    {"max_datagram_size": 100},       # no room left after the 73-byte seal
+    {"max_datagram_size": 65_508},    # over the largest UDP payload
+])
+def test_nonsense_net_settings_are_refused_with_a_clear_error(changes: dict) -> None:
+    with pytest.raises(LocalUsageError, match=f"NetConfig.{next(iter(changes))}"):
+        dataclasses.replace(NetConfig.local(), **changes)
+
+
+@pytest.mark.parametrize("changes", [{"max_frame_size": 0}, {"max_depth": 0},
+                                     {"max_collection_len": -1}, {"max_str_len": 0},
+                                     {"max_bin_len": 0}])
+def test_nonsense_codec_limits_are_refused(changes: dict) -> None:
+    with pytest.raises(LocalUsageError, match=f"CodecLimits.{next(iter(changes))}"):
+        CodecLimits(**changes)
+
