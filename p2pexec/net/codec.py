@@ -447,14 +447,16 @@ class FrameDecoder:
         """True while part of a frame has arrived and the rest has not."""
         return bool(self._buf) or self._need >= 0
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every frame body now complete, in order."""
+    def feed(self, data: bytes, max_frames: int | None = None) -> list[bytes]:
+        """Add received bytes; return every frame body now complete, in order, or at most
+        `max_frames` of them (the rest stays buffered, its headers not yet checked, so the
+        caller may change `max_frame_size` before the next `feed`)."""
         buf = self._buf
         buf += data
         out: list[bytes] = []
         pos = 0
         n = len(buf)
-        while True:
+        while max_frames is None or len(out) < max_frames:
             if self._need < 0:
                 if n - pos < 4:
                     break

@@ -64,6 +64,9 @@ class NodeIdentity:
     """A node's long-lived key pair and the id bound to it."""
 
     private_key: ed25519.Ed25519PrivateKey = field(repr=False)
+    key_path: Path | None = field(default=None, compare=False)
+    """The PEM file the key was loaded from (None: in memory only). TLS loads it from
+    there, so the key is never copied."""
 
     @property
     def public_bytes(self) -> bytes:
@@ -111,7 +114,7 @@ class NodeIdentity:
             tmp.unlink()
         _fsync_dir(data_dir)
         log.info("created node key %s, node id %s", path, identity.node_id.short)
-        return identity
+        return cls(identity.private_key, path)
 
     @classmethod
     def _load(cls, path: Path) -> NodeIdentity:
@@ -128,7 +131,7 @@ class NodeIdentity:
                                   f"({exc})") from None
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise LocalUsageError(f"{path} does not hold an Ed25519 key; {what_to_do}")
-        return cls(key)
+        return cls(key, path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -215,18 +218,28 @@ def ssl_context(identity: NodeIdentity, keys: ClusterKeys, cert: x509.Certificat
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(
         cadata=keys.ca_certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"))
-    # ssl loads a certificate chain only from files: a private temporary directory (0700)
-    # holds them for the instant of loading.
+    # ssl loads a certificate chain only from files. The key is loaded from the data dir
+    # when it came from there; an in-memory key goes to a private temporary directory
+    # (0700, file 0600, removed right after loading) encrypted under a one-time random
+    # password, so it is never on disk in plaintext outside the data dir.
     with tempfile.TemporaryDirectory(prefix="p2pexec-tls-") as tmp:
-        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        cert_path = os.path.join(tmp, "cert.pem")
         with open(cert_path, "wb") as f:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
+        if identity.key_path is not None:
+            ctx.load_cert_chain(cert_path, identity.key_path)
+            return ctx
+        password = secrets.token_bytes(32)
+        key_path = os.path.join(tmp, "key.pem")
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(identity.private_key.private_bytes(serialization.Encoding.PEM,
-                                                       serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-        ctx.load_cert_chain(cert_path, key_path)
+            f.write(identity.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(password)))
+        try:
+            ctx.load_cert_chain(cert_path, key_path, password=password)
+        finally:
+            os.unlink(key_path)
     return ctx
 
 

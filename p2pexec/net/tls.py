@@ -111,8 +111,13 @@ class SecureChannel:
 
 
 async def _read_message(stream: trio.SSLStream[trio.abc.Stream], decoder: FrameDecoder,
-                        codec: Codec, pending: list[bytes], expect: type) -> object:
-    while not pending:
+                        codec: Codec, expect: type) -> object:
+    """The next handshake message. The decoder is held to HANDSHAKE_FRAME and parses one
+    frame at a time, so an oversized hello is refused from its header and what follows the
+    proof is left for the connection's own limit."""
+    decoder.max_frame_size = HANDSHAKE_FRAME
+    frames = decoder.feed(b"", max_frames=1)
+    while not frames:
         try:
             data = await stream.receive_some(65536)
         except trio.BrokenResourceError as exc:
@@ -120,12 +125,8 @@ async def _read_message(stream: trio.SSLStream[trio.abc.Stream], decoder: FrameD
         if not data:
             raise AuthenticationError("peer closed the connection during the handshake "
                                       "(it may have refused our token proof or node id)")
-        pending.extend(decoder.feed(data))
-    body = pending.pop(0)
-    if len(body) > HANDSHAKE_FRAME:
-        raise RemoteProtocolError(f"handshake message of {len(body)} bytes, over the "
-                                  f"{HANDSHAKE_FRAME}-byte limit")
-    msg = codec.decode(body)
+        frames = decoder.feed(data, max_frames=1)
+    msg = codec.decode(frames[0])
     if type(msg) is not expect:
         raise RemoteProtocolError(f"expected {expect.__name__} in the handshake, "
                                   f"got {type(msg).__name__}")
@@ -148,14 +149,13 @@ async def secure(stream: trio.abc.Stream, creds: Credentials, codec: Codec, *, s
     peer = peer_node_id(peer_cert)
     assert peer_cert is not None  # peer_node_id refused a missing certificate
     nonce = os.urandom(32)
-    decoder = FrameDecoder(codec.limits.max_frame_size)
-    pending: list[bytes] = []
+    decoder = FrameDecoder(HANDSHAKE_FRAME)
     hello = Hello(MAGIC, PROTOCOL_MIN, PROTOCOL_MAX, creds.node_id, nonce)
     try:
         await tls.send_all(codec.frame(hello))
     except trio.BrokenResourceError as exc:
         raise AuthenticationError(f"peer {describe_tls_failure(exc)}") from None
-    theirs = await _read_message(tls, decoder, codec, pending, Hello)
+    theirs = await _read_message(tls, decoder, codec, Hello)
     assert isinstance(theirs, Hello)
     if theirs.magic != MAGIC:
         raise RemoteProtocolError(f"peer is not speaking p2pexec (magic {theirs.magic!r})")
@@ -173,10 +173,11 @@ async def secure(stream: trio.abc.Stream, creds: Credentials, codec: Codec, *, s
         await tls.send_all(codec.frame(TokenProof(mine)))
     except trio.BrokenResourceError as exc:
         raise AuthenticationError(f"peer {describe_tls_failure(exc)}") from None
-    proof = await _read_message(tls, decoder, codec, pending, TokenProof)
+    proof = await _read_message(tls, decoder, codec, TokenProof)
     assert isinstance(proof, TokenProof)
     check_token_proof(token_proof(creds.keys, role=their_role, own_cert=peer_cert,
                                   peer_cert=creds.cert_der, own_nonce=theirs.nonce,
                                   peer_nonce=nonce, binding=binding), proof.mac)
-    return SecureChannel(tls, peer, version, decoder, pending)
+    decoder.max_frame_size = codec.limits.max_frame_size  # application frames from here
+    return SecureChannel(tls, peer, version, decoder, decoder.feed(b""))
 
