@@ -127,7 +127,11 @@ def test_sealed_datagram_round_trip_and_tampering() -> None:
     sealed = [sender.seal(b"hello %d" % i) for i in range(3)]
     assert [receiver.open(d) for d in sealed] == [(me, b"hello %d" % i) for i in range(3)]
     assert len(sealed[0]) == len(b"hello 0") + DatagramSealer.OVERHEAD
-    assert sealed[0][-24:] != sealed[1][-24:]  # fresh nonce per datagram
+    twice = [sender.seal(b"same payload") for _ in range(2)]
+    assert twice[0] != twice[1]  # same plaintext, fresh nonce: different ciphertexts
+    counters = [DatagramSealer.HEADER.unpack_from(d)[3] for d in sealed + twice]
+    assert counters == [0, 1, 2, 3, 4]  # the nonce counter never repeats under one key
+    assert [receiver.open(d) for d in twice] == [(me, b"same payload")] * 2
     for i in (0, 5, 40, 60, len(sealed[0]) - 1):
         bad = bytearray(sealed[0])
         bad[i] ^= 1
