@@ -17,9 +17,8 @@ Usage inside a node (the node owns `transport.serve` and routes connections)::
     await gossip.leave()                             # before closing the transport
 
 Probes, acks, nacks and piggybacked updates are datagrams (`transport.send_datagram`);
-push-pull is one request and one reply over a connection (`transport.connect`). By default
-the driver reads `transport.receive_datagram()` itself; a node that shares the datagram
-socket with other protocols passes `read_datagrams=False` and calls `handle_datagram`.
+push-pull is one request and one reply over a connection (`transport.connect`). The driver
+reads `transport.receive_datagram()` itself and feeds each datagram to `handle_datagram`.
 """
 
 from __future__ import annotations
@@ -52,8 +51,7 @@ class GossipDriver:
     """Runs a `Membership` core over a `Transport` and publishes its events."""
 
     def __init__(self, core: Membership, transport: Transport,
-                 events_send: trio.MemorySendChannel[MemberEvent] | None = None, *,
-                 read_datagrams: bool = True) -> None:
+                 events_send: trio.MemorySendChannel[MemberEvent] | None = None) -> None:
         """`events_send`, if given, receives every membership event in order (the driver
         awaits it in a task of its own, so a slow consumer never stalls gossip).
 
@@ -69,7 +67,6 @@ class GossipDriver:
         self.core = core
         self.transport = transport
         self._events_send = events_send
-        self._read_datagrams = read_datagrams
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -86,8 +83,7 @@ class GossipDriver:
                 self._nursery = nursery
                 if forward is not None:
                     nursery.start_soon(self._forward_events, forward)
-                if self._read_datagrams:
-                    nursery.start_soon(self._datagram_loop)
+                nursery.start_soon(self._datagram_loop)
                 self.core.tick(trio.current_time())
                 task_status.started()
                 await self._main_loop()

@@ -18,6 +18,7 @@ reaps it after reap_time if no `Alive` ever comes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from p2pexec.gossip.messages import Alive, Dead, Left, LoadUpdate, MemberUpdate, State, Suspect
@@ -125,5 +126,5 @@ class MemberTable:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Row]:
         return iter(self._rows.values())

@@ -227,24 +227,28 @@ def _encoder_for(tp: Any) -> _Encoder:
         vf = venc or (lambda v: v)
         return lambda d: {kf(k): vf(v) for k, v in d.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return lambda v: _fields_of(v)
+        return _fields_of
     if tp in (int, float, bool, str, bytes, type(None)) or tp is Any:
         return None
     raise LocalUsageError(f"unsupported message field type {tp!r}")
 
 
-def _fields_of(msg: Any) -> list[Any]:
+def _kind_of_message(msg: Any) -> _Kind:
+    """The registered kind of an outgoing message; `LocalProtocolError` if it has none."""
     kind = _BY_CLASS.get(type(msg)) or _kind_of_class(type(msg))
     if kind is None:
         raise LocalProtocolError(f"{type(msg).__qualname__} is not a registered message")
-    return kind.fields(msg)
+    return kind
+
+
+def _fields_of(msg: Any) -> list[Any]:
+    """A nested message's field list (its class is known from the field's type)."""
+    return _kind_of_message(msg).fields(msg)
 
 
 def _encode_any_message(msg: Any) -> list[Any]:
-    kind = _BY_CLASS.get(type(msg)) or _kind_of_class(type(msg))
-    if kind is None:
-        raise LocalProtocolError(f"{type(msg).__qualname__} is not a registered message")
-    return kind.message(msg)
+    """A message with its type code in front (a `Message` field, or a whole body)."""
+    return _kind_of_message(msg).message(msg)
 
 
 # ---- field decoders: msgpack value -> checked Python value -------------------------------

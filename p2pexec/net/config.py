@@ -1,7 +1,7 @@
 """Settings of the network layer: decoder limits, handshake and connection timeouts.
 
-Every default says why it has its value. `lan()` fits machines on one LAN (the default),
-`local()` fits several nodes on one machine or tests, where failures should show fast.
+Every default says why it has its value. The defaults fit machines on one LAN; `local()`
+fits several nodes on one machine or tests, where failures should show fast.
 """
 
 from __future__ import annotations
@@ -105,11 +105,6 @@ class NetConfig:
         require_setting(self, "max_datagram_size",
                  MIN_DATAGRAM_SIZE <= self.max_datagram_size <= MAX_UDP_PAYLOAD,
                  f"must be in {MIN_DATAGRAM_SIZE}..{MAX_UDP_PAYLOAD} bytes")
-
-    @classmethod
-    def lan(cls) -> NetConfig:
-        """Machines on one LAN: the defaults."""
-        return cls()
 
     @classmethod
     def local(cls) -> NetConfig:

@@ -1,10 +1,13 @@
 """The production `Transport`: TCP streams secured by `tls.secure`, sealed UDP datagrams.
 
-Streams carry whole messages as length-prefixed frames. Writes coalesce: the first task to
-send becomes the writer and, until the queue is empty, writes everything queued in one
-`send_all` (trio pays per call); other senders only append. The write runs shielded, so a
-cancelled sender never leaves half a frame on the wire; a stalled peer breaks the
-connection after `write_timeout` instead.
+Streams carry whole messages as length-prefixed frames. Each connection has one writer
+task (`TcpConnection.run_writer`, in the transport's nursery): `send` and `send_many` only
+append frames to the connection's queue and wake it, and it writes everything queued since
+its last write in one `send_all` (trio pays per call). Only the writer touches the socket,
+so a cancelled sender never leaves half a frame on the wire. Senders wait only while
+`send_buffer_bytes` are queued (back-pressure); a write that the peer does not take within
+`write_timeout` breaks the connection. Closing lets the writer drain for a short bound
+(`CLOSE_DRAIN_TIMEOUT`), then closes hard.
 
 Datagrams use UDP on the same port number as the TCP listener, each sealed with
 AES-256-GCM under a key derived from the token (`security.DatagramSealer`), at most
@@ -82,7 +85,6 @@ class TcpConnection:
         self._decoder = channel.decoder
         self._inbox: collections.deque[bytes] = collections.deque(channel.early)
         self._peer = Peer(channel.peer, address)
-        self.version = channel.version
         cfg = transport.config
         self._max_frame = cfg.limits.max_frame_size
         self._limit = cfg.send_buffer_bytes
