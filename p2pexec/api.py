@@ -95,7 +95,8 @@ def _serialize_arguments(runtime: Any, task_id: bytes, name: str, args: tuple,
     deps += [v.id for v in kwargs.values() if type(v) is ObjectRef]
     try:
         payload, contained = serialization.to_payload(
-            (args, kwargs), runtime.inline_limit, runtime.segment_name(task_id + b"args"))
+            (args, kwargs), runtime.inline_limit, runtime.segment_name(task_id + b"args"),
+            pool=runtime.segments)
     except SerializationError:
         raise _name_unpicklable_argument(name, args, kwargs) from None
     return payload, list(dict.fromkeys(deps)), contained

@@ -32,6 +32,7 @@ class DriverRuntime:
         self.node = Node(config)
         self.service = self.node.exec
         self.inline_limit = config.exec.inline_limit
+        self.segments = self.service.segments
         self.ids = IdGenerator()
         self._registered: set[bytes] = set()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -45,7 +46,7 @@ class DriverRuntime:
         self._started.wait()
         if self._failure is not None:
             raise LocalUsageError(f"the embedded node failed to start: {self._failure!r}")
-        self.counter = RefCounter(self._report_refs, batch=False)
+        self.counter = RefCounter(self._report_refs)
         refs.install_counter(self.counter)
         atexit.register(self.shutdown)
 

@@ -30,7 +30,7 @@ REPLY = 5           # [REPLY, request_id, ok, value | [error_class, message]]
 CONFIGURE = 6       # [CONFIGURE, sys_path, owner_pid, inline_limit, cwd]
 # worker -> node
 READY = 10          # [READY, pid]
-DONE = 11           # [DONE, task_id, [payload...], [[contained id...] per payload], seconds]
+DONE = 11           # [DONE, task_id, payloads, [[contained ids] per payload], seconds, args_freed]
 SUBMIT = 12         # [SUBMIT, *TaskSpec.to_wire()]
 GET = 13            # [GET, request_id, object_ids, num_returns (-1: values), timeout, given_back]
 PUT = 14            # [PUT, object_id, payload, contained_ids]

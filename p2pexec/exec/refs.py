@@ -41,15 +41,16 @@ def task_of(object_id: bytes) -> bytes:
 class RefCounter:
     """Counts live ObjectRefs per id in this process and reports transitions.
 
-    `report(deltas)` receives {object_id: +1 | -1}; it is called under no lock and may be
-    called from any thread (ObjectRef.__del__ runs wherever the last reference dies).
+    With `report`, each transition is reported at once as {object_id: +1 | -1}, called
+    under no lock from whichever thread dropped the ref (ObjectRef.__del__ runs wherever
+    the last reference dies). Without it, transitions wait for `take_pending`.
     """
 
-    def __init__(self, report: Callable[[dict[bytes, int]], None], batch: bool) -> None:
+    def __init__(self, report: Callable[[dict[bytes, int]], None] | None) -> None:
         self._counts: dict[bytes, int] = {}
         self._pending: dict[bytes, int] = {}
         self._report = report
-        self._batch = batch
+        self._batch = report is None
         self._lock = threading.Lock()
 
     def incref(self, object_id: bytes, announce: bool) -> None:
@@ -88,7 +89,7 @@ class RefCounter:
 
     def flush(self) -> None:
         pending = self.take_pending()
-        if pending:
+        if pending and self._report is not None:
             self._report(pending)
 
     def holds(self, object_id: bytes) -> bool:

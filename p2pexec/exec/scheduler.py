@@ -66,11 +66,18 @@ class Unlink:
 
 
 @dataclass(frozen=True, slots=True)
+class Recycle:
+    """A finished task's argument segment that no process maps any more: reuse it."""
+
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
 class Warn:
     text: str
 
 
-Instruction = Send | StartWorker | StopWorker | Completed | Unlink | Warn
+Instruction = Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn
 
 # ---- state ----
 WAITING, READY, QUEUED, RUNNING = "waiting", "ready", "queued", "running"
@@ -85,6 +92,8 @@ class TaskState:
     worker: int | None = None
     held: dict[str, float] = field(default_factory=dict)
     request: GetRequest | None = None
+    args_unmapped: bool = False
+    """The worker that ran it last reported its argument segment unmapped."""
 
 
 @dataclass(slots=True)
@@ -449,7 +458,7 @@ class Scheduler:
     # ---- results ----
     def task_done(self, worker_id: int, task_id: bytes, payloads: list[list],
                   contained: list[list[bytes]] | None = None,
-                  duration: float | None = None) -> None:
+                  duration: float | None = None, args_unmapped: bool = False) -> None:
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
         if task is None or worker is None or task.worker != worker_id:
@@ -461,6 +470,7 @@ class Scheduler:
         if worker.stack and worker.stack[-1] == task_id:
             worker.stack.pop()
         spec = task.spec
+        task.args_unmapped = args_unmapped
         if duration is not None and spec.kind == TASK:
             previous = self._durations.get(spec.callable_hash)
             self._durations[spec.callable_hash] = max(1e-6, duration if previous is None
@@ -509,14 +519,14 @@ class Scheduler:
             inside = contained[index] if contained else []
             self.objects.complete(object_id, payload, inside)
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
-            self._forget_arguments(spec)
+            self._forget_arguments(spec, recycle=task.args_unmapped)
 
-    def _forget_arguments(self, spec: TaskSpec) -> None:
+    def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
         self.objects.unpin_all(spec.contained)
         segment = payload_segment(spec.args)
         if segment is not None:
-            self._unlink(segment)
+            self._out.append(Recycle(segment) if recycle else Unlink(segment))
 
     def _fail(self, task: TaskState, error: errors.P2PExecError) -> None:
         self.tasks.pop(task.spec.task_id, None)

@@ -52,9 +52,10 @@ PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 """Values of these types hold no code and no ObjectRef: the C pickler alone is enough."""
 
 
-def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value"
-               ) -> tuple[list, list[bytes]]:
-    """Serialise `value` into a payload; large ones go to shared memory named `segment`."""
+def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value",
+               pool: shm.SegmentPool | None = None) -> tuple[list, list[bytes]]:
+    """Serialise `value` into a payload; large ones go to shared memory named `segment`
+    (or to a free segment of `pool`)."""
     if type(value) in PLAIN_TYPES:
         main = pickle.dumps(value, protocol=5)
         if len(main) <= inline_limit:
@@ -67,11 +68,11 @@ def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value"
     if len(main) + sum(sizes) <= inline_limit:
         return [INLINE, main, [buffer.raw() for buffer in buffers]], ids
     offsets, total = _layout(len(main), sizes)
-    view = shm.create(segment, total)
-    view[:len(main)] = main
-    for buffer, offset, size in zip(buffers, offsets, sizes, strict=True):
-        view[offset:offset + size] = buffer.raw().cast("B")
-    view.release()
+    reused = pool.take(total) if pool is not None else None
+    segment = reused or segment
+    shm.write(segment, total, [(0, main)] + [
+        (offset, buffer.raw()) for buffer, offset in zip(buffers, offsets, strict=True)],
+        reuse=reused is not None)
     return [SHARED, segment, len(main), sizes], ids
 
 
@@ -86,8 +87,11 @@ def _layout(main_size: int, sizes: list[int]) -> tuple[list[int], int]:
     return offsets, position
 
 
-def from_payload(payload: list) -> Any:
-    """The value a payload holds; raises the task's error for error payloads."""
+def from_payload(payload: list, mappings: list | None = None) -> Any:
+    """The value a payload holds; raises the task's error for error payloads.
+
+    A shared-memory mapping opened for it is appended to `mappings` when given, so the
+    caller can later check that nothing still uses it (see `close_mapping`)."""
     kind = payload[0]
     if kind == INLINE:
         return pickle.loads(payload[1], buffers=payload[2])
@@ -98,6 +102,8 @@ def from_payload(payload: list) -> Any:
         except FileNotFoundError:
             raise errors.ObjectLostError(
                 f"shared-memory segment {name} is gone (the object was freed)") from None
+        if mappings is not None:
+            mappings.append(view.obj)
         offsets, _ = _layout(main_size, sizes)
         buffers = [view[offset:offset + size] for offset, size in zip(offsets, sizes,
                                                                        strict=True)]
@@ -189,3 +195,12 @@ def pickle_callable(fn: Any, what: str) -> bytes:
         return cloudpickle.dumps(fn, protocol=5)
     except Exception as exc:
         raise SerializationError(f"could not pickle {what}: {exc!r}") from exc
+
+
+def close_mapping(mapping: Any) -> bool:
+    """Unmap a segment if no value built from it is alive any more; True when unmapped."""
+    try:
+        mapping.close()
+    except BufferError:  # an array still views it (kept by an actor, a global...)
+        return False
+    return True

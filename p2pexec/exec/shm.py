@@ -13,6 +13,7 @@ import mmap
 import os
 import re
 import tempfile
+import threading
 
 from p2pexec.processes import pid_alive
 
@@ -29,16 +30,28 @@ def segment_name(owner_pid: int, object_id: bytes) -> str:
     return f"{PREFIX}_{owner_pid}_{object_id.hex()}"
 
 
-def create(name: str, size: int) -> memoryview:
-    """A new writable segment of `size` bytes (at least 1), mapped into this process."""
+def write(name: str, size: int, parts: list[tuple[int, memoryview | bytes]],
+          reuse: bool = False) -> None:
+    """Create a segment of `size` bytes holding each (offset, data) part.
+
+    Written with pwrite rather than through a mapping: the kernel fills the tmpfs pages
+    directly instead of taking a page fault per 4 KiB, which halves the cost of a large
+    argument (10 MiB: 3.9 ms instead of 7 ms here)."""
     path = os.path.join(segment_dir(), name)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = os.open(path, os.O_WRONLY if reuse else os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
-        os.ftruncate(fd, max(size, 1))
-        mapping = mmap.mmap(fd, max(size, 1))
-    finally:
+        if not reuse or os.fstat(fd).st_size < size:
+            os.ftruncate(fd, max(size, 1))
+        for offset, data in parts:
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < view.nbytes:
+                written += os.pwrite(fd, view[written:], offset + written)
+    except BaseException:
         os.close(fd)
-    return memoryview(mapping)
+        unlink(name)
+        raise
+    os.close(fd)
 
 
 def attach(name: str) -> memoryview:
@@ -75,3 +88,50 @@ def sweep_orphans() -> int:
         unlink(entry)
         removed += 1
     return removed
+
+
+class SegmentPool:
+    """Segments of finished tasks' arguments, kept for the next large argument.
+
+    Writing into pages tmpfs already holds skips allocating and later freeing them (about
+    0.4 ms per MiB here). A segment comes back only when the worker that read it had
+    unmapped it, so nothing can see it being overwritten. Thread-safe: the node loop gives,
+    submitting threads take."""
+
+    def __init__(self, max_segments: int = 8, max_bytes: int = 1 << 30) -> None:
+        self._max_segments = max_segments
+        self._max_bytes = max_bytes
+        self._free: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._prefix = f"{PREFIX}_{os.getpid()}_"
+
+    def give(self, name: str) -> bool:
+        """Keep `name` for reuse; False when it is not ours or the pool is full."""
+        if not name.startswith(self._prefix):
+            return False
+        try:
+            size = os.stat(os.path.join(segment_dir(), name)).st_size
+        except FileNotFoundError:
+            return True
+        with self._lock:
+            if (len(self._free) >= self._max_segments
+                    or sum(self._free.values()) + size > self._max_bytes):
+                return False
+            self._free[name] = size
+        return True
+
+    def take(self, size: int) -> str | None:
+        """A free segment of at least `size` bytes (and at most 4x that), or None."""
+        with self._lock:
+            fits = [(have, name) for name, have in self._free.items() if size <= have <= 4 * size]
+            if not fits:
+                return None
+            _, name = min(fits)
+            del self._free[name]
+        return name
+
+    def clear(self) -> None:
+        with self._lock:
+            names, self._free = list(self._free), {}
+        for name in names:
+            unlink(name)

@@ -46,20 +46,27 @@ class WorkerRuntime:
         self.ids = IdGenerator()
         self.owner_pid = os.getppid()
         self.inline_limit = 100 * 1024
+        self.segments = None  # argument segments are recycled for the node's own process
         self.actor: Any = None
-        self.counter = RefCounter(self._report_refs, batch=True)
+        self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
 
     # ---- I/O ----
     def send(self, message: list) -> None:
+        """Send one message with the reference changes made since the last one: refs this
+        process took go first (they must count before the message can unpin their
+        objects), refs it dropped go after (the message may pin them first, e.g. a result
+        that contains them)."""
+        frame = p.encode_frame(message)
         pending = self.counter.take_pending()
         if pending:
-            self.sock.sendall(p.encode_frame([p.REFS, pending]) + p.encode_frame(message))
-        else:
-            self.sock.sendall(p.encode_frame(message))
-
-    def _report_refs(self, deltas: dict[bytes, int]) -> None:
-        self.sock.sendall(p.encode_frame([p.REFS, deltas]))
+            taken = {oid: delta for oid, delta in pending.items() if delta > 0}
+            dropped = {oid: delta for oid, delta in pending.items() if delta < 0}
+            if taken:
+                frame = p.encode_frame([p.REFS, taken]) + frame
+            if dropped:
+                frame += p.encode_frame([p.REFS, dropped])
+        self.sock.sendall(frame)
 
     def receive(self) -> list:
         """The next message from the node, blocking."""
@@ -96,8 +103,22 @@ class WorkerRuntime:
     def execute(self, message: list) -> None:
         kind, task_id, code, code_bytes, args_payload, deps, return_ids, name, _nested = message
         started = time.perf_counter()
+        mappings: list = []
+        payloads, contained = self._run(kind, code, code_bytes, args_payload, deps,
+                                        return_ids, name, mappings)
+        # the arguments are garbage now unless the task kept them: if their segment is
+        # unmapped, the node may hand it back for reuse instead of freeing it
+        released = bool(mappings) and all(
+            [serialization.close_mapping(mapping) for mapping in mappings])
+        self.send([p.DONE, task_id, payloads, contained, time.perf_counter() - started,
+                   released])
+
+    def _run(self, kind: int, code: Any, code_bytes: bytes | None, args_payload: list,
+             deps: dict, return_ids: list[bytes], name: str, mappings: list
+             ) -> tuple[list[list], list[list[bytes]]]:
         try:
-            args, kwargs = _resolve_arguments(serialization.from_payload(args_payload), deps)
+            arguments = serialization.from_payload(args_payload, mappings)
+            args, kwargs = _resolve_arguments(arguments, deps)
             if kind == p.ACTOR_CALL:
                 result = getattr(self.actor, code)(*args, **kwargs)
             else:
@@ -107,11 +128,9 @@ class WorkerRuntime:
                     result = None
                 else:
                     result = target(*args, **kwargs)
-            payloads, contained = self._store_results(result, return_ids, name)
+            return self._store_results(result, return_ids, name)
         except Exception as exc:
-            error = serialization.task_error_payload(exc, name)
-            payloads, contained = [error] * len(return_ids), []
-        self.send([p.DONE, task_id, payloads, contained, time.perf_counter() - started])
+            return [serialization.task_error_payload(exc, name)] * len(return_ids), []
 
     def _keep_code(self, message: list) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""

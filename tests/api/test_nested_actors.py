@@ -57,8 +57,9 @@ def test_put_inside_task_and_get_outside():
     def producer():
         return [px.put(i * 10) for i in range(3)]
 
-    refs = px.get(producer.remote())
-    assert px.get(refs) == [0, 10, 20]
+    # the refs die in the worker as the task returns; the result must pin them first
+    refs = px.get(producer.remote(), timeout=60)
+    assert px.get(refs, timeout=60) == [0, 10, 20]
 
 
 @px.remote

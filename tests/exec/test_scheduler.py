@@ -9,6 +9,7 @@ from p2pexec.exec.refs import return_id
 from p2pexec.exec.scheduler import (
     DRIVER,
     Completed,
+    Recycle,
     Scheduler,
     Send,
     StartWorker,
@@ -240,3 +241,16 @@ def test_killed_actor_fails_pending_calls(core):
     assert core.objects.payload(rid(1))[:2] == system_error_payload(
         errors.ActorDiedError(""))[:2]
     assert core.lookup_actor("a") is None
+
+
+def test_argument_segment_is_recycled_only_when_the_worker_unmapped_it(core):
+    core.worker_ready(1)
+    freed = {}
+    for n, unmapped in ((1, True), (2, False)):
+        task = spec(n)
+        task.args = [p.SHARED, f"p2px_1_args{n}", 10, [1000]]
+        core.submit(task, DRIVER)
+        core.take_instructions()
+        core.task_done(1, tid(n), [ok()], None, 0.01, args_unmapped=unmapped)
+        freed[n] = [i for i in core.take_instructions() if isinstance(i, (Recycle, Unlink))]
+    assert freed == {1: [Recycle("p2px_1_args1")], 2: [Unlink("p2px_1_args2")]}
