@@ -36,11 +36,23 @@ from p2pexec.executor import Executor
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """`ClusterConfig` is re-exported lazily: it pulls in the network and gossip layers,
+    which worker processes (they import this package) must not pay for at start."""
+    if name == "ClusterConfig":
+        from p2pexec.config import ClusterConfig
+
+        return ClusterConfig
+    raise AttributeError(f"module 'p2pexec' has no attribute {name!r}")
+
+
 __all__ = [
     "ActorClass",
     "ActorDiedError",
     "ActorHandle",
     "AuthenticationError",
+    "ClusterConfig",
     "Executor",
     "GetTimeoutError",
     "LocalUsageError",

@@ -34,11 +34,13 @@ ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name"}
 
 # ---- runtime ----
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
-         ignore_reinit_error: bool = False) -> None:
+         cluster: Any = None, ignore_reinit_error: bool = False) -> None:
     """Start an embedded node in this process (worker pool, object store, scheduler).
 
     Called implicitly by the first API call. `num_cpus` defaults to the machine's CPUs;
-    `resources` declares custom resources, e.g. {"gpu": 1}.
+    `resources` declares custom resources, e.g. {"gpu": 1}. With `cluster` (a
+    `px.ClusterConfig`) the embedded node also joins that cluster, as `p2pexec join` does,
+    and `px.nodes()` lists its members.
     """
     global _runtime
     with _runtime_lock:
@@ -50,7 +52,7 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
         from p2pexec.client import DriverRuntime
         from p2pexec.config import NodeConfig
 
-        _runtime = DriverRuntime(NodeConfig.embedded(num_cpus, resources))
+        _runtime = DriverRuntime(NodeConfig.embedded(num_cpus, resources, cluster))
 
 
 def shutdown() -> None:

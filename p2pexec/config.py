@@ -118,6 +118,9 @@ class NodeConfig:
 
     @classmethod
     def embedded(cls, num_cpus: float | None = None,
-                 resources: dict[str, float] | None = None) -> NodeConfig:
-        """A node inside the user's process: no daemon, no network, no configuration."""
-        return cls(exec=ExecConfig(num_cpus=num_cpus), resources=dict(resources or {}))
+                 resources: dict[str, float] | None = None,
+                 cluster: ClusterConfig | None = None) -> NodeConfig:
+        """A node inside the user's process: no daemon and no configuration; it joins a
+        cluster only when given a `ClusterConfig`."""
+        return cls(exec=ExecConfig(num_cpus=num_cpus), resources=dict(resources or {}),
+                   cluster=cluster)
