@@ -44,20 +44,40 @@ RECEIVE_SIZE = 1 << 18
 
 
 class WorkerLink:
-    """One worker process and the node's end of its socket."""
+    """One worker process and the node's end of its socket.
 
-    def __init__(self, worker_id: int, process: subprocess.Popen, stream: trio.SocketStream
+    Frames queue in `outbox` while the loop handles a batch; `flush` then writes them in
+    one non-blocking `send` right away (no task switch on the hot path) and leaves only
+    what the socket buffer refused to the writer task, which waits for room. Everything
+    runs on the loop's thread, and `writing` keeps the two from interleaving."""
+
+    def __init__(self, worker_id: int, process: subprocess.Popen, sock: socket.socket
                  ) -> None:
         self.worker_id = worker_id
         self.process = process
-        self.stream = stream
+        self.sock = sock
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.outbox: list[bytes] = []
         self.wake = trio.Event()
-        self.closed = False
+        self.writing = False
 
     def queue(self, frame: bytes) -> None:
         self.outbox.append(frame)
-        self.wake.set()
+
+    def flush(self) -> None:
+        if not self.outbox or self.writing:
+            return
+        data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # broken: the reader sees the end and reports the worker dead
+            self.outbox = []
+            return
+        self.outbox = [data[sent:]] if sent < len(data) else []
+        if self.outbox:
+            self.wake.set()
 
 
 class ExecService:
@@ -156,11 +176,13 @@ class ExecService:
     # ---- instructions ----
     def _apply(self, instructions: list[Instruction]) -> None:
         links = self.links
+        touched: set[WorkerLink] = set()
         for instruction in instructions:
             if type(instruction) is Send:
                 link = links.get(instruction.worker)
                 if link is not None:
                     link.queue(p.encode_frame(instruction.message))
+                    touched.add(link)
             elif type(instruction) is Completed:
                 waiters = self.waiters
                 for object_id in instruction.object_ids:
@@ -184,6 +206,8 @@ class ExecService:
                     self._kill(link)
             elif type(instruction) is Warn:
                 log.warning("%s", instruction.text)
+        for link in touched:
+            link.flush()
 
     def _spawn(self, worker_id: int, actor_id: bytes | None) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -194,11 +218,12 @@ class ExecService:
                 pass_fds=[child_end.fileno()], close_fds=True, stdin=subprocess.DEVNULL)
         finally:
             child_end.close()
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        link = WorkerLink(worker_id, process, stream)
+        parent_end.setblocking(False)
+        link = WorkerLink(worker_id, process, parent_end)
         self.links[worker_id] = link
         link.queue(p.encode_frame([p.CONFIGURE, [path for path in sys.path if path],
                                    os.getpid(), self.config.inline_limit, os.getcwd()]))
+        link.flush()
         kind = "actor" if actor_id is not None else "pool"
         log.debug("started %s worker %d (pid %d)", kind, worker_id, process.pid)
         self._nursery.start_soon(self._serve_worker, link)
@@ -218,7 +243,6 @@ class ExecService:
                 await self._read_worker(link)
             finally:
                 nursery.cancel_scope.cancel()
-        link.closed = True
         await trio.to_thread.run_sync(link.process.wait)
         if self.links.get(link.worker_id) is link:
             del self.links[link.worker_id]
@@ -228,15 +252,21 @@ class ExecService:
         self._apply(self.core.take_instructions())
 
     async def _write_worker(self, link: WorkerLink) -> None:
+        """Writes what `flush` could not: a full socket buffer (large frames, a busy
+        worker) waits here, and frames queued meanwhile follow in order."""
         while True:
             await link.wake.wait()
             link.wake = trio.Event()
             frames, link.outbox = link.outbox, []
             if frames:
+                link.writing = True
                 try:
                     await link.stream.send_all(b"".join(frames))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+                finally:
+                    link.writing = False
+                link.flush()
 
     async def _read_worker(self, link: WorkerLink) -> None:
         reader = p.FrameReader()
@@ -307,6 +337,7 @@ class ExecService:
         link = self.links.get(worker_id)
         if link is not None:
             link.queue(p.encode_frame(reply))
+            link.flush()
 
     async def _timer_loop(self) -> None:
         while True:
