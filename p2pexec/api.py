@@ -76,9 +76,11 @@ def set_worker_runtime(runtime: Any) -> None:
 
 def _rt() -> Any:
     runtime = _runtime
-    if runtime is None or not (_in_worker or runtime.alive):
-        init(ignore_reinit_error=True)
+    if runtime is None:
+        init(ignore_reinit_error=True)  # Ray's implicit init on first use
         runtime = _runtime
+    elif not (_in_worker or runtime.alive):
+        runtime._check()  # the node died: say so (with its cause) rather than start afresh
     return runtime
 
 

@@ -8,6 +8,7 @@ Values are deserialised in the user's thread, never in the node loop.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -17,12 +18,15 @@ from typing import Any
 import trio
 
 from p2pexec.config import NodeConfig
-from p2pexec.errors import LocalUsageError, P2PExecError
+from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError
 from p2pexec.exec import refs
 from p2pexec.exec.refs import IdGenerator, RefCounter
+from p2pexec.exec.serialization import system_error_payload
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
 from p2pexec.node import Node
+
+log = logging.getLogger("p2pexec")
 
 
 class DriverRuntime:
@@ -55,8 +59,9 @@ class DriverRuntime:
         self._running = True
         try:
             trio.run(self._main)
-        except BaseException as exc:  # reported to the user at their next call
+        except BaseException as exc:  # also chained to the user's next call
             self._failure = exc
+            log.critical("the p2pexec node stopped on an internal error", exc_info=exc)
             self._started.set()
         finally:
             self._running = False
@@ -88,7 +93,8 @@ class DriverRuntime:
 
     def _check(self) -> None:
         if not self._running:
-            raise P2PExecError("the p2pexec node has stopped; call px.init() again")
+            raise P2PExecError("the p2pexec node has stopped; call px.init() to start a "
+                               "new one (refs from the old one are lost)") from self._failure
 
     def in_loop(self, fn: Any, *args: Any) -> Any:
         """Run `fn(*args)` on the node loop and return its result."""
@@ -161,17 +167,30 @@ class DriverRuntime:
                 pending = still
                 if got >= wanted or not pending:
                     return False
-                if deadline is None:
-                    event.wait(1.0)
-                    self._check()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     return True
-                event.wait(min(remaining, 1.0))
-                self._check()
+                if not event.wait(1.0 if remaining is None else min(remaining, 1.0)):
+                    self._check()
+                    got += self._mark_lost(pending, found)
         finally:
             self.service.unregister_waiter(pending, event)
+
+    def _mark_lost(self, pending: list[bytes], found: dict[bytes, list]) -> int:
+        """Ids the node does not know even after it handled everything posted so far
+        (a ref from a stopped node, or a bug): they resolve to ObjectLostError."""
+        entries = self.service.core.objects.entries
+        if all(object_id in entries for object_id in pending):
+            return 0
+        self.in_loop(_nothing)  # a barrier: our earlier submits and puts are in the table
+        lost = 0
+        for object_id in pending:
+            if object_id not in entries and object_id not in found:
+                found[object_id] = system_error_payload(ObjectLostError(
+                    f"object {object_id.hex()} is unknown to this node: it was created by a "
+                    f"node that has stopped, or freed"))
+                lost += 1
+        return lost
 
     def on_ready(self, object_id: bytes, callback: Callable[[bytes], None]) -> None:
         """Call `callback(object_id)` on the node thread once the object has a value."""
@@ -199,3 +218,7 @@ class _Notify:
         if not self._fired:
             self._fired = True
             self._callback(self._object_id)
+
+
+def _nothing() -> None:
+    """Run on the node loop as a barrier: returns once earlier posts were handled."""

@@ -40,8 +40,7 @@ class Executor(_BaseExecutor):
             if remote_fn is None:
                 remote_fn = self._functions[fn] = api.RemoteFunction(fn, self._options)
             ref = remote_fn.remote(*args, **kwargs)
-            future: Future = Future()
-            future.set_running_or_notify_cancel()
+            future: Future = Future()  # stays PENDING (cancellable) until the task is done
             self._pending[ref.id] = (ref, future)
         api.on_ready(ref, self._finished.put)
         return future
@@ -53,27 +52,28 @@ class Executor(_BaseExecutor):
                 return
             with self._lock:
                 ref, future = self._pending.pop(object_id, (None, None))
-            if ref is None or future.done():
-                continue
-            try:
-                future.set_result(api.get(ref))
-            except BaseException as exc:
-                future.set_exception(exc)
+                last = self._closed and not self._pending
+            if ref is not None and future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(api.get(ref))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            if last:
+                return
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more work; pending futures still complete (or are cancelled with
+        `cancel_futures`). With `wait`, return once they are done."""
         with self._lock:
             self._closed = True
             if cancel_futures:
                 for _ref, future in self._pending.values():
-                    future.cancel()
+                    future.cancel()  # the task itself runs on; its result is dropped
+            idle = not self._pending
+        if idle:
+            self._finished.put(None)
         if wait:
-            for _ref, future in list(self._pending.values()):
-                if not future.cancelled():
-                    future.exception()
-            self._finished.put(None)
             self._resolver.join()
-        else:
-            self._finished.put(None)
 
     def __enter__(self) -> Executor:
         if self._closed:

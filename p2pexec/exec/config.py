@@ -26,9 +26,6 @@ class ExecConfig:
     """Workers started beyond num_cpus while others are blocked in get/wait (their CPUs are
     lent out). None means 4 * num_cpus + 4; past this, blocked workers run what they wait
     for on their own stack, and nothing else."""
-    default_max_retries: int = 3
-    """Retries of a task whose worker died, as in Ray (-1: unlimited)."""
-
     def cpus(self) -> float:
         return float(self.num_cpus if self.num_cpus is not None else (os.cpu_count() or 1))
 

@@ -92,8 +92,6 @@ class RefCounter:
         if pending and self._report is not None:
             self._report(pending)
 
-    def holds(self, object_id: bytes) -> bool:
-        return object_id in self._counts
 
 
 class _Collector(threading.local):

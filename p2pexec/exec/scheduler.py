@@ -19,7 +19,6 @@ Rules it keeps:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from p2pexec import errors
@@ -222,10 +221,14 @@ class Scheduler:
             if task is not None:
                 task.state, task.worker = READY, None
                 self.ready.appendleft(task_id)
-        for task_id in reversed(worker.stack):
+        for depth, task_id in enumerate(reversed(worker.stack)):
             task = self.tasks[task_id]
             self._release(task)
             task.request, task.worker = None, None
+            if depth:  # an outer frame waiting for a nested task: it runs again, uncharged
+                task.state = READY
+                self.ready.appendleft(task_id)
+                continue
             task.attempts += 1
             retries = task.spec.max_retries
             if retries < 0 or task.attempts <= retries:
@@ -244,9 +247,6 @@ class Scheduler:
 
     def _pool_size(self) -> int:
         return sum(1 for w in self.workers.values() if w.actor_id is None)
-
-    def stop_worker(self, worker_id: int) -> None:
-        self._out.append(StopWorker(worker_id))
 
     # ---- callables ----
     def register(self, code_hash: bytes, pickled: bytes) -> None:
@@ -301,13 +301,27 @@ class Scheduler:
                 self._pump_actor(actor)
 
     def _failed_dependency(self, task: TaskState) -> bool:
-        """An argument's task failed: this one fails with the same error, unrun (as Ray)."""
+        """An argument's task failed: this one fails with the same error, unrun (as Ray);
+        an actor whose constructor argument failed is dead."""
         for dep in task.spec.deps:
             payload = self.objects.payload(dep)
             if payload is not None and payload[0] in (p.ERROR, p.SYSTEM_ERROR):
                 self._finish(task, [payload] * len(task.spec.return_ids), None)
+                if task.spec.kind == ACTOR_CREATE:
+                    reason = "an argument of its constructor failed"
+                    actor = self.actors.get(task.spec.actor_id)
+                    if actor is None:
+                        self._dead_on_arrival(task.spec, reason)
+                    else:
+                        self._actor_dead(actor, reason, stop=True)
                 return True
         return False
+
+    def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
+        """An actor that never started: remember why, so its calls fail saying so."""
+        self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
+                                                dead_reason=reason)
+        self._forget_arguments(spec)
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
         self._out.append(Completed((object_id,)))  # a driver may already wait for it
@@ -529,6 +543,7 @@ class Scheduler:
             self._out.append(Recycle(segment) if recycle else Unlink(segment))
 
     def _fail(self, task: TaskState, error: errors.P2PExecError) -> None:
+        self._release(task)
         self.tasks.pop(task.spec.task_id, None)
         self._finish_failed(task.spec, error)
 
@@ -612,10 +627,14 @@ class Scheduler:
         top = self.tasks.get(worker.stack[-1]) if worker.stack else None
         if top is None or top.request is not request:
             return
+        if request.deadline is not None:
+            return  # on this stack the caller could not give up when its timeout expires
         for object_id in request.object_ids:
             task = self.tasks.get(task_of(object_id))
             if task is None or task.state != READY or task.spec.kind != TASK:
                 continue
+            if task.attempts:
+                continue  # it crashed a worker once: never again under a waiting caller
             if not self._fits(task.spec.resources):
                 continue
             self._acquire(task, task.spec.resources)
@@ -670,8 +689,7 @@ class Scheduler:
             if existing is not None and existing.dead_reason is None:
                 reason = f"an actor named {spec.actor_name!r} already exists"
                 self._fail(task, errors.LocalUsageError(reason))
-                self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
-                                                        dead_reason=reason)
+                self._dead_on_arrival(spec, reason)
                 return
         worker_id = self._start_worker(spec.actor_id)
         actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts)
@@ -756,6 +774,8 @@ class Scheduler:
         if actor.restarts_left != 0:
             actor.restarts_left -= 1
             actor.alive = False
+            self._release(actor.holds)  # the new incarnation acquires them again
+            actor.holds = None
             if creation is None:
                 creation = TaskState(actor.creation)
                 self.tasks[actor.creation.task_id] = creation
@@ -806,8 +826,6 @@ class Scheduler:
             self._out.append(StopWorker(worker_id))
         self.objects.clear()
 
-    def alive_workers(self) -> Iterable[int]:
-        return self.workers.keys()
 
 
 def _covers(held: dict[str, float], demand: dict[str, float]) -> bool:

@@ -120,14 +120,6 @@ def payload_segment(payload: list) -> str | None:
     return payload[1] if payload[0] == SHARED else None
 
 
-def payload_size(payload: list) -> int:
-    if payload[0] == INLINE:
-        return len(payload[1]) + sum(memoryview(b).nbytes for b in payload[2])
-    if payload[0] == SHARED:
-        return payload[2] + sum(payload[3])
-    return 0
-
-
 def system_error_payload(error: errors.P2PExecError) -> list:
     """A payload that makes `get` raise `error` (built by the node, no pickling)."""
     return [SYSTEM_ERROR, type(error).__name__, str(error)]
@@ -141,8 +133,16 @@ def system_error(class_name: str, message: str) -> errors.P2PExecError:
 
 
 def task_error_payload(exc: BaseException, task_name: str) -> list:
-    """Capture an exception raised by user code, with its traceback, for the caller."""
-    remote_tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """Capture an exception raised by user code, with its traceback, for the caller.
+    Never raises: an exception whose repr or str itself fails is still reported."""
+    try:
+        remote_tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        remote_tb = "".join(traceback.format_tb(exc.__traceback__)) + type(exc).__name__
+    try:
+        exc_repr = repr(exc)
+    except Exception:
+        exc_repr = f"<{type(exc).__name__} whose repr() failed>"
     exc.__traceback__ = None
     try:
         pickled_exc = cloudpickle.dumps(exc)
@@ -150,7 +150,7 @@ def task_error_payload(exc: BaseException, task_name: str) -> list:
     except Exception:
         pickled_exc = None
     envelope = (pickled_exc, f"{type(exc).__module__}.{type(exc).__qualname__}",
-                repr(exc), remote_tb, task_name)
+                exc_repr, remote_tb, task_name)
     return [ERROR, cloudpickle.dumps(envelope)]
 
 

@@ -99,6 +99,7 @@ class ExecService:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_changed = trio.Event()
+        self._unlinking: set[str] = set()
         self.segments = shm.SegmentPool()
         """Argument segments handed back for reuse by this process's submitters."""
 
@@ -121,6 +122,8 @@ class ExecService:
 
     def _stop_everything(self) -> None:
         self.segments.clear()
+        for segment in list(self._unlinking):
+            shm.unlink(segment)
         self.core.shutdown()
         for instruction in self.core.take_instructions():
             if isinstance(instruction, Unlink):
@@ -192,12 +195,9 @@ class ExecService:
                             event.set()
             elif type(instruction) is Recycle:
                 if not self.segments.give(instruction.segment):
-                    self._nursery.start_soon(trio.to_thread.run_sync, shm.unlink,
-                                             instruction.segment)
+                    self._unlink_soon(instruction.segment)
             elif type(instruction) is Unlink:
-                # freeing a large tmpfs file takes ~0.15 ms per MiB: not on the loop
-                self._nursery.start_soon(trio.to_thread.run_sync, shm.unlink,
-                                         instruction.segment)
+                self._unlink_soon(instruction.segment)
             elif type(instruction) is StartWorker:
                 self._spawn(instruction.worker, instruction.actor_id)
             elif type(instruction) is StopWorker:
@@ -208,6 +208,16 @@ class ExecService:
                 log.warning("%s", instruction.text)
         for link in touched:
             link.flush()
+
+    def _unlink_soon(self, segment: str) -> None:
+        """Freeing a large tmpfs file takes ~0.15 ms per MiB: do it off the loop. What is
+        still pending at shutdown is unlinked there (`_stop_everything`)."""
+        self._unlinking.add(segment)
+        self._nursery.start_soon(self._unlink, segment)
+
+    async def _unlink(self, segment: str) -> None:
+        await trio.to_thread.run_sync(shm.unlink, segment)
+        self._unlinking.discard(segment)  # not when cancelled: shutdown unlinks it then
 
     def _spawn(self, worker_id: int, actor_id: bytes | None) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,9 +291,9 @@ class ExecService:
             try:
                 for message in reader.feed(data):
                     self._handle_worker_message(link.worker_id, message)
-            except (RemoteProtocolError, ValueError, TypeError, KeyError, IndexError) as exc:
-                log.error("worker %d sent a malformed message (%s); stopping it",
-                          link.worker_id, exc)
+            except Exception as exc:  # any bad message costs that worker, never the node
+                log.error("worker %d sent a message the node could not handle (%r); "
+                          "stopping it", link.worker_id, exc)
                 self._kill(link)
                 return
             finally:

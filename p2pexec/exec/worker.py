@@ -48,11 +48,16 @@ class WorkerRuntime:
         self.inline_limit = 100 * 1024
         self.segments = None  # argument segments are recycled for the node's own process
         self.actor: Any = None
+        self.lock = threading.RLock()
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
 
     # ---- I/O ----
     def send(self, message: list) -> None:
+        with self.lock:
+            self._send(message)
+
+    def _send(self, message: list) -> None:
         """Send one message with the reference changes made since the last one: refs this
         process took go first (they must count before the message can unpin their
         objects), refs it dropped go after (the message may pin them first, e.g. a result
@@ -152,7 +157,10 @@ class WorkerRuntime:
         if len(return_ids) == 1:
             values = [result]
         else:
-            values = list(result)
+            try:
+                values = list(result)
+            except TypeError:
+                values = [result]
             if len(values) != len(return_ids):
                 raise ValueError(f"task {name} declared num_returns={len(return_ids)} "
                                  f"but returned {len(values)} values")
@@ -175,6 +183,10 @@ class WorkerRuntime:
         so they run elsewhere while this worker lends its CPU; tasks the node sends marked
         `nested` (ones this worker is waiting for) run right here, on this stack.
         """
+        with self.lock:  # threads inside a task take turns on the one link (re-entrant
+            return self._request(kind, fields, blocking)  # for nested tasks on this stack)
+
+    def _request(self, kind: int, fields: tuple, blocking: bool) -> list:
         request_id = next(self.requests)
         if blocking:
             fields = (*fields, self._give_back())

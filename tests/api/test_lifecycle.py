@@ -125,3 +125,28 @@ def test_shutdown_then_init_again():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "reinit refused"
+
+
+def test_shutdown_right_after_work_leaves_no_shared_memory():
+    script = textwrap.dedent("""
+        import os
+        import numpy as np
+        import p2pexec as px
+        from p2pexec.exec import shm
+        for cycle in range(2):
+            px.init(num_cpus=2)
+            @px.remote
+            def double(a):
+                return a * 2
+            refs = [px.put(np.full(200_000, i)) for i in range(10)]
+            results = px.get([double.remote(r) for r in refs])
+            del refs, results
+            px.shutdown()  # at once: frees still queued must happen anyway
+        mine = [n for n in os.listdir(shm.segment_dir())
+                if n.startswith(f"{shm.PREFIX}_{os.getpid()}_")]
+        print(len(mine))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
