@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+from fresh_interpreter import run_python
 
 PIDS_SCRIPT = textwrap.dedent("""
     import os, sys, time
@@ -121,10 +122,7 @@ def test_shutdown_then_init_again():
             print("reinit refused")
         px.shutdown()
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "reinit refused"
+    assert run_python(script).strip() == "reinit refused"
 
 
 def test_shutdown_right_after_work_leaves_no_shared_memory():
@@ -146,7 +144,4 @@ def test_shutdown_right_after_work_leaves_no_shared_memory():
                 if n.startswith(f"{shm.PREFIX}_{os.getpid()}_")]
         print(len(mine))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0"
+    assert run_python(script, timeout=120).strip() == "0"
