@@ -199,6 +199,10 @@ def _status(args: argparse.Namespace) -> int:
     except (NodeNotRunning, ControlError, OSError) as exc:
         print(f"p2pexec status: {exc}", file=sys.stderr)
         return 1
+    if not isinstance(status, dict) or not isinstance(status.get("members"), list):
+        print(f"p2pexec status: the node on {path} answered without a member list "
+              f"(another p2pexec version?)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"members": status["members"]}, indent=2))
     else:

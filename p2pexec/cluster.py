@@ -44,14 +44,13 @@ from p2pexec.net.discovery import (
 )
 from p2pexec.net.security import ClusterKeys
 from p2pexec.net.tcp import TcpTransport
-from p2pexec.net.transport import Address, Connection
+from p2pexec.net.transport import WILDCARD_HOSTS, Address, Connection
 
 log = logging.getLogger("p2pexec.cluster")
 
 LoadSampler = Callable[[], tuple[int, int]]
 """Returns (queue_length, running_tasks) of this node right now."""
 
-_WILDCARDS = ("", "0.0.0.0", "::")
 _LIVE = (State.ALIVE, State.SUSPECT)
 _EVENT_LEVELS = {EventKind.UPDATED: logging.DEBUG}
 
@@ -149,7 +148,7 @@ class ClusterService:
                             f"--port values)") from exc
                     advertised = cfg.advertise_host or (
                         advertised_addresses(host, cfg.discovery_config().interfaces)[0]
-                        if host in _WILDCARDS else host)
+                        if host in WILDCARD_HOSTS else host)
                     self.address = (advertised, port)
                     core = Membership(self.node_id, self.address, cfg.gossip, random.Random(),
                                       name=self.name, resources=self.resources)

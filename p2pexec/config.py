@@ -18,7 +18,7 @@ from p2pexec.exec.config import ExecConfig
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.config import NetConfig
 from p2pexec.net.discovery import DiscoveryConfig
-from p2pexec.net.transport import Address
+from p2pexec.net.transport import WILDCARD_HOSTS, Address
 
 DATA_DIR_ENV = "P2PEXEC_DATA_DIR"
 DEFAULT_PORT = 7946
@@ -56,8 +56,9 @@ class ClusterConfig:
     """How a node joins a cluster (`p2pexec join`). Without it a node is embedded: no
     network at all."""
 
-    token: str
-    """The cluster secret. Whoever holds it can join and run code on every node."""
+    token: str = field(repr=False)
+    """The cluster secret. Whoever holds it can join and run code on every node (kept out
+    of the repr, so a logged config never shows it)."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Node key (0600) and control socket (0600); see `default_data_dir`."""
     host: str = "0.0.0.0"
@@ -99,7 +100,7 @@ class ClusterConfig:
 
     def discovery_config(self) -> DiscoveryConfig:
         """`discovery` with this node's mdns switch, seeds and mDNS interfaces."""
-        wildcard = self.host in ("", "0.0.0.0", "::")
+        wildcard = self.host in WILDCARD_HOSTS
         interfaces = self.discovery.interfaces if wildcard else (self.host,)
         return dataclasses.replace(self.discovery, mdns=self.mdns, seeds=self.peers,
                                    interfaces=interfaces)

@@ -18,7 +18,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ import msgpack
 import trio
 
 from p2pexec.errors import LocalUsageError, P2PExecError, RemoteProtocolError
-from p2pexec.net.codec import FrameDecoder
+from p2pexec.net.codec import HEADER, FrameDecoder
 
 log = logging.getLogger("p2pexec.control")
 
-HEADER = struct.Struct(">I")
 MAX_REQUEST = 1 << 20
 """Bytes of one request: ops carry small arguments."""
 MAX_REPLY = 64 << 20
@@ -62,8 +60,8 @@ def _unpack(body: bytes, limit: int) -> Any:
                                max_ext_len=0)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, msgpack.UnpackException) as exc:
-        raise RemoteProtocolError(f"malformed control message: {exc or type(exc).__name__}"
-                                  ) from None
+        raise RemoteProtocolError(
+            f"malformed control message: {str(exc) or type(exc).__name__}") from None
 
 
 @contextlib.contextmanager
@@ -77,6 +75,16 @@ def _short_path(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
+
+
+def _private_dir(directory: Path) -> None:
+    """The data dir exists and only its owner may enter it (0700), as the docstring says."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = directory.stat().st_mode & 0o777
+    if mode != 0o700:
+        log.warning("data dir %s had mode %o; setting it to 700 (it holds the node key and "
+                    "the control socket)", directory, mode)
+        directory.chmod(0o700)
 
 
 def _someone_listens(path: Path) -> bool:
@@ -102,9 +110,9 @@ class ControlServer:
                   ) -> None:
         """Listen until cancelled; remove the socket file on the way out.
         `LocalUsageError` if another node already listens on this path."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(self.path.parent)
         if self.path.exists() or self.path.is_symlink():
-            if _someone_listens(self.path):
+            if await trio.to_thread.run_sync(_someone_listens, self.path):
                 raise LocalUsageError(f"another node is already running with data dir "
                                       f"{self.path.parent} (its control socket answers); "
                                       f"give this one its own --data-dir")
@@ -138,28 +146,30 @@ class ControlServer:
                     if not data:
                         return
                     for body in decoder.feed(data):
-                        await stream.send_all(_pack(self._answer(body)))
+                        await stream.send_all(self._answer(body))
             except RemoteProtocolError as exc:
                 log.warning("control socket %s: %s; connection closed", self.path, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    def _answer(self, body: bytes) -> dict[str, Any]:
+    def _answer(self, body: bytes) -> bytes:
+        """The packed reply to one request; a handler's failure (or a value msgpack cannot
+        carry) becomes an error reply, never an exception that would stop the node."""
         request = _unpack(body, MAX_REQUEST)
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             raise RemoteProtocolError("a control request is a map with a string 'op'")
         op = request["op"]
         handler = self.handlers.get(op)
         if handler is None:
-            return {"ok": False, "error": f"unknown control operation {op!r}; this node "
-                                          f"serves {', '.join(sorted(self.handlers))}"}
+            return _pack({"ok": False, "error": f"unknown control operation {op!r}; this "
+                                                f"node serves {', '.join(sorted(self.handlers))}"})
         try:
-            return {"ok": True, "value": handler(request.get("arg"))}
+            return _pack({"ok": True, "value": handler(request.get("arg"))})
         except P2PExecError as exc:
-            return {"ok": False, "error": str(exc)}
+            return _pack({"ok": False, "error": str(exc)})
         except Exception as exc:  # a bug in a handler: report it, keep serving
             log.exception("control operation %r failed", op)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return _pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
 def request(path: Path, op: str, arg: Any = None, timeout: float = 10.0) -> Any:
@@ -181,10 +191,16 @@ def request(path: Path, op: str, arg: Any = None, timeout: float = 10.0) -> Any:
             data = s.recv(1 << 20)
             if not data:
                 raise ControlError(f"the node on {path} closed the connection without an answer")
-            bodies = decoder.feed(data)
+            try:
+                bodies = decoder.feed(data)
+            except RemoteProtocolError as exc:
+                raise ControlError(f"the node on {path} sent a malformed reply ({exc})") from None
             if bodies:
                 break
-    reply = _unpack(bodies[0], MAX_REPLY)
+    try:
+        reply = _unpack(bodies[0], MAX_REPLY)
+    except RemoteProtocolError as exc:
+        raise ControlError(f"the node on {path} sent a malformed reply ({exc})") from None
     if not isinstance(reply, dict) or "ok" not in reply:
         raise ControlError(f"the node on {path} sent a malformed reply")
     if not reply["ok"]:

@@ -412,7 +412,8 @@ class Codec:
             raise RemoteProtocolError("malformed message: nested too deeply") from None
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.UnpackException) as exc:  # TypeError: a map key that is a map
-            raise RemoteProtocolError(f"malformed message: {exc or type(exc).__name__}") from None
+            reason = str(exc) or type(exc).__name__
+            raise RemoteProtocolError(f"malformed message: {reason}") from None
         if type(value) is not tuple or not value:
             raise RemoteProtocolError(f"malformed message: expected [type, fields...], "
                                       f"got {type(value).__name__}")

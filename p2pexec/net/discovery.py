@@ -58,7 +58,7 @@ from zeroconf.asyncio import AsyncServiceBrowser
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.ids import NodeId
 from p2pexec.net.tcp import RateLimitedLog
-from p2pexec.net.transport import Address
+from p2pexec.net.transport import WILDCARD_HOSTS, Address
 
 log = logging.getLogger("p2pexec.discovery")
 
@@ -364,7 +364,7 @@ def advertised_addresses(host: str, interfaces: tuple[str, ...] | None) -> list[
 
     A concrete listen host is advertised as is; a wildcard one (0.0.0.0) is reachable on
     every mDNS interface, so those interfaces' addresses are advertised."""
-    if host not in ("", "0.0.0.0", "::"):
+    if host not in WILDCARD_HOSTS:
         try:
             ipaddress.ip_address(host)
         except ValueError:

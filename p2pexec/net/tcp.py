@@ -162,7 +162,7 @@ class TcpConnection:
             await self._abort()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self._broken is None and not self._closed:
-                self._broken = f"write failed: {exc.__cause__ or exc or type(exc).__name__}"
+                self._broken = f"write failed: {exc.__cause__ or str(exc) or type(exc).__name__}"
         finally:
             if self._broken is None and not self._closed:  # cancelled: the transport stopped
                 self._broken = "the transport stopped serving"
@@ -407,7 +407,7 @@ class TcpTransport:
         except ProtocolError as exc:
             reason = exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            reason = f"connection lost during the handshake ({exc or type(exc).__name__})"
+            reason = f"connection lost during the handshake ({str(exc) or type(exc).__name__})"
         except BaseException:  # cancelled (the caller gave up, the transport is closing)
             await trio.aclose_forcefully(stream)
             raise

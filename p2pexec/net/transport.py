@@ -22,6 +22,9 @@ from p2pexec.ids import NodeId
 Address = tuple[str, int]
 """Where a node listens: (host, port). SimNetwork hands out addresses of its own."""
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+"""Listen hosts meaning "every interface": never an address another node can reach."""
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:

@@ -83,3 +83,43 @@ async def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path):
                                      f"its own --data-dir")
         assert await ask(path, "echo", 6) == 6
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reply_msgpack_cannot_carry_is_an_error_reply_not_a_dead_node(tmp_path):
+    path = tmp_path / "control.sock"
+    handlers = {**HANDLERS, "bad": lambda _arg: object()}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(path, handlers).run)
+        with pytest.raises(ControlError, match="TypeError"):
+            await ask(path, "bad")
+        assert await ask(path, "echo", 7) == 7  # still serving
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_malformed_reply_is_a_control_error_for_the_client(tmp_path):
+    path = tmp_path / "control.sock"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(1)
+
+    async def fake_node() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(1000)
+            await conn.send(b"\x00\x00\x00\x01\xc1")  # a frame whose body is not msgpack
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_node)
+        with pytest.raises(ControlError, match="malformed reply"):
+            await ask(path, "status")
+    listener.close()
+
+
+async def test_an_existing_data_dir_is_made_private(tmp_path):
+    data_dir = tmp_path / "shared"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(data_dir / "control.sock", HANDLERS).run)
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        nursery.cancel_scope.cancel()
