@@ -127,7 +127,7 @@ async def _run_joined(config: NodeConfig, generated: bool) -> None:
 
     import trio
 
-    from p2pexec.cluster import format_address
+    from p2pexec.net.transport import format_address
     from p2pexec.node import Node
 
     node = Node(config)

@@ -44,7 +44,7 @@ from p2pexec.net.discovery import (
 )
 from p2pexec.net.security import ClusterKeys
 from p2pexec.net.tcp import TcpTransport
-from p2pexec.net.transport import WILDCARD_HOSTS, Address, Connection
+from p2pexec.net.transport import WILDCARD_HOSTS, Address, Connection, format_address
 
 log = logging.getLogger("p2pexec.cluster")
 
@@ -55,21 +55,13 @@ _LIVE = (State.ALIVE, State.SUSPECT)
 _EVENT_LEVELS = {EventKind.UPDATED: logging.DEBUG}
 
 
-def format_address(address: Address | None) -> str | None:
-    """host:port, IPv6 hosts in brackets (as `--peer` takes them)."""
-    if address is None:
-        return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def member_dict(member: Member, now: float) -> dict[str, Any]:
     """One member as `p2pexec status --json` and `px.nodes()` show it."""
     return {
         "name": member.name,
         "id": member.node_id.hex,
         "short_id": member.node_id.short,
-        "address": format_address(member.address),
+        "address": None if member.address is None else format_address(member.address),
         "state": member.state.name.lower(),
         "resources": dict(member.resources),
         "load": {"queue_length": member.load.queue_length,

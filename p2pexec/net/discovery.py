@@ -58,7 +58,7 @@ from zeroconf.asyncio import AsyncServiceBrowser
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.ids import NodeId
 from p2pexec.net.tcp import RateLimitedLog
-from p2pexec.net.transport import WILDCARD_HOSTS, Address
+from p2pexec.net.transport import WILDCARD_HOSTS, Address, format_address
 
 log = logging.getLogger("p2pexec.discovery")
 
@@ -284,10 +284,8 @@ def parse_seed(text: str) -> Address:
 
 def seed_peer(address: Address, cluster_id: str) -> DiscoveredPeer:
     """A seed as a candidate: id unknown until the handshake, cluster assumed to be ours."""
-    host, port = address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return DiscoveredPeer(address=address, node_id=None, cluster_id=cluster_id,
-                          name=shown, source="seed", addresses=(address,))
+                          name=format_address(address), source="seed", addresses=(address,))
 
 
 _ITSELF = "it is this node"

@@ -26,6 +26,12 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 """Listen hosts meaning "every interface": never an address another node can reach."""
 
 
+def format_address(address: Address) -> str:
+    """host:port, IPv6 hosts in brackets (as `--peer` takes them)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """An authenticated remote node: its id was proven by its key during the handshake."""
