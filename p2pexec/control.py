@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import socket
@@ -87,6 +88,22 @@ def _private_dir(directory: Path) -> None:
         directory.chmod(0o700)
 
 
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold `<data_dir>/lock` for the node's life: two nodes starting at once on one data
+    dir cannot both pass the stale-socket check below."""
+    fd = os.open(directory / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LocalUsageError(f"another node is already running with data dir "
+                                  f"{directory}; give this one its own --data-dir") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _someone_listens(path: Path) -> bool:
     with _short_path(path) as short, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -111,6 +128,10 @@ class ControlServer:
         """Listen until cancelled; remove the socket file on the way out.
         `LocalUsageError` if another node already listens on this path."""
         _private_dir(self.path.parent)
+        with _exclusive(self.path.parent):
+            await self._listen(task_status)
+
+    async def _listen(self, task_status: trio.TaskStatus[Path]) -> None:
         if self.path.exists() or self.path.is_symlink():
             if await trio.to_thread.run_sync(_someone_listens, self.path):
                 raise LocalUsageError(f"another node is already running with data dir "

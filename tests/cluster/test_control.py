@@ -79,8 +79,7 @@ async def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path):
         with pytest.raises(LocalUsageError) as second:
             await ControlServer(path, HANDLERS).run()
         assert str(second.value) == (f"another node is already running with data dir "
-                                     f"{tmp_path} (its control socket answers); give this one "
-                                     f"its own --data-dir")
+                                     f"{tmp_path}; give this one its own --data-dir")
         assert await ask(path, "echo", 6) == 6
         nursery.cancel_scope.cancel()
 
