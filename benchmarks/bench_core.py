@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -142,53 +143,62 @@ class Params:
 
 # ---- systems under test ---------------------------------------------------------------
 
-class System:
-    """What a benchmark needs from a system; methods a system lacks raise NotImplementedError
-    and show as n/a."""
+class Unsupported(Exception):
+    """The system lacks this feature (ProcessPool has no actors, say): its row shows n/a."""
+
+
+class System(ABC):
+    """What a benchmark needs from a system. Every system can start, run functions, get
+    results and stop; the optional features raise `Unsupported` unless a system has them."""
 
     name = ""
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the system with two workers."""
 
     def ready(self) -> None:
         """Block until the system itself says two workers are ready (when it can say so)."""
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} has no readiness signal")
 
+    @abstractmethod
     def remote(self, function: Callable) -> Callable[..., Any]:
-        raise NotImplementedError
+        """A submitter: calling it starts `function` remotely and returns a handle."""
 
+    @abstractmethod
     def get(self, handle: Any, timeout: float) -> Any:
-        raise NotImplementedError
+        """The value behind one handle."""
 
+    @abstractmethod
     def get_all(self, handles: list, timeout: float) -> list:
-        raise NotImplementedError
+        """The values behind many handles, in order."""
 
     def chain_link(self, function: Callable) -> Callable[..., Any]:
         """A submitter whose handle arguments are resolved to values before the task runs."""
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} cannot pass results between tasks")
 
     def nested(self) -> Callable[[int, int], Any]:
         """A submitter of parent(i, children): run that many noop tasks, sum their results."""
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} has no nested tasks")
 
     def actor(self) -> Any:
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} has no actors")
 
     def call(self, actor: Any) -> Any:
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} has no actors")
 
     def get_calls(self, handles: list, timeout: float) -> list:
         return self.get_all(handles, timeout)
 
     def put(self, value: Any) -> Any:
-        raise NotImplementedError
+        raise Unsupported(f"{self.name} has no object store")
 
     def get_object(self, handle: Any, timeout: float) -> Any:
         return self.get(handle, timeout)
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Shut the system down and end its workers."""
 
 
 class P2pexec(System):
@@ -370,7 +380,7 @@ class Recorder:
         else:
             try:
                 self.values.update(run())
-            except NotImplementedError:
+            except Unsupported:
                 self.values.update(dict.fromkeys(keys))
             except Exception as exc:
                 self.values.update(dict.fromkeys(keys, "ERR"))
@@ -402,7 +412,7 @@ def bench_init(system: System, params: Params, rec: Recorder) -> None:
     try:
         system.ready()
         rec.values["init_ready"] = time.perf_counter() - start
-    except NotImplementedError:
+    except Unsupported:
         rec.values["init_ready"] = None
     meet = system.remote(rendezvous)
     deadline = time.monotonic() + 120
@@ -522,7 +532,7 @@ def bench_actor(system: System, params: Params, rec: Recorder) -> None:
     def many() -> dict[str, Any]:
         if "calls" not in state:
             if rec.values.get("actor_sync_rate") is None:
-                raise NotImplementedError  # no actors in this system
+                raise Unsupported("no actors in this system")
             raise RuntimeError("no actor: the sync section failed")
         actor, calls, n = state["actor"], state["calls"], params.actor_async_n
         start = time.perf_counter()

@@ -127,10 +127,12 @@ class TransportConformance:
     """Behaviour everything above `net/` relies on. Subclass it in a `Test*` class and
     provide the `transport_factory` fixture (see the module docstring)."""
 
-    @pytest.fixture
-    def transport_factory(self) -> TransportFactory:
-        raise NotImplementedError(
-            "a TransportConformance subclass must provide the transport_factory fixture")
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse, at class definition, a subclass that forgot its `transport_factory`."""
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, "transport_factory", None)):
+            raise TypeError(f"{cls.__name__} must provide the transport_factory fixture "
+                            f"(see p2pexec.testing.conformance)")
 
     @pytest.fixture
     def conformance_clock(self) -> trio.abc.Clock | None:
