@@ -20,10 +20,11 @@ block the connection and can be cancelled by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -124,6 +125,17 @@ class RpcNode:
     async def aclose(self) -> None:
         """Close the transport and with it every connection and reader."""
         await self.transport.aclose()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[RpcNode]:
+        """`async with node.serving():` serve inside the block, close on the way out."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.serve)
+            try:
+                yield self
+            finally:
+                await self.aclose()
+                nursery.cancel_scope.cancel()
 
     # ---- outgoing --------------------------------------------------------------------
 

@@ -54,13 +54,8 @@ def answer(peer: Peer, body: Hello) -> Hello:
 async def node(make_transport: Callable[..., TcpTransport]) -> AsyncIterator[Server]:
     transport = make_transport(config=FAST)
     rpc = RpcNode(transport, answer, config=FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rpc.serve)
-        try:
-            yield Server(rpc, transport)
-        finally:
-            await rpc.aclose()
-            nursery.cancel_scope.cancel()
+    async with rpc.serving():
+        yield Server(rpc, transport)
 
 
 async def assert_still_serving(server: Server, make_transport: Callable[..., TcpTransport],
@@ -72,11 +67,8 @@ async def assert_still_serving(server: Server, make_transport: Callable[..., Tcp
     hello = Hello(MAGIC, 1, 1, NodeId(bytes(32)), b"n")
     transport = make_transport()
     rpc = RpcNode(transport, config=FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rpc.serve)
+    async with rpc.serving():
         assert await rpc.call(server.address, hello) == hello
-        await rpc.aclose()
-        nursery.cancel_scope.cancel()
 
 
 def dropped_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -75,13 +75,8 @@ async def rpc_node(transport: TcpTransport, server: Server | None = None,
                    ) -> AsyncIterator[RpcNode]:
     node = RpcNode(transport, server.on_request if server else None,
                    server.on_message if server else None, config=NetConfig.local())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.serve)
-        try:
-            yield node
-        finally:
-            await node.aclose()
-            nursery.cancel_scope.cancel()
+    async with node.serving():
+        yield node
 
 
 async def test_concurrent_calls_get_their_own_answers(

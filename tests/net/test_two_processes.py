@@ -58,13 +58,8 @@ async def client(data_dir: Path, token: str) -> AsyncIterator[RpcNode]:
     identity = NodeIdentity.load_or_create(data_dir)
     transport = TcpTransport(Credentials.create(identity, ClusterKeys(token)), NetConfig.local())
     rpc = RpcNode(transport, config=NetConfig.local())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rpc.serve)
-        try:
-            yield rpc
-        finally:
-            await rpc.aclose()
-            nursery.cancel_scope.cancel()
+    async with rpc.serving():
+        yield rpc
 
 
 async def test_authenticated_rpc_between_two_processes(tmp_path: Path) -> None:
