@@ -175,15 +175,15 @@ class RemoteFunction:
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         raise LocalUsageError(f"remote function {self._name} cannot be called directly; "
                               f"use {self._name}.remote(...)")
 
-    def options(self, **options: Any) -> RemoteFunction:
+    def options(self, /, **options: Any) -> RemoteFunction:
         """A copy with some options overridden for the calls made through it."""
         return RemoteFunction(self._function, {**self._options, **options}, self._shipped)
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         runtime = _rt()
         code_hash = self._shipped.register(runtime)
         return _submit(runtime, self._name, self._num_returns, args, kwargs, TASK, code_hash,
@@ -202,14 +202,14 @@ class ActorClass:
         self._shipped = shipped or _Callable(cls)
         self.__doc__ = cls.__doc__
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         raise LocalUsageError(f"actor class {self._cls.__name__} cannot be instantiated "
                               f"directly; use {self._cls.__name__}.remote(...)")
 
-    def options(self, **options: Any) -> ActorClass:
+    def options(self, /, **options: Any) -> ActorClass:
         return ActorClass(self._cls, {**self._options, **options}, self._shipped)
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, /, *args: Any, **kwargs: Any) -> ActorHandle:
         runtime = _rt()
         name = self._options.get("name")
         if name is not None and runtime.call("actor_exists", name):
@@ -264,10 +264,10 @@ class ActorMethod:
         self._method = method
         self._num_returns = num_returns
 
-    def options(self, *, num_returns: int = 1) -> ActorMethod:
+    def options(self, /, *, num_returns: int = 1) -> ActorMethod:
         return ActorMethod(self._handle, self._method, num_returns)
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
         return _submit(_rt(), f"{handle._class_name}.{self._method}", self._num_returns, args,
                        kwargs, ACTOR_CALL, None, self._method, {}, 0, False, handle._actor_id)

@@ -165,9 +165,10 @@ def as_task_error(cause: BaseException | None, type_name: str, exc_repr: str,
     """An exception that is both a TaskError and (when possible) the original type."""
     message = (f"task {task_name} raised {exc_repr}\n\n"
                f"Remote traceback (most recent call last):\n{remote_tb.rstrip()}")
+    while isinstance(cause, TaskError) and cause.cause is not None:
+        cause = cause.cause  # a child's error re-raised by its parent keeps its own type
     if cause is None or isinstance(cause, TaskError):
-        error = TaskError(message, cause, remote_tb, task_name)
-        return error
+        return TaskError(message, cause, remote_tb, task_name)
     cls = type(cause)
     try:
         dual = type(f"TaskError({cls.__name__})", (TaskError, cls),

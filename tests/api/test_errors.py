@@ -132,3 +132,46 @@ def test_unpicklable_return_value_is_a_task_error():
 
     with pytest.raises(px.TaskError, match="could not pickle the return value"):
         px.get(make_lock.remote())
+
+
+@px.remote
+def divide_by_zero():
+    return 1 / 0
+
+
+@px.remote
+def call_divide_by_zero():
+    return px.get(divide_by_zero.remote())
+
+
+def test_exception_two_tasks_deep_keeps_the_original_type():
+    with pytest.raises(ZeroDivisionError) as info:
+        px.get(call_divide_by_zero.remote())
+    error = info.value
+    assert isinstance(error, px.TaskError)
+    assert isinstance(error.cause, ZeroDivisionError)
+    assert "call_divide_by_zero" in str(error)
+    assert "divide_by_zero" in error.remote_traceback
+
+
+@px.remote
+def echo_keywords(**kwargs):
+    return sorted(kwargs.items())
+
+
+def test_user_keywords_named_like_the_api_parameters_pass_through():
+    assert px.get(echo_keywords.remote(self=1, fn=2, options=3)) == [
+        ("fn", 2), ("options", 3), ("self", 1)]
+    assert px.get(echo_keywords.options(name="echo").remote(self=4)) == [("self", 4)]
+
+    @px.remote
+    class Keeper:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def keep(self, **kwargs):
+            return sorted({**self.kwargs, **kwargs}.items())
+
+    keeper = Keeper.remote(options=1)  # (`self` would clash in plain Python too)
+    assert px.get(keeper.keep.remote(fn=3)) == [("fn", 3), ("options", 1)]
+    assert px.get(Keeper.options(num_cpus=0).remote(fn=5).keep.remote()) == [("fn", 5)]

@@ -23,7 +23,7 @@ DRIVER = textwrap.dedent("""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         nodes = px.nodes()
-        if len([n for n in nodes if n["state"] == "alive"]) >= 2:
+        if len([n for n in nodes if n["state"] == "alive"]) >= 2 and nodes[0]["workers"]:
             break
         time.sleep(0.1)
 
