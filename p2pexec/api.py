@@ -8,6 +8,7 @@ tasks, create actors and wait on results exactly as drivers do.
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import threading
 from collections.abc import Callable, Sequence
@@ -15,71 +16,92 @@ from typing import Any
 
 import cloudpickle
 
-from p2pexec.errors import GetTimeoutError, LocalUsageError, SerializationError
-from p2pexec.exec import serialization
+from p2pexec.errors import GetTimeoutError, LocalUsageError, NodeNotRunning, SerializationError
+from p2pexec.exec import context, serialization
 from p2pexec.exec.protocol import INLINE
 from p2pexec.exec.refs import ObjectRef, return_id
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
-_runtime: Any = None
 _runtime_lock = threading.Lock()
-_in_worker = False
 
 _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
 TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
                 "name"}
-ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name"}
+ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name", "lifetime"}
 
 
 # ---- runtime ----
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
-         cluster: Any = None, ignore_reinit_error: bool = False) -> None:
-    """Start an embedded node in this process (worker pool, object store, scheduler).
+         address: str | os.PathLike[str] | None = None, cluster: Any = None,
+         ignore_reinit_error: bool = False) -> None:
+    """Connect this program to a node: attach to one running on this machine, or embed one.
 
-    Called implicitly by the first API call. `num_cpus` defaults to the machine's CPUs;
-    `resources` declares custom resources, e.g. {"gpu": 1}. With `cluster` (a
-    `px.ClusterConfig`) the embedded node also joins that cluster, as `p2pexec join` does,
-    and `px.nodes()` lists its members.
+    `address` (Ray's rule):
+    - None: attach to the node whose data dir is `$P2PEXEC_DATA_DIR` (default
+      ~/.local/share/p2pexec) if one runs there (`p2pexec join`), else embed a node.
+    - "local": always embed a private node in this process.
+    - "auto": attach to that node, and fail if none runs.
+    - a path: attach to the node using that data dir (or that control socket); fails
+      with `NodeNotRunning` when nothing answers there.
+    An embedded node has `num_cpus` CPUs (default: the machine's) and the custom
+    `resources`, e.g. {"gpu": 1}; with `cluster` (a `px.ClusterConfig`) it also joins that
+    cluster, as `p2pexec join` does. Those settings describe a new node, so they are refused
+    when attaching. Called implicitly, with no arguments, by the first API call.
     """
-    global _runtime
     with _runtime_lock:
-        if _runtime is not None and (_in_worker or _runtime.alive):
-            if ignore_reinit_error or _in_worker:
+        current = context.runtime
+        if current is not None and (context.in_worker or current.alive):
+            if ignore_reinit_error or context.in_worker:
                 return
             raise LocalUsageError("p2pexec is already initialised in this process; "
                                   "call px.shutdown() first or pass ignore_reinit_error=True")
-        from p2pexec.client import DriverRuntime
-        from p2pexec.config import NodeConfig
+        from p2pexec import client
+        from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
 
-        _runtime = DriverRuntime(NodeConfig.embedded(num_cpus, resources, cluster))
+        configures = num_cpus is not None or bool(resources) or cluster is not None
+        if address is None and not configures:
+            socket_path = control_socket_path(default_data_dir())
+            if socket_path.exists():
+                try:
+                    context.runtime = client.AttachedRuntime(socket_path)
+                    return
+                except NodeNotRunning:  # a socket left by a node that is gone
+                    pass
+        elif address is not None and address != "local":
+            if configures:
+                raise LocalUsageError(
+                    "num_cpus, resources and cluster configure a new node; they cannot be "
+                    "given when attaching to a running one (its `p2pexec join` options set "
+                    "them); use address='local' for a private node")
+            socket_path = (control_socket_path(default_data_dir()) if address == "auto"
+                           else client.socket_path_of(address))
+            context.runtime = client.AttachedRuntime(socket_path)
+            return
+        context.runtime = client.DriverRuntime(NodeConfig.embedded(num_cpus, resources,
+                                                                   cluster))
 
 
 def shutdown() -> None:
-    """Stop the embedded node and every worker process it started."""
-    global _runtime
+    """Stop the embedded node and every worker process it started, or detach from the
+    node this driver attached to (which then drops its refs, queued tasks and actors)."""
     with _runtime_lock:
-        if _runtime is not None and not _in_worker:
-            _runtime.shutdown()
-            _runtime = None
+        if context.runtime is not None and not context.in_worker:
+            context.runtime.shutdown()
+            context.runtime = None
 
 
 def is_initialized() -> bool:
-    return _runtime is not None and (_in_worker or _runtime.alive)
-
-
-def set_worker_runtime(runtime: Any) -> None:
-    """Inside a worker process: route the API through the worker's link to its node."""
-    global _runtime, _in_worker
-    _runtime, _in_worker = runtime, True
+    runtime = context.runtime
+    return runtime is not None and (context.in_worker or runtime.alive)
 
 
 def _rt() -> Any:
-    runtime = _runtime
+    runtime = context.runtime
     if runtime is None:
         init(ignore_reinit_error=True)  # Ray's implicit init on first use
-        runtime = _runtime
-    elif not (_in_worker or runtime.alive):
+        runtime = context.runtime
+    elif not (context.in_worker or runtime.alive):
         runtime._check()  # the node died: say so (with its cause) rather than start afresh
     return runtime
 
@@ -220,18 +242,28 @@ class ActorClass:
         class_name = self._cls.__name__
         args_payload, deps, contained = _serialize_arguments(runtime, actor_id, class_name,
                                                              args, kwargs)
-        created = ObjectRef(return_id(actor_id, 1))
+        created = ObjectRef(return_id(actor_id, 1), runtime.node_id)
         options = self._options
+        lifetime = options.get("lifetime")
+        if lifetime not in (None, "detached"):
+            raise LocalUsageError(f"lifetime must be None or 'detached', got {lifetime!r}")
         runtime.submit(TaskSpec(
-            actor_id, ACTOR_CREATE, code_hash, None, args_payload, deps, contained,
-            [created.id], f"{class_name}.__init__",
+            actor_id, ACTOR_CREATE, code_hash, None, args_payload, tuple(deps),
+            tuple(contained), (created.id,), f"{class_name}.__init__",
             _demand(options.get("num_cpus", 0), options.get("resources")), 0, False,
-            actor_id, options.get("name"), int(options.get("max_restarts", 0))))
+            actor_id, options.get("name"), int(options.get("max_restarts", 0)),
+            lifetime == "detached"))
         return ActorHandle(actor_id, class_name, created)
 
 
 class ActorHandle:
-    """A reference to a live actor; pass it to tasks and other actors freely."""
+    """A reference to a live actor; pass it to tasks and other actors freely.
+
+    Each handle holds a ref to the actor's creation object, so the node counts handles as
+    it counts ObjectRefs: when the last handle anywhere is gone (and no call is pending,
+    since pending calls pin that object too), an actor that is neither named nor detached
+    stops, as in Ray. Handles from `get_actor` carry no such ref: named actors live until
+    killed or until their driver leaves."""
 
     def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None) -> None:
         self._actor_id = actor_id
@@ -279,9 +311,13 @@ def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict
     """Serialise the arguments, make the result refs, hand the spec to the runtime."""
     task_id = runtime.ids.task_id()
     args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args, kwargs)
-    return_ids = [return_id(task_id, i) for i in range(1, num_returns + 1)]
-    refs = [ObjectRef(object_id) for object_id in return_ids]
-    runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, deps, contained,
+    return_ids = tuple(return_id(task_id, i) for i in range(1, num_returns + 1))
+    owner = runtime.node_id
+    refs = [ObjectRef(object_id, owner) for object_id in return_ids]
+    pins = tuple(contained)
+    if actor_id is not None:  # a pending call keeps its actor alive (see ActorHandle)
+        pins = (*pins, return_id(actor_id, 1))
+    runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
                             actor_id))
     return refs[0] if num_returns == 1 else refs
@@ -315,7 +351,7 @@ def put(value: Any) -> ObjectRef:
     object_id = return_id(runtime.ids.task_id(), 0)
     payload, contained = serialization.to_payload(
         value, runtime.inline_limit, runtime.segment_name(object_id), "the value given to put")
-    ref = ObjectRef(object_id)
+    ref = ObjectRef(object_id, runtime.node_id)
     runtime.put(object_id, payload, contained)
     return ref
 
@@ -342,7 +378,7 @@ def on_ready(ref: ObjectRef, callback: Callable[[bytes], None]) -> None:
     """Driver only: `callback(ref.id)` runs on the node thread when `ref` has a value.
     The callback must be quick and must not call the API (hand the id to a thread)."""
     runtime = _rt()
-    if _in_worker:
+    if context.in_worker:
         raise LocalUsageError("result callbacks (and so px.Executor) work in drivers only")
     runtime.on_ready(ref.id, callback)
 

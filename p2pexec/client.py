@@ -1,27 +1,58 @@
-"""The sync facade for user code: a node on a background trio thread, embedded.
+"""The sync facade for user code: the runtime `api` calls in a driver process.
 
-User threads hand work to the node loop through `ExecService.post` (a deque plus at most
-one wake-up per burst) and wait on threading events the loop sets when results arrive.
+Two kinds, one interface:
+- `DriverRuntime` embeds a node on a background trio thread. User threads hand work to
+  the node loop through `ExecService.post` (a deque plus at most one wake-up per burst)
+  and wait on threading events the loop sets when results arrive.
+- `AttachedRuntime` talks to a node already running on this machine (`p2pexec join`)
+  through its control socket, over the same link worker processes use.
 Values are deserialised in the user's thread, never in the node loop.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import logging
 import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from p2pexec.config import NodeConfig
-from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError
+from p2pexec.config import CONTROL_SOCKET, NodeConfig
+from p2pexec.control import short_socket_path
+from p2pexec.errors import (
+    LocalUsageError,
+    NodeDiedError,
+    NodeNotRunning,
+    ObjectLostError,
+    P2PExecError,
+    RemoteProtocolError,
+)
 from p2pexec.exec import refs
+from p2pexec.exec.link import LinkEnd
+from p2pexec.exec.protocol import (
+    DRIVER_ROLE,
+    Call,
+    Configure,
+    Get,
+    Hello,
+    Put,
+    Refs,
+    Register,
+    Reply,
+    Submit,
+    Values,
+)
 from p2pexec.exec.refs import IdGenerator, RefCounter
-from p2pexec.exec.serialization import system_error_payload
+from p2pexec.exec.serialization import system_error, system_error_payload
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
 from p2pexec.node import Node
@@ -34,6 +65,7 @@ class DriverRuntime:
 
     def __init__(self, config: NodeConfig) -> None:
         self.node = Node(config)
+        self.node_id = self.node.node_id.raw
         self.service = self.node.exec
         self.inline_limit = config.exec.inline_limit
         self.segments = self.service.segments
@@ -222,3 +254,245 @@ class _Notify:
 
 def _nothing() -> None:
     """Run on the node loop as a barrier: returns once earlier posts were handled."""
+
+
+class AttachedRuntime:
+    """What the public API calls in a driver attached to a running node.
+
+    One socket to the node's control socket: requests go out from the user's threads
+    (serialised by a lock), a reader thread takes replies and wakes whoever waits for
+    them. Reference drops are batched: they ride on the next message, or a flusher thread
+    sends them within `REF_FLUSH_DELAY` when the driver goes quiet."""
+
+    REF_FLUSH_DELAY = 0.005
+    """Seconds dropped refs may wait for a message to ride on before they go alone."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.address = Path(socket_path)
+        self.segments = None  # argument segments are recycled only inside the node
+        self.ids = IdGenerator()
+        self._registered: set[bytes] = set()
+        self._send_lock = threading.Lock()
+        self._requests = itertools.count(1)
+        self._pending: dict[int, _PendingReply] = {}
+        self._pending_lock = threading.Lock()
+        self._failure: str | None = None
+        self._refs: dict[bytes, int] = {}
+        self._refs_lock = threading.Lock()
+        self._refs_waiting = threading.Event()
+        sock = _connect(self.address)
+        self.link = LinkEnd(sock)
+        try:
+            sock.settimeout(ATTACH_TIMEOUT)
+            sock.sendall(self.link.frame(Hello(DRIVER_ROLE, os.getpid(),
+                                               sys_path=_import_paths())))
+            configure = self.link.receive()[0]
+            sock.settimeout(None)
+        except (OSError, EOFError, P2PExecError) as exc:
+            sock.close()
+            raise RemoteProtocolError(f"the node at {self.address} did not accept this "
+                                      f"driver ({exc or type(exc).__name__})") from None
+        if type(configure) is not Configure:
+            sock.close()
+            raise RemoteProtocolError(f"the node at {self.address} answered the attach "
+                                      f"with {type(configure).__name__}")
+        self.node_id = configure.node_id
+        self.inline_limit = configure.inline_limit
+        self._owner_pid = configure.owner_pid
+        self.counter = RefCounter(self._refs_changed)
+        refs.install_counter(self.counter)
+        self._reader = threading.Thread(target=self._read, name="p2pexec-link", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._flush_refs_forever, name="p2pexec-refs",
+                         daemon=True).start()
+        atexit.register(self.shutdown)
+
+    # ---- the link ----
+    def _send(self, message: Any) -> None:
+        self._check()
+        with self._refs_lock:
+            changes, self._refs = self._refs, {}
+        data = self.link.frame(message, changes)
+        try:
+            with self._send_lock:
+                self.link.sock.sendall(data)
+        except OSError as exc:
+            self._lost(f"sending failed: {exc}")
+            self._check()
+
+    def _refs_changed(self, deltas: dict[bytes, int]) -> None:
+        with self._refs_lock:
+            merged = self._refs
+            for object_id, delta in deltas.items():
+                total = merged.get(object_id, 0) + delta
+                if total:
+                    merged[object_id] = total
+                else:
+                    merged.pop(object_id, None)
+        self._refs_waiting.set()
+
+    def _flush_refs_forever(self) -> None:
+        while self._failure is None:
+            self._refs_waiting.wait()
+            time.sleep(self.REF_FLUSH_DELAY)  # let them ride on a message if one comes
+            self._refs_waiting.clear()
+            with self._refs_lock:
+                changes, self._refs = self._refs, {}
+            if changes and self._failure is None:
+                try:
+                    with self._send_lock:
+                        self.link.sock.sendall(self.link.codec.frame(Refs(changes)))
+                except OSError as exc:
+                    self._lost(f"sending failed: {exc}")
+
+    def _read(self) -> None:
+        try:
+            while True:
+                for message in self.link.receive():
+                    if type(message) not in (Values, Reply):
+                        raise RemoteProtocolError(
+                            f"the node sent a driver {type(message).__name__}")
+                    with self._pending_lock:
+                        slot = self._pending.pop(message.request_id, None)
+                    if slot is not None:
+                        slot.deliver(message)
+        except (OSError, EOFError) as exc:
+            self._lost(f"the connection closed ({exc or type(exc).__name__})")
+        except P2PExecError as exc:
+            self._lost(f"it sent something this driver cannot read ({exc})")
+
+    def _lost(self, why: str) -> None:
+        """The node is gone: every waiting call fails now, and every later one at once."""
+        if self._failure is None:
+            self._failure = why
+        with self._pending_lock:
+            slots, self._pending = list(self._pending.values()), {}
+        for slot in slots:
+            slot.deliver(None)
+        self._refs_waiting.set()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise NodeDiedError(f"lost the p2pexec node at {self.address}: {self._failure}; "
+                                f"refs from it are lost (call px.shutdown() and px.init() "
+                                f"to attach again)")
+
+    def _request(self, build: Callable[[int], Any],
+                 callback: Callable[[Any], None] | None = None) -> Any:
+        """Send `build(request_id)` and wait for its reply (or, with `callback`, return at
+        once and have the reader thread call `callback(reply)`)."""
+        request_id = next(self._requests)
+        slot = _PendingReply(callback)
+        with self._pending_lock:
+            self._pending[request_id] = slot
+        self._send(build(request_id))
+        if callback is not None:
+            return None
+        reply = slot.wait()
+        if reply is None:
+            self._check()
+        return reply
+
+    # ---- the runtime interface used by api.py ----
+    @property
+    def alive(self) -> bool:
+        return self._failure is None
+
+    def segment_name(self, object_id: bytes) -> str:
+        return segment_name(self._owner_pid, object_id)
+
+    def register(self, code_hash: bytes, pickled: bytes) -> None:
+        if code_hash not in self._registered:
+            self._send(Register(code_hash, pickled))
+            self._registered.add(code_hash)
+
+    def submit(self, spec: TaskSpec) -> None:
+        self._send(Submit(spec))
+
+    def put(self, object_id: bytes, payload: list, contained: list[bytes]) -> None:
+        self._send(Put(object_id, payload, contained))
+
+    def get_payloads(self, object_ids: list[bytes], timeout: float | None
+                     ) -> tuple[dict[bytes, Any], bool]:
+        reply = self._request(lambda rid: Get(rid, object_ids, -1, timeout))
+        return reply.payloads, reply.timed_out
+
+    def wait(self, object_ids: list[bytes], num_returns: int, timeout: float | None
+             ) -> list[bytes]:
+        return self._request(lambda rid: Get(rid, object_ids, num_returns, timeout)).ready
+
+    def on_ready(self, object_id: bytes, callback: Callable[[bytes], None]) -> None:
+        """Call `callback(object_id)` (on the link's reader thread) once it has a value
+        (or the node is lost)."""
+        self._request(lambda rid: Get(rid, [object_id], 1, None),
+                      callback=lambda _reply: callback(object_id))
+
+    def call(self, operation: str, argument: Any) -> Any:
+        reply = self._request(lambda rid: Call(rid, operation, argument))
+        if not reply.ok:
+            raise system_error(reply.error_class, reply.error)
+        return reply.value
+
+    def shutdown(self) -> None:
+        """Detach: the node drops this driver's refs, queued tasks and actors."""
+        if refs.counter is self.counter:
+            refs.install_counter(None)
+        if self._failure is None:
+            self._failure = "this driver detached (px.shutdown)"
+        with contextlib.suppress(OSError):
+            self.link.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(timeout=5)
+        self.link.sock.close()
+        atexit.unregister(self.shutdown)
+
+
+class _PendingReply:
+    """One request waiting for its reply: a thread blocked in `wait`, or a callback."""
+
+    __slots__ = ("_callback", "_event", "_reply")
+
+    def __init__(self, callback: Callable[[Any], None] | None) -> None:
+        self._callback = callback
+        self._event = threading.Event()
+        self._reply: Any = None
+
+    def deliver(self, reply: Any) -> None:
+        """The reply, or None when the node was lost."""
+        self._reply = reply
+        if self._callback is not None:
+            self._callback(reply)
+        self._event.set()
+
+    def wait(self) -> Any:
+        self._event.wait()
+        return self._reply
+
+
+ATTACH_TIMEOUT = 10.0
+"""Seconds the node has to answer a driver's Hello."""
+
+
+def _connect(path: Path) -> socket.socket:
+    """A connected unix socket to the control socket at `path`; `NodeNotRunning` if
+    nothing answers there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with short_socket_path(path) as short:
+            sock.connect(short)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+        sock.close()
+        raise NodeNotRunning(f"no p2pexec node answers at {path} ({exc.strerror or exc}); "
+                             f"start one with `p2pexec join`, or call px.init() without "
+                             f"an address to run one inside this program") from None
+    return sock
+
+
+def _import_paths() -> list[str]:
+    """This driver's sys.path as absolute paths ('' is the current directory)."""
+    return [os.path.abspath(path or os.curdir) for path in sys.path]
+
+
+def socket_path_of(address: str | os.PathLike[str]) -> Path:
+    """`px.init(address=...)`: a data dir or the path of its control socket."""
+    path = Path(address).expanduser()
+    return path if path.name == CONTROL_SOCKET or path.is_socket() else path / CONTROL_SOCKET

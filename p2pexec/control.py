@@ -1,11 +1,16 @@
-"""The control socket: how local tools (`p2pexec status`, later attached drivers) talk to a
+"""The control socket: how local tools (`p2pexec status`) and attached drivers talk to a
 running node.
 
-A unix stream socket `<data_dir>/control.sock`, mode 0600 in a 0700 data dir, so only the
-node's owner can use it. Each request and reply is one frame: a 4-byte big-endian length
-and a msgpack map. A request is `{"op": name, "arg": value}`; the reply is
-`{"ok": true, "value": ...}` or `{"ok": false, "error": "one line"}`. The server answers
-requests on one connection in order until the client closes it.
+A unix stream socket `<data_dir>/control.sock`, mode 0600 in a 0700 data dir, and the
+peer's uid is checked on every connection (SO_PEERCRED), so only the node's own user can
+use it. Every frame is a 4-byte big-endian length and a msgpack body. The first frame
+says what the client is:
+- a msgpack map is a tool's request, `{"op": name, "arg": value}`, answered by
+  `{"ok": true, "value": ...}` or `{"ok": false, "error": "one line"}`, in order, until the
+  client closes the connection;
+- a codec message `Hello(role="driver")` attaches a driver: from then on the connection is
+  the local link of `p2pexec.exec.protocol`, served by the execution layer.
+A client that says nothing within `FIRST_FRAME_TIMEOUT` is dropped.
 
 A socket file left by a node that was killed is noticed (nobody accepts on it) and
 replaced; a live one means another node already uses the data dir, which is refused.
@@ -19,15 +24,24 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import trio
 
-from p2pexec.errors import LocalUsageError, P2PExecError, RemoteProtocolError
-from p2pexec.net.codec import HEADER, FrameDecoder
+from p2pexec.errors import (
+    ControlError,
+    LocalUsageError,
+    NodeNotRunning,
+    P2PExecError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from p2pexec.exec import protocol as link
+from p2pexec.net.codec import HEADER, Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.control")
 
@@ -38,15 +52,14 @@ MAX_REPLY = 64 << 20
 _UNIX_PATH_MAX = 100
 """sun_path holds 108 bytes; longer paths are reached through /proc/self/fd (Linux)."""
 
+FIRST_FRAME_TIMEOUT = 10.0
+"""Seconds a new client may stay silent before it is dropped (it holds a slot meanwhile)."""
+
 Handler = Callable[[Any], Any]
-
-
-class NodeNotRunning(LocalUsageError):
-    """Nothing answers on the data dir's control socket."""
-
-
-class ControlError(P2PExecError):
-    """The node refused or failed a control request; the message is the node's reason."""
+AttachHandler = Callable[[trio.SocketStream, link.Hello, FrameDecoder], Awaitable[None]]
+"""Serves an attached driver: its stream, its Hello, and the decoder holding what it sent
+after the Hello."""
+_MSGPACK_MAPS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 
 
 def _pack(value: dict[str, Any]) -> bytes:
@@ -66,7 +79,7 @@ def _unpack(body: bytes, limit: int) -> Any:
 
 
 @contextlib.contextmanager
-def _short_path(path: Path) -> Iterator[str]:
+def short_socket_path(path: Path) -> Iterator[str]:
     """A path to the socket short enough for sun_path (through the directory's fd if not)."""
     if len(os.fsencode(str(path))) < _UNIX_PATH_MAX:
         yield str(path)
@@ -105,7 +118,7 @@ def _exclusive(directory: Path) -> Iterator[None]:
 
 
 def _someone_listens(path: Path) -> bool:
-    with _short_path(path) as short, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    with short_socket_path(path) as short, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
         try:
             s.connect(short)
@@ -116,12 +129,30 @@ def _someone_listens(path: Path) -> bool:
         return True
 
 
-class ControlServer:
-    """Serves `handlers` (op name -> function of the argument) on the control socket."""
+def _is_link_message(body: bytes) -> bool:
+    """A codec message (an array led by its type code) rather than a tool's request map."""
+    if not body or body[0] in _MSGPACK_MAPS:
+        return False
+    value = _unpack(body, MAX_REQUEST)
+    return isinstance(value, list) and bool(value) and type(value[0]) is int
 
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+
+def peer_uid(sock: Any) -> int:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class ControlServer:
+    """Serves `handlers` (op name -> function of the argument) on the control socket, and
+    hands drivers that attach to `attach`."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler],
+                 attach: AttachHandler | None = None) -> None:
         self.path = Path(path)
         self.handlers = handlers
+        self.attach = attach
+        self._hello_codec = Codec(link.HELLO_LIMITS)
 
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -140,7 +171,7 @@ class ControlServer:
             self.path.unlink()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with _short_path(self.path) as short:
+            with short_socket_path(self.path) as short:
                 await sock.bind(short)
             os.chmod(self.path, 0o600)
             sock.listen(64)
@@ -159,19 +190,65 @@ class ControlServer:
                     self.path.unlink()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder(MAX_REQUEST)
         async with stream:
+            uid = peer_uid(stream.socket)
+            if uid != os.getuid():
+                log.warning("control socket %s: refused a client of uid %d (only uid %d, "
+                            "the node's user, may connect)", self.path, uid, os.getuid())
+                return
+            decoder = FrameDecoder(MAX_REQUEST)
             try:
+                first = None
+                with trio.move_on_after(FIRST_FRAME_TIMEOUT) as waited:
+                    first = await self._first_frame(stream, decoder)
+                if waited.cancelled_caught:
+                    log.warning("control socket %s: a client sent nothing for %g s; "
+                                "connection closed", self.path, FIRST_FRAME_TIMEOUT)
+                    return
+                if first is None:
+                    return
+                if _is_link_message(first):
+                    await self._attach(stream, first, decoder)
+                    return
+                await stream.send_all(self._answer(first))
                 while True:
+                    for body in decoder.feed(b""):
+                        await stream.send_all(self._answer(body))
                     data = await stream.receive_some(65536)
                     if not data:
                         return
                     for body in decoder.feed(data):
                         await stream.send_all(self._answer(body))
-            except RemoteProtocolError as exc:
+            except ProtocolError as exc:
                 log.warning("control socket %s: %s; connection closed", self.path, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+
+    @staticmethod
+    async def _first_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> bytes | None:
+        """The client's first frame; None if it closed first. Later frames stay in
+        `decoder`."""
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            bodies = decoder.feed(data, max_frames=1)
+            if bodies:
+                return bodies[0]
+
+    async def _attach(self, stream: trio.SocketStream, first: bytes,
+                      decoder: FrameDecoder) -> None:
+        hello = self._hello_codec.decode(first)
+        if type(hello) is not link.Hello or hello.role != link.DRIVER_ROLE:
+            raise RemoteProtocolError(f"a client opened with {type(hello).__name__}; "
+                                      f"a driver must open with Hello(role='driver')")
+        if hello.protocol != link.LINK_PROTOCOL:
+            raise RemoteProtocolError(f"driver pid {hello.pid} speaks link protocol "
+                                      f"{hello.protocol}, this node speaks "
+                                      f"{link.LINK_PROTOCOL} (use the same p2pexec version)")
+        if self.attach is None:
+            raise RemoteProtocolError("this node does not accept drivers")
+        await self.attach(stream, hello, decoder)
 
     def _answer(self, body: bytes) -> bytes:
         """The packed reply to one request; a handler's failure (or a value msgpack cannot
@@ -200,7 +277,7 @@ def request(path: Path, op: str, arg: Any = None, timeout: float = 10.0) -> Any:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
-            with _short_path(path) as short:
+            with short_socket_path(path) as short:
                 s.connect(short)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
             raise NodeNotRunning(f"no node is running with data dir {path.parent} "

@@ -71,6 +71,18 @@ class OwnerDiedError(ObjectLostError):
     """The peer that owned an object's metadata died, so the object can no longer be found."""
 
 
+class NodeNotRunning(LocalUsageError):
+    """Nothing answers on the control socket a tool or driver was pointed at."""
+
+
+class ControlError(P2PExecError):
+    """The node refused or failed a control request; the message is the node's reason."""
+
+
+class TaskCancelledError(P2PExecError):
+    """The task was cancelled before it ran (its driver went away, or it was cancelled)."""
+
+
 class GetTimeoutError(P2PExecError, TimeoutError):
     """`get` or `wait` ran out of time before the objects were ready."""
 

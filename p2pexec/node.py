@@ -16,6 +16,7 @@ from p2pexec.cluster import ClusterService
 from p2pexec.config import NodeConfig, control_socket_path
 from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
+from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
 from p2pexec.ids import NodeId
 
@@ -25,7 +26,15 @@ class Node:
 
     def __init__(self, config: NodeConfig, node_id: NodeId | None = None) -> None:
         self.config = config
-        self.exec = ExecService(config.exec, config.resources, call_handlers={
+        self.cluster: ClusterService | None = None
+        self.control: ControlServer | None = None
+        resources = {CPU: config.exec.cpus(), **config.resources}
+        if config.cluster is not None:
+            self.cluster = ClusterService(config.cluster, config.name, resources, self._load)
+            node_id = self.cluster.node_id
+        self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
+        self.exec = ExecService(config.exec, config.resources, node_id=self.node_id.raw,
+                                call_handlers={
             "get_actor": self._get_actor,
             "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
             "kill": self._kill,
@@ -33,15 +42,11 @@ class Node:
             "cluster_resources": lambda _arg: dict(self.exec.core.total),
             "available_resources": lambda _arg: self._available(),
         })
-        self.cluster: ClusterService | None = None
-        self.control: ControlServer | None = None
         if config.cluster is not None:
-            self.cluster = ClusterService(config.cluster, config.name, dict(self.exec.core.total),
-                                          self._load)
             self.control = ControlServer(control_socket_path(config.cluster.data_dir),
-                                         {"status": lambda _arg: {"members": self.nodes()}})
-            node_id = self.cluster.node_id
-        self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
+                                         {"status": lambda _arg: {"members": self.nodes()},
+                                          "exec_stats": lambda _arg: self.exec_stats()},
+                                         attach=self.exec.serve_driver)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -79,6 +84,21 @@ class Node:
         node when it runs embedded."""
         others = self.cluster.members()[1:] if self.cluster is not None else []
         return [self.info(), *others]
+
+    def exec_stats(self) -> dict[str, Any]:
+        """What the execution layer holds right now (objects, tasks, actors, processes):
+        how a test or an operator sees that a departed driver left nothing behind."""
+        core = self.exec.core
+        actors = [actor for actor in core.actors.values() if actor.dead_reason is None]
+        return {
+            "objects": len(core.objects),
+            "tasks": len(core.tasks),
+            "actors": sorted(actor.name or actor.actor_id.hex() for actor in actors),
+            "pool_workers": sum(1 for w in core.workers.values() if w.actor_id is None),
+            "actor_workers": sum(1 for w in core.workers.values() if w.actor_id is not None),
+            "drivers": self.exec.drivers(),
+            "available": self._available(),
+        }
 
     def _load(self) -> tuple[int, int]:
         """(tasks ready to run and waiting for a worker, tasks on the workers' stacks)."""

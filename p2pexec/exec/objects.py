@@ -29,9 +29,11 @@ class ObjectEntry:
 class ObjectTable:
     """Values and reference counts of owned objects; reports frees through `unlink`."""
 
-    def __init__(self, unlink: Callable[[str], None]) -> None:
+    def __init__(self, unlink: Callable[[str], None],
+                 on_free: Callable[[bytes], None] | None = None) -> None:
         self.entries: dict[bytes, ObjectEntry] = {}
         self._unlink = unlink
+        self._on_free = on_free
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -127,6 +129,8 @@ class ObjectTable:
         self._release_payload(entry)
         if entry.contained:
             self.unpin_all(entry.contained)
+        if self._on_free is not None:
+            self._on_free(object_id)
 
     def _release_payload(self, entry: ObjectEntry) -> None:
         segment = payload_segment(entry.payload)

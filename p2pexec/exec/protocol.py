@@ -1,10 +1,18 @@
-"""Frames between a node and its local worker processes (and attached local drivers).
+"""The link between a node and its local clients: worker processes and attached drivers.
 
-The link is a private socketpair, so there is no handshake here; it still uses hard size
-limits because a worker runs arbitrary user code that may go astray. A frame is a 4-byte
-little-endian length then one msgpack array whose first item is the message kind.
+Both speak the same messages, registered with `net.codec` in the exec range (96-127) and
+framed like every other p2pexec stream (4-byte big-endian length, msgpack body). Decoding
+checks every field's type and the link's `LINK_LIMITS`, so a worker gone astray or a bad
+local client costs only its own link. The same task and object messages are what later
+crosses machines.
 
-Object payloads (what an `ObjectRef` resolves to) are msgpack arrays too:
+A client opens with `Hello` (for a worker it also means "ready for work"); the node
+answers `Configure` (a worker gets it at once, since the node started it). Then a client
+submits, puts, gets and calls; the node sends work (`Execute`, to workers only) and
+replies.
+
+Object payloads (what an `ObjectRef` resolves to) are plain msgpack arrays, checked by
+`serialization.check_payload` where they enter the node:
   [INLINE, pickle_bytes, [buffer, ...]]              small values, pickle protocol 5
   [SHARED, segment_name, pickle_len, [buffer_len...]] large values in shared memory
   [ERROR, pickled_task_error]                         the task raised
@@ -13,70 +21,181 @@ Object payloads (what an `ObjectRef` resolves to) are msgpack arrays too:
 
 from __future__ import annotations
 
-import struct
+from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
-from p2pexec.errors import RemoteProtocolError
-
-# node -> worker. Work messages end with `nested`: True when sent to a worker blocked in
-# get/wait because it waits for this very task (it runs on that worker's stack).
-EXEC = 1            # [EXEC, task_id, func_hash, func_bytes|None, args, deps, returns, name, nested]
-CREATE_ACTOR = 2    # [CREATE_ACTOR, task_id, class_hash, class_bytes|None, args, deps, ..., False]
-ACTOR_CALL = 3      # [ACTOR_CALL, task_id, method, None, args, deps, return_ids, name, False]
-VALUES = 4          # [VALUES, request_id, {object_id: payload} | [ready ids], timed_out]
-REPLY = 5           # [REPLY, request_id, ok, value | [error_class, message]]
-CONFIGURE = 6       # [CONFIGURE, sys_path, owner_pid, inline_limit, cwd]
-# worker -> node
-READY = 10          # [READY, pid]
-DONE = 11           # [DONE, task_id, payloads, [[contained ids] per payload], seconds, args_freed]
-SUBMIT = 12         # [SUBMIT, *TaskSpec.to_wire()]
-GET = 13            # [GET, request_id, object_ids, num_returns (-1: values), timeout, given_back]
-PUT = 14            # [PUT, object_id, payload, contained_ids]
-REFS = 15           # [REFS, {object_id: +1 acquired | -1 released}]
-CALL = 16           # [CALL, request_id, operation, argument]
-REGISTER = 17       # [REGISTER, callable_hash, pickled_callable]
-GIVE_BACK = 18      # [GIVE_BACK, [task_id, ...]] queued work returned by a blocked worker
+from p2pexec.exec.task import TaskSpec
+from p2pexec.net.codec import Codec, message
+from p2pexec.net.config import CodecLimits
 
 INLINE, SHARED, ERROR, SYSTEM_ERROR = 0, 1, 2, 3
 
-HEADER = struct.Struct("<I")
+LINK_PROTOCOL = 1
+"""Version of this link; a client speaking another one is refused with a clear error."""
+
 MAX_FRAME = 1 << 30
-"""Largest frame on the local link. Large objects travel as shared memory, not frames."""
+"""Largest frame on the local link. Large objects travel as shared memory, not in frames,
+but a `get` of many inline values returns them in one reply (1,000 x 100 KiB = 100 MiB)."""
+
+LINK_LIMITS = CodecLimits(max_frame_size=MAX_FRAME, max_bin_len=MAX_FRAME,
+                          max_str_len=64 << 20, max_collection_len=10_000_000)
+"""Decoder limits of the local link: frames up to `MAX_FRAME`, tracebacks up to 64 MiB,
+a batch of up to ten million ids; nesting as on the network (32 levels)."""
+
+HELLO_LIMITS = CodecLimits(max_frame_size=1 << 16)
+"""What a client may send before the node knows it: one small `Hello`."""
+
+WORKER, DRIVER_ROLE = "worker", "driver"
 
 
-def encode_frame(message: list[Any]) -> bytes:
-    """One message as a length-prefixed frame."""
-    body = msgpack.packb(message, use_bin_type=True)
-    return HEADER.pack(len(body)) + body
+# ---- either client -> node ----
+@message(96)
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first message of every client: who it is and which link version it speaks.
+    A driver also says where it imports from, so that workers can import the modules its
+    functions refer to (cloudpickle ships importable functions by name)."""
+
+    role: str
+    pid: int
+    protocol: int = LINK_PROTOCOL
+    sys_path: list[str] = field(default_factory=list)
 
 
-class FrameReader:
-    """Splits a byte stream into decoded messages; no I/O, fed by whoever reads."""
+@message(97)
+@dataclass(frozen=True, slots=True)
+class Submit:
+    spec: TaskSpec
 
-    __slots__ = ("_buffer",)
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
+@message(98)
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Wait for objects. `num_returns` -1: reply with every value (get); k >= 0: with the
+    ids of the first k ready (wait). A worker lists the queued tasks it hands back."""
 
-    def feed(self, data: bytes) -> list[list[Any]]:
-        """Add received bytes; return every message now complete, in order."""
-        buffer = self._buffer
-        buffer += data
-        messages = []
-        offset = 0
-        size = len(buffer)
-        while size - offset >= 4:
-            (length,) = HEADER.unpack_from(buffer, offset)
-            if length > MAX_FRAME:
-                raise RemoteProtocolError(f"local frame of {length} bytes exceeds {MAX_FRAME}")
-            end = offset + 4 + length
-            if end > size:
-                break
-            messages.append(msgpack.unpackb(buffer[offset + 4:end], raw=False,
-                                            strict_map_key=False))
-            offset = end
-        if offset:
-            del buffer[:offset]
-        return messages
+    request_id: int
+    object_ids: list[bytes]
+    num_returns: int
+    timeout: float | None
+    given_back: list[bytes] = field(default_factory=list)
+
+
+@message(99)
+@dataclass(frozen=True, slots=True)
+class Put:
+    object_id: bytes
+    payload: Any
+    contained: list[bytes]
+
+
+@message(100)
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """Reference count changes: {object_id: +1 taken | -1 dropped}."""
+
+    deltas: dict[bytes, int]
+
+
+@message(101)
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A named node operation (get_actor, kill, nodes, ...)."""
+
+    request_id: int
+    operation: str
+    argument: Any
+
+
+@message(102)
+@dataclass(frozen=True, slots=True)
+class Register:
+    """A pickled function or class, sent once per client before the first task using it."""
+
+    code_hash: bytes
+    pickled: bytes
+
+
+# ---- worker -> node ----
+@message(104)
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A task finished: one payload per return value, the ObjectRef ids inside each
+    (empty when there are none), its run time, and whether the worker could unmap the
+    argument segment (so the node may recycle it)."""
+
+    task_id: bytes
+    payloads: list[Any]
+    contained: list[list[bytes]]
+    seconds: float
+    args_unmapped: bool
+
+
+@message(105)
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """Queued tasks a blocked worker returns unstarted."""
+
+    task_ids: list[bytes]
+
+
+# ---- node -> client ----
+@message(106)
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """The node's answer to `Hello`. Workers also take its sys.path and working
+    directory, so they import what the driver imports."""
+
+    node_id: bytes
+    owner_pid: int
+    inline_limit: int
+    sys_path: list[str]
+    cwd: str
+
+
+@message(107)
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run a task, create an actor or call its method (`kind`, as in `TaskSpec`). `code`
+    is the pickled callable the first time this worker needs it; `nested` is True when
+    the worker blocked in get/wait waits for this very task (it runs on its stack)."""
+
+    kind: int
+    task_id: bytes
+    code_hash: bytes | None
+    code: bytes | None
+    method: str | None
+    args: Any
+    deps: dict[bytes, Any]
+    return_ids: list[bytes]
+    name: str
+    nested: bool
+
+
+@message(108)
+@dataclass(frozen=True, slots=True)
+class Values:
+    """Reply to `Get`: the payloads (get) or the ready ids (wait), and whether the
+    timeout cut the wait short."""
+
+    request_id: int
+    payloads: dict[bytes, Any]
+    ready: list[bytes]
+    timed_out: bool
+
+
+@message(109)
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Reply to `Call`: the value, or the error's class name and message."""
+
+    request_id: int
+    ok: bool
+    value: Any
+    error_class: str = ""
+    error: str = ""
+
+
+def link_codec() -> Codec:
+    """The codec of an established local link."""
+    return Codec(LINK_LIMITS)

@@ -111,12 +111,16 @@ def install_counter(new: RefCounter | None) -> None:
 
 
 class ObjectRef:
-    """A future for a value owned by the node that created it; pass it to tasks or `get` it."""
+    """A future for a value owned by the node that created it; pass it to tasks or `get` it.
 
-    __slots__ = ("__weakref__", "id")
+    `owner` is the raw id of that node: what a peer needs to find the object's metadata."""
 
-    def __init__(self, object_id: bytes, *, announce: bool = False) -> None:
+    __slots__ = ("__weakref__", "id", "owner")
+
+    def __init__(self, object_id: bytes, owner: bytes = b"", *, announce: bool = False
+                 ) -> None:
         self.id = object_id
+        self.owner = owner
         if counter is not None:
             counter.incref(object_id, announce)
 
@@ -132,7 +136,7 @@ class ObjectRef:
         ids = collector.ids
         if ids is not None:
             ids.append(self.id)
-        return (_received_ref, (self.id,))
+        return (_received_ref, (self.id, self.owner))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other.id == self.id
@@ -147,5 +151,5 @@ class ObjectRef:
         return f"ObjectRef({self.id.hex()})"
 
 
-def _received_ref(object_id: bytes) -> ObjectRef:
-    return ObjectRef(object_id, announce=True)
+def _received_ref(object_id: bytes, owner: bytes = b"") -> ObjectRef:
+    return ObjectRef(object_id, owner, announce=True)

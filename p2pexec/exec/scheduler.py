@@ -38,7 +38,7 @@ CPU = "CPU"
 @dataclass(frozen=True, slots=True)
 class Send:
     worker: int
-    message: list
+    message: p.Execute | p.Values
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,8 @@ class TaskState:
     request: GetRequest | None = None
     args_unmapped: bool = False
     """The worker that ran it last reported its argument segment unmapped."""
+    submitter: int = DRIVER
+    """Holder id of the process that submitted it (its queued work dies with a driver)."""
 
 
 @dataclass(slots=True)
@@ -136,6 +138,8 @@ class ActorState:
     in_flight: list[bytes] = field(default_factory=list)
     holds: TaskState | None = None
     """The creation task, whose resources the actor keeps for its whole life."""
+    creator: int = DRIVER
+    """Holder id of the process that created it: unless detached, it stops with it."""
 
 
 class Scheduler:
@@ -145,7 +149,7 @@ class Scheduler:
         self.config = config
         self.total: dict[str, float] = {CPU: config.cpus(), **(resources or {})}
         self.available = dict(self.total)
-        self.objects = ObjectTable(self._unlink)
+        self.objects = ObjectTable(self._unlink, self._object_freed)
         self.code: dict[bytes, bytes] = {}
         self.tasks: dict[bytes, TaskState] = {}
         self.ready: deque[bytes] = deque()
@@ -257,7 +261,7 @@ class Scheduler:
         for object_id in spec.return_ids:
             self.objects.expect(object_id, submitter)
         self.objects.pin_all(spec.contained)
-        task = TaskState(spec)
+        task = TaskState(spec, submitter=submitter)
         self.tasks[spec.task_id] = task
         for dep in spec.deps:
             if self.objects.when_ready(dep, lambda _oid, t=task: self._dep_arrived(t)):
@@ -431,7 +435,7 @@ class Scheduler:
                 ready.popleft()
                 task.state, task.worker = QUEUED, worker.worker_id
                 worker.queued.append(task.spec.task_id)
-                self._send_work(worker, task, p.EXEC, nested=False)
+                self._send_work(worker, task, nested=False)
             if not ready:
                 return
 
@@ -447,9 +451,9 @@ class Scheduler:
     def _run_on(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
         task.state, task.worker = RUNNING, worker.worker_id
         worker.stack.append(task.spec.task_id)
-        self._send_work(worker, task, p.EXEC, nested)
+        self._send_work(worker, task, nested)
 
-    def _send_work(self, worker: WorkerState, task: TaskState, kind: int, nested: bool) -> None:
+    def _send_work(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
         spec = task.spec
         code_hash = spec.callable_hash
         code_bytes = None
@@ -457,10 +461,9 @@ class Scheduler:
             code_bytes = self.code[code_hash]
             worker.known_code.add(code_hash)
         deps = {dep: self._payload_or_lost(dep) for dep in spec.deps} if spec.deps else {}
-        target = spec.method if kind == p.ACTOR_CALL else code_hash
-        self._out.append(Send(worker.worker_id, [
-            kind, spec.task_id, target, code_bytes, spec.args, deps, spec.return_ids,
-            spec.name, nested]))
+        self._out.append(Send(worker.worker_id, p.Execute(
+            spec.kind, spec.task_id, code_hash, code_bytes, spec.method, spec.args, deps,
+            list(spec.return_ids), spec.name, nested)))
 
     def _payload_or_lost(self, object_id: bytes) -> list:
         payload = self.objects.payload(object_id)
@@ -658,13 +661,14 @@ class Scheduler:
 
     def _answer(self, request: GetRequest, timed_out: bool) -> None:
         if request.num_returns < 0:
-            body: dict[bytes, list] | list[bytes] = {
-                oid: self._payload_or_lost(oid) for oid in request.object_ids
-                if not self._pending(oid)}
+            values = {oid: self._payload_or_lost(oid) for oid in request.object_ids
+                      if not self._pending(oid)}
+            reply = p.Values(request.request_id, values, [], timed_out)
         else:
-            body = [oid for oid in request.object_ids if not self._pending(oid)]
-            body = body[:request.num_returns] if not timed_out else body
-        self._out.append(Send(request.worker, [p.VALUES, request.request_id, body, timed_out]))
+            ready = [oid for oid in request.object_ids if not self._pending(oid)]
+            ready = ready[:request.num_returns] if not timed_out else ready
+            reply = p.Values(request.request_id, {}, ready, timed_out)
+        self._out.append(Send(request.worker, reply))
         caller = self.tasks.get(request.task_id)
         if caller is not None and caller.request is request:
             caller.request = None
@@ -692,7 +696,8 @@ class Scheduler:
                 self._dead_on_arrival(spec, reason)
                 return
         worker_id = self._start_worker(spec.actor_id)
-        actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts)
+        actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts,
+                           creator=task.submitter)
         self.actors[spec.actor_id] = actor
         if spec.actor_name is not None:
             self.named[spec.actor_name] = spec.actor_id
@@ -710,7 +715,7 @@ class Scheduler:
         self._acquire(task, task.spec.resources)
         task.state, task.worker = RUNNING, worker.worker_id
         worker.stack.append(task.spec.task_id)
-        self._send_work(worker, task, p.CREATE_ACTOR, nested=False)
+        self._send_work(worker, task, nested=False)
 
     def _queue_actor_call(self, task: TaskState) -> None:
         actor = self.actors.get(task.spec.actor_id)
@@ -737,7 +742,7 @@ class Scheduler:
             actor.calls.popleft()
             task.state, task.worker = QUEUED, worker.worker_id
             actor.in_flight.append(task.spec.task_id)
-            self._send_work(worker, task, p.ACTOR_CALL, nested=False)
+            self._send_work(worker, task, nested=False)
 
     def _actor_task_done(self, task: TaskState, payloads: list[list],
                          contained: list[list[bytes]] | None) -> None:
@@ -816,6 +821,35 @@ class Scheduler:
             self._fail(creation, errors.ActorDiedError("the actor was killed"))
         self._actor_dead(actor, "it was killed with px.kill", stop=True)
         return True
+
+    def _object_freed(self, object_id: bytes) -> None:
+        """The last handle of an actor is gone (handles hold its creation object, pending
+        calls pin it): an actor that is neither named nor detached stops, as in Ray."""
+        actor = self.actors.get(task_of(object_id))
+        if (actor is not None and object_id == actor.creation.return_ids[0]
+                and actor.dead_reason is None and actor.name is None
+                and not actor.creation.detached):
+            self._actor_dead(actor, "its last handle was dropped", stop=True)
+            self._dirty = True
+
+    def client_left(self, client: int) -> None:
+        """An attached driver went away: it holds nothing any more, the tasks it queued
+        that have not started are cancelled, and the actors it created stop unless they
+        were created with lifetime="detached" (Ray's driver lifetime)."""
+        self.objects.drop_holder_everywhere(client)
+        for task in list(self.tasks.values()):
+            if (task.submitter == client and task.spec.kind == TASK
+                    and task.state in (WAITING, READY)):
+                self._fail(task, errors.TaskCancelledError(
+                    f"task {task.spec.name} was cancelled: its driver went away"))
+        for actor in list(self.actors.values()):
+            if (actor.creator == client and actor.dead_reason is None
+                    and not actor.creation.detached):
+                creation = self.tasks.get(actor.creation.task_id)
+                if creation is not None:
+                    self._fail(creation, errors.ActorDiedError("its driver went away"))
+                self._actor_dead(actor, "the driver that created it went away", stop=True)
+        self._dirty = True
 
     def lookup_actor(self, name: str) -> bytes | None:
         return self.named.get(name)

@@ -115,6 +115,31 @@ def from_payload(payload: list, mappings: list | None = None) -> Any:
     raise errors.RemoteProtocolError(f"unknown payload kind {kind!r}")
 
 
+def check_payload(payload: Any) -> None:
+    """Refuse a payload a local client made up: the node stores payloads, hands them to
+    other processes and unlinks their segments, so each must have one of the four shapes
+    and name only a segment of ours (never a path). `RemoteProtocolError` otherwise."""
+    if type(payload) not in (list, tuple) or not payload:
+        raise errors.RemoteProtocolError("an object payload must be a non-empty array")
+    kind, fields = payload[0], tuple(payload[1:])
+    if kind == INLINE:
+        ok = (len(fields) == 2 and type(fields[0]) is bytes
+              and type(fields[1]) in (list, tuple) and all(type(b) is bytes for b in fields[1]))
+    elif kind == SHARED:
+        ok = (len(fields) == 3 and type(fields[0]) is str and shm.is_segment_name(fields[0])
+              and type(fields[1]) is int and fields[1] >= 0
+              and type(fields[2]) in (list, tuple)
+              and all(type(n) is int and n >= 0 for n in fields[2]))
+    elif kind == ERROR:
+        ok = len(fields) == 1 and type(fields[0]) is bytes
+    elif kind == SYSTEM_ERROR:
+        ok = len(fields) == 2 and type(fields[0]) is str and type(fields[1]) is str
+    else:
+        ok = False
+    if not ok:
+        raise errors.RemoteProtocolError(f"malformed object payload of kind {kind!r}")
+
+
 def payload_segment(payload: list) -> str | None:
     """The shared-memory segment behind a payload, if any (to unlink when freed)."""
     return payload[1] if payload[0] == SHARED else None

@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from p2pexec.errors import LocalUsageError, P2PExecError, RemoteProtocolError
+from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError, RemoteProtocolError
 from p2pexec.exec import protocol as p
 from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
@@ -37,29 +36,38 @@ from p2pexec.exec.scheduler import (
     Unlink,
     Warn,
 )
-from p2pexec.exec.task import TaskSpec
+from p2pexec.exec.serialization import check_payload, system_error_payload
+from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
 RECEIVE_SIZE = 1 << 18
 
 
-class WorkerLink:
-    """One worker process and the node's end of its socket.
+class ClientLink:
+    """One local client (a worker process or an attached driver) and the node's end of
+    its socket.
 
     Frames queue in `outbox` while the loop handles a batch; `flush` then writes them in
     one non-blocking `send` right away (no task switch on the hot path) and leaves only
     what the socket buffer refused to the writer task, which waits for room. Everything
     runs on the loop's thread, and `writing` keeps the two from interleaving."""
 
-    def __init__(self, worker_id: int, process: subprocess.Popen, sock: socket.socket
-                 ) -> None:
-        self.worker_id = worker_id
+    def __init__(self, client_id: int, sock: socket.socket, stream: trio.SocketStream,
+                 process: subprocess.Popen | None = None, pid: int | None = None) -> None:
+        self.client_id = client_id
         self.process = process
+        self.pid = process.pid if process is not None else pid
         self.sock = sock
-        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self.stream = stream
         self.outbox: list[bytes] = []
         self.wake = trio.Event()
         self.writing = False
+        self.waits: set[_DriverWait] = set()
+        """An attached driver's get/wait requests the node has not answered yet."""
+
+    @property
+    def is_driver(self) -> bool:
+        return self.process is None
 
     def queue(self, frame: bytes) -> None:
         self.outbox.append(frame)
@@ -72,12 +80,36 @@ class WorkerLink:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
-        except OSError:  # broken: the reader sees the end and reports the worker dead
+        except OSError:  # broken: the reader sees the end and reports the client gone
             self.outbox = []
             return
         self.outbox = [data[sent:]] if sent < len(data) else []
         if self.outbox:
             self.wake.set()
+
+
+class _DriverWait:
+    """An attached driver's `get` or `wait`, answered once enough objects have values or
+    its timeout passes. Registered as a waiter for each object still pending."""
+
+    __slots__ = ("done", "link", "object_ids", "request", "service")
+
+    def __init__(self, service: ExecService, link: ClientLink, request: p.Get) -> None:
+        self.service = service
+        self.link = link
+        self.request = request
+        self.object_ids = list(dict.fromkeys(request.object_ids))
+        self.done = False
+
+    def set(self) -> None:
+        """Some object it waits for completed: answer if that was enough."""
+        if not self.done and self.service.try_answer(self, timed_out=False):
+            self.finish()
+
+    def finish(self) -> None:
+        self.done = True
+        self.link.waits.discard(self)
+        self.service.unregister_waiter(self.object_ids, self)
 
 
 class ExecService:
@@ -88,11 +120,19 @@ class ExecService:
     """
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
-                 call_handlers: dict[str, Callable[[Any], Any]] | None = None) -> None:
+                 call_handlers: dict[str, Callable[[Any], Any]] | None = None,
+                 node_id: bytes = b"") -> None:
         self.config = config
+        self.node_id = node_id
         self.core = Scheduler(config, resources)
-        self.links: dict[int, WorkerLink] = {}
-        self.waiters: dict[bytes, list[threading.Event]] = {}
+        self.links: dict[int, ClientLink] = {}
+        """Workers by their positive ids, attached drivers by negative ones."""
+        self.waiters: dict[bytes, list[Any]] = {}
+        """Per object id, what to `set()` when it completes (threading events, waits)."""
+        self.codec = Codec(p.LINK_LIMITS)
+        self._next_driver = -1
+        self._driver_paths: list[str] = []
+        """Import paths of attached drivers, appended to the workers' own."""
         self.call_handlers = dict(call_handlers or {})
         self._ops: deque[tuple] = deque()
         self._drain_scheduled = False
@@ -164,11 +204,11 @@ class ExecService:
                 op[1]()
         self._apply(core.take_instructions())
 
-    def register_waiter(self, object_ids: list[bytes], event: threading.Event) -> None:
+    def register_waiter(self, object_ids: list[bytes], event: Any) -> None:
         for object_id in object_ids:
             self.waiters.setdefault(object_id, []).append(event)
 
-    def unregister_waiter(self, object_ids: list[bytes], event: threading.Event) -> None:
+    def unregister_waiter(self, object_ids: list[bytes], event: Any) -> None:
         for object_id in object_ids:
             events = self.waiters.get(object_id)
             if events is not None and event in events:
@@ -179,12 +219,13 @@ class ExecService:
     # ---- instructions ----
     def _apply(self, instructions: list[Instruction]) -> None:
         links = self.links
-        touched: set[WorkerLink] = set()
+        touched: set[ClientLink] = set()
+        frame = self.codec.frame
         for instruction in instructions:
             if type(instruction) is Send:
                 link = links.get(instruction.worker)
                 if link is not None:
-                    link.queue(p.encode_frame(instruction.message))
+                    link.queue(frame(instruction.message))
                     touched.add(link)
             elif type(instruction) is Completed:
                 waiters = self.waiters
@@ -229,41 +270,94 @@ class ExecService:
         finally:
             child_end.close()
         parent_end.setblocking(False)
-        link = WorkerLink(worker_id, process, parent_end)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        link = ClientLink(worker_id, parent_end, stream, process)
         self.links[worker_id] = link
-        link.queue(p.encode_frame([p.CONFIGURE, [path for path in sys.path if path],
-                                   os.getpid(), self.config.inline_limit, os.getcwd()]))
+        link.queue(self.codec.frame(self._configure()))
         link.flush()
         kind = "actor" if actor_id is not None else "pool"
         log.debug("started %s worker %d (pid %d)", kind, worker_id, process.pid)
         self._nursery.start_soon(self._serve_worker, link)
 
-    def _kill(self, link: WorkerLink) -> None:
-        if link.process.poll() is None:
+    def _configure(self) -> p.Configure:
+        own = [path for path in sys.path if path]
+        return p.Configure(self.node_id, os.getpid(), self.config.inline_limit,
+                           own + [path for path in self._driver_paths if path not in own],
+                           os.getcwd())
+
+    def _learn_paths(self, paths: list[str]) -> None:
+        """A driver's import paths: every worker, running or future, can import from them."""
+        new = [path for path in paths if path and path not in self._driver_paths]
+        if not new:
+            return
+        self._driver_paths += new
+        configure = self.codec.frame(self._configure())
+        for link in self.links.values():
+            if not link.is_driver:
+                link.queue(configure)
+                link.flush()
+
+    def _kill(self, link: ClientLink) -> None:
+        if link.process is not None and link.process.poll() is None:
             try:
                 link.process.send_signal(signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-    # ---- per worker ----
-    async def _serve_worker(self, link: WorkerLink) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_worker, link)
-            try:
-                await self._read_worker(link)
-            finally:
-                nursery.cancel_scope.cancel()
+    # ---- per client ----
+    async def _serve_worker(self, link: ClientLink) -> None:
+        await self._serve_link(link, FrameDecoder(p.MAX_FRAME))
         await trio.to_thread.run_sync(link.process.wait)
-        if self.links.get(link.worker_id) is link:
-            del self.links[link.worker_id]
-        with trio.CancelScope(shield=True):
-            await link.stream.aclose()
-        self.core.worker_died(link.worker_id, _exit_reason(link.process))
+        self._forget_link(link)
+        self.core.worker_died(link.client_id, _exit_reason(link.process))
         self._apply(self.core.take_instructions())
 
-    async def _write_worker(self, link: WorkerLink) -> None:
+    async def serve_driver(self, stream: trio.SocketStream, hello: p.Hello,
+                           decoder: FrameDecoder) -> None:
+        """Serve a driver that attached through the control socket (`hello` was its first
+        message; `decoder` holds what it sent after it) until it goes away, then drop
+        everything it held: its refs, its queued tasks and the actors it created unless
+        they are detached (Ray's driver lifetime)."""
+        client_id = self._next_driver
+        self._next_driver -= 1
+        sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+        sock.setblocking(False)
+        link = ClientLink(client_id, sock, stream, pid=hello.pid)
+        self.links[client_id] = link
+        log.info("driver pid %d attached", hello.pid)
+        self._learn_paths(hello.sys_path)
+        link.queue(self.codec.frame(self._configure()))
+        link.flush()
+        decoder.max_frame_size = p.MAX_FRAME
+        try:
+            await self._serve_link(link, decoder)
+        finally:
+            self._forget_link(link)
+            sock.close()
+            for wait in list(link.waits):
+                wait.finish()
+            self.core.client_left(client_id)
+            self._apply(self.core.take_instructions())
+            log.info("driver pid %d detached; its references, queued tasks and actors "
+                     "were released", hello.pid)
+
+    def _forget_link(self, link: ClientLink) -> None:
+        if self.links.get(link.client_id) is link:
+            del self.links[link.client_id]
+
+    async def _serve_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_link, link)
+            try:
+                await self._read_link(link, decoder)
+            finally:
+                nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await link.stream.aclose()
+
+    async def _write_link(self, link: ClientLink) -> None:
         """Writes what `flush` could not: a full socket buffer (large frames, a busy
-        worker) waits here, and frames queued meanwhile follow in order."""
+        client) waits here, and frames queued meanwhile follow in order."""
         while True:
             await link.wake.wait()
             link.wake = trio.Event()
@@ -278,55 +372,121 @@ class ExecService:
                     link.writing = False
                 link.flush()
 
-    async def _read_worker(self, link: WorkerLink) -> None:
-        reader = p.FrameReader()
+    async def _read_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
         stream = link.stream
+        decode = self.codec.decode
+        handle = self._handle_driver_message if link.is_driver else self._handle_worker_message
+        data = b""
         while True:
+            try:
+                for body in decoder.feed(data):
+                    handle(link, decode(body))
+            except Exception as exc:  # any bad message costs that client, never the node
+                who = "driver" if link.is_driver else "worker"
+                log.error("%s %d (pid %s) sent a message the node could not handle (%s); "
+                          "dropping it", who, link.client_id, link.pid, exc)
+                self._kill(link)
+                return
+            finally:
+                self._apply(self.core.take_instructions())
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
                 return
-            try:
-                for message in reader.feed(data):
-                    self._handle_worker_message(link.worker_id, message)
-            except Exception as exc:  # any bad message costs that worker, never the node
-                log.error("worker %d sent a message the node could not handle (%r); "
-                          "stopping it", link.worker_id, exc)
-                self._kill(link)
-                return
-            finally:
-                self._apply(self.core.take_instructions())
 
-    def _handle_worker_message(self, worker_id: int, message: list) -> None:
+    def _handle_common(self, client_id: int, message: Any) -> bool:
+        """Messages both kinds of client send; False if `message` is none of them."""
         core = self.core
-        kind = message[0]
-        if kind == p.DONE:
-            core.task_done(worker_id, message[1], message[2], message[3], message[4],
-                           message[5])
-        elif kind == p.SUBMIT:
-            core.submit(TaskSpec.from_wire(message[1:]), worker_id)
-        elif kind == p.REFS:
-            core.refs_changed(worker_id, message[1])
-        elif kind == p.GET:
-            _, request_id, object_ids, num_returns, timeout, given_back = message
-            core.worker_get(worker_id, request_id, object_ids, num_returns, timeout,
-                            given_back, trio.current_time())
-            if timeout is not None:
-                self._timer_changed.set()
-        elif kind == p.PUT:
-            core.put(message[1], message[2], message[3], worker_id)
-        elif kind == p.GIVE_BACK:
-            core.give_back(worker_id, message[1])
-        elif kind == p.REGISTER:
-            core.register(message[1], message[2])
-        elif kind == p.CALL:
-            self._answer_call(worker_id, message[1], message[2], message[3])
-        elif kind == p.READY:
-            core.worker_ready(worker_id)
+        kind = type(message)
+        if kind is p.Submit:
+            core.submit(message.spec, client_id)
+        elif kind is p.Refs:
+            core.refs_changed(client_id, message.deltas)
+        elif kind is p.Put:
+            check_payload(message.payload)
+            core.put(message.object_id, message.payload, message.contained, client_id)
+        elif kind is p.Register:
+            core.register(message.code_hash, message.pickled)
+        elif kind is p.Call:
+            self._answer_call(client_id, message)
         else:
-            raise RemoteProtocolError(f"unknown message kind {kind!r}")
+            return False
+        return True
+
+    def _handle_worker_message(self, link: ClientLink, message: Any) -> None:
+        core = self.core
+        worker_id = link.client_id
+        kind = type(message)
+        if kind is p.Done:
+            for payload in message.payloads:
+                check_payload(payload)
+            core.task_done(worker_id, message.task_id, message.payloads, message.contained,
+                           message.seconds, message.args_unmapped)
+        elif kind is p.Get:
+            core.worker_get(worker_id, message.request_id, message.object_ids,
+                            message.num_returns, message.timeout, message.given_back,
+                            trio.current_time())
+            if message.timeout is not None:
+                self._timer_changed.set()
+        elif kind is p.GiveBack:
+            core.give_back(worker_id, message.task_ids)
+        elif kind is p.Hello:
+            core.worker_ready(worker_id)
+        elif not self._handle_common(worker_id, message):
+            raise RemoteProtocolError(f"a worker may not send {kind.__name__}")
+
+    def _handle_driver_message(self, link: ClientLink, message: Any) -> None:
+        if type(message) is p.Get:
+            self._driver_get(link, message)
+        elif not self._handle_common(link.client_id, message):
+            raise RemoteProtocolError(f"a driver may not send {type(message).__name__}")
+
+    # ---- an attached driver's get and wait ----
+    def _driver_get(self, link: ClientLink, request: p.Get) -> None:
+        wait = _DriverWait(self, link, request)
+        if self.try_answer(wait, timed_out=False):
+            return
+        link.waits.add(wait)
+        self.register_waiter(wait.object_ids, wait)
+        if request.timeout is not None:
+            self._nursery.start_soon(self._expire, wait, request.timeout)
+
+    async def _expire(self, wait: _DriverWait, timeout: float) -> None:
+        await trio.sleep(max(0.0, timeout))
+        if not wait.done:
+            self.try_answer(wait, timed_out=True)
+            wait.finish()
+
+    def try_answer(self, wait: _DriverWait, timed_out: bool) -> bool:
+        """Reply to `wait` if enough of its objects have values (or it timed out). Ids
+        the node does not know resolve to ObjectLostError: the driver's own submits and
+        puts arrived before its get, so an unknown id is gone for good."""
+        entries = self.core.objects.entries
+        request = wait.request
+        values: dict[bytes, Any] = {}
+        for object_id in wait.object_ids:
+            entry = entries.get(object_id)
+            if entry is None:
+                values[object_id] = system_error_payload(ObjectLostError(
+                    f"object {object_id.hex()} is unknown to this node: it was freed, or "
+                    f"created by a node that has stopped"))
+            elif entry.payload is not None:
+                values[object_id] = entry.payload
+        wanted = (len(wait.object_ids) if request.num_returns < 0
+                  else min(request.num_returns, len(wait.object_ids)))
+        if len(values) < wanted and not timed_out:
+            return False
+        if request.num_returns < 0:
+            reply = p.Values(request.request_id, values, [], timed_out)
+        else:
+            ready = [oid for oid in wait.object_ids if oid in values]
+            reply = p.Values(request.request_id, {}, ready if timed_out else ready[:wanted],
+                             timed_out)
+        wait.link.queue(self.codec.frame(reply))
+        wait.link.flush()
+        return True
 
     def call(self, operation: str, argument: Any) -> Any:
         """Run a named node operation (get_actor, kill, nodes...) on the loop's thread."""
@@ -338,15 +498,15 @@ class ExecService:
         finally:
             self._apply(self.core.take_instructions())
 
-    def _answer_call(self, worker_id: int, request_id: int, operation: str,
-                     argument: Any) -> None:
+    def _answer_call(self, client_id: int, request: p.Call) -> None:
         try:
-            reply = [p.REPLY, request_id, True, self.call(operation, argument)]
+            reply = p.Reply(request.request_id, True, self.call(request.operation,
+                                                                request.argument))
         except P2PExecError as exc:
-            reply = [p.REPLY, request_id, False, [type(exc).__name__, str(exc)]]
-        link = self.links.get(worker_id)
+            reply = p.Reply(request.request_id, False, None, type(exc).__name__, str(exc))
+        link = self.links.get(client_id)
         if link is not None:
-            link.queue(p.encode_frame(reply))
+            link.queue(self.codec.frame(reply))
             link.flush()
 
     async def _timer_loop(self) -> None:
@@ -358,6 +518,10 @@ class ExecService:
                 continue
             self.core.tick(trio.current_time())
             self._apply(self.core.take_instructions())
+
+    def drivers(self) -> int:
+        """How many drivers are attached right now."""
+        return sum(1 for link in self.links.values() if link.is_driver)
 
     def pool_ready(self) -> int:
         """How many workers have said READY."""

@@ -30,6 +30,11 @@ def segment_name(owner_pid: int, object_id: bytes) -> str:
     return f"{PREFIX}_{owner_pid}_{object_id.hex()}"
 
 
+def is_segment_name(name: str) -> bool:
+    """A name `segment_name` could have made (a file name in the segment dir, no path)."""
+    return _NAME.match(name) is not None
+
+
 def write(name: str, size: int, parts: list[tuple[int, memoryview | bytes]],
           reuse: bool = False) -> None:
     """Create a segment of `size` bytes holding each (offset, data) part.

@@ -3,39 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from p2pexec.net.codec import message
 
 TASK, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2
 
 
-@dataclass(slots=True)
+@message(110)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """One unit of work. The submitting node keeps it as the lineage of its results."""
+    """One unit of work, immutable once submitted: the submitting node keeps it as the
+    lineage of its results, and the same spec can cross to another node unchanged."""
 
     task_id: bytes
     kind: int
     callable_hash: bytes | None
     """Function or class hash (shipped once per worker); None for actor calls."""
     method: str | None
-    args: list
+    args: Any
     """Payload of the (args, kwargs) tuple."""
-    deps: list[bytes]
+    deps: tuple[bytes, ...]
     """Top-level ObjectRef arguments: resolved to values before the task runs."""
-    contained: list[bytes]
-    """Every ObjectRef inside the arguments: kept alive while the task may still run."""
-    return_ids: list[bytes]
+    contained: tuple[bytes, ...]
+    """Every ObjectRef inside the arguments (and, for an actor call, the actor's own
+    creation object): kept alive while the task may still run."""
+    return_ids: tuple[bytes, ...]
     name: str
     resources: dict[str, float] = field(default_factory=dict)
+    """What it needs to run, {"CPU": 1.0, "gpu": 1.0}; never changed after submission."""
     max_retries: int = 3
     retry_exceptions: bool = False
     actor_id: bytes | None = None
     actor_name: str | None = None
     max_restarts: int = 0
-
-    def to_wire(self) -> list:
-        return [self.task_id, self.kind, self.callable_hash, self.method, self.args, self.deps,
-                self.contained, self.return_ids, self.name, self.resources, self.max_retries,
-                self.retry_exceptions, self.actor_id, self.actor_name, self.max_restarts]
-
-    @classmethod
-    def from_wire(cls, fields: list) -> TaskSpec:
-        return cls(*fields)
+    detached: bool = False
+    """An actor created with lifetime="detached": it outlives the driver that made it."""

@@ -22,29 +22,28 @@ from collections import deque
 from typing import Any
 
 from p2pexec.errors import RemoteProtocolError
+from p2pexec.exec import context, refs, serialization
 from p2pexec.exec import protocol as p
-from p2pexec.exec import refs, serialization
+from p2pexec.exec.link import LinkEnd
 from p2pexec.exec.refs import IdGenerator, ObjectRef, RefCounter
 from p2pexec.exec.shm import segment_name
-from p2pexec.exec.task import TaskSpec
-
-RECEIVE_SIZE = 1 << 18
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 
 class WorkerRuntime:
     """The node as seen from inside a worker: the API's calls become frames on the socket."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = p.FrameReader()
-        self.inbox: deque[list] = deque()
-        self.replies: dict[int, list] = {}
+        self.link = LinkEnd(sock)
+        self.inbox: deque[Any] = deque()
+        self.replies: dict[int, Any] = {}
         self.callables: dict[bytes, Any] = {}
         self.unloaded: dict[bytes, bytes] = {}
         self.registered: set[bytes] = set()
         self.requests = itertools.count(1)
         self.ids = IdGenerator()
         self.owner_pid = os.getppid()
+        self.node_id = b""
         self.inline_limit = 100 * 1024
         self.segments = None  # argument segments are recycled for the node's own process
         self.actor: Any = None
@@ -53,96 +52,74 @@ class WorkerRuntime:
         refs.install_counter(self.counter)
 
     # ---- I/O ----
-    def send(self, message: list) -> None:
+    def send(self, message: Any) -> None:
         with self.lock:
-            self._send(message)
+            self.link.sock.sendall(self.link.frame(message, self.counter.take_pending()))
 
-    def _send(self, message: list) -> None:
-        """Send one message with the reference changes made since the last one: refs this
-        process took go first (they must count before the message can unpin their
-        objects), refs it dropped go after (the message may pin them first, e.g. a result
-        that contains them)."""
-        frame = p.encode_frame(message)
-        pending = self.counter.take_pending()
-        if pending:
-            taken = {oid: delta for oid, delta in pending.items() if delta > 0}
-            dropped = {oid: delta for oid, delta in pending.items() if delta < 0}
-            if taken:
-                frame = p.encode_frame([p.REFS, taken]) + frame
-            if dropped:
-                frame += p.encode_frame([p.REFS, dropped])
-        self.sock.sendall(frame)
-
-    def receive(self) -> list:
+    def receive(self) -> Any:
         """The next message from the node, blocking."""
         while not self.inbox:
-            data = self.sock.recv(RECEIVE_SIZE)
-            if not data:
-                raise EOFError("node closed the worker link")
-            self.inbox.extend(self.reader.feed(data))
+            self.inbox.extend(self.link.receive())
         return self.inbox.popleft()
 
     # ---- serving ----
     def serve(self) -> None:
-        self.send([p.READY, os.getpid()])
+        self.send(p.Hello(p.WORKER, os.getpid()))
         while True:
             self.handle(self.receive())
 
-    def handle(self, message: list) -> None:
-        kind = message[0]
-        if kind in (p.EXEC, p.ACTOR_CALL, p.CREATE_ACTOR):
+    def handle(self, message: Any) -> None:
+        kind = type(message)
+        if kind is p.Execute:
             self.execute(message)
-        elif kind == p.CONFIGURE:
-            _, sys_path, owner_pid, inline_limit, cwd = message
-            for entry in reversed(sys_path):
+        elif kind is p.Configure:
+            for entry in reversed(message.sys_path):
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
-            if cwd and os.path.isdir(cwd):
-                os.chdir(cwd)
-            self.owner_pid, self.inline_limit = owner_pid, inline_limit
-        elif kind in (p.VALUES, p.REPLY):
-            self.replies[message[1]] = message
+            if message.cwd and os.path.isdir(message.cwd):
+                os.chdir(message.cwd)
+            self.owner_pid, self.inline_limit = message.owner_pid, message.inline_limit
+            self.node_id = message.node_id
+        elif kind is p.Values or kind is p.Reply:
+            self.replies[message.request_id] = message
         else:
-            raise RemoteProtocolError(f"worker got unknown message kind {kind!r}")
+            raise RemoteProtocolError(f"worker got a {kind.__name__} message, which only "
+                                      f"the node accepts")
 
-    def execute(self, message: list) -> None:
-        kind, task_id, code, code_bytes, args_payload, deps, return_ids, name, _nested = message
+    def execute(self, work: p.Execute) -> None:
         started = time.perf_counter()
         mappings: list = []
-        payloads, contained = self._run(kind, code, code_bytes, args_payload, deps,
-                                        return_ids, name, mappings)
+        payloads, contained = self._run(work, mappings)
         # the arguments are garbage now unless the task kept them: if their segment is
         # unmapped, the node may hand it back for reuse instead of freeing it
         released = bool(mappings) and all(
             [serialization.close_mapping(mapping) for mapping in mappings])
-        self.send([p.DONE, task_id, payloads, contained, time.perf_counter() - started,
-                   released])
+        self.send(p.Done(work.task_id, payloads, contained, time.perf_counter() - started,
+                         released))
 
-    def _run(self, kind: int, code: Any, code_bytes: bytes | None, args_payload: list,
-             deps: dict, return_ids: list[bytes], name: str, mappings: list
-             ) -> tuple[list[list], list[list[bytes]]]:
+    def _run(self, work: p.Execute, mappings: list) -> tuple[list, list[list[bytes]]]:
         try:
-            arguments = serialization.from_payload(args_payload, mappings)
-            args, kwargs = _resolve_arguments(arguments, deps)
-            if kind == p.ACTOR_CALL:
-                result = getattr(self.actor, code)(*args, **kwargs)
+            arguments = serialization.from_payload(work.args, mappings)
+            args, kwargs = _resolve_arguments(arguments, work.deps)
+            if work.kind == ACTOR_CALL:
+                result = getattr(self.actor, work.method)(*args, **kwargs)
             else:
-                target = self._load(code, code_bytes)
-                if kind == p.CREATE_ACTOR:
+                target = self._load(work.code_hash, work.code)
+                if work.kind == ACTOR_CREATE:
                     self.actor = target(*args, **kwargs)
                     result = None
                 else:
                     result = target(*args, **kwargs)
-            return self._store_results(result, return_ids, name)
+            return self._store_results(result, work.return_ids, work.name)
         except Exception as exc:
-            return [serialization.task_error_payload(exc, name)] * len(return_ids), []
+            return [serialization.task_error_payload(exc, work.name)] * len(work.return_ids), []
 
-    def _keep_code(self, message: list) -> None:
+    def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""
-        if message[3] is not None:
-            self.unloaded[message[2]] = message[3]
+        if work.code is not None:
+            self.unloaded[work.code_hash] = work.code
 
-    def _load(self, code_hash: bytes, code_bytes: bytes | None) -> Any:
+    def _load(self, code_hash: bytes | None, code_bytes: bytes | None) -> Any:
         target = self.callables.get(code_hash)
         if target is None:
             code_bytes = code_bytes or self.unloaded.pop(code_hash, None)
@@ -152,7 +129,7 @@ class WorkerRuntime:
         return target
 
     def _store_results(self, result: Any, return_ids: list[bytes], name: str
-                       ) -> tuple[list[list], list[list[bytes]]]:
+                       ) -> tuple[list, list[list[bytes]]]:
         """Payloads of the return values, and the ObjectRef ids inside each."""
         if len(return_ids) == 1:
             values = [result]
@@ -176,41 +153,40 @@ class WorkerRuntime:
         return payloads, contained
 
     # ---- the API, from inside a task ----
-    def request(self, kind: int, *fields: Any, blocking: bool = False) -> list:
-        """Send a request and pump messages until its reply arrives.
+    def request(self, build: Any, blocking: bool = False) -> Any:
+        """Send the request `build(request_id)` and pump messages until its reply arrives.
 
         A blocking request (get/wait) first hands unstarted queued tasks back to the node,
         so they run elsewhere while this worker lends its CPU; tasks the node sends marked
         `nested` (ones this worker is waiting for) run right here, on this stack.
         """
         with self.lock:  # threads inside a task take turns on the one link (re-entrant
-            return self._request(kind, fields, blocking)  # for nested tasks on this stack)
+            return self._request(build, blocking)  # for nested tasks on this stack)
 
-    def _request(self, kind: int, fields: tuple, blocking: bool) -> list:
+    def _request(self, build: Any, blocking: bool) -> Any:
         request_id = next(self.requests)
-        if blocking:
-            fields = (*fields, self._give_back())
-        self.send([kind, request_id, *fields])
-        deferred: list[list] = []
+        self.send(build(request_id, self._give_back()) if blocking else build(request_id))
+        deferred: list[Any] = []
         while request_id not in self.replies:
             message = self.receive()
-            if message[0] == p.EXEC and blocking and not message[-1]:
-                self._keep_code(message)
-                self.send([p.GIVE_BACK, [message[1]]])  # was on its way as we blocked
-            elif message[0] in _WORK and not message[-1]:
-                deferred.append(message)
+            if type(message) is p.Execute and not message.nested:
+                if blocking and message.kind == TASK:
+                    self._keep_code(message)
+                    self.send(p.GiveBack([message.task_id]))  # was on its way as we blocked
+                else:
+                    deferred.append(message)
             else:
                 self.handle(message)
         self.inbox.extendleft(reversed(deferred))
         return self.replies.pop(request_id)
 
     def _give_back(self) -> list[bytes]:
-        kept: deque[list] = deque()
+        kept: deque[Any] = deque()
         given: list[bytes] = []
         for message in self.inbox:
-            if message[0] == p.EXEC:
+            if type(message) is p.Execute and message.kind == TASK:
                 self._keep_code(message)
-                given.append(message[1])
+                given.append(message.task_id)
             else:
                 kept.append(message)
         self.inbox = kept
@@ -218,39 +194,37 @@ class WorkerRuntime:
 
     def register(self, code_hash: bytes, pickled: bytes) -> None:
         if code_hash not in self.registered:
-            self.send([p.REGISTER, code_hash, pickled])
+            self.send(p.Register(code_hash, pickled))
             self.registered.add(code_hash)
 
     def submit(self, spec: TaskSpec) -> None:
-        self.send([p.SUBMIT, *spec.to_wire()])
+        self.send(p.Submit(spec))
 
     def get_payloads(self, object_ids: list[bytes], timeout: float | None
-                     ) -> tuple[dict[bytes, list], bool]:
-        reply = self.request(p.GET, object_ids, -1, timeout, blocking=True)
-        return reply[2], reply[3]
+                     ) -> tuple[dict[bytes, Any], bool]:
+        reply = self.request(lambda rid, back: p.Get(rid, object_ids, -1, timeout, back),
+                             blocking=True)
+        return reply.payloads, reply.timed_out
 
     def wait(self, object_ids: list[bytes], num_returns: int, timeout: float | None
              ) -> list[bytes]:
-        return self.request(p.GET, object_ids, num_returns, timeout, blocking=True)[2]
+        return self.request(lambda rid, back: p.Get(rid, object_ids, num_returns, timeout,
+                                                    back), blocking=True).ready
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes]) -> None:
-        self.send([p.PUT, object_id, payload, contained])
+        self.send(p.Put(object_id, payload, contained))
 
     def call(self, operation: str, argument: Any) -> Any:
-        reply = self.request(p.CALL, operation, argument)
-        _, _, ok, value = reply
-        if not ok:
-            raise serialization.system_error(value[0], value[1])
-        return value
+        reply = self.request(lambda rid: p.Call(rid, operation, argument))
+        if not reply.ok:
+            raise serialization.system_error(reply.error_class, reply.error)
+        return reply.value
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self.owner_pid, object_id)
 
 
-_WORK = (p.EXEC, p.ACTOR_CALL, p.CREATE_ACTOR)
-
-
-def _resolve_arguments(arguments: tuple, deps: dict[bytes, list]) -> tuple[tuple, dict]:
+def _resolve_arguments(arguments: tuple, deps: dict[bytes, Any]) -> tuple[tuple, dict]:
     """Replace top-level ObjectRef arguments by their values (refs in containers stay)."""
     args, kwargs = arguments
     if not deps:
@@ -289,9 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     sock = socket.socket(fileno=fd)
     runtime = WorkerRuntime(sock)
-    from p2pexec import api
-
-    api.set_worker_runtime(runtime)
+    context.set_worker_runtime(runtime)
     try:
         runtime.serve()
     except (EOFError, ConnectionError):

@@ -80,9 +80,14 @@ def test_actor_whose_constructor_argument_failed_is_dead_with_that_reason(delay)
 def test_a_worker_that_sends_garbage_is_stopped_and_the_node_carries_on():
     @px.remote(max_retries=1)
     def vandal():
-        from p2pexec import api
+        import msgpack
 
-        api._runtime.send([15, [b"not a dict"]])  # REFS must carry a dict
+        from p2pexec.exec import context, protocol
+        from p2pexec.net.codec import HEADER, registered
+
+        assert registered()[100] is protocol.Refs  # whose deltas must be a map
+        body = msgpack.packb([100, [b"not a dict"]])
+        context.runtime.link.sock.sendall(HEADER.pack(len(body)) + body)
         time.sleep(5)
 
     @px.remote

@@ -1,5 +1,7 @@
 """The sans-IO scheduler: stimuli in, instruction lists out. No processes, no clock."""
 
+import dataclasses
+
 import pytest
 
 from p2pexec import errors
@@ -38,8 +40,10 @@ def spec(n: int, deps=(), cpus=1.0, kind=TASK, actor=None, **extra) -> TaskSpec:
                     f"t{n}", {"CPU": cpus} if cpus else {}, actor_id=actor, **extra)
 
 
-def exec_msg(n, code=None, deps=None, nested=False, kind=p.EXEC, target=CODE):
-    return [kind, tid(n), target, code, ARGS, deps or {}, [rid(n)], f"t{n}", nested]
+def exec_msg(n, code=None, deps=None, nested=False, kind=TASK, target=CODE):
+    code_hash, method = (None, target) if kind == ACTOR_CALL else (target, None)
+    return p.Execute(kind, tid(n), code_hash, code, method, ARGS, deps or {}, [rid(n)],
+                     f"t{n}", nested)
 
 
 def ok(value: bytes = b"v") -> list:
@@ -121,7 +125,7 @@ def test_blocked_worker_gives_back_queue_lends_cpu_and_runs_awaited_task(core):
     core.task_done(1, tid(2), [ok(b"2")])
     out = core.take_instructions()
     assert out == [Completed((rid(2),)),
-                   Send(1, [p.VALUES, 7, {rid(3): ok(b"3"), rid(2): ok(b"2")}, False])]
+                   Send(1, p.Values(7, {rid(3): ok(b"3"), rid(2): ok(b"2")}, [], False))]
     assert core.available["CPU"] == 1.0  # task 1 holds its CPU again
 
 
@@ -202,7 +206,7 @@ def test_wait_with_timeout_answers_partial_at_deadline(core):
     core.tick(14.9)
     assert core.take_instructions() == []
     core.tick(15.0)
-    assert core.take_instructions() == [Send(1, [p.VALUES, 3, [rid(60)], True])]
+    assert core.take_instructions() == [Send(1, p.Values(3, {}, [rid(60)], True))]
 
 
 def test_actor_calls_wait_for_creation_and_keep_order(core):
@@ -215,14 +219,14 @@ def test_actor_calls_wait_for_creation_and_keep_order(core):
     core.submit(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
     assert core.take_instructions() == []
     core.worker_ready(3)
-    assert core.take_instructions() == [Send(3, [
-        p.CREATE_ACTOR, actor, CODE, b"code", ARGS, {}, [return_id(actor, 1)], "A.__init__",
-        False])]
+    assert core.take_instructions() == [Send(3, p.Execute(
+        ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {}, [return_id(actor, 1)],
+        "A.__init__", False))]
     core.task_done(3, actor, [ok()])
     assert core.take_instructions() == [
         Completed((return_id(actor, 1),)),
-        Send(3, exec_msg(1, kind=p.ACTOR_CALL, target="m")),
-        Send(3, exec_msg(2, kind=p.ACTOR_CALL, target="m"))]
+        Send(3, exec_msg(1, kind=ACTOR_CALL, target="m")),
+        Send(3, exec_msg(2, kind=ACTOR_CALL, target="m"))]
 
 
 def test_killed_actor_fails_pending_calls(core):
@@ -247,8 +251,7 @@ def test_argument_segment_is_recycled_only_when_the_worker_unmapped_it(core):
     core.worker_ready(1)
     freed = {}
     for n, unmapped in ((1, True), (2, False)):
-        task = spec(n)
-        task.args = [p.SHARED, f"p2px_1_args{n}", 10, [1000]]
+        task = dataclasses.replace(spec(n), args=[p.SHARED, f"p2px_1_args{n}", 10, [1000]])
         core.submit(task, DRIVER)
         core.take_instructions()
         core.task_done(1, tid(n), [ok()], None, 0.01, args_unmapped=unmapped)

@@ -1,0 +1,49 @@
+"""A client's end of the local link (worker processes and attached drivers): blocking
+sockets, typed frames, and the order in which reference changes ride along."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from p2pexec.exec.protocol import LINK_LIMITS, Refs
+from p2pexec.net.codec import Codec, FrameDecoder
+
+RECEIVE_SIZE = 1 << 18
+
+
+class LinkEnd:
+    """Encodes messages for the node and decodes what it sends, on a blocking socket.
+    Not thread-safe by itself: callers serialise sends and receives as they need."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.codec = Codec(LINK_LIMITS)
+        self._decoder = FrameDecoder(LINK_LIMITS.max_frame_size)
+
+    def frame(self, message: Any, ref_changes: dict[bytes, int] | None = None) -> bytes:
+        """One message as bytes to send, with the reference changes made since the last
+        one: refs taken go first (they must count before the message can unpin their
+        objects), refs dropped go after (the message may pin them first, e.g. a result
+        that contains them)."""
+        data = self.codec.frame(message)
+        if ref_changes:
+            taken = {oid: delta for oid, delta in ref_changes.items() if delta > 0}
+            dropped = {oid: delta for oid, delta in ref_changes.items() if delta < 0}
+            if taken:
+                data = self.codec.frame(Refs(taken)) + data
+            if dropped:
+                data += self.codec.frame(Refs(dropped))
+        return data
+
+    def receive(self) -> list[Any]:
+        """Block until at least one whole message arrived; return them in order.
+        `EOFError` when the node closed the link."""
+        while True:
+            data = self.sock.recv(RECEIVE_SIZE)
+            if not data:
+                raise EOFError("the node closed the link")
+            bodies = self._decoder.feed(data)
+            if bodies:
+                decode = self.codec.decode
+                return [decode(body) for body in bodies]
