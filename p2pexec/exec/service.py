@@ -90,21 +90,29 @@ class ClientLink:
 
 class _DriverWait:
     """An attached driver's `get` or `wait`, answered once enough objects have values or
-    its timeout passes. Registered as a waiter for each object still pending."""
+    its timeout passes. Registered as a waiter for each object still pending; counts the
+    completions it hears of, so a get of n objects costs O(n), not a scan per object."""
 
-    __slots__ = ("done", "link", "object_ids", "request", "service")
+    __slots__ = ("done", "link", "missing", "object_ids", "request", "service")
 
     def __init__(self, service: ExecService, link: ClientLink, request: p.Get) -> None:
         self.service = service
         self.link = link
         self.request = request
         self.object_ids = list(dict.fromkeys(request.object_ids))
+        self.missing = 0
+        """Completions still needed before the answer is worth computing."""
         self.done = False
 
     def set(self) -> None:
-        """Some object it waits for completed: answer if that was enough."""
-        if not self.done and self.service.try_answer(self, timed_out=False):
+        """One object it waits for completed: answer once that may be enough."""
+        self.missing -= 1
+        if self.done or self.missing > 0:
+            return
+        if self.service.try_answer(self, timed_out=False):
             self.finish()
+        else:  # an object completed twice (a retry): wait for what is still missing
+            self.service.watch(self)
 
     def finish(self) -> None:
         self.done = True
@@ -449,7 +457,7 @@ class ExecService:
         if self.try_answer(wait, timed_out=False):
             return
         link.waits.add(wait)
-        self.register_waiter(wait.object_ids, wait)
+        self.watch(wait)
         if request.timeout is not None:
             self._nursery.start_soon(self._expire, wait, request.timeout)
 
@@ -458,6 +466,18 @@ class ExecService:
         if not wait.done:
             self.try_answer(wait, timed_out=True)
             wait.finish()
+
+    def watch(self, wait: _DriverWait) -> None:
+        """Wake `wait` as its pending objects complete, once enough of them have."""
+        entries = self.core.objects.entries
+        request = wait.request
+        pending = [oid for oid in wait.object_ids
+                   if (entry := entries.get(oid)) is not None and entry.payload is None]
+        wanted = (len(wait.object_ids) if request.num_returns < 0
+                  else min(request.num_returns, len(wait.object_ids)))
+        wait.missing = wanted - (len(wait.object_ids) - len(pending))
+        self.unregister_waiter(wait.object_ids, wait)
+        self.register_waiter(pending, wait)
 
     def try_answer(self, wait: _DriverWait, timed_out: bool) -> bool:
         """Reply to `wait` if enough of its objects have values (or it timed out). Ids

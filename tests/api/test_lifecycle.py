@@ -87,11 +87,12 @@ def test_dropping_refs_frees_objects_and_shared_memory():
     import numpy as np
 
     import p2pexec as px
-    from p2pexec.exec import shm
+    from p2pexec.exec import context, shm
+
+    prefix = context.runtime.segment_name(b"")  # segments are named after their node's pid
 
     def segments() -> set[str]:
-        return {name for name in os.listdir(shm.segment_dir())
-                if name.startswith(f"{shm.PREFIX}_{os.getpid()}_")}
+        return {name for name in os.listdir(shm.segment_dir()) if name.startswith(prefix)}
 
     before = segments()
     refs = [px.put(np.full(300_000, i, dtype=np.int64)) for i in range(5)]

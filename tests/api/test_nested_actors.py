@@ -225,3 +225,30 @@ def test_actor_holds_the_resources_it_asks_for_until_killed():
     assert ready == []  # both CPUs belong to the actor
     px.kill(hog)
     assert px.get(waiting, timeout=30) == "ran"
+
+
+def test_an_unnamed_actor_stops_when_its_last_handle_is_gone():
+    from p2pexec.processes import pid_alive
+
+    @px.remote
+    class Pid:
+        def pid(self):
+            return os.getpid()
+
+    @px.remote
+    def call_through(handle):
+        return px.get(handle.pid.remote())
+
+    assert isinstance(px.get(Pid.remote().pid.remote()), int)  # a pending call keeps it
+    handle = Pid.remote()
+    pid = px.get(handle.pid.remote())
+    assert px.get(call_through.remote(handle)) == pid  # handles travel, counted
+    named = Pid.options(name="kept").remote()
+    named_pid = px.get(named.pid.remote())
+    del handle, named
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid)
+    assert pid_alive(named_pid)  # named actors live until killed
+    px.kill(px.get_actor("kept"))

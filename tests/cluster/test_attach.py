@@ -392,3 +392,19 @@ def _refuse_silent_and_foreign(launcher: Launcher, node: JoinedNode) -> None:
     assert silent.recv(10) == b""  # dropped after FIRST_FRAME_TIMEOUT
     assert "sent nothing for 10 s" in node.log()
     assert stats(node)["drivers"] == 0
+
+
+def test_the_api_suite_passes_through_an_attached_driver(launcher: Launcher, tmp_path: Path):
+    """Every test of tests/api, run by a driver attached to a `p2pexec join` node with the
+    resources the embedded fixture has (two CPUs and a gpu)."""
+    node = launcher.start("api", new_token(), [
+        "--host", "127.0.0.1", "--port", "0", "--gossip", "local", "--no-mdns", "--cpus", "2",
+        "--resources", "gpu=1"]).wait_started()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "P2PEXEC_TEST_ATTACH": str(node.data_dir),
+           "P2PEXEC_DATA_DIR": str(tmp_path / "nothing-here")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(root / "tests" / "api")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.splitlines()[-1]
