@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -25,9 +24,10 @@ from p2pexec.errors import RemoteProtocolError
 from p2pexec.exec import context, refs, serialization
 from p2pexec.exec import protocol as p
 from p2pexec.exec.link import LinkEnd
-from p2pexec.exec.refs import IdGenerator, ObjectRef, RefCounter
+from p2pexec.exec.refs import IdGenerator, RefCounter
+from p2pexec.exec.runner import TaskRunner
 from p2pexec.exec.shm import segment_name
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import TASK, TaskSpec
 
 
 class WorkerRuntime:
@@ -37,8 +37,6 @@ class WorkerRuntime:
         self.link = LinkEnd(sock)
         self.inbox: deque[Any] = deque()
         self.replies: dict[int, Any] = {}
-        self.callables: dict[bytes, Any] = {}
-        self.unloaded: dict[bytes, bytes] = {}
         self.registered: set[bytes] = set()
         self.requests = itertools.count(1)
         self.ids = IdGenerator()
@@ -46,7 +44,7 @@ class WorkerRuntime:
         self.node_id = b""
         self.inline_limit = 100 * 1024
         self.segments = None  # argument segments are recycled for the node's own process
-        self.actor: Any = None
+        self.runner = TaskRunner(self)
         self.lock = threading.RLock()
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
@@ -89,7 +87,7 @@ class WorkerRuntime:
     def execute(self, work: p.Execute) -> None:
         started = time.perf_counter()
         mappings: list = []
-        payloads, contained = self._run(work, mappings)
+        payloads, contained = self.runner.run(work, mappings)
         # the arguments are garbage now unless the task kept them: if their segment is
         # unmapped, the node may hand it back for reuse instead of freeing it
         released = bool(mappings) and all(
@@ -97,60 +95,10 @@ class WorkerRuntime:
         self.send(p.Done(work.task_id, payloads, contained, time.perf_counter() - started,
                          released))
 
-    def _run(self, work: p.Execute, mappings: list) -> tuple[list, list[list[bytes]]]:
-        try:
-            arguments = serialization.from_payload(work.args, mappings)
-            args, kwargs = _resolve_arguments(arguments, work.deps)
-            if work.kind == ACTOR_CALL:
-                result = getattr(self.actor, work.method)(*args, **kwargs)
-            else:
-                target = self._load(work.code_hash, work.code)
-                if work.kind == ACTOR_CREATE:
-                    self.actor = target(*args, **kwargs)
-                    result = None
-                else:
-                    result = target(*args, **kwargs)
-            return self._store_results(result, work.return_ids, work.name)
-        except Exception as exc:
-            return [serialization.task_error_payload(exc, work.name)] * len(work.return_ids), []
-
     def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""
         if work.code is not None:
-            self.unloaded[work.code_hash] = work.code
-
-    def _load(self, code_hash: bytes | None, code_bytes: bytes | None) -> Any:
-        target = self.callables.get(code_hash)
-        if target is None:
-            code_bytes = code_bytes or self.unloaded.pop(code_hash, None)
-            if code_bytes is None:
-                raise RemoteProtocolError("node sent a task for a function it never shipped")
-            target = self.callables[code_hash] = pickle.loads(code_bytes)
-        return target
-
-    def _store_results(self, result: Any, return_ids: list[bytes], name: str
-                       ) -> tuple[list, list[list[bytes]]]:
-        """Payloads of the return values, and the ObjectRef ids inside each."""
-        if len(return_ids) == 1:
-            values = [result]
-        else:
-            try:
-                values = list(result)
-            except TypeError:
-                values = [result]
-            if len(values) != len(return_ids):
-                raise ValueError(f"task {name} declared num_returns={len(return_ids)} "
-                                 f"but returned {len(values)} values")
-        payloads, contained = [], []
-        for value, object_id in zip(values, return_ids, strict=True):
-            payload, inside = serialization.to_payload(
-                value, self.inline_limit, self.segment_name(object_id),
-                f"the return value of {name}")
-            payloads.append(payload)
-            contained.append(inside)
-        if not any(contained):
-            contained = []
-        return payloads, contained
+            self.runner.unloaded[work.code_hash] = work.code
 
     # ---- the API, from inside a task ----
     def request(self, build: Any, blocking: bool = False) -> Any:
@@ -222,20 +170,6 @@ class WorkerRuntime:
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self.owner_pid, object_id)
-
-
-def _resolve_arguments(arguments: tuple, deps: dict[bytes, Any]) -> tuple[tuple, dict]:
-    """Replace top-level ObjectRef arguments by their values (refs in containers stay)."""
-    args, kwargs = arguments
-    if not deps:
-        return args, kwargs
-    values = {object_id: serialization.from_payload(payload)
-              for object_id, payload in deps.items()}
-    args = tuple(values[a.id] if isinstance(a, ObjectRef) and a.id in values else a
-                 for a in args)
-    kwargs = {k: values[v.id] if isinstance(v, ObjectRef) and v.id in values else v
-              for k, v in kwargs.items()}
-    return args, kwargs
 
 
 def _die_with_parent(parent_pid: int) -> None:
