@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,39 @@ class P2pexec(System):
         self.px.shutdown()
 
 
+class Attached(P2pexec):
+    """p2pexec through a driver attached to a `p2pexec join` node (started here, with two
+    CPUs, on a private data dir and a loopback port), instead of an embedded node."""
+
+    name = "attached"
+
+    def start(self) -> None:
+        import p2pexec as px
+        from p2pexec.config import control_socket_path
+        from p2pexec.net.security import new_token
+
+        self.px = px
+        self.data_dir = tempfile.mkdtemp(prefix="p2pexec-bench-")
+        env = {**os.environ, "P2PEXEC_TOKEN": new_token()}
+        self.node = subprocess.Popen(
+            [sys.executable, "-m", "p2pexec.cli", "join", "--host", "127.0.0.1", "--port",
+             "0", "--no-mdns", "--gossip", "local", "--cpus", "2", "--name", "bench",
+             "--data-dir", self.data_dir], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not control_socket_path(self.data_dir).exists():
+            if time.monotonic() > deadline or self.node.poll() is not None:
+                raise RuntimeError("the p2pexec join node did not start")
+            time.sleep(0.01)
+        px.init(address=self.data_dir)
+
+    def stop(self) -> None:
+        self.px.shutdown()
+        self.node.terminate()
+        self.node.wait(timeout=30)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 class Ray(System):
     name = "ray"
 
@@ -350,13 +384,13 @@ class ProcessPool(System):
         self.pool.shutdown()
 
 
-SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (P2pexec, Ray, Dask,
+SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (P2pexec, Attached, Ray, Dask,
                                                               ProcessPool)}
-MODULES = {"p2pexec": "p2pexec", "ray": "ray", "dask": "distributed",
+MODULES = {"p2pexec": "p2pexec", "attached": "p2pexec", "ray": "ray", "dask": "distributed",
            "ppe": "concurrent.futures", "echo": "trio"}
-ORDER = ["p2pexec", "ray", "dask", "ppe", "echo"]
-LABELS = {"p2pexec": "p2pexec", "ray": "Ray", "dask": "Dask", "ppe": "ProcessPool",
-          "echo": "trio echo"}
+ORDER = ["p2pexec", "attached", "ray", "dask", "ppe", "echo"]
+LABELS = {"p2pexec": "p2pexec", "attached": "px attached", "ray": "Ray", "dask": "Dask",
+          "ppe": "ProcessPool", "echo": "trio echo"}
 
 
 # ---- the benchmarks (run inside one system's subprocess) ------------------------------
@@ -683,7 +717,8 @@ class Target:
     other: str
     bound: float
     at_least: bool
-    """True: p2pexec / other >= bound; False: p2pexec / other <= bound."""
+    """True: mine / other >= bound; False: mine / other <= bound."""
+    mine: str = "p2pexec"
 
 
 TARGETS = [
@@ -696,6 +731,10 @@ TARGETS = [
     Target("nested >= 3x Ray", "nested_rate", "ray", 3, True),
     Target("chain >= 3x Ray", "chain_rate", "ray", 3, True),
     Target("10 MiB argument MiB/s >= 1x Ray", "arg_rate", "ray", 1, True),
+    Target("attached: async tiny tasks >= 1x embedded", "async_rate", "p2pexec", 1, True,
+           "attached"),
+    Target("attached: sync round trip p50 <= 1.3x embedded", "rtt_p50", "p2pexec", 1.3,
+           False, "attached"),
 ]
 
 
@@ -708,7 +747,7 @@ def target_lines(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target's ratio and verdict from this run's numbers."""
     verdicts = []
     for t in TARGETS:
-        mine, theirs = number(results, "p2pexec", t.key), number(results, t.other, t.key)
+        mine, theirs = number(results, t.mine, t.key), number(results, t.other, t.key)
         if mine is None or theirs is None or theirs == 0:
             verdicts.append({"target": t.label, "ratio": None, "verdict": "n/a"})
             continue

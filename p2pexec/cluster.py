@@ -4,8 +4,9 @@
 
 - the `TcpTransport` (TLS 1.3 + token proof) bound to the configured host and port;
 - the connection router, which owns `transport.serve` and dispatches each incoming
-  connection by its first message (a gossip `PushPull` goes to the gossip driver; anything
-  else is logged in one line and dropped);
+  connection by the codec range of its first message's type (gossip 32-63 goes to the
+  gossip driver; later layers add theirs with `add_stream_service`; anything else is
+  logged in one line and dropped);
 - the `GossipDriver` (SWIM + Lifeguard), advertising this node's resources;
 - discovery (mDNS and `--peer` seeds): every candidate not already a live member is handed
   to `gossip.join`, so a peer that was declared dead during a partition is rejoined when
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -34,7 +35,7 @@ from p2pexec.errors import LocalUsageError, ProtocolError
 from p2pexec.gossip.core import EventKind, Member, MemberEvent, Membership
 from p2pexec.gossip.driver import GossipDriver
 from p2pexec.gossip.messages import PushPull, State
-from p2pexec.net.codec import PROTOCOL_MAX, Codec, log_dropped
+from p2pexec.net.codec import PROTOCOL_MAX, Codec, code_of, log_dropped
 from p2pexec.net.discovery import (
     Announcement,
     DiscoveredPeer,
@@ -44,12 +45,24 @@ from p2pexec.net.discovery import (
 )
 from p2pexec.net.security import ClusterKeys
 from p2pexec.net.tcp import TcpTransport
-from p2pexec.net.transport import WILDCARD_HOSTS, Address, Connection, format_address
+from p2pexec.net.transport import (
+    WILDCARD_HOSTS,
+    Address,
+    Connection,
+    Transport,
+    format_address,
+)
 
 log = logging.getLogger("p2pexec.cluster")
 
 LoadSampler = Callable[[], tuple[int, int]]
 """Returns (queue_length, running_tasks) of this node right now."""
+StreamService = Callable[[Connection, Any], Awaitable[None]]
+"""Serves one incoming connection, given its already decoded first message."""
+DiscoveryRunner = Callable[..., Awaitable[None]]
+"""`run_discovery(config, me, found, *, task_status)`: reports candidate peers on `found`."""
+GOSSIP_CODES = range(32, 64)
+"""The gossip package's range of message type codes (see `net.codec`)."""
 
 _LIVE = (State.ALIVE, State.SUSPECT)
 _EVENT_LEVELS = {EventKind.UPDATED: logging.DEBUG}
@@ -71,20 +84,33 @@ def member_dict(member: Member, now: float) -> dict[str, Any]:
     }
 
 
+def _refuse(conn: Connection, first: Any) -> None:
+    log_dropped(conn.peer.address, f"opened a connection with {type(first).__name__}, which "
+                                   f"no service on this node accepts", conn.peer.node_id)
+
+
 class ClusterService:
     """Joins this node to its cluster and keeps its membership view (see module doc)."""
 
     def __init__(self, config: ClusterConfig, name: str, resources: dict[str, float],
-                 load: LoadSampler) -> None:
+                 load: LoadSampler, *, transport: Transport | None = None,
+                 discovery: DiscoveryRunner = run_discovery,
+                 rng: random.Random | None = None) -> None:
+        """`transport` defaults to TCP+TLS on the configured host and port (the node key in
+        the data dir); a simulation passes a `SimNetwork` transport. `discovery` runs
+        mDNS and the seeds (`net.discovery.run_discovery`'s signature)."""
         validate_name(name)
         self.config = config
         self.name = name
         self.resources = dict(resources)
         self._load = load
+        self._discovery = discovery
+        self._rng = rng or random.Random()
         self.cluster_id = ClusterKeys(config.token).cluster_id
-        self.transport = TcpTransport.create(config.data_dir, config.token, config.net,
-                                             host=config.host, port=config.port)
+        self.transport: Transport = transport or TcpTransport.create(
+            config.data_dir, config.token, config.net, host=config.host, port=config.port)
         self.node_id = self.transport.local.node_id
+        self._stream_services: list[tuple[range, StreamService]] = []
         self.gossip: GossipDriver | None = None
         self.address: Address | None = None
         """Where other nodes reach this one (valid once running)."""
@@ -107,6 +133,11 @@ class ClusterService:
                 with trio.CancelScope(shield=True):
                     await self._leave()
                     self._services.cancel()
+
+    def add_stream_service(self, codes: range, serve: StreamService) -> None:
+        """Incoming connections whose first message has a type code in `codes` go to
+        `serve(connection, first_message)` (gossip owns 32-63 and is added at start)."""
+        self._stream_services.append((codes, serve))
 
     def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]:
         """Every membership event from now on (joined, suspect, alive, failed, left...)."""
@@ -142,9 +173,10 @@ class ClusterService:
                         advertised_addresses(host, cfg.discovery_config().interfaces)[0]
                         if host in WILDCARD_HOSTS else host)
                     self.address = (advertised, port)
-                    core = Membership(self.node_id, self.address, cfg.gossip, random.Random(),
+                    core = Membership(self.node_id, self.address, cfg.gossip, self._rng,
                                       name=self.name, resources=self.resources)
                     self.gossip = GossipDriver(core, self.transport)
+                    self.add_stream_service(GOSSIP_CODES, self._serve_gossip)
                     events = self.gossip.subscribe()
                     await nursery.start(self.gossip.run)
                     await nursery.start(self.transport.serve, self._route)
@@ -153,7 +185,8 @@ class ClusterService:
                     found_send, found_recv = trio.open_memory_channel[DiscoveredPeer](64)
                     me = Announcement((host, port), self.node_id, self.cluster_id, self.name,
                                       PROTOCOL_MAX)
-                    await nursery.start(run_discovery, cfg.discovery_config(), me, found_send)
+                    await nursery.start(self._discovery, cfg.discovery_config(), me,
+                                        found_send)
                     nursery.start_soon(self._join_found, found_recv)
                     # from here on only our own `_services.cancel()` stops the services, so
                     # a cancelled node can still gossip its leave
@@ -191,11 +224,20 @@ class ClusterService:
         except ProtocolError as exc:
             log_dropped(peer.address, f"bad first message: {exc}", peer.node_id)
             return
-        if isinstance(msg, PushPull) and self.gossip is not None:
-            await self.gossip.handle_stream(conn, first=msg)
+        code = code_of(msg)
+        for codes, serve in self._stream_services:
+            if code in codes:
+                await serve(conn, msg)
+                return
+        _refuse(conn, msg)
+
+    async def _serve_gossip(self, conn: Connection, first: Any) -> None:
+        """Gossip streams are push-pull syncs; any other gossip message is refused."""
+        assert self.gossip is not None
+        if isinstance(first, PushPull):
+            await self.gossip.handle_stream(conn, first=first)
         else:
-            log_dropped(peer.address, f"opened a connection with {type(msg).__name__}, which "
-                                      f"no service on this node accepts", peer.node_id)
+            _refuse(conn, first)
 
     async def _join_found(self, found: trio.MemoryReceiveChannel[DiscoveredPeer]) -> None:
         """Hand each discovered candidate that is not a live member to gossip."""

@@ -2,39 +2,53 @@
 
 Embedded (no `NodeConfig.cluster`) it is the execution layer alone. Under `p2pexec join`
 it also runs the cluster service (transport, gossip, discovery; see `p2pexec.cluster`) and
-the control socket in its data dir, through which `p2pexec status` reads the membership.
+the control socket in its data dir, through which `p2pexec status` reads the membership
+and drivers attach. The same class runs in simulations: there the transport is a
+`SimNetwork` one, discovery is seeds only, workers are trio tasks (`exec.inline`) and
+there is no control socket.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import trio
 
-from p2pexec.cluster import ClusterService
+from p2pexec.cluster import ClusterService, DiscoveryRunner
 from p2pexec.config import NodeConfig, control_socket_path
 from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
+from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
 from p2pexec.ids import NodeId
+from p2pexec.net.discovery import run_discovery
+from p2pexec.net.transport import Transport
 
 
 class Node:
     """The same peer runs embedded in a driver, under `p2pexec join`, and in simulations."""
 
-    def __init__(self, config: NodeConfig, node_id: NodeId | None = None) -> None:
+    def __init__(self, config: NodeConfig, node_id: NodeId | None = None, *,
+                 transport: Transport | None = None, discovery: DiscoveryRunner = run_discovery,
+                 inline: InlineWorkers | None = None, rng: random.Random | None = None,
+                 control_socket: bool = True) -> None:
+        """`transport`, `discovery` and `rng` go to the cluster service (defaults: TCP+TLS,
+        mDNS and seeds, a fresh RNG); `inline` runs workers as trio tasks instead of
+        processes; `control_socket=False` opens no socket in the data dir."""
         self.config = config
         self.cluster: ClusterService | None = None
         self.control: ControlServer | None = None
         resources = {CPU: config.exec.cpus(), **config.resources}
         if config.cluster is not None:
-            self.cluster = ClusterService(config.cluster, config.name, resources, self._load)
+            self.cluster = ClusterService(config.cluster, config.name, resources, self._load,
+                                          transport=transport, discovery=discovery, rng=rng)
             node_id = self.cluster.node_id
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
         self.exec = ExecService(config.exec, config.resources, node_id=self.node_id.raw,
-                                call_handlers={
+                                inline=inline, call_handlers={
             "get_actor": self._get_actor,
             "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
             "kill": self._kill,
@@ -42,7 +56,7 @@ class Node:
             "cluster_resources": lambda _arg: dict(self.exec.core.total),
             "available_resources": lambda _arg: self._available(),
         })
-        if config.cluster is not None:
+        if config.cluster is not None and control_socket:
             self.control = ControlServer(control_socket_path(config.cluster.data_dir),
                                          {"status": lambda _arg: {"members": self.nodes()},
                                           "exec_stats": lambda _arg: self.exec_stats()},

@@ -24,6 +24,7 @@ from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError, Remot
 from p2pexec.exec import protocol as p
 from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.scheduler import (
     DRIVER,
     Completed,
@@ -129,9 +130,11 @@ class ExecService:
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
                  call_handlers: dict[str, Callable[[Any], Any]] | None = None,
-                 node_id: bytes = b"") -> None:
+                 node_id: bytes = b"", inline: InlineWorkers | None = None) -> None:
         self.config = config
         self.node_id = node_id
+        self.inline = inline
+        """Run workers as trio tasks of this loop (simulations) instead of processes."""
         self.core = Scheduler(config, resources)
         self.links: dict[int, ClientLink] = {}
         """Workers by their positive ids, attached drivers by negative ones."""
@@ -157,6 +160,8 @@ class ExecService:
         """Start the worker pool and serve until cancelled; workers are stopped on exit."""
         shm.sweep_orphans()
         self._token = trio.lowlevel.current_trio_token()
+        if self.inline is not None:
+            self.inline.configure(self.config.inline_limit, os.getpid())
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -235,6 +240,8 @@ class ExecService:
                 if link is not None:
                     link.queue(frame(instruction.message))
                     touched.add(link)
+                elif self.inline is not None:
+                    self.inline.deliver(instruction.worker, instruction.message)
             elif type(instruction) is Completed:
                 waiters = self.waiters
                 for object_id in instruction.object_ids:
@@ -248,15 +255,25 @@ class ExecService:
             elif type(instruction) is Unlink:
                 self._unlink_soon(instruction.segment)
             elif type(instruction) is StartWorker:
-                self._spawn(instruction.worker, instruction.actor_id)
+                if self.inline is not None:
+                    self.inline.start(self._nursery, instruction.worker, self._stimulus)
+                else:
+                    self._spawn(instruction.worker, instruction.actor_id)
             elif type(instruction) is StopWorker:
                 link = links.get(instruction.worker)
                 if link is not None:
                     self._kill(link)
+                elif self.inline is not None:
+                    self.inline.stop(instruction.worker)
             elif type(instruction) is Warn:
                 log.warning("%s", instruction.text)
         for link in touched:
             link.flush()
+
+    def _stimulus(self, apply: Callable[[Scheduler], None]) -> None:
+        """An in-process worker's report: apply it to the core, then its instructions."""
+        apply(self.core)
+        self._apply(self.core.take_instructions())
 
     def _unlink_soon(self, segment: str) -> None:
         """Freeing a large tmpfs file takes ~0.15 ms per MiB: do it off the loop. What is

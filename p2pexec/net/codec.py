@@ -188,6 +188,11 @@ def _compile(cls: type, code: int, names: list[str], types_: list[Any],
     return _Kind(cls, code, ns["fields"], ns["message"], ns["build"])
 
 
+def code_of(msg: Any) -> int:
+    """The type code of a registered message (what stream routers dispatch on)."""
+    return _kind_of_message(msg).code
+
+
 def registered() -> dict[int, type]:
     """Every registered message class by code (for docs and tests)."""
     out = {k.code: k.cls for k in _BY_CODE.values()}

@@ -71,6 +71,10 @@ class Transport(Protocol):
     def local(self) -> Peer:
         """This node: its id and the address others reach it at (valid once serving)."""
 
+    async def bind(self) -> Address:
+        """Claim the address this node listens at (idempotent) and return it, before
+        `serve` runs: others can be told where to reach us first."""
+
     async def serve(self, handler: ConnectionHandler, *,
                     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections forever, running `handler` for each authenticated one in

@@ -328,6 +328,12 @@ class SimTransport:
         if self._state is _State.CLOSED:
             raise trio.ClosedResourceError(f"transport {self._local.address} was closed")
 
+    async def bind(self) -> Address:
+        """A simulated node's address is its own from the start."""
+        await checkpoint()
+        self._check_usable()
+        return self._local.address
+
     async def serve(self, handler: ConnectionHandler, *,
                     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections, each handled in its own task, until closed or crashed."""

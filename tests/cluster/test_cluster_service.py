@@ -13,7 +13,7 @@ from p2pexec.cluster import ClusterService
 from p2pexec.config import ClusterConfig
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.messages import Ping
-from p2pexec.net.codec import Codec
+from p2pexec.net.codec import Codec, message
 from p2pexec.net.tcp import TcpTransport
 
 TOKEN = "service-test-token-0123456789"
@@ -88,5 +88,37 @@ async def test_router_drops_connections_that_do_not_start_with_a_push_pull(tmp_p
             "sent nothing for 0.5 s after connecting",
         ]
         assert all(f"(node {peer})" in line for line in lines)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@message(961)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Greeting:
+    text: str
+
+
+async def test_streams_are_routed_by_the_codec_range_of_their_first_message(tmp_path):
+    a = service(tmp_path, "a", [(0, 0)])
+    served: list[tuple[str, str]] = []
+
+    async def greetings(conn, first) -> None:
+        served.append((first.text, Codec().decode(await conn.receive()).text))
+        await conn.send(Codec().encode(Greeting("welcome")))
+
+    a.add_stream_service(range(960, 970), greetings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        client = TcpTransport.create(tmp_path / "client", TOKEN, host="127.0.0.1")
+
+        async def refuse(conn) -> None:
+            await conn.aclose()
+
+        await nursery.start(client.serve, refuse)
+        conn = await client.connect(a.address)
+        await conn.send_many([Codec().encode(Greeting("hello")),
+                              Codec().encode(Greeting("again"))])
+        assert Codec().decode(await conn.receive()) == Greeting("welcome")
+        assert served == [("hello", "again")]
         await client.aclose()
         nursery.cancel_scope.cancel()

@@ -1,0 +1,90 @@
+"""An in-process executor: the node's workers are trio tasks, not processes.
+
+Simulations run many complete nodes in one trio process on `trio.testing.MockClock`; there
+a worker process per CPU would be too heavy and would not follow the simulated clock. Here
+each worker the scheduler starts is a trio task that runs the work it is sent one piece
+at a time, through the same `TaskRunner` worker processes use, after an optional
+simulated duration (a `trio.sleep`, so it costs no real time under an autojumping clock).
+Task functions must be plain functions: they cannot call the API (no nested tasks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pexec.exec import protocol as p
+from p2pexec.exec.runner import TaskRunner
+from p2pexec.exec.shm import segment_name
+
+Duration = Callable[[p.Execute], float]
+"""How long a piece of work takes in simulated seconds, from what the node sent."""
+
+
+class InlineWorkers:
+    """Worker "processes" as trio tasks of the node's own loop (see module doc).
+
+    `duration` gives each task its simulated run time: a number for every task, or a
+    function of the `Execute` message (its `name` is the function's name)."""
+
+    def __init__(self, duration: float | Duration = 0.0) -> None:
+        self._duration: Duration = (duration if callable(duration)
+                                    else (lambda _work, seconds=float(duration): seconds))
+        self._inboxes: dict[int, trio.MemorySendChannel[p.Execute]] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self.inline_limit = 100 * 1024
+        self._owner_pid = 0
+
+    def configure(self, inline_limit: int, owner_pid: int) -> None:
+        self.inline_limit, self._owner_pid = inline_limit, owner_pid
+
+    def segment_name(self, object_id: bytes) -> str:
+        return segment_name(self._owner_pid, object_id)
+
+    def start(self, nursery: trio.Nursery, worker_id: int,
+              report: Callable[[Callable[[Any], None]], None]) -> None:
+        """Start worker `worker_id`. `report(stimulus)` hands a stimulus (a function of
+        the scheduler) to the node, which applies it and its instructions."""
+        send, receive = trio.open_memory_channel[p.Execute](math.inf)
+        scope = trio.CancelScope()
+        self._inboxes[worker_id] = send
+        self._scopes[worker_id] = scope
+        nursery.start_soon(self._serve, worker_id, receive, scope, report)
+
+    def deliver(self, worker_id: int, message: Any) -> bool:
+        """Hand a message to a worker; False if it has no such worker."""
+        inbox = self._inboxes.get(worker_id)
+        if inbox is None:
+            return False
+        if type(message) is p.Execute:
+            inbox.send_nowait(message)
+        return True  # Values and Configure: inline tasks never block in get
+
+    def stop(self, worker_id: int) -> None:
+        """Kill a worker: the work it runs is abandoned and the node hears it died."""
+        scope = self._scopes.get(worker_id)
+        if scope is not None:
+            scope.cancel()
+
+    async def _serve(self, worker_id: int, inbox: trio.MemoryReceiveChannel[p.Execute],
+                     scope: trio.CancelScope,
+                     report: Callable[[Callable[[Any], None]], None]) -> None:
+        runner = TaskRunner(self)
+        try:
+            with scope:
+                report(lambda core: core.worker_ready(worker_id))
+                async for work in inbox:
+                    started = trio.current_time()
+                    await trio.sleep(self._duration(work))
+                    payloads, contained = runner.run(work)
+                    seconds = trio.current_time() - started
+                    report(lambda core, w=work, out=payloads, inside=contained, s=seconds:
+                           core.task_done(worker_id, w.task_id, out, inside, s, False))
+        finally:
+            self._inboxes.pop(worker_id, None)
+            self._scopes.pop(worker_id, None)
+            if scope.cancelled_caught:
+                report(lambda core: core.worker_died(worker_id, "it was stopped"))

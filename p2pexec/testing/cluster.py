@@ -1,0 +1,122 @@
+"""Whole nodes on the simulated network: execution and membership together, many per trio
+process, on trio's clock (use `trio.testing.MockClock(autojump_threshold=0)`).
+
+Each `SimNode` is the production `Node` with three parts swapped: its transport is a
+`SimNetwork` one, discovery is the seed list only (no mDNS), and its workers are trio
+tasks (`exec.inline.InlineWorkers`) that run task functions in this process after a
+simulated duration. Gossip, the scheduler, the object table and the exec driver are the
+same code as in production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pexec.config import ClusterConfig, NodeConfig
+from p2pexec.exec import serialization, shm
+from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.inline import Duration, InlineWorkers
+from p2pexec.exec.refs import IdGenerator, return_id
+from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.gossip.config import GossipConfig
+from p2pexec.net.discovery import DiscoveryConfig
+from p2pexec.net.security import new_token
+from p2pexec.node import Node
+from p2pexec.testing.simnet import SimNetwork
+
+
+@dataclasses.dataclass
+class SimNode:
+    """One simulated node and the task ids it has handed out."""
+
+    node: Node
+    ids: IdGenerator
+    registered: set[bytes] = dataclasses.field(default_factory=set)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.node.cluster is not None
+        return self.node.cluster.transport.local.address
+
+    def alive_members(self) -> int:
+        return sum(1 for m in self.node.nodes() if m["state"] == "alive")
+
+    def submit(self, function: Callable[..., Any], *args: Any, name: str | None = None
+               ) -> bytes:
+        """Submit `function(*args)` as a task owned by this node, as its embedded driver
+        would; returns the result's object id."""
+        pickled = serialization.pickle_callable(function, repr(function))
+        code_hash = serialization.callable_hash(pickled)
+        service = self.node.exec
+        if code_hash not in self.registered:
+            self.registered.add(code_hash)
+            service.post(("register", code_hash, pickled))
+        task_id = self.ids.task_id()
+        payload, contained = serialization.to_payload((args, {}), service.config.inline_limit,
+                                                      shm.segment_name(os.getpid(),
+                                                                       task_id + b"args"))
+        result = return_id(task_id, 1)
+        service.post(("submit", TaskSpec(
+            task_id, TASK, code_hash, None, payload, (), tuple(contained), (result,),
+            name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})))
+        return result
+
+    async def result(self, object_id: bytes) -> Any:
+        """The value of an object this node owns, once it has one (raises its error)."""
+        entries = self.node.exec.core.objects.entries
+        while True:
+            entry = entries.get(object_id)
+            if entry is not None and entry.payload is not None:
+                payload = entry.payload
+                self.node.exec.post(("refs", {object_id: -1}))  # the driver lets go of it
+                return serialization.from_payload(payload)
+            done = trio.Event()
+            self.node.exec.register_waiter([object_id], done)
+            await done.wait()
+
+
+class SimCluster:
+    """`n` complete nodes on `net`, each seeded with the first `seeds` nodes' addresses."""
+
+    def __init__(self, net: SimNetwork, n: int, *, cpus: int = 2, seeds: int = 3,
+                 duration: float | Duration = 0.0, gossip: GossipConfig | None = None,
+                 seed: int = 0) -> None:
+        token = new_token()
+        transports = [net.add_node() for _ in range(n)]
+        seed_addresses = tuple(t.local.address for t in transports[:seeds])
+        gossip = gossip or GossipConfig.local()
+        self.nodes: list[SimNode] = []
+        for i, transport in enumerate(transports):
+            cluster = ClusterConfig(token=token, mdns=False, gossip=gossip,
+                                    discovery=DiscoveryConfig.local(),
+                                    peers=tuple(a for a in seed_addresses
+                                                if a != transport.local.address))
+            config = NodeConfig(exec=ExecConfig(num_cpus=cpus), name=f"sim{i}",
+                                cluster=cluster)
+            node = Node(config, transport=transport, inline=InlineWorkers(duration),
+                        rng=random.Random(seed * 100_003 + i), control_socket=False)
+            self.nodes.append(SimNode(node, IdGenerator(i.to_bytes(12, "big"))))
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start every node in `nursery` (cancel it to stop them all)."""
+        for sim in self.nodes:
+            await nursery.start(sim.node.run)
+
+    def converged(self) -> bool:
+        """Every node sees every node alive."""
+        n = len(self.nodes)
+        return all(sim.alive_members() == n for sim in self.nodes)
+
+    async def wait_converged(self, timeout: float) -> bool:
+        """Wait up to `timeout` simulated seconds for `converged`."""
+        with trio.move_on_after(timeout):
+            while not self.converged():
+                await trio.sleep(0.1)
+        return self.converged()
+
