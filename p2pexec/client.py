@@ -260,9 +260,11 @@ class AttachedRuntime:
     """What the public API calls in a driver attached to a running node.
 
     One socket to the node's control socket: requests go out from the user's threads
-    (serialised by a lock), a reader thread takes replies and wakes whoever waits for
-    them. Reference drops are batched: they ride on the next message, or a flusher thread
-    sends them within `REF_FLUSH_DELAY` when the driver goes quiet."""
+    (serialised by a lock). Replies are read by a thread that waits for one (leader and
+    followers: whoever waits first reads and hands others their replies), so a sync round
+    trip costs no wake-up of a separate reader thread; that thread reads only while
+    `on_ready` callbacks wait. Reference drops are batched: they ride on the next message,
+    or a flusher thread sends them within `REF_FLUSH_DELAY` when the driver goes quiet."""
 
     REF_FLUSH_DELAY = 0.005
     """Seconds dropped refs may wait for a message to ride on before they go alone."""
@@ -275,7 +277,13 @@ class AttachedRuntime:
         self._send_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._pending: dict[int, _PendingReply] = {}
-        self._pending_lock = threading.Lock()
+        self._replies = threading.Condition()
+        """Guards `_pending` and `_reading`; notified whenever replies were handed out."""
+        self._reading = False
+        """A thread is reading the socket (the leader)."""
+        self._callbacks = 0
+        """`on_ready` callbacks not yet called: while any, the callback thread reads."""
+        self._callbacks_waiting = threading.Event()
         self._failure: str | None = None
         self._refs: dict[bytes, int] = {}
         self._refs_lock = threading.Lock()
@@ -301,8 +309,8 @@ class AttachedRuntime:
         self._owner_pid = configure.owner_pid
         self.counter = RefCounter(self._refs_changed)
         refs.install_counter(self.counter)
-        self._reader = threading.Thread(target=self._read, name="p2pexec-link", daemon=True)
-        self._reader.start()
+        threading.Thread(target=self._read_for_callbacks, name="p2pexec-link",
+                         daemon=True).start()
         threading.Thread(target=self._flush_refs_forever, name="p2pexec-refs",
                          daemon=True).start()
         atexit.register(self.shutdown)
@@ -345,31 +353,84 @@ class AttachedRuntime:
                 except OSError as exc:
                     self._lost(f"sending failed: {exc}")
 
-    def _read(self) -> None:
+    def _read_until(self, done: Callable[[], bool]) -> None:
+        """Return once `done()` (checked under `_replies`), reading the socket meanwhile
+        whenever no other thread does."""
+        replies = self._replies
+        with replies:
+            while not done():
+                if not self._reading:
+                    break
+                replies.wait()
+            else:
+                return
+            self._reading = True
         try:
             while True:
-                for message in self.link.receive():
-                    if type(message) not in (Values, Reply):
-                        raise RemoteProtocolError(
-                            f"the node sent a driver {type(message).__name__}")
-                    with self._pending_lock:
-                        slot = self._pending.pop(message.request_id, None)
-                    if slot is not None:
-                        slot.deliver(message)
+                messages = self._receive()
+                with replies:
+                    called = self._hand_out(messages)
+                    replies.notify_all()
+                    finished = done()
+                for callback, reply in called:
+                    callback(reply)
+                if finished:
+                    return
+        finally:
+            with replies:
+                self._reading = False
+                replies.notify_all()
+
+    def _receive(self) -> list[Any]:
+        """The next replies from the node ([] once it is lost: `_lost` handed out None)."""
+        try:
+            messages = self.link.receive()
         except (OSError, EOFError) as exc:
             self._lost(f"the connection closed ({exc or type(exc).__name__})")
+            return []
         except P2PExecError as exc:
             self._lost(f"it sent something this driver cannot read ({exc})")
+            return []
+        for message in messages:
+            if type(message) not in (Values, Reply):
+                self._lost(f"it sent a driver {type(message).__name__}")
+                return []
+        return messages
+
+    def _hand_out(self, messages: list[Any]) -> list[tuple[Callable[[Any], None], Any]]:
+        """Deliver replies (under `_replies`); returns the callbacks to call outside it."""
+        called = []
+        for message in messages:
+            slot = self._pending.pop(message.request_id, None)
+            if slot is not None:
+                slot.reply, slot.delivered = message, True
+                if slot.callback is not None:
+                    self._callbacks -= 1
+                    called.append((slot.callback, message))
+        return called
+
+    def _read_for_callbacks(self) -> None:
+        """Read while `on_ready` callbacks wait and no user thread is reading anyway."""
+        while self._failure is None:
+            self._callbacks_waiting.wait()
+            self._callbacks_waiting.clear()
+            self._read_until(lambda: self._callbacks <= 0 or self._failure is not None)
 
     def _lost(self, why: str) -> None:
         """The node is gone: every waiting call fails now, and every later one at once."""
         if self._failure is None:
             self._failure = why
-        with self._pending_lock:
+        with self._replies:
             slots, self._pending = list(self._pending.values()), {}
+            for slot in slots:
+                slot.delivered = True
+            self._callbacks = 0
+            self._replies.notify_all()
         for slot in slots:
-            slot.deliver(None)
+            if slot.callback is not None:
+                slot.callback(None)
         self._refs_waiting.set()
+        self._callbacks_waiting.set()
 
     def _check(self) -> None:
         if self._failure is not None:
@@ -380,18 +441,21 @@ class AttachedRuntime:
     def _request(self, build: Callable[[int], Any],
                  callback: Callable[[Any], None] | None = None) -> Any:
         """Send `build(request_id)` and wait for its reply (or, with `callback`, return at
-        once and have the reader thread call `callback(reply)`)."""
+        once and have `callback(reply)` called when it arrives; None if the node is lost)."""
         request_id = next(self._requests)
         slot = _PendingReply(callback)
-        with self._pending_lock:
+        with self._replies:
             self._pending[request_id] = slot
+            if callback is not None:
+                self._callbacks += 1
         self._send(build(request_id))
         if callback is not None:
+            self._callbacks_waiting.set()
             return None
-        reply = slot.wait()
-        if reply is None:
+        self._read_until(lambda: slot.delivered)
+        if slot.reply is None:
             self._check()
-        return reply
+        return slot.reply
 
     # ---- the runtime interface used by api.py ----
     @property
@@ -441,31 +505,22 @@ class AttachedRuntime:
             self._failure = "this driver detached (px.shutdown)"
         with contextlib.suppress(OSError):
             self.link.sock.shutdown(socket.SHUT_RDWR)
-        self._reader.join(timeout=5)
+        self._callbacks_waiting.set()
+        self._read_until(lambda: not self._reading)  # the callback thread has let go
         self.link.sock.close()
         atexit.unregister(self.shutdown)
 
 
 class _PendingReply:
-    """One request waiting for its reply: a thread blocked in `wait`, or a callback."""
+    """One request waiting for its reply (a thread in `_read_until`, or a callback)."""
 
-    __slots__ = ("_callback", "_event", "_reply")
+    __slots__ = ("callback", "delivered", "reply")
 
     def __init__(self, callback: Callable[[Any], None] | None) -> None:
-        self._callback = callback
-        self._event = threading.Event()
-        self._reply: Any = None
-
-    def deliver(self, reply: Any) -> None:
-        """The reply, or None when the node was lost."""
-        self._reply = reply
-        if self._callback is not None:
-            self._callback(reply)
-        self._event.set()
-
-    def wait(self) -> Any:
-        self._event.wait()
-        return self._reply
+        self.callback = callback
+        self.delivered = False
+        self.reply: Any = None
+        """The reply; None when the node was lost."""
 
 
 ATTACH_TIMEOUT = 10.0
