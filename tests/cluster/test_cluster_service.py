@@ -33,6 +33,17 @@ def by_name(svc: ClusterService) -> dict[str, dict]:
     return {m["name"]: m for m in svc.members()}
 
 
+async def start_client(nursery: trio.Nursery, tmp_path) -> TcpTransport:
+    """A transport that only dials out (connections to it are closed at once)."""
+    client = TcpTransport.create(tmp_path / "client", TOKEN, host="127.0.0.1")
+
+    async def refuse(conn) -> None:
+        await conn.aclose()
+
+    await nursery.start(client.serve, refuse)
+    return client
+
+
 async def until(cond, limit: float = 20.0) -> None:
     with trio.fail_after(limit):
         while not cond():
@@ -69,12 +80,7 @@ async def test_router_drops_connections_that_do_not_start_with_a_push_pull(tmp_p
     a = service(tmp_path, "a", [(0, 0)])
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        client = TcpTransport.create(tmp_path / "client", TOKEN, host="127.0.0.1")
-
-        async def refuse(conn) -> None:
-            await conn.aclose()
-
-        await nursery.start(client.serve, refuse)
+        client = await start_client(nursery, tmp_path)
         with caplog.at_level(logging.WARNING, logger="p2pexec.net"):
             conn = await client.connect(a.address)
             await conn.send(Codec().encode(Ping(1, a.node_id, client.local.node_id)))
@@ -109,12 +115,7 @@ async def test_streams_are_routed_by_the_codec_range_of_their_first_message(tmp_
     a.add_stream_service(range(960, 970), greetings)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        client = TcpTransport.create(tmp_path / "client", TOKEN, host="127.0.0.1")
-
-        async def refuse(conn) -> None:
-            await conn.aclose()
-
-        await nursery.start(client.serve, refuse)
+        client = await start_client(nursery, tmp_path)
         conn = await client.connect(a.address)
         await conn.send_many([Codec().encode(Greeting("hello")),
                               Codec().encode(Greeting("again"))])
