@@ -5,6 +5,7 @@ import os
 import textwrap
 import time
 
+import msgpack
 import pytest
 from fresh_interpreter import run_python
 
@@ -77,17 +78,28 @@ def test_actor_whose_constructor_argument_failed_is_dead_with_that_reason(delay)
         px.get(service.ok.remote(), timeout=10)
 
 
-def test_a_worker_that_sends_garbage_is_stopped_and_the_node_carries_on():
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("frame", [
+    pytest.param(_frame(msgpack.packb([100, [b"not a dict"]])), id="wrong-field-type"),
+    pytest.param(_frame(b"\xc1garbage"), id="garbage"),
+    pytest.param((2**31 - 1).to_bytes(4, "big"), id="oversized"),
+    pytest.param(_frame(msgpack.packb([999, 1])), id="unknown-kind"),
+])
+def test_a_worker_that_sends_garbage_is_stopped_and_the_node_carries_on(frame: bytes):
+    from p2pexec.exec import protocol
+    from p2pexec.net.codec import registered
+
+    assert registered()[100] is protocol.Refs  # whose deltas must be a map
+    assert 999 not in registered()
+
     @px.remote(max_retries=1)
-    def vandal():
-        import msgpack
+    def vandal(frame):
+        from p2pexec.exec import context
 
-        from p2pexec.exec import context, protocol
-        from p2pexec.net.codec import HEADER, registered
-
-        assert registered()[100] is protocol.Refs  # whose deltas must be a map
-        body = msgpack.packb([100, [b"not a dict"]])
-        context.runtime.link.sock.sendall(HEADER.pack(len(body)) + body)
+        context.runtime.link.sock.sendall(frame)
         time.sleep(5)
 
     @px.remote
@@ -95,7 +107,7 @@ def test_a_worker_that_sends_garbage_is_stopped_and_the_node_carries_on():
         return "fine"
 
     with pytest.raises(px.WorkerCrashedError):
-        px.get(vandal.remote(), timeout=60)
+        px.get(vandal.remote(frame), timeout=60)
     assert px.get([fine.remote() for _ in range(4)], timeout=30) == ["fine"] * 4
 
 
