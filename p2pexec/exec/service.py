@@ -122,10 +122,11 @@ class _DriverWait:
 
 
 class ExecService:
-    """Runs the scheduler against real worker processes inside one trio nursery.
+    """Runs the scheduler against worker processes (or in-process workers) and attached
+    drivers inside one trio nursery.
 
     Driver threads in the same process hand it work through `post` (thread-safe, wakes the
-    loop at most once per burst) and wait for results through `wait_for`.
+    loop at most once per burst) and wait for results through `register_waiter`.
     """
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
@@ -181,9 +182,10 @@ class ExecService:
         for instruction in self.core.take_instructions():
             if isinstance(instruction, Unlink):
                 shm.unlink(instruction.segment)
-        for link in list(self.links.values()):
+        workers = [link for link in self.links.values() if link.process is not None]
+        for link in workers:
             self._kill(link)
-        for link in list(self.links.values()):
+        for link in workers:
             try:
                 link.process.wait(timeout=2)
             except subprocess.TimeoutExpired:

@@ -278,7 +278,8 @@ def _segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("p2px_")}
 
 
-def test_a_driver_whose_node_dies_gets_a_clear_error_not_a_hang(launcher: Launcher):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_driver_whose_node_dies_gets_a_clear_error_not_a_hang(launcher: Launcher, how: int):
     node = start_node(launcher)
     proc = driver("""
         import json, time
@@ -307,7 +308,12 @@ def test_a_driver_whose_node_dies_gets_a_clear_error_not_a_hang(launcher: Launch
     """, node.data_dir)
     assert json.loads(proc.stdout.readline()) == "waiting"
     time.sleep(0.5)
-    os.killpg(node.proc.pid, signal.SIGKILL)
+    if how == signal.SIGKILL:
+        os.killpg(node.proc.pid, signal.SIGKILL)
+    else:  # a graceful stop with a driver attached ends the node cleanly
+        node.signal(signal.SIGTERM)
+        assert node.proc.wait(timeout=30) == 0, node.log()
+        assert "Traceback" not in node.log()
     out, err = proc.communicate(timeout=30)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["get"] is True and result["next"] == "NodeDiedError", err
