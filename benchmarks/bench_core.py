@@ -780,11 +780,11 @@ def report(results: dict[str, Any], params: Params, names: list[str],
     lines = [render_table(header, rows), ""]
     echo = results.get("echo", {}).get("values", {})
     lines += [
-        "[a] p2pexec: px.init() until px.nodes()[0]['workers'] >= 2 (workers that said READY);"
+        "[a] p2pexec: px.init() until px.nodes()[0]['workers'] >= 2 (workers that said said Hello);"
         " Dask: Client(...) then",
         "    client.wait_for_workers(2); Ray and ProcessPool have no such signal: their row"
         " repeats [b]; trio echo:",
-        "    spawn two worker processes until both sent READY.",
+        "    spawn two worker processes until both said Hello.",
         "[b] from init until two rendezvous tasks, submitted right after init, were seen"
         " running at the same time in",
         "    two distinct worker processes (includes the submit/get of that pair).",

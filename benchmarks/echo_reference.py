@@ -1,14 +1,14 @@
 """The practical limit of one node-to-worker hop in Python: a bare trio echo.
 
-A trio parent and two worker processes joined by socketpairs, speaking exactly the framing
-of `p2pexec.exec.protocol` (4-byte length + msgpack array, `encode_frame` / `FrameReader`).
-The parent sends task-shaped frames (`[EXEC, task_id, ...]`); a worker, a plain blocking
-loop like p2pexec's own, decodes each one and answers `[DONE, task_id, [payload], []]`.
+A trio parent and two worker processes joined by socketpairs, speaking exactly the local
+link of `p2pexec.exec.protocol` (typed messages through the codec with `LINK_LIMITS`).
+The parent sends `Execute` messages; a worker, a plain blocking loop like p2pexec's own,
+decodes each one and answers `Done(task_id, [payload], [], ...)`.
 Nothing else happens: no scheduling, no object table, no pickled functions. What p2pexec
 measures above this is its own cost.
 
 Figures (all in one process, after a warm-up):
-* init: spawn two workers until both have said READY;
+* init: spawn two workers until both have said Hello;
 * one at a time: send one frame, wait for its reply (rate, p50, p99);
 * pipelined, one frame per `send_all`: all frames in flight, replies counted as they come;
 * pipelined, coalesced: the same with 100 frames per `send_all` (the worker answers every
@@ -34,7 +34,11 @@ from collections import deque
 
 import trio
 
-from p2pexec.exec.protocol import DONE, EXEC, INLINE, READY, FrameReader, encode_frame
+from p2pexec.exec.protocol import INLINE, LINK_LIMITS, WORKER, Done, Execute, Hello
+from p2pexec.exec.task import TASK
+from p2pexec.net.codec import Codec, FrameDecoder
+
+CODEC = Codec(LINK_LIMITS)
 
 RECEIVE_SIZE = 1 << 18
 COALESCE = 100
@@ -46,31 +50,32 @@ INLINE_REPLY_LIMIT = 100 * 1024
 # ---- worker process ------------------------------------------------------------------
 
 def worker_main(fd: int) -> None:
-    """Answer every EXEC frame with a DONE frame; one `sendall` per batch read."""
+    """Answer every Execute with a Done; one `sendall` per batch read."""
     sock = socket.socket(fileno=fd)
-    reader = FrameReader()
-    sock.sendall(encode_frame([READY, os.getpid()]))
+    reader = FrameDecoder(LINK_LIMITS.max_frame_size)
+    sock.sendall(CODEC.frame(Hello(WORKER, os.getpid())))
     while data := sock.recv(RECEIVE_SIZE):
         replies = []
-        for message in reader.feed(data):
-            _, task_id, _, _, args_payload, *_ = message
+        for body in reader.feed(data):
+            work = CODEC.decode(body)
+            args_payload = work.args
             if len(args_payload[1]) > INLINE_REPLY_LIMIT:
                 (value,), _ = pickle.loads(args_payload[1])
                 result = [INLINE, pickle.dumps(value.nbytes, protocol=5), []]
             else:
                 result = args_payload
-            replies.append(encode_frame([DONE, task_id, [result], []]))
+            replies.append(CODEC.frame(Done(work.task_id, [result], [], 0.0, False)))
         sock.sendall(b"".join(replies))
 
 
 # ---- parent (trio) -------------------------------------------------------------------
 
 def task_frame(number: int, argument: object) -> bytes:
-    """One task-shaped frame, the size and shape of a p2pexec EXEC message."""
+    """One task as p2pexec sends it to a worker: an `Execute` message."""
     task_id = number.to_bytes(16, "little")
     payload = [INLINE, pickle.dumps(((argument,), {}), protocol=5), []]
-    return encode_frame([EXEC, task_id, b"h" * 32, None, payload, {},
-                         [task_id + b"\x01"], "noop", False])
+    return CODEC.frame(Execute(TASK, task_id, b"h" * 16, None, None, payload, {},
+                               [task_id + b"\x01"], "noop", False))
 
 
 class Link:
@@ -79,15 +84,15 @@ class Link:
     def __init__(self, stream: trio.SocketStream, process: subprocess.Popen) -> None:
         self.stream = stream
         self.process = process
-        self.reader = FrameReader()
-        self.inbox: deque[list] = deque()
+        self.reader = FrameDecoder(LINK_LIMITS.max_frame_size)
+        self.inbox: deque[object] = deque()
 
-    async def receive(self) -> list:
+    async def receive(self) -> object:
         while not self.inbox:
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 raise EOFError("echo worker closed its socket")
-            self.inbox.extend(self.reader.feed(data))
+            self.inbox.extend(CODEC.decode(body) for body in self.reader.feed(data))
         return self.inbox.popleft()
 
     async def receive_count(self, count: int) -> None:
@@ -97,7 +102,7 @@ class Link:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     raise EOFError("echo worker closed its socket")
-                self.inbox.extend(self.reader.feed(data))
+                self.inbox.extend(CODEC.decode(body) for body in self.reader.feed(data))
             taken = min(count, len(self.inbox))
             for _ in range(taken):
                 self.inbox.popleft()
@@ -105,7 +110,7 @@ class Link:
 
 
 async def spawn_workers(count: int) -> tuple[list[Link], float]:
-    """Start `count` workers; return their links and seconds until every one said READY."""
+    """Start `count` workers; return their links and seconds until every one said Hello."""
     started = time.perf_counter()
     links = []
     for _ in range(count):
@@ -118,8 +123,8 @@ async def spawn_workers(count: int) -> tuple[list[Link], float]:
                           process))
     for link in links:
         message = await link.receive()
-        if message[0] != READY:
-            raise RuntimeError(f"echo worker sent {message!r} before READY")
+        if type(message) is not Hello:
+            raise RuntimeError(f"echo worker sent {message!r} before its Hello")
     return links, time.perf_counter() - started
 
 
@@ -133,7 +138,7 @@ async def one_at_a_time(links: list[Link], count: int) -> list[float]:
         await link.stream.send_all(frame)
         reply = await link.receive()
         latencies.append(time.perf_counter() - start)
-        if reply[:2] != [DONE, (7).to_bytes(16, "little")]:
+        if type(reply) is not Done or reply.task_id != (7).to_bytes(16, "little"):
             raise RuntimeError(f"echo worker answered {reply!r}")
     return latencies
 
@@ -164,7 +169,7 @@ async def big_argument(links: list[Link], array: object, count: int) -> list[flo
         await link.stream.send_all(task_frame(i, array))
         reply = await link.receive()
         durations.append(time.perf_counter() - start)
-        if pickle.loads(reply[2][0][1]) != array.nbytes:
+        if pickle.loads(reply.payloads[0][1]) != array.nbytes:
             raise RuntimeError("echo worker reported a wrong argument size")
     return durations
 
