@@ -95,4 +95,4 @@ class Node:
         return actor_id
 
     def _kill(self, actor_id: bytes) -> bool:
-        return self.exec.core.kill_actor(actor_id)
+        return self.exec.kill_actor(actor_id)

@@ -1,9 +1,9 @@
 """The node's task state machine: tasks, workers, actors, resources. Sans-IO.
 
-Every stimulus (a submit, a worker's reply, a worker's death, the clock) is a method
-call; what the node must do in return is a list of instructions taken with
-`take_instructions()` (dask's worker state machine shape). Tests drive it with plain
-calls and compare instruction lists; the trio driver in `exec.service` does the I/O.
+Every stimulus (a submit, a worker's reply, a worker's death, the clock) is a frozen
+event from `exec.events`; `handle(*events)` applies a batch and returns what the node must
+do as a list of instructions (dask's worker state machine shape). Tests feed it events and
+compare instruction lists; the trio driver in `exec.service` does the I/O.
 
 Rules it keeps:
 - A task runs once its top-level ObjectRef arguments are ready and its resources fit.
@@ -19,11 +19,29 @@ Rules it keeps:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2pexec import errors
 from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.events import (
+    ActorKilled,
+    CodeRegistered,
+    Event,
+    GaveBack,
+    GetRequested,
+    Put,
+    RefsChanged,
+    ShutDown,
+    Started,
+    Submitted,
+    TaskFinished,
+    Tick,
+    WorkerDied,
+    WorkerReady,
+)
 from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.refs import task_of
 from p2pexec.exec.serialization import payload_segment, system_error_payload
@@ -160,11 +178,30 @@ class Scheduler:
         self._waiting_actors: list[bytes] = []
         self._dirty = False
         self._durations: dict[bytes | None, float] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Started: self._on_started,
+            ShutDown: self._on_shut_down,
+            CodeRegistered: self._on_code_registered,
+            Submitted: self._on_submitted,
+            WorkerReady: self._on_worker_ready,
+            TaskFinished: self._on_task_finished,
+            WorkerDied: self._on_worker_died,
+            GetRequested: self._on_get_requested,
+            GaveBack: self._on_gave_back,
+            Put: self._on_put,
+            RefsChanged: self._on_refs_changed,
+            Tick: self._on_tick,
+            ActorKilled: self._on_actor_killed,
+        }
 
-    # ---- outputs ----
-    def take_instructions(self) -> list[Instruction]:
-        """What to do now. Scheduling runs here, once per batch of stimuli, so a burst of
-        10,000 submissions costs one pass over the workers, not 10,000."""
+    # ---- the one entry point ----
+    def handle(self, *events: Event) -> list[Instruction]:
+        """Apply a batch of stimuli and return what the node must do now. Scheduling runs
+        once per batch, not once per event, so a burst of 10,000 submissions costs one pass
+        over the workers, not 10,000."""
+        handlers = self._handlers
+        for event in events:
+            handlers[type(event)](event)
         if self._dirty:
             self._dirty = False
             self._schedule()
@@ -179,7 +216,7 @@ class Scheduler:
         self._out.append(Unlink(segment))
 
     # ---- workers ----
-    def start(self) -> None:
+    def _on_started(self, _event: Started) -> None:
         """Start the initial pool: one worker per CPU."""
         for _ in range(self._pool_target):
             self._start_worker(None)
@@ -191,8 +228,8 @@ class Scheduler:
         self._out.append(StartWorker(worker_id, actor_id))
         return worker_id
 
-    def worker_ready(self, worker_id: int) -> None:
-        worker = self.workers.get(worker_id)
+    def _on_worker_ready(self, event: WorkerReady) -> None:
+        worker = self.workers.get(event.worker)
         if worker is None:
             return
         worker.ready = True
@@ -201,8 +238,8 @@ class Scheduler:
             self._try_create_actor(actor)
         self._dirty = True
 
-    def worker_died(self, worker_id: int, reason: str = "it exited") -> None:
-        """The worker's process is gone; `reason` says how (exit code or signal)."""
+    def _on_worker_died(self, event: WorkerDied) -> None:
+        worker_id, reason = event.worker, event.reason
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -249,11 +286,12 @@ class Scheduler:
         return sum(1 for w in self.workers.values() if w.actor_id is None)
 
     # ---- callables ----
-    def register(self, code_hash: bytes, pickled: bytes) -> None:
-        self.code.setdefault(code_hash, pickled)
+    def _on_code_registered(self, event: CodeRegistered) -> None:
+        self.code.setdefault(event.code_hash, event.pickled)
 
     # ---- submission ----
-    def submit(self, spec: TaskSpec, submitter: int) -> None:
+    def _on_submitted(self, event: Submitted) -> None:
+        spec, submitter = event.spec, event.submitter
         for object_id in spec.return_ids:
             self.objects.expect(object_id, submitter)
         self.objects.pin_all(spec.contained)
@@ -323,12 +361,13 @@ class Scheduler:
                                                 dead_reason=reason)
         self._forget_arguments(spec)
 
-    def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
-        self._out.append(Completed((object_id,)))  # a driver may already wait for it
-        self.objects.put(object_id, payload, contained, holder)
+    def _on_put(self, event: Put) -> None:
+        self._out.append(Completed((event.object_id,)))  # a driver may already wait for it
+        self.objects.put(event.object_id, event.payload, event.contained, event.holder)
 
-    def refs_changed(self, holder: int, deltas: dict[bytes, int]) -> None:
-        for object_id, delta in deltas.items():
+    def _on_refs_changed(self, event: RefsChanged) -> None:
+        holder = event.holder
+        for object_id, delta in event.deltas.items():
             if delta > 0:
                 self.objects.add_holder(object_id, holder)
             else:
@@ -470,9 +509,9 @@ class Scheduler:
         return payload
 
     # ---- results ----
-    def task_done(self, worker_id: int, task_id: bytes, payloads: list[list],
-                  contained: list[list[bytes]] | None = None,
-                  duration: float | None = None, args_unmapped: bool = False) -> None:
+    def _on_task_finished(self, event: TaskFinished) -> None:
+        worker_id, task_id, payloads = event.worker, event.task_id, event.payloads
+        contained, duration = event.contained, event.seconds
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
         if task is None or worker is None or task.worker != worker_id:
@@ -484,7 +523,7 @@ class Scheduler:
         if worker.stack and worker.stack[-1] == task_id:
             worker.stack.pop()
         spec = task.spec
-        task.args_unmapped = args_unmapped
+        task.args_unmapped = event.args_unmapped
         if duration is not None and spec.kind == TASK:
             previous = self._durations.get(spec.callable_hash)
             self._durations[spec.callable_hash] = max(1e-6, duration if previous is None
@@ -556,16 +595,16 @@ class Scheduler:
             self._forget_arguments(spec)
 
     # ---- get / wait from workers ----
-    def worker_get(self, worker_id: int, request_id: int, object_ids: list[bytes],
-                   num_returns: int, timeout: float | None, given_back: list[bytes],
-                   now: float) -> None:
+    def _on_get_requested(self, event: GetRequested) -> None:
+        worker_id, request_id, object_ids = event.worker, event.request_id, event.object_ids
         worker = self.workers.get(worker_id)
         if worker is None:
             return
-        self._take_back(worker, given_back)
+        self._take_back(worker, event.given_back)
         caller = self._current_task(worker)
-        request = GetRequest(worker_id, request_id, object_ids, num_returns,
-                             None if timeout is None else now + timeout,
+        timeout = event.timeout
+        request = GetRequest(worker_id, request_id, object_ids, event.num_returns,
+                             None if timeout is None else event.now + timeout,
                              caller.spec.task_id if caller is not None else b"")
         if self._satisfied(request):
             self._answer(request, timed_out=False)
@@ -580,12 +619,11 @@ class Scheduler:
             self._dispatch_awaited(worker, request)
         self._dirty = True
 
-    def give_back(self, worker_id: int, task_ids: list[bytes]) -> None:
-        """A blocked worker returned work that reached it after it blocked."""
-        worker = self.workers.get(worker_id)
+    def _on_gave_back(self, event: GaveBack) -> None:
+        worker = self.workers.get(event.worker)
         if worker is None:
             return
-        self._take_back(worker, task_ids)
+        self._take_back(worker, event.task_ids)
         top = self.tasks.get(worker.stack[-1]) if worker.stack else None
         if top is not None and top.request is not None:
             self._dispatch_awaited(worker, top.request)
@@ -672,7 +710,8 @@ class Scheduler:
             if worker is not None and worker.stack and worker.stack[-1] == request.task_id:
                 self._reacquire_cpu(caller)
 
-    def tick(self, now: float) -> None:
+    def _on_tick(self, event: Tick) -> None:
+        now = event.now
         expired = [r for r in self.requests.values()
                    if r.deadline is not None and r.deadline <= now]
         for request in expired:
@@ -806,22 +845,26 @@ class Scheduler:
         if actor.name is not None and self.named.get(actor.name) == actor.actor_id:
             del self.named[actor.name]
 
-    def kill_actor(self, actor_id: bytes) -> bool:
-        """px.kill: stop the actor for good; its pending calls fail with ActorDiedError."""
+    def actor_alive(self, actor_id: bytes) -> bool:
+        """Known here and not dead: what px.kill reports it stopped."""
         actor = self.actors.get(actor_id)
+        return actor is not None and actor.dead_reason is None
+
+    def _on_actor_killed(self, event: ActorKilled) -> None:
+        """Its pending calls fail with ActorDiedError; a dead or unknown actor is left be."""
+        actor = self.actors.get(event.actor_id)
         if actor is None or actor.dead_reason is not None:
-            return False
+            return
         creation = self.tasks.get(actor.creation.task_id)
         if creation is not None:
             self._fail(creation, errors.ActorDiedError("the actor was killed"))
         self._actor_dead(actor, "it was killed with px.kill", stop=True)
-        return True
 
     def lookup_actor(self, name: str) -> bytes | None:
         return self.named.get(name)
 
     # ---- shutdown ----
-    def shutdown(self) -> None:
+    def _on_shut_down(self, _event: ShutDown) -> None:
         for worker_id in list(self.workers):
             self._out.append(StopWorker(worker_id))
         self.objects.clear()

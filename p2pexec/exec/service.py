@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -25,6 +25,22 @@ from p2pexec.errors import LocalUsageError, P2PExecError, RemoteProtocolError
 from p2pexec.exec import protocol as p
 from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.events import (
+    ActorKilled,
+    CodeRegistered,
+    Event,
+    GaveBack,
+    GetRequested,
+    Put,
+    RefsChanged,
+    ShutDown,
+    Started,
+    Submitted,
+    TaskFinished,
+    Tick,
+    WorkerDied,
+    WorkerReady,
+)
 from p2pexec.exec.scheduler import (
     DRIVER,
     Completed,
@@ -112,8 +128,7 @@ class ExecService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.core.start()
-                self._apply(self.core.take_instructions())
+                self._apply(self.core.handle(Started()))
                 nursery.start_soon(self._timer_loop)
                 task_status.started()
                 await trio.sleep_forever()
@@ -124,8 +139,7 @@ class ExecService:
         self.segments.clear()
         for segment in list(self._unlinking):
             shm.unlink(segment)
-        self.core.shutdown()
-        for instruction in self.core.take_instructions():
+        for instruction in self.core.handle(ShutDown()):
             if isinstance(instruction, Unlink):
                 shm.unlink(instruction.segment)
         for link in list(self.links.values()):
@@ -147,22 +161,24 @@ class ExecService:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        core = self.core
         ops = self._ops
+        events: list[Event] = []
         while ops:
             op = ops.popleft()
             kind = op[0]
             if kind == "submit":
-                core.submit(op[1], DRIVER)
+                events.append(Submitted(op[1], DRIVER))
             elif kind == "refs":
-                core.refs_changed(DRIVER, op[1])
+                events.append(RefsChanged(DRIVER, op[1]))
             elif kind == "put":
-                core.put(op[1], op[2], op[3], DRIVER)
+                events.append(Put(op[1], op[2], op[3], DRIVER))
             elif kind == "register":
-                core.register(op[1], op[2])
-            else:
+                events.append(CodeRegistered(op[1], op[2]))
+            else:  # runs in order with the events before it
+                self._apply(self.core.handle(*events))
+                events = []
                 op[1]()
-        self._apply(core.take_instructions())
+        self._apply(self.core.handle(*events))
 
     def register_waiter(self, object_ids: list[bytes], event: threading.Event) -> None:
         for object_id in object_ids:
@@ -258,8 +274,7 @@ class ExecService:
             del self.links[link.worker_id]
         with trio.CancelScope(shield=True):
             await link.stream.aclose()
-        self.core.worker_died(link.worker_id, _exit_reason(link.process))
-        self._apply(self.core.take_instructions())
+        self._apply(self.core.handle(WorkerDied(link.worker_id, _exit_reason(link.process))))
 
     async def _write_worker(self, link: WorkerLink) -> None:
         """Writes what `flush` could not: a full socket buffer (large frames, a busy
@@ -289,54 +304,66 @@ class ExecService:
             if not data:
                 return
             try:
-                for message in reader.feed(data):
-                    self._handle_worker_message(link.worker_id, message)
+                self._handle_frames(link.worker_id, reader.feed(data))
             except Exception as exc:  # any bad message costs that worker, never the node
                 log.error("worker %d sent a message the node could not handle (%r); "
                           "stopping it", link.worker_id, exc)
                 self._kill(link)
                 return
-            finally:
-                self._apply(self.core.take_instructions())
 
-    def _handle_worker_message(self, worker_id: int, message: list) -> None:
-        core = self.core
+    def _handle_frames(self, worker_id: int, messages: Iterable[list]) -> None:
+        """One batch of a worker's frames, scheduled once. A node call first applies the
+        frames before it, so it sees their effect (an actor the worker just created)."""
+        events: list[Event] = []
+        try:
+            for message in messages:
+                if message[0] == p.CALL:
+                    self._apply(self.core.handle(*events))
+                    events = []
+                    self._answer_call(worker_id, message[1], message[2], message[3])
+                else:
+                    events.append(self._event_of(worker_id, message))
+        finally:
+            self._apply(self.core.handle(*events))
+
+    def _event_of(self, worker_id: int, message: list) -> Event:
+        """The scheduler event a worker's frame stands for."""
         kind = message[0]
         if kind == p.DONE:
-            core.task_done(worker_id, message[1], message[2], message[3], message[4],
-                           message[5])
-        elif kind == p.SUBMIT:
-            core.submit(TaskSpec.from_wire(message[1:]), worker_id)
-        elif kind == p.REFS:
-            core.refs_changed(worker_id, message[1])
-        elif kind == p.GET:
+            return TaskFinished(worker_id, message[1], message[2], message[3], message[4],
+                                message[5])
+        if kind == p.SUBMIT:
+            return Submitted(TaskSpec.from_wire(message[1:]), worker_id)
+        if kind == p.REFS:
+            return RefsChanged(worker_id, message[1])
+        if kind == p.GET:
             _, request_id, object_ids, num_returns, timeout, given_back = message
-            core.worker_get(worker_id, request_id, object_ids, num_returns, timeout,
-                            given_back, trio.current_time())
             if timeout is not None:
                 self._timer_changed.set()
-        elif kind == p.PUT:
-            core.put(message[1], message[2], message[3], worker_id)
-        elif kind == p.GIVE_BACK:
-            core.give_back(worker_id, message[1])
-        elif kind == p.REGISTER:
-            core.register(message[1], message[2])
-        elif kind == p.CALL:
-            self._answer_call(worker_id, message[1], message[2], message[3])
-        elif kind == p.READY:
-            core.worker_ready(worker_id)
-        else:
-            raise RemoteProtocolError(f"unknown message kind {kind!r}")
+            return GetRequested(worker_id, request_id, object_ids, num_returns, timeout,
+                                given_back, trio.current_time())
+        if kind == p.PUT:
+            return Put(message[1], message[2], message[3], worker_id)
+        if kind == p.GIVE_BACK:
+            return GaveBack(worker_id, message[1])
+        if kind == p.REGISTER:
+            return CodeRegistered(message[1], message[2])
+        if kind == p.READY:
+            return WorkerReady(worker_id)
+        raise RemoteProtocolError(f"unknown message kind {kind!r}")
 
     def call(self, operation: str, argument: Any) -> Any:
         """Run a named node operation (get_actor, kill, nodes...) on the loop's thread."""
         handler = self.call_handlers.get(operation)
         if handler is None:
             raise LocalUsageError(f"unknown node operation {operation!r}")
-        try:
-            return handler(argument)
-        finally:
-            self._apply(self.core.take_instructions())
+        return handler(argument)
+
+    def kill_actor(self, actor_id: bytes) -> bool:
+        """px.kill: True if the actor was alive here (and is now stopped)."""
+        alive = self.core.actor_alive(actor_id)
+        self._apply(self.core.handle(ActorKilled(actor_id)))
+        return alive
 
     def _answer_call(self, worker_id: int, request_id: int, operation: str,
                      argument: Any) -> None:
@@ -356,8 +383,7 @@ class ExecService:
                 await self._timer_changed.wait()
                 self._timer_changed = trio.Event()
                 continue
-            self.core.tick(trio.current_time())
-            self._apply(self.core.take_instructions())
+            self._apply(self.core.handle(Tick(trio.current_time())))
 
     def pool_ready(self) -> int:
         """How many workers have said READY."""
