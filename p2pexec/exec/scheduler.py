@@ -1,9 +1,12 @@
-"""The node's task state machine: tasks, workers, actors, resources. Sans-IO.
+"""The node's task state machine: it composes the worker pool, resources, actors and
+objects, and moves tasks between states. Sans-IO.
 
 Every stimulus (a submit, a worker's reply, a worker's death, the clock) is a frozen
 event from `exec.events`; `handle(*events)` applies a batch and returns what the node must
 do as a list of instructions (dask's worker state machine shape). Tests feed it events and
-compare instruction lists; the trio driver in `exec.service` does the I/O.
+compare instruction lists; the trio driver in `exec.service` does the I/O. Every task
+state change goes through `_transition`, whose allowed moves are listed in `ALLOWED`, and
+`validate()` checks the invariants that tie the parts together.
 
 Rules it keeps:
 - A task runs once its top-level ObjectRef arguments are ready and its resources fit.
@@ -21,10 +24,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from p2pexec import errors
 from p2pexec.exec import protocol as p
+from p2pexec.exec.actors import ActorState, ActorTable
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
@@ -42,69 +47,60 @@ from p2pexec.exec.events import (
     WorkerDied,
     WorkerReady,
 )
+from p2pexec.exec.instructions import (
+    Completed,
+    Instruction,
+    Recycle,
+    Send,
+    StopWorker,
+    Unlink,
+    Warn,
+)
 from p2pexec.exec.objects import ObjectTable
+from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import task_of
+from p2pexec.exec.resources import CPU, Resources
 from p2pexec.exec.serialization import payload_segment, system_error_payload
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 DRIVER = 0
 """Holder id of the driver embedded in the node's own process."""
-CPU = "CPU"
 
 
-# ---- instructions ----
-@dataclass(frozen=True, slots=True)
-class Send:
-    worker: int
-    message: list
+class TaskStatus(Enum):
+    WAITING = "waiting"
+    """Arguments missing, resources no node here could ever offer, an actor creation
+    waiting for its worker or resources, or an actor call not yet sent."""
+    READY = "ready"
+    """Runnable: in the ready deque, waiting for resources and an idle worker."""
+    QUEUED = "queued"
+    """Sent ahead to a busy worker (prefetch); starts when the task under it ends."""
+    RUNNING = "running"
+    """On a worker's stack, or an actor call sent to its actor's worker."""
+    DONE = "done"
+    """Finished or failed for good; no longer in the task table."""
 
 
-@dataclass(frozen=True, slots=True)
-class StartWorker:
-    worker: int
-    actor_id: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    worker: int
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """These objects now have a value (or an error); wake whoever waits in the driver."""
-
-    object_ids: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unlink:
-    segment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Recycle:
-    """A finished task's argument segment that no process maps any more: reuse it."""
-
-    segment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Warn:
-    text: str
-
-
-Instruction = Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn
-
-# ---- state ----
-WAITING, READY, QUEUED, RUNNING = "waiting", "ready", "queued", "running"
+WAITING, READY, QUEUED, RUNNING, DONE = TaskStatus
+ALLOWED = frozenset({
+    (WAITING, READY),  # its arguments arrived
+    (WAITING, RUNNING),  # an actor creation started, an actor call was sent
+    (READY, RUNNING),  # an idle worker took it, or a blocked one runs it nested
+    (READY, QUEUED),  # prefetched behind a busy worker
+    (READY, WAITING),  # no node here could ever fit it
+    (QUEUED, RUNNING),  # the task under it finished
+    (QUEUED, READY),  # given back by a blocked worker, or its worker died
+    (RUNNING, READY),  # retried, or an outer frame of a dead worker's stack
+    (RUNNING, WAITING),  # an actor's creation runs again after its worker died
+    *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING)),
+})
 
 
 @dataclass(slots=True)
 class TaskState:
     spec: TaskSpec
     missing: int = 0
-    state: str = WAITING
+    state: TaskStatus = WAITING
     attempts: int = 0
     worker: int | None = None
     held: dict[str, float] = field(default_factory=dict)
@@ -124,60 +120,21 @@ class GetRequest:
     task_id: bytes
 
 
-@dataclass(slots=True)
-class WorkerState:
-    worker_id: int
-    actor_id: bytes | None = None
-    ready: bool = False
-    stack: list[bytes] = field(default_factory=list)
-    """Tasks started on this worker, outermost first; nested ones run on top."""
-    queued: deque[bytes] = field(default_factory=deque)
-    """Tasks sent ahead, not started yet."""
-    known_code: set[bytes] = field(default_factory=set)
-
-    @property
-    def idle(self) -> bool:
-        return self.ready and not self.stack and not self.queued
-
-
-@dataclass(slots=True)
-class ActorState:
-    actor_id: bytes
-    creation: TaskSpec
-    worker: int
-    name: str | None
-    restarts_left: int
-    alive: bool = False
-    dead_reason: str | None = None
-    calls: deque[bytes] = field(default_factory=deque)
-    """Calls not yet sent, in submission order."""
-    in_flight: list[bytes] = field(default_factory=list)
-    holds: TaskState | None = None
-    """The creation task, whose resources the actor keeps for its whole life."""
-
-
 class Scheduler:
     """Decides what runs where on this node. No I/O, no clock: `now` is passed in."""
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None) -> None:
         self.config = config
-        self.total: dict[str, float] = {CPU: config.cpus(), **(resources or {})}
-        self.available = dict(self.total)
+        self._out: list[Instruction] = []
+        self.resources = Resources({CPU: config.cpus(), **(resources or {})})
         self.objects = ObjectTable(self._unlink)
-        self.code: dict[bytes, bytes] = {}
+        self.pool = WorkerPool(config, self.resources.total[CPU], self._out)
+        self.actors = ActorTable()
         self.tasks: dict[bytes, TaskState] = {}
         self.ready: deque[bytes] = deque()
-        self.workers: dict[int, WorkerState] = {}
-        self.actors: dict[bytes, ActorState] = {}
-        self.named: dict[str, bytes] = {}
         self.requests: dict[tuple[int, int], GetRequest] = {}
-        self._out: list[Instruction] = []
-        self._next_worker = 1
-        self._pool_target = max(1, int(self.total[CPU]))
         self._warned_infeasible: set[bytes] = set()
-        self._waiting_actors: list[bytes] = []
         self._dirty = False
-        self._durations: dict[bytes | None, float] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Started: self._on_started,
             ShutDown: self._on_shut_down,
@@ -205,36 +162,65 @@ class Scheduler:
         if self._dirty:
             self._dirty = False
             self._schedule()
-        out, self._out = self._out, []
+        out = self._out[:]
+        self._out.clear()
         return out
+
+    # ---- queries ----
+    @property
+    def total(self) -> dict[str, float]:
+        return self.resources.total
+
+    @property
+    def available(self) -> dict[str, float]:
+        return self.resources.available
+
+    @property
+    def workers(self) -> dict[int, WorkerState]:
+        return self.pool.workers
 
     def next_deadline(self) -> float | None:
         deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
         return min(deadlines) if deadlines else None
+
+    def actor_alive(self, actor_id: bytes) -> bool:
+        """Known here and not dead: what px.kill reports it stopped."""
+        return self.actors.alive(actor_id)
+
+    def lookup_actor(self, name: str) -> bytes | None:
+        return self.actors.lookup(name)
+
+    # ---- task states ----
+    def _transition(self, task: TaskState, to: TaskStatus) -> None:
+        """The one place a task changes state."""
+        assert (task.state, to) in ALLOWED, f"{task.spec.name}: {task.state} -> {to}"
+        task.state = to
+
+    def _make_ready(self, task: TaskState, front: bool = False) -> None:
+        """Runnable again; `front` for tasks that were already running or sent (they keep
+        their turn ahead of later submissions)."""
+        self._transition(task, READY)
+        task.worker = None
+        if front:
+            self.ready.appendleft(task.spec.task_id)
+        else:
+            self.ready.append(task.spec.task_id)
+        self._dirty = True
 
     def _unlink(self, segment: str) -> None:
         self._out.append(Unlink(segment))
 
     # ---- workers ----
     def _on_started(self, _event: Started) -> None:
-        """Start the initial pool: one worker per CPU."""
-        for _ in range(self._pool_target):
-            self._start_worker(None)
-
-    def _start_worker(self, actor_id: bytes | None) -> int:
-        worker_id = self._next_worker
-        self._next_worker += 1
-        self.workers[worker_id] = WorkerState(worker_id, actor_id)
-        self._out.append(StartWorker(worker_id, actor_id))
-        return worker_id
+        self.pool.start_pool()
 
     def _on_worker_ready(self, event: WorkerReady) -> None:
         worker = self.workers.get(event.worker)
         if worker is None:
             return
         worker.ready = True
-        if worker.actor_id is not None:
-            actor = self.actors[worker.actor_id]
+        actor = self.actors.get(worker.actor_id)
+        if actor is not None:
             self._try_create_actor(actor)
         self._dirty = True
 
@@ -256,21 +242,18 @@ class Scheduler:
         for task_id in reversed(worker.queued):
             task = self.tasks.get(task_id)
             if task is not None:
-                task.state, task.worker = READY, None
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
         for depth, task_id in enumerate(reversed(worker.stack)):
             task = self.tasks[task_id]
-            self._release(task)
-            task.request, task.worker = None, None
+            self.resources.release(task.held)
+            task.request = None
             if depth:  # an outer frame waiting for a nested task: it runs again, uncharged
-                task.state = READY
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
                 continue
             task.attempts += 1
             retries = task.spec.max_retries
             if retries < 0 or task.attempts <= retries:
-                task.state = READY
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
                 self._out.append(Warn(
                     f"the worker process running task {task.spec.name} died ({reason}); "
                     f"retrying it (retry {task.attempts} of "
@@ -279,15 +262,10 @@ class Scheduler:
                 self._fail(task, errors.WorkerCrashedError(
                     f"the worker process running task {task.spec.name} died ({reason}) and "
                     f"the task ran out of retries after {task.attempts} attempts"))
-        if self._pool_size() < self._pool_target:
-            self._start_worker(None)
+        self.pool.replace_lost()
 
-    def _pool_size(self) -> int:
-        return sum(1 for w in self.workers.values() if w.actor_id is None)
-
-    # ---- callables ----
     def _on_code_registered(self, event: CodeRegistered) -> None:
-        self.code.setdefault(event.code_hash, event.pickled)
+        self.pool.register_code(event.code_hash, event.pickled)
 
     # ---- submission ----
     def _on_submitted(self, event: Submitted) -> None:
@@ -308,9 +286,7 @@ class Scheduler:
             return
         if spec.kind == TASK:
             if task.missing == 0:
-                task.state = READY
-                self.ready.append(spec.task_id)
-                self._dirty = True
+                self._make_ready(task)
         elif spec.kind == ACTOR_CREATE:
             self._create_actor(task)
         else:
@@ -320,23 +296,17 @@ class Scheduler:
         task.missing -= 1
         if task.missing or task.spec.task_id not in self.tasks:
             return
-        if self._failed_dependency(task):
-            if task.spec.kind == ACTOR_CALL:
-                actor = self.actors.get(task.spec.actor_id)
-                if actor is not None:
-                    self._pump_actor(actor)
-            return
         kind = task.spec.kind
+        if self._failed_dependency(task):
+            if kind == ACTOR_CALL:
+                self._pump_actor(self.actors.get(task.spec.actor_id))
+            return
         if kind == TASK:
-            task.state = READY
-            self.ready.append(task.spec.task_id)
-            self._dirty = True
+            self._make_ready(task)
         elif kind == ACTOR_CREATE:
-            self._try_create_actor(self.actors[task.spec.actor_id])
+            self._try_create_actor(self.actors.get(task.spec.actor_id))
         else:
-            actor = self.actors.get(task.spec.actor_id)
-            if actor is not None:
-                self._pump_actor(actor)
+            self._pump_actor(self.actors.get(task.spec.actor_id))
 
     def _failed_dependency(self, task: TaskState) -> bool:
         """An argument's task failed: this one fails with the same error, unrun (as Ray);
@@ -355,12 +325,6 @@ class Scheduler:
                 return True
         return False
 
-    def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
-        """An actor that never started: remember why, so its calls fail saying so."""
-        self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
-                                                dead_reason=reason)
-        self._forget_arguments(spec)
-
     def _on_put(self, event: Put) -> None:
         self._out.append(Completed((event.object_id,)))  # a driver may already wait for it
         self.objects.put(event.object_id, event.payload, event.contained, event.holder)
@@ -374,75 +338,36 @@ class Scheduler:
                 self.objects.remove_holder(object_id, holder)
 
     # ---- scheduling ----
-    def _fits(self, demand: dict[str, float]) -> bool:
-        available = self.available
-        return all(available.get(name, 0.0) >= amount for name, amount in demand.items())
-
-    def _feasible(self, demand: dict[str, float]) -> bool:
-        total = self.total
-        return all(total.get(name, 0.0) >= amount for name, amount in demand.items())
-
-    def _acquire(self, task: TaskState, demand: dict[str, float]) -> None:
-        available = self.available
-        for name, amount in demand.items():
-            available[name] = available.get(name, 0.0) - amount
-        task.held = dict(demand)
-
-    def _release(self, task: TaskState | None) -> None:
-        if task is None:
-            return
-        available = self.available
-        for name, amount in task.held.items():
-            if name in available:
-                available[name] += amount
-        task.held = {}
-
     def _schedule(self) -> None:
-        if self._waiting_actors:
-            waiting, self._waiting_actors = self._waiting_actors, []
-            for actor_id in waiting:
-                actor = self.actors.get(actor_id)
-                if actor is not None and actor.dead_reason is None:
-                    self._try_create_actor(actor)
+        for actor in self.actors.take_waiting():
+            self._try_create_actor(actor)
+        resources = self.resources
         ready = self.ready
         while ready:
             task = self.tasks.get(ready[0])
-            if task is None or task.state != READY:
+            if task is None or task.state is not READY:
                 ready.popleft()
                 continue
             demand = task.spec.resources
-            if not self._fits(demand):
-                if not self._feasible(demand):
+            if not resources.fits(demand):
+                if not resources.feasible(demand):
                     ready.popleft()
                     self._park_infeasible(task)
                     continue
                 break
-            worker = self._idle_worker()
+            worker = self.pool.idle_worker()
             if worker is None:
-                self._maybe_start_extra_worker()
+                self.pool.maybe_start_extra()
                 break
             ready.popleft()
-            self._acquire(task, demand)
+            task.held = resources.acquire(demand)
             self._run_on(worker, task, nested=False)
         if ready:
             self._prefetch()
 
-    def _idle_worker(self) -> WorkerState | None:
-        for worker in self.workers.values():
-            if worker.actor_id is None and worker.idle:
-                return worker
-        return None
-
-    def _maybe_start_extra_worker(self) -> None:
-        pool = [w for w in self.workers.values() if w.actor_id is None]
-        if any(not w.ready for w in pool):
-            return  # one is starting already
-        if len(pool) < self._pool_target + self.config.extra_workers():
-            self._start_worker(None)
-
     def _park_infeasible(self, task: TaskState) -> None:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
-        task.state = WAITING
+        self._transition(task, WAITING)
         spec = task.spec
         if spec.task_id not in self._warned_infeasible:
             self._warned_infeasible.add(spec.task_id)
@@ -453,53 +378,42 @@ class Scheduler:
     def _prefetch(self) -> None:
         """Queue work behind busy workers when no worker is idle."""
         ready = self.ready
-        for worker in self.workers.values():
-            if worker.actor_id is not None or not worker.stack or worker.ready is False:
+        for worker in self.pool.pool_workers():
+            if not worker.stack or not worker.ready or len(worker.stack) > 1:
                 continue
             top = self.tasks.get(worker.stack[-1])
-            if top is None or top.request is not None or len(worker.stack) > 1:
+            if top is None or top.request is not None:
                 continue
             while ready:
                 task = self.tasks.get(ready[0])
-                if task is None or task.state != READY:
+                if task is None or task.state is not READY:
                     ready.popleft()
                     continue
-                if (len(worker.queued) >= self._depth(task.spec.callable_hash)
+                if (len(worker.queued) >= self.pool.depth(task.spec.callable_hash)
                         or not _covers(top.held, task.spec.resources)):
                     break
                 ready.popleft()
-                task.state, task.worker = QUEUED, worker.worker_id
+                self._transition(task, QUEUED)
+                task.worker = worker.worker_id
                 worker.queued.append(task.spec.task_id)
                 self._send_work(worker, task, p.EXEC, nested=False)
             if not ready:
                 return
 
-    def _depth(self, code_hash: bytes | None) -> int:
-        """How many tasks of this function may queue at a busy worker: about
-        `prefetch_seconds` of work, judged from how long its earlier runs took."""
-        duration = self._durations.get(code_hash)
-        if duration is None:
-            return 1
-        config = self.config
-        return max(1, min(config.max_prefetch, int(config.prefetch_seconds / duration)))
-
     def _run_on(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
-        task.state, task.worker = RUNNING, worker.worker_id
-        worker.stack.append(task.spec.task_id)
+        self._start_on(worker, task)
         self._send_work(worker, task, p.EXEC, nested)
+
+    def _start_on(self, worker: WorkerState, task: TaskState) -> None:
+        self._transition(task, RUNNING)
+        task.worker = worker.worker_id
+        worker.stack.append(task.spec.task_id)
 
     def _send_work(self, worker: WorkerState, task: TaskState, kind: int, nested: bool) -> None:
         spec = task.spec
-        code_hash = spec.callable_hash
-        code_bytes = None
-        if code_hash is not None and code_hash not in worker.known_code:
-            code_bytes = self.code[code_hash]
-            worker.known_code.add(code_hash)
+        code = self.pool.code_to_ship(worker, spec.callable_hash)
         deps = {dep: self._payload_or_lost(dep) for dep in spec.deps} if spec.deps else {}
-        target = spec.method if kind == p.ACTOR_CALL else code_hash
-        self._out.append(Send(worker.worker_id, [
-            kind, spec.task_id, target, code_bytes, spec.args, deps, spec.return_ids,
-            spec.name, nested]))
+        self._out.append(Send(worker.worker_id, work_message(kind, spec, code, deps, nested)))
 
     def _payload_or_lost(self, object_id: bytes) -> list:
         payload = self.objects.payload(object_id)
@@ -511,7 +425,6 @@ class Scheduler:
     # ---- results ----
     def _on_task_finished(self, event: TaskFinished) -> None:
         worker_id, task_id, payloads = event.worker, event.task_id, event.payloads
-        contained, duration = event.contained, event.seconds
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
         if task is None or worker is None or task.worker != worker_id:
@@ -524,24 +437,21 @@ class Scheduler:
             worker.stack.pop()
         spec = task.spec
         task.args_unmapped = event.args_unmapped
-        if duration is not None and spec.kind == TASK:
-            previous = self._durations.get(spec.callable_hash)
-            self._durations[spec.callable_hash] = max(1e-6, duration if previous is None
-                                                      else 0.8 * previous + 0.2 * duration)
-        if spec.kind == ACTOR_CREATE and spec.actor_id in self.actors:
-            self.actors[spec.actor_id].holds = TaskState(spec, held=task.held)
-            task.held = {}
-        self._release(task)
+        if event.seconds is not None and spec.kind == TASK:
+            self.pool.record_duration(spec.callable_hash, event.seconds)
+        actor = self.actors.get(spec.actor_id)
+        if spec.kind == ACTOR_CREATE and actor is not None:
+            actor.holds, task.held = task.held, {}
+        self.resources.release(task.held)
         task.worker = None
         if spec.kind == ACTOR_CALL or spec.kind == ACTOR_CREATE:
-            self._actor_task_done(task, payloads, contained)
+            self._actor_task_done(task, payloads, event.contained)
         elif (spec.retry_exceptions and payloads and payloads[0][0] == p.ERROR
               and (spec.max_retries < 0 or task.attempts < spec.max_retries)):
             task.attempts += 1
-            task.state = READY
-            self.ready.append(task_id)
+            self._make_ready(task)
         else:
-            self._finish(task, payloads, contained)
+            self._finish(task, payloads, event.contained)
         self._after_worker_step(worker)
         self._dirty = True
 
@@ -550,7 +460,7 @@ class Scheduler:
         if worker.stack:
             outer = self.tasks.get(worker.stack[-1])
             if outer is not None and outer.request is None:
-                self._reacquire_cpu(outer)
+                self.resources.reacquire_cpu(outer.held)
             elif outer is not None:
                 self._dispatch_awaited(worker, outer.request)
             return
@@ -558,14 +468,13 @@ class Scheduler:
             next_id = worker.queued.popleft()
             task = self.tasks.get(next_id)
             if task is not None:
-                self._acquire(task, task.spec.resources)
-                task.state = RUNNING
-                worker.stack.append(next_id)
+                task.held = self.resources.acquire(task.spec.resources)
+                self._start_on(worker, task)
 
     def _finish(self, task: TaskState, payloads: list[list],
                 contained: list[list[bytes]] | None) -> None:
         spec = task.spec
-        del self.tasks[spec.task_id]
+        self._retire(task)
         self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
         for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
                                                           strict=True)):
@@ -573,6 +482,11 @@ class Scheduler:
             self.objects.complete(object_id, payload, inside)
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
             self._forget_arguments(spec, recycle=task.args_unmapped)
+
+    def _retire(self, task: TaskState) -> None:
+        """The task leaves the table for good."""
+        self._transition(task, DONE)
+        del self.tasks[task.spec.task_id]
 
     def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
@@ -582,11 +496,9 @@ class Scheduler:
             self._out.append(Recycle(segment) if recycle else Unlink(segment))
 
     def _fail(self, task: TaskState, error: errors.P2PExecError) -> None:
-        self._release(task)
-        self.tasks.pop(task.spec.task_id, None)
-        self._finish_failed(task.spec, error)
-
-    def _finish_failed(self, spec: TaskSpec, error: errors.P2PExecError) -> None:
+        self.resources.release(task.held)
+        self._retire(task)
+        spec = task.spec
         payload = system_error_payload(error)
         self._out.append(Completed(tuple(spec.return_ids)))
         for object_id in spec.return_ids:
@@ -615,7 +527,7 @@ class Scheduler:
             self.objects.when_ready(object_id, lambda _oid, r=request: self._awaited(r))
         if caller is not None:
             caller.request = request
-            self._lend_cpu(caller)
+            self.resources.lend_cpu(caller.held)
             self._dispatch_awaited(worker, request)
         self._dirty = True
 
@@ -632,7 +544,7 @@ class Scheduler:
     def _current_task(self, worker: WorkerState) -> TaskState | None:
         if worker.stack:
             return self.tasks.get(worker.stack[-1])
-        actor = self.actors.get(worker.actor_id) if worker.actor_id is not None else None
+        actor = self.actors.get(worker.actor_id)
         if actor is not None and actor.in_flight:
             return self.tasks.get(actor.in_flight[0])
         return None
@@ -640,23 +552,10 @@ class Scheduler:
     def _take_back(self, worker: WorkerState, given_back: list[bytes]) -> None:
         for task_id in reversed(given_back):
             task = self.tasks.get(task_id)
-            if task is None or task.worker != worker.worker_id or task.state != QUEUED:
+            if task is None or task.worker != worker.worker_id or task.state is not QUEUED:
                 continue
             worker.queued.remove(task_id)
-            task.state, task.worker = READY, None
-            self.ready.appendleft(task_id)
-
-    def _lend_cpu(self, task: TaskState) -> None:
-        cpus = task.held.pop(CPU, 0.0)
-        self.available[CPU] += cpus
-        task.held["_lent"] = cpus
-
-    def _reacquire_cpu(self, task: TaskState) -> None:
-        """Back from get: take the CPU again even if that oversubscribes (as Ray does)."""
-        cpus = task.held.pop("_lent", None)
-        if cpus is not None:
-            self.available[CPU] -= cpus
-            task.held[CPU] = cpus
+            self._make_ready(task, front=True)
 
     def _dispatch_awaited(self, worker: WorkerState, request: GetRequest) -> None:
         """Run one task the blocked worker waits for on its own stack, if it is ready here."""
@@ -669,13 +568,13 @@ class Scheduler:
             return  # on this stack the caller could not give up when its timeout expires
         for object_id in request.object_ids:
             task = self.tasks.get(task_of(object_id))
-            if task is None or task.state != READY or task.spec.kind != TASK:
+            if task is None or task.state is not READY or task.spec.kind != TASK:
                 continue
             if task.attempts:
                 continue  # it crashed a worker once: never again under a waiting caller
-            if not self._fits(task.spec.resources):
+            if not self.resources.fits(task.spec.resources):
                 continue
-            self._acquire(task, task.spec.resources)
+            task.held = self.resources.acquire(task.spec.resources)
             self._run_on(worker, task, nested=True)
             return
 
@@ -702,18 +601,18 @@ class Scheduler:
         else:
             body = [oid for oid in request.object_ids if not self._pending(oid)]
             body = body[:request.num_returns] if not timed_out else body
-        self._out.append(Send(request.worker, [p.VALUES, request.request_id, body, timed_out]))
+        self._out.append(Send(request.worker, values_message(request.request_id, body,
+                                                             timed_out)))
         caller = self.tasks.get(request.task_id)
         if caller is not None and caller.request is request:
             caller.request = None
             worker = self.workers.get(request.worker)
             if worker is not None and worker.stack and worker.stack[-1] == request.task_id:
-                self._reacquire_cpu(caller)
+                self.resources.reacquire_cpu(caller.held)
 
     def _on_tick(self, event: Tick) -> None:
-        now = event.now
         expired = [r for r in self.requests.values()
-                   if r.deadline is not None and r.deadline <= now]
+                   if r.deadline is not None and r.deadline <= event.now]
         for request in expired:
             del self.requests[(request.worker, request.request_id)]
             self._answer(request, timed_out=True)
@@ -723,32 +622,32 @@ class Scheduler:
     # ---- actors ----
     def _create_actor(self, task: TaskState) -> None:
         spec = task.spec
-        if spec.actor_name is not None and spec.actor_name in self.named:
-            existing = self.actors.get(self.named[spec.actor_name])
-            if existing is not None and existing.dead_reason is None:
-                reason = f"an actor named {spec.actor_name!r} already exists"
-                self._fail(task, errors.LocalUsageError(reason))
-                self._dead_on_arrival(spec, reason)
-                return
-        worker_id = self._start_worker(spec.actor_id)
-        actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts)
-        self.actors[spec.actor_id] = actor
-        if spec.actor_name is not None:
-            self.named[spec.actor_name] = spec.actor_id
+        if self.actors.name_taken(spec.actor_name):
+            reason = f"an actor named {spec.actor_name!r} already exists"
+            self._fail(task, errors.LocalUsageError(reason))
+            self._dead_on_arrival(spec, reason)
+            return
+        self.actors.add(spec, self.pool.start_worker(spec.actor_id))
 
-    def _try_create_actor(self, actor: ActorState) -> None:
+    def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
+        """An actor that never started: remember why, so its calls fail saying so."""
+        self.actors.add_dead(spec, reason)
+        self._forget_arguments(spec)
+
+    def _try_create_actor(self, actor: ActorState | None) -> None:
+        if actor is None:
+            return
         task = self.tasks.get(actor.creation.task_id)
         worker = self.workers.get(actor.worker)
         if task is None or worker is None or not worker.ready or task.missing:
             return
-        if task.state == RUNNING:
+        if task.state is RUNNING:
             return
-        if not self._fits(task.spec.resources):
-            self._waiting_actors.append(actor.actor_id)
+        if not self.resources.fits(task.spec.resources):
+            self.actors.waiting.append(actor.actor_id)
             return
-        self._acquire(task, task.spec.resources)
-        task.state, task.worker = RUNNING, worker.worker_id
-        worker.stack.append(task.spec.task_id)
+        task.held = self.resources.acquire(task.spec.resources)
+        self._start_on(worker, task)
         self._send_work(worker, task, p.CREATE_ACTOR, nested=False)
 
     def _queue_actor_call(self, task: TaskState) -> None:
@@ -761,8 +660,10 @@ class Scheduler:
         actor.calls.append(task.spec.task_id)
         self._pump_actor(actor)
 
-    def _pump_actor(self, actor: ActorState) -> None:
+    def _pump_actor(self, actor: ActorState | None) -> None:
         """Send calls in submission order while the head's arguments are ready."""
+        if actor is None:
+            return
         worker = self.workers.get(actor.worker)
         if not actor.alive or worker is None:
             return
@@ -774,7 +675,8 @@ class Scheduler:
             if task.missing:
                 return
             actor.calls.popleft()
-            task.state, task.worker = QUEUED, worker.worker_id
+            self._transition(task, RUNNING)
+            task.worker = worker.worker_id
             actor.in_flight.append(task.spec.task_id)
             self._send_work(worker, task, p.ACTOR_CALL, nested=False)
 
@@ -800,8 +702,7 @@ class Scheduler:
         actor = self.actors.get(worker.actor_id)
         if actor is None:
             return
-        lost = [tid for tid in actor.in_flight]
-        actor.in_flight = []
+        lost, actor.in_flight = actor.in_flight, []
         for task_id in lost:
             task = self.tasks.get(task_id)
             if task is not None:
@@ -813,42 +714,31 @@ class Scheduler:
         if actor.restarts_left != 0:
             actor.restarts_left -= 1
             actor.alive = False
-            self._release(actor.holds)  # the new incarnation acquires them again
-            actor.holds = None
+            self.resources.release(actor.holds)  # the new incarnation acquires them again
             if creation is None:
                 creation = TaskState(actor.creation)
                 self.tasks[actor.creation.task_id] = creation
                 for object_id in actor.creation.return_ids:
                     self.objects.reset(object_id)
-            creation.state, creation.worker = WAITING, None
-            actor.worker = self._start_worker(actor.actor_id)
+            else:
+                self._transition(creation, WAITING)
+            creation.worker = None
+            actor.worker = self.pool.start_worker(actor.actor_id)
             return
         if creation is not None:
             self._fail(creation, errors.ActorDiedError(f"the actor's process died ({reason})"))
         self._actor_dead(actor, f"its process died ({reason})", stop=False)
 
     def _actor_dead(self, actor: ActorState, reason: str, stop: bool) -> None:
-        actor.alive = False
-        actor.dead_reason = reason
         if stop and actor.worker in self.workers:
             self._out.append(StopWorker(actor.worker))
-        pending = list(actor.calls) + list(actor.in_flight)
-        actor.calls.clear()
-        actor.in_flight = []
-        for task_id in pending:
+        for task_id in self.actors.mark_dead(actor, reason):
             task = self.tasks.get(task_id)
             if task is not None:
                 self._fail(task, errors.ActorDiedError(
                     f"cannot run {task.spec.name}: the actor is dead ({reason})"))
-        self._release(actor.holds)
+        self.resources.release(actor.holds)
         self._forget_arguments(actor.creation)
-        if actor.name is not None and self.named.get(actor.name) == actor.actor_id:
-            del self.named[actor.name]
-
-    def actor_alive(self, actor_id: bytes) -> bool:
-        """Known here and not dead: what px.kill reports it stopped."""
-        actor = self.actors.get(actor_id)
-        return actor is not None and actor.dead_reason is None
 
     def _on_actor_killed(self, event: ActorKilled) -> None:
         """Its pending calls fail with ActorDiedError; a dead or unknown actor is left be."""
@@ -860,15 +750,25 @@ class Scheduler:
             self._fail(creation, errors.ActorDiedError("the actor was killed"))
         self._actor_dead(actor, "it was killed with px.kill", stop=True)
 
-    def lookup_actor(self, name: str) -> bytes | None:
-        return self.named.get(name)
-
     # ---- shutdown ----
     def _on_shut_down(self, _event: ShutDown) -> None:
         for worker_id in list(self.workers):
             self._out.append(StopWorker(worker_id))
         self.objects.clear()
 
+
+def work_message(kind: int, spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
+                 nested: bool) -> list:
+    """The frame that hands a task, actor creation or actor call to a worker."""
+    target = spec.method if kind == p.ACTOR_CALL else spec.callable_hash
+    return [kind, spec.task_id, target, code, spec.args, deps, spec.return_ids, spec.name,
+            nested]
+
+
+def values_message(request_id: int, body: dict[bytes, list] | list[bytes],
+                   timed_out: bool) -> list:
+    """The answer to a worker's get (values by id) or wait (ids of ready objects)."""
+    return [p.VALUES, request_id, body, timed_out]
 
 
 def _covers(held: dict[str, float], demand: dict[str, float]) -> bool:

@@ -41,18 +41,17 @@ from p2pexec.exec.events import (
     WorkerDied,
     WorkerReady,
 )
-from p2pexec.exec.scheduler import (
-    DRIVER,
+from p2pexec.exec.instructions import (
     Completed,
     Instruction,
     Recycle,
-    Scheduler,
     Send,
     StartWorker,
     StopWorker,
     Unlink,
     Warn,
 )
+from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.task import TaskSpec
 
 log = logging.getLogger("p2pexec.exec")

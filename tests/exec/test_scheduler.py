@@ -18,18 +18,17 @@ from p2pexec.exec.events import (
     WorkerDied,
     WorkerReady,
 )
-from p2pexec.exec.refs import return_id
-from p2pexec.exec.scheduler import (
-    DRIVER,
+from p2pexec.exec.instructions import (
     Completed,
     Recycle,
-    Scheduler,
     Send,
     StartWorker,
     StopWorker,
     Unlink,
     Warn,
 )
+from p2pexec.exec.refs import return_id
+from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import from_payload, system_error_payload
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
