@@ -77,6 +77,15 @@ class ActorTable:
             del self.named[actor.name]
         return pending
 
+    def validate(self) -> None:
+        """A dead actor has nothing queued and holds nothing; names point at live actors."""
+        for actor in self.actors.values():
+            if actor.dead_reason is not None:
+                assert not actor.calls and not actor.in_flight and not actor.holds, (
+                    f"dead actor {actor.creation.name} still has calls or resources")
+        for name, actor_id in self.named.items():
+            assert self.alive(actor_id), f"the name {name!r} points at a dead actor"
+
     def take_waiting(self) -> list[ActorState]:
         """Actors whose creation waited for resources and are still worth trying."""
         waiting, self.waiting = self.waiting, []

@@ -133,6 +133,14 @@ class ObjectTable:
         if segment is not None:
             self._unlink(segment)
 
+    def validate(self) -> None:
+        """Pins are never negative and nothing a live object contains has been freed."""
+        for object_id, entry in self.entries.items():
+            assert entry.pins >= 0, f"object {object_id.hex()} has {entry.pins} pins"
+            for inner in entry.contained:
+                assert inner in self.entries, (
+                    f"object {inner.hex()} was freed while {object_id.hex()} contains it")
+
     def clear(self) -> None:
         """Shutdown: release every segment."""
         for entry in self.entries.values():

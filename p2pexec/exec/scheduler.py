@@ -750,6 +750,68 @@ class Scheduler:
             self._fail(creation, errors.ActorDiedError("the actor was killed"))
         self._actor_dead(actor, "it was killed with px.kill", stop=True)
 
+    # ---- invariants ----
+    def validate(self) -> None:
+        """Check what must hold between any two batches; tests call it after every event.
+
+        Resources are never negative or over the total and `available` is the total minus
+        what tasks and actors hold; every task is in exactly one state and where that state
+        says (the ready deque, one worker's queue, one worker's stack or actor's in-flight
+        list, waiting for a named reason); every object a live task names is still here;
+        an object without a value belongs to a task that will produce it."""
+        self.resources.validate([t.held for t in self.tasks.values()]
+                                + [a.holds for a in self.actors.actors.values()])
+        self.objects.validate()
+        self.actors.validate()
+        places: dict[bytes, list[str]] = {}
+        for worker in self.workers.values():
+            for task_id in worker.stack:
+                places.setdefault(task_id, []).append(f"stack of worker {worker.worker_id}")
+            for task_id in worker.queued:
+                places.setdefault(task_id, []).append(f"queue of worker {worker.worker_id}")
+        for actor in self.actors.actors.values():
+            for task_id in actor.in_flight:
+                places.setdefault(task_id, []).append(f"in flight at {actor.worker}")
+            for task_id in actor.calls:
+                places.setdefault(task_id, []).append("actor calls")
+        ready = set(self.ready)
+        requests = {id(r) for r in self.requests.values()}
+        for task_id, task in self.tasks.items():
+            self._validate_task(task_id, task, places.get(task_id, []), task_id in ready)
+            assert task.request is None or id(task.request) in requests, (
+                f"{task.spec.name} waits for a request nobody will answer")
+        for worker_id, _request_id in self.requests:
+            assert worker_id in self.workers, f"a get of dead worker {worker_id} is pending"
+        for object_id, entry in self.objects.entries.items():
+            assert entry.payload is not None or task_of(object_id) in self.tasks, (
+                f"object {object_id.hex()} has no value and no task that will make one")
+
+    def _validate_task(self, task_id: bytes, task: TaskState, places: list[str],
+                       in_ready: bool) -> None:
+        spec, state = task.spec, task.state
+        name = f"{spec.name} ({state.value})"
+        assert spec.task_id == task_id and state is not DONE, name
+        for object_id in spec.contained:
+            assert self.objects.known(object_id), f"{name}: argument {object_id.hex()} freed"
+        pending = sum(1 for dep in spec.deps if self._pending(dep))
+        assert task.missing == pending, f"{name}: missing {task.missing}, pending {pending}"
+        if state is RUNNING:
+            assert len(places) == 1 and places[0].startswith(("stack", "in flight")), (
+                f"{name} is on {places}")
+        elif state is QUEUED:
+            assert places == [f"queue of worker {task.worker}"], f"{name} is on {places}"
+        elif state is READY:
+            assert in_ready and not places and task.worker is None, f"{name} is on {places}"
+        elif spec.kind == ACTOR_CALL:
+            assert places == ["actor calls"], f"{name} is on {places}"
+        else:
+            assert not places, f"{name} is on {places}"
+            assert (task.missing or spec.kind == ACTOR_CREATE
+                    or not self.resources.feasible(spec.resources)), (
+                f"{name} waits for nothing")
+        if state is RUNNING or state is QUEUED:
+            assert not task.missing, f"{name} was sent before its arguments were ready"
+
     # ---- shutdown ----
     def _on_shut_down(self, _event: ShutDown) -> None:
         for worker_id in list(self.workers):

@@ -58,9 +58,18 @@ def ok(value: bytes = b"v") -> list:
     return [p.INLINE, value, []]
 
 
+class CheckedScheduler(Scheduler):
+    """Checks every invariant after each batch a test hands it."""
+
+    def handle(self, *events):
+        out = super().handle(*events)
+        self.validate()
+        return out
+
+
 @pytest.fixture
 def core():
-    scheduler = Scheduler(ExecConfig(num_cpus=2, max_prefetch=1))
+    scheduler = CheckedScheduler(ExecConfig(num_cpus=2, max_prefetch=1))
     assert scheduler.handle(CodeRegistered(CODE, b"code"), Started()) == [
         StartWorker(1), StartWorker(2)]
     return scheduler
