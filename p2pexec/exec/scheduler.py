@@ -720,7 +720,7 @@ class Scheduler:
                 self.tasks[actor.creation.task_id] = creation
                 for object_id in actor.creation.return_ids:
                     self.objects.reset(object_id)
-            else:
+            elif creation.state is not WAITING:  # its worker died before it started
                 self._transition(creation, WAITING)
             creation.worker = None
             actor.worker = self.pool.start_worker(actor.actor_id)
