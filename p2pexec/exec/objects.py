@@ -80,9 +80,14 @@ class ObjectTable:
         if contained:
             self.pin_all(contained)
             entry.contained = contained
+        # Waiters may finish tasks that drop the last other pin on this very object (a
+        # failed argument fails its dependent, which unpins it): it stays pinned while they
+        # run, so it is freed once, here, and never from under this call.
         callbacks, entry.on_ready = entry.on_ready, []
+        entry.pins += 1
         for callback in callbacks:
             callback(object_id)
+        entry.pins -= 1
         self._maybe_free(object_id, entry)
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:

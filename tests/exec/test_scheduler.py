@@ -226,3 +226,26 @@ def test_argument_segment_is_recycled_only_when_the_worker_unmapped_it(core):
         out = core.handle(TaskFinished(1, tid(n), [ok()], None, 0.01, args_unmapped=unmapped))
         freed[n] = [i for i in out if isinstance(i, (Recycle, Unlink))]
     assert freed == {1: [Recycle("p2px_1_args1")], 2: [Unlink("p2px_1_args2")]}
+
+
+@pytest.mark.parametrize("how", ["worker exits", "task raises"])
+def test_failed_argument_freed_by_its_dependent_does_not_stop_the_node(core, how):
+    # px.get(ident.remote(error.remote())): the driver drops error's ref once ident is
+    # submitted, so failing ident unpins error's result while that result is completing
+    core.handle(WorkerReady(1), Submitted(spec(1, max_retries=0), DRIVER),
+                Submitted(spec(2, deps=[rid(1)]), DRIVER), RefsChanged(DRIVER, {rid(1): -1}))
+    if how == "worker exits":
+        out = core.handle(WorkerDied(1, "pid 9 exit code 1"))
+        assert out[:2] == [Completed((rid(1),)), Completed((rid(2),))]
+        with pytest.raises(errors.WorkerCrashedError, match="ran out of retries"):
+            from_payload(core.objects.payload(rid(2)))
+    else:
+        error = [p.ERROR, b"pickled error"]
+        assert core.handle(TaskFinished(1, tid(1), [error])) == [
+            Completed((rid(1),)), Completed((rid(2),))]
+        assert core.objects.payload(rid(2)) == error
+    assert not core.objects.known(rid(1))  # nobody holds it any more: freed, once
+    core.handle(WorkerReady(2))
+    next_run = (Send(2, exec_msg(3, code=b"code")) if how == "worker exits"
+                else Send(1, exec_msg(3)))
+    assert core.handle(Submitted(spec(3), DRIVER)) == [next_run]  # the node carries on
