@@ -720,8 +720,11 @@ class Scheduler:
                 self.tasks[actor.creation.task_id] = creation
                 for object_id in actor.creation.return_ids:
                     self.objects.reset(object_id)
-            elif creation.state is not WAITING:  # its worker died before it started
-                self._transition(creation, WAITING)
+            else:  # it died while constructing: what it held and waited for die with it
+                self.resources.release(creation.held)
+                creation.request = None
+                if creation.state is not WAITING:  # not when it died before it started
+                    self._transition(creation, WAITING)
             creation.worker = None
             actor.worker = self.pool.start_worker(actor.actor_id)
             return

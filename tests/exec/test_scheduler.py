@@ -249,3 +249,24 @@ def test_failed_argument_freed_by_its_dependent_does_not_stop_the_node(core, how
     next_run = (Send(2, exec_msg(3, code=b"code")) if how == "worker exits"
                 else Send(1, exec_msg(3)))
     assert core.handle(Submitted(spec(3), DRIVER)) == [next_run]  # the node carries on
+
+
+def test_actor_whose_worker_dies_while_creating_restarts_with_its_resources_back(core):
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {"CPU": 1.0}, actor_id=actor, max_restarts=2)
+    create_msg = [p.CREATE_ACTOR, actor, CODE, b"code", ARGS, {}, [return_id(actor, 1)],
+                  "A.__init__", False]
+    core.handle(Submitted(create, DRIVER), WorkerReady(3))
+    assert core.available["CPU"] == 1.0
+    assert core.handle(WorkerDied(3, "pid 9 exit code 1")) == [StartWorker(4, actor)]
+    assert core.available["CPU"] == 2.0
+    assert core.handle(WorkerReady(4)) == [Send(4, create_msg)]
+    # the second incarnation's constructor waits for a result, and its process dies
+    core.handle(Submitted(spec(7, cpus=0), DRIVER),
+                GetRequested(4, 1, [rid(7)], -1, None, [], now=0.0))
+    assert core.handle(WorkerDied(4, "pid 10 exit code 1")) == [StartWorker(5, actor)]
+    assert core.tasks[actor].request is None  # that get died with the process
+    assert core.available["CPU"] == 2.0
+    assert core.handle(WorkerReady(5)) == [Send(5, create_msg)]
+    assert core.available["CPU"] == 1.0
