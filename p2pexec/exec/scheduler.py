@@ -376,7 +376,9 @@ class Scheduler:
                 f"it waits until a node with those resources is available"))
 
     def _prefetch(self) -> None:
-        """Queue work behind busy workers when no worker is idle."""
+        """Queue work behind busy workers when no worker is idle. A queued task starts
+        with what the task before it gives back, so it must fit in that: the running
+        task's holding for the first, the previous queued task's demand for the next."""
         ready = self.ready
         for worker in self.pool.pool_workers():
             if not worker.stack or not worker.ready or len(worker.stack) > 1:
@@ -384,14 +386,17 @@ class Scheduler:
             top = self.tasks.get(worker.stack[-1])
             if top is None or top.request is not None:
                 continue
+            last = self.tasks.get(worker.queued[-1]) if worker.queued else None
+            inherited = top.held if last is None else last.spec.resources
             while ready:
                 task = self.tasks.get(ready[0])
                 if task is None or task.state is not READY:
                     ready.popleft()
                     continue
                 if (len(worker.queued) >= self.pool.depth(task.spec.callable_hash)
-                        or not _covers(top.held, task.spec.resources)):
+                        or not _covers(inherited, task.spec.resources)):
                     break
+                inherited = task.spec.resources
                 ready.popleft()
                 self._transition(task, QUEUED)
                 task.worker = worker.worker_id

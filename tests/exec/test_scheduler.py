@@ -270,3 +270,21 @@ def test_actor_whose_worker_dies_while_creating_restarts_with_its_resources_back
     assert core.available["CPU"] == 2.0
     assert core.handle(WorkerReady(5)) == [Send(5, create_msg)]
     assert core.available["CPU"] == 1.0
+
+
+def test_prefetched_tasks_never_start_with_resources_nobody_gave_back():
+    # each queued task starts with what the one before it releases: a gpu task queued
+    # behind a cpu-only one would take a gpu that another worker took meanwhile
+    core = CheckedScheduler(ExecConfig(num_cpus=2, max_prefetch=2), {"gpu": 1.0})
+    core.handle(CodeRegistered(CODE, b"code"), Started(), WorkerReady(1),
+                Submitted(spec(1), DRIVER))
+    core.handle(TaskFinished(1, tid(1), [ok()], None, 1e-5))  # tiny: prefetch depth 2
+    on_gpu, cpu_only, gpu_after = spec(2), spec(3), spec(4)
+    on_gpu.resources = gpu_after.resources = {"CPU": 1.0, "gpu": 1.0}
+    assert core.handle(*(Submitted(s, DRIVER) for s in (on_gpu, cpu_only, gpu_after))) == [
+        Send(1, exec_msg(2)), Send(1, exec_msg(3))]  # the gpu task does not queue behind 3
+    core.handle(TaskFinished(1, tid(2), [ok()]))
+    assert core.workers[1].stack == [tid(3)] and core.available == {"CPU": 1.0, "gpu": 1.0}
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(4, code=b"code"))]
+    core.handle(TaskFinished(1, tid(3), [ok()]))
+    assert core.available == {"CPU": 1.0, "gpu": 0.0}
