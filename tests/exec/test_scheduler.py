@@ -288,3 +288,13 @@ def test_prefetched_tasks_never_start_with_resources_nobody_gave_back():
     assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(4, code=b"code"))]
     core.handle(TaskFinished(1, tid(3), [ok()]))
     assert core.available == {"CPU": 1.0, "gpu": 0.0}
+
+
+def test_a_batch_of_submissions_costs_one_scheduling_pass(core, monkeypatch):
+    passes = []
+    schedule = core._schedule
+    monkeypatch.setattr(core, "_schedule", lambda: passes.append(1) or schedule())
+    out = core.handle(WorkerReady(1), WorkerReady(2),
+                      *(Submitted(spec(n), DRIVER) for n in range(1, 10_001)))
+    assert passes == [1]
+    assert [i.worker for i in out] == [1, 2, 1, 2]  # two run, one queued behind each
