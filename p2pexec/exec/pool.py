@@ -62,8 +62,8 @@ class WorkerPool:
         return (w for w in self.workers.values() if w.actor_id is None)
 
     def idle_worker(self) -> WorkerState | None:
-        for worker in self.pool_workers():
-            if worker.idle:
+        for worker in self.workers.values():  # once per task scheduled: checks inline
+            if worker.actor_id is None and worker.idle:
                 return worker
         return None
 

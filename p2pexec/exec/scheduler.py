@@ -80,6 +80,9 @@ class TaskStatus(Enum):
     DONE = "done"
     """Finished or failed for good; no longer in the task table."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+    # on the hot path (`_transition` runs several times per task)
+
 
 WAITING, READY, QUEUED, RUNNING, DONE = TaskStatus
 ALLOWED = frozenset({
@@ -380,8 +383,10 @@ class Scheduler:
         with what the task before it gives back, so it must fit in that: the running
         task's holding for the first, the previous queued task's demand for the next."""
         ready = self.ready
-        for worker in self.pool.pool_workers():
-            if not worker.stack or not worker.ready or len(worker.stack) > 1:
+        depth = self.pool.depth
+        for worker in self.workers.values():  # the hot path: no generator, checks inline
+            if (worker.actor_id is not None or not worker.stack or not worker.ready
+                    or len(worker.stack) > 1):
                 continue
             top = self.tasks.get(worker.stack[-1])
             if top is None or top.request is not None:
@@ -393,7 +398,7 @@ class Scheduler:
                 if task is None or task.state is not READY:
                     ready.popleft()
                     continue
-                if (len(worker.queued) >= self.pool.depth(task.spec.callable_hash)
+                if (len(worker.queued) >= depth(task.spec.callable_hash)
                         or not _covers(inherited, task.spec.resources)):
                     break
                 inherited = task.spec.resources
