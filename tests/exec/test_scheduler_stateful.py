@@ -106,7 +106,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(resources=DEMANDS, max_retries=st.sampled_from([0, 1]))
     def submit_with_temporary_argument(self, resources, max_retries):
         """`g.remote(f.remote())`: the driver drops its ref to f's result right after
-        submitting g, in the same batch; only g's argument pin keeps it alive."""
+        submitting g; only g's argument pin keeps it alive. Without this rule the default
+        run missed the KeyError that stopped the node (see objects.complete)."""
         self.submit(TASK, [], resources, max_retries=max_retries)
         argument = self.held.pop()
         self.submit(TASK, [argument], {"CPU": 1.0})
