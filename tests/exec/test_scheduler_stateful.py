@@ -57,6 +57,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.held: list[bytes] = []
         """Objects the driver holds a reference to, so it may pass them as arguments."""
         self.actors: list[bytes] = []
+        self.worker_held: dict[int, list[bytes]] = {}
+        """Results of tasks a worker submitted (nested parallelism): only it holds them."""
         self.apply(CodeRegistered(CODE, b"pickled"), Started())
 
     def apply(self, *events) -> None:
@@ -70,14 +72,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     def new_id(self) -> bytes:
         return next(self.ids).to_bytes(16, "big")
 
-    def submit(self, kind: int, deps: list[bytes], resources: dict, **extra) -> None:
+    def submit(self, kind: int, deps: list[bytes], resources: dict, submitter: int = DRIVER,
+               **extra) -> None:
         task_id = extra["actor_id"] if kind == ACTOR_CREATE else self.new_id()
         result = return_id(task_id, 1)
         spec = TaskSpec(task_id, kind, None if kind == ACTOR_CALL else CODE,
                         "method" if kind == ACTOR_CALL else None, ARGS, deps, list(deps),
                         [result], f"task{int.from_bytes(task_id, 'big')}", resources, **extra)
-        self.held.append(result)
-        self.apply(Submitted(spec, DRIVER))
+        if submitter == DRIVER:
+            self.held.append(result)
+        else:
+            self.worker_held.setdefault(submitter, []).append(result)
+        self.apply(Submitted(spec, submitter))
 
     def running(self) -> list[tuple[int, bytes]]:
         """(worker, task) pairs a worker is executing and not blocked on: what it could
@@ -168,12 +174,23 @@ class SchedulerMachine(RuleBasedStateMachine):
         returns = len(self.core.tasks[task_id].spec.return_ids)
         self.apply(TaskFinished(worker, task_id, [result] * returns, None, seconds))
 
-    @precondition(lambda self: self.running() and self.held)
+    @precondition(lambda self: self.running())
+    @rule(data=st.data(), resources=DEMANDS)
+    def submit_from_worker(self, data, resources):
+        """A running task submits a child (fib-like trees): the worker holds its result."""
+        worker, _task_id = data.draw(st.sampled_from(self.running()))
+        self.submit(TASK, [], resources, submitter=worker)
+
+    @precondition(lambda self: self.running())
     @rule(data=st.data(), num_returns=st.sampled_from([-1, 1]),
           timeout=st.sampled_from([None, 1.0]))
     def blocking_get(self, data, num_returns, timeout):
         worker, _task_id = data.draw(st.sampled_from(self.running()))
-        object_ids = data.draw(st.lists(st.sampled_from(self.held), min_size=1, max_size=3))
+        mine = self.worker_held.get(worker, [])
+        choices = sorted(set(self.held + mine))  # a worker gets refs passed to it or its own
+        if not choices:
+            return
+        object_ids = data.draw(st.lists(st.sampled_from(choices), min_size=1, max_size=3))
         given_back = list(self.core.workers[worker].queued)
         self.apply(GetRequested(worker, next(self.requests), object_ids, num_returns, timeout,
                                 given_back, self.now))
@@ -203,6 +220,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.alive.discard(worker)
         self.starting.discard(worker)
         self.stopped.discard(worker)
+        self.worker_held.pop(worker, None)
         self.apply(WorkerDied(worker, "killed by the test"))
 
     @invariant()
