@@ -103,7 +103,7 @@ class Node:
         """What the execution layer holds right now (objects, tasks, actors, processes):
         how a test or an operator sees that a departed driver left nothing behind."""
         core = self.exec.core
-        actors = [actor for actor in core.actors.values() if actor.dead_reason is None]
+        actors = [actor for actor in core.actors.actors.values() if actor.dead_reason is None]
         return {
             "objects": len(core.objects),
             "tasks": len(core.tasks),
@@ -129,4 +129,4 @@ class Node:
         return actor_id
 
     def _kill(self, actor_id: bytes) -> bool:
-        return self.exec.core.kill_actor(actor_id)
+        return self.exec.kill_actor(actor_id)

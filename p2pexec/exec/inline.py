@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from p2pexec.exec import protocol as p
+from p2pexec.exec.events import Event, TaskFinished, WorkerDied, WorkerReady
 from p2pexec.exec.runner import TaskRunner
 from p2pexec.exec.shm import segment_name
 
@@ -44,10 +45,10 @@ class InlineWorkers:
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._owner_pid, object_id)
 
-    def start(self, nursery: trio.Nursery, worker_id: int,
-              report: Callable[[Callable[[Any], None]], None]) -> None:
-        """Start worker `worker_id`. `report(stimulus)` hands a stimulus (a function of
-        the scheduler) to the node, which applies it and its instructions."""
+    def start(self, nursery: trio.Nursery, worker_id: int, report: Callable[[Event], None]
+              ) -> None:
+        """Start worker `worker_id`. `report(event)` hands what happened to the node,
+        which gives it to the scheduler and applies its instructions."""
         send, receive = trio.open_memory_channel[p.Execute](math.inf)
         scope = trio.CancelScope()
         self._inboxes[worker_id] = send
@@ -70,21 +71,19 @@ class InlineWorkers:
             scope.cancel()
 
     async def _serve(self, worker_id: int, inbox: trio.MemoryReceiveChannel[p.Execute],
-                     scope: trio.CancelScope,
-                     report: Callable[[Callable[[Any], None]], None]) -> None:
+                     scope: trio.CancelScope, report: Callable[[Event], None]) -> None:
         runner = TaskRunner(self)
         try:
             with scope:
-                report(lambda core: core.worker_ready(worker_id))
+                report(WorkerReady(worker_id))
                 async for work in inbox:
                     started = trio.current_time()
                     await trio.sleep(self._duration(work))
                     payloads, contained = runner.run(work)
                     seconds = trio.current_time() - started
-                    report(lambda core, w=work, out=payloads, inside=contained, s=seconds:
-                           core.task_done(worker_id, w.task_id, out, inside, s, False))
+                    report(TaskFinished(worker_id, work.task_id, payloads, contained, seconds))
         finally:
             self._inboxes.pop(worker_id, None)
             self._scopes.pop(worker_id, None)
             if scope.cancelled_caught:
-                report(lambda core: core.worker_died(worker_id, "it was stopped"))
+                report(WorkerDied(worker_id, "it was stopped"))

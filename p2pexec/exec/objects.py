@@ -82,9 +82,14 @@ class ObjectTable:
         if contained:
             self.pin_all(contained)
             entry.contained = contained
+        # Waiters may finish tasks that drop the last other pin on this very object (a
+        # failed argument fails its dependent, which unpins it): it stays pinned while they
+        # run, so it is freed once, here, and never from under this call.
         callbacks, entry.on_ready = entry.on_ready, []
+        entry.pins += 1
         for callback in callbacks:
             callback(object_id)
+        entry.pins -= 1
         self._maybe_free(object_id, entry)
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
@@ -136,6 +141,14 @@ class ObjectTable:
         segment = payload_segment(entry.payload)
         if segment is not None:
             self._unlink(segment)
+
+    def validate(self) -> None:
+        """Pins are never negative and nothing a live object contains has been freed."""
+        for object_id, entry in self.entries.items():
+            assert entry.pins >= 0, f"object {object_id.hex()} has {entry.pins} pins"
+            for inner in entry.contained:
+                assert inner in self.entries, (
+                    f"object {inner.hex()} was freed while {object_id.hex()} contains it")
 
     def clear(self) -> None:
         """Shutdown: release every segment."""

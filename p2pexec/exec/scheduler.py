@@ -1,9 +1,12 @@
-"""The node's task state machine: tasks, workers, actors, resources. Sans-IO.
+"""The node's task state machine: it composes the worker pool, resources, actors and
+objects, and moves tasks between states. Sans-IO.
 
-Every stimulus (a submit, a worker's reply, a worker's death, the clock) is a method
-call; what the node must do in return is a list of instructions taken with
-`take_instructions()` (dask's worker state machine shape). Tests drive it with plain
-calls and compare instruction lists; the trio driver in `exec.service` does the I/O.
+Every stimulus (a submit, a worker's reply, a worker's death, the clock) is a frozen
+event from `exec.events`; `handle(*events)` applies a batch and returns what the node must
+do as a list of instructions (dask's worker state machine shape). Tests feed it events and
+compare instruction lists; the trio driver in `exec.service` does the I/O. Every task
+state change goes through `_transition`, whose allowed moves are listed in `ALLOWED`, and
+`validate()` checks the invariants that tie the parts together.
 
 Rules it keeps:
 - A task runs once its top-level ObjectRef arguments are ready and its resources fit.
@@ -19,74 +22,89 @@ Rules it keeps:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 from p2pexec import errors
 from p2pexec.exec import protocol as p
+from p2pexec.exec.actors import ActorState, ActorTable
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.events import (
+    ActorKilled,
+    ClientLeft,
+    CodeRegistered,
+    Event,
+    GaveBack,
+    GetRequested,
+    Put,
+    RefsChanged,
+    ShutDown,
+    Started,
+    Submitted,
+    TaskFinished,
+    Tick,
+    WorkerDied,
+    WorkerReady,
+)
+from p2pexec.exec.instructions import (
+    Completed,
+    Instruction,
+    Recycle,
+    Send,
+    StopWorker,
+    Unlink,
+    Warn,
+)
 from p2pexec.exec.objects import ObjectTable
+from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import task_of
+from p2pexec.exec.resources import CPU, Resources
 from p2pexec.exec.serialization import payload_segment, system_error_payload
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 DRIVER = 0
 """Holder id of the driver embedded in the node's own process."""
-CPU = "CPU"
 
 
-# ---- instructions ----
-@dataclass(frozen=True, slots=True)
-class Send:
-    worker: int
-    message: p.Execute | p.Values
+class TaskStatus(Enum):
+    WAITING = "waiting"
+    """Arguments missing, resources no node here could ever offer, an actor creation
+    waiting for its worker or resources, or an actor call not yet sent."""
+    READY = "ready"
+    """Runnable: in the ready deque, waiting for resources and an idle worker."""
+    QUEUED = "queued"
+    """Sent ahead to a busy worker (prefetch); starts when the task under it ends."""
+    RUNNING = "running"
+    """On a worker's stack, or an actor call sent to its actor's worker."""
+    DONE = "done"
+    """Finished or failed for good; no longer in the task table."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+    # on the hot path (`_transition` runs several times per task)
 
 
-@dataclass(frozen=True, slots=True)
-class StartWorker:
-    worker: int
-    actor_id: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    worker: int
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """These objects now have a value (or an error); wake whoever waits in the driver."""
-
-    object_ids: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unlink:
-    segment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Recycle:
-    """A finished task's argument segment that no process maps any more: reuse it."""
-
-    segment: str
-
-
-@dataclass(frozen=True, slots=True)
-class Warn:
-    text: str
-
-
-Instruction = Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn
-
-# ---- state ----
-WAITING, READY, QUEUED, RUNNING = "waiting", "ready", "queued", "running"
+WAITING, READY, QUEUED, RUNNING, DONE = TaskStatus
+ALLOWED = frozenset({
+    (WAITING, READY),  # its arguments arrived
+    (WAITING, RUNNING),  # an actor creation started, an actor call was sent
+    (READY, RUNNING),  # an idle worker took it, or a blocked one runs it nested
+    (READY, QUEUED),  # prefetched behind a busy worker
+    (READY, WAITING),  # no node here could ever fit it
+    (QUEUED, RUNNING),  # the task under it finished
+    (QUEUED, READY),  # given back by a blocked worker, or its worker died
+    (RUNNING, READY),  # retried, or an outer frame of a dead worker's stack
+    (RUNNING, WAITING),  # an actor's creation runs again after its worker died
+    *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING)),
+})
 
 
 @dataclass(slots=True)
 class TaskState:
     spec: TaskSpec
     missing: int = 0
-    state: str = WAITING
+    state: TaskStatus = WAITING
     attempts: int = 0
     worker: int | None = None
     held: dict[str, float] = field(default_factory=dict)
@@ -94,7 +112,7 @@ class TaskState:
     args_unmapped: bool = False
     """The worker that ran it last reported its argument segment unmapped."""
     submitter: int = DRIVER
-    """Holder id of the process that submitted it (its queued work dies with a driver)."""
+    """Holder id of the process that submitted it (its unstarted work dies with a driver)."""
 
 
 @dataclass(slots=True)
@@ -108,105 +126,117 @@ class GetRequest:
     task_id: bytes
 
 
-@dataclass(slots=True)
-class WorkerState:
-    worker_id: int
-    actor_id: bytes | None = None
-    ready: bool = False
-    stack: list[bytes] = field(default_factory=list)
-    """Tasks started on this worker, outermost first; nested ones run on top."""
-    queued: deque[bytes] = field(default_factory=deque)
-    """Tasks sent ahead, not started yet."""
-    known_code: set[bytes] = field(default_factory=set)
-
-    @property
-    def idle(self) -> bool:
-        return self.ready and not self.stack and not self.queued
-
-
-@dataclass(slots=True)
-class ActorState:
-    actor_id: bytes
-    creation: TaskSpec
-    worker: int
-    name: str | None
-    restarts_left: int
-    alive: bool = False
-    dead_reason: str | None = None
-    calls: deque[bytes] = field(default_factory=deque)
-    """Calls not yet sent, in submission order."""
-    in_flight: list[bytes] = field(default_factory=list)
-    holds: TaskState | None = None
-    """The creation task, whose resources the actor keeps for its whole life."""
-    creator: int = DRIVER
-    """Holder id of the process that created it: unless detached, it stops with it."""
-
-
 class Scheduler:
     """Decides what runs where on this node. No I/O, no clock: `now` is passed in."""
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None) -> None:
         self.config = config
-        self.total: dict[str, float] = {CPU: config.cpus(), **(resources or {})}
-        self.available = dict(self.total)
+        self._out: list[Instruction] = []
+        self.resources = Resources({CPU: config.cpus(), **(resources or {})})
         self.objects = ObjectTable(self._unlink, self._object_freed)
-        self.code: dict[bytes, bytes] = {}
+        self._unreferenced: list[bytes] = []
+        """Actors whose creation object was freed during the current event."""
+        self.pool = WorkerPool(config, self.resources.total[CPU], self._out)
+        self.actors = ActorTable()
         self.tasks: dict[bytes, TaskState] = {}
         self.ready: deque[bytes] = deque()
-        self.workers: dict[int, WorkerState] = {}
-        self.actors: dict[bytes, ActorState] = {}
-        self.named: dict[str, bytes] = {}
         self.requests: dict[tuple[int, int], GetRequest] = {}
-        self._out: list[Instruction] = []
-        self._next_worker = 1
-        self._pool_target = max(1, int(self.total[CPU]))
         self._warned_infeasible: set[bytes] = set()
-        self._waiting_actors: list[bytes] = []
         self._dirty = False
-        self._durations: dict[bytes | None, float] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Started: self._on_started,
+            ShutDown: self._on_shut_down,
+            CodeRegistered: self._on_code_registered,
+            Submitted: self._on_submitted,
+            WorkerReady: self._on_worker_ready,
+            TaskFinished: self._on_task_finished,
+            WorkerDied: self._on_worker_died,
+            GetRequested: self._on_get_requested,
+            GaveBack: self._on_gave_back,
+            Put: self._on_put,
+            RefsChanged: self._on_refs_changed,
+            Tick: self._on_tick,
+            ActorKilled: self._on_actor_killed,
+            ClientLeft: self._on_client_left,
+        }
 
-    # ---- outputs ----
-    def take_instructions(self) -> list[Instruction]:
-        """What to do now. Scheduling runs here, once per batch of stimuli, so a burst of
-        10,000 submissions costs one pass over the workers, not 10,000."""
+    # ---- the one entry point ----
+    def handle(self, *events: Event) -> list[Instruction]:
+        """Apply a batch of stimuli and return what the node must do now. Scheduling runs
+        once per batch, not once per event, so a burst of 10,000 submissions costs one pass
+        over the workers, not 10,000."""
+        handlers = self._handlers
+        for event in events:
+            handlers[type(event)](event)
+        if self._unreferenced:
+            self._stop_unreferenced_actors()
         if self._dirty:
             self._dirty = False
             self._schedule()
-        out, self._out = self._out, []
+        out = self._out[:]
+        self._out.clear()
         return out
+
+    # ---- queries ----
+    @property
+    def total(self) -> dict[str, float]:
+        return self.resources.total
+
+    @property
+    def available(self) -> dict[str, float]:
+        return self.resources.available
+
+    @property
+    def workers(self) -> dict[int, WorkerState]:
+        return self.pool.workers
 
     def next_deadline(self) -> float | None:
         deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
         return min(deadlines) if deadlines else None
 
+    def actor_alive(self, actor_id: bytes) -> bool:
+        """Known here and not dead: what px.kill reports it stopped."""
+        return self.actors.alive(actor_id)
+
+    def lookup_actor(self, name: str) -> bytes | None:
+        return self.actors.lookup(name)
+
+    # ---- task states ----
+    def _transition(self, task: TaskState, to: TaskStatus) -> None:
+        """The one place a task changes state."""
+        assert (task.state, to) in ALLOWED, f"{task.spec.name}: {task.state} -> {to}"
+        task.state = to
+
+    def _make_ready(self, task: TaskState, front: bool = False) -> None:
+        """Runnable again; `front` for tasks that were already running or sent (they keep
+        their turn ahead of later submissions)."""
+        self._transition(task, READY)
+        task.worker = None
+        if front:
+            self.ready.appendleft(task.spec.task_id)
+        else:
+            self.ready.append(task.spec.task_id)
+        self._dirty = True
+
     def _unlink(self, segment: str) -> None:
         self._out.append(Unlink(segment))
 
     # ---- workers ----
-    def start(self) -> None:
-        """Start the initial pool: one worker per CPU."""
-        for _ in range(self._pool_target):
-            self._start_worker(None)
+    def _on_started(self, _event: Started) -> None:
+        self.pool.start_pool()
 
-    def _start_worker(self, actor_id: bytes | None) -> int:
-        worker_id = self._next_worker
-        self._next_worker += 1
-        self.workers[worker_id] = WorkerState(worker_id, actor_id)
-        self._out.append(StartWorker(worker_id, actor_id))
-        return worker_id
-
-    def worker_ready(self, worker_id: int) -> None:
-        worker = self.workers.get(worker_id)
+    def _on_worker_ready(self, event: WorkerReady) -> None:
+        worker = self.workers.get(event.worker)
         if worker is None:
             return
         worker.ready = True
-        if worker.actor_id is not None:
-            actor = self.actors[worker.actor_id]
+        actor = self.actors.get(worker.actor_id)
+        if actor is not None:
             self._try_create_actor(actor)
         self._dirty = True
 
-    def worker_died(self, worker_id: int, reason: str = "it exited") -> None:
-        """The worker's process is gone; `reason` says how (exit code or signal)."""
+    def _on_worker_died(self, event: WorkerDied) -> None:
+        worker_id, reason = event.worker, event.reason
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -223,21 +253,18 @@ class Scheduler:
         for task_id in reversed(worker.queued):
             task = self.tasks.get(task_id)
             if task is not None:
-                task.state, task.worker = READY, None
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
         for depth, task_id in enumerate(reversed(worker.stack)):
             task = self.tasks[task_id]
-            self._release(task)
-            task.request, task.worker = None, None
+            self.resources.release(task.held)
+            task.request = None
             if depth:  # an outer frame waiting for a nested task: it runs again, uncharged
-                task.state = READY
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
                 continue
             task.attempts += 1
             retries = task.spec.max_retries
             if retries < 0 or task.attempts <= retries:
-                task.state = READY
-                self.ready.appendleft(task_id)
+                self._make_ready(task, front=True)
                 self._out.append(Warn(
                     f"the worker process running task {task.spec.name} died ({reason}); "
                     f"retrying it (retry {task.attempts} of "
@@ -246,18 +273,14 @@ class Scheduler:
                 self._fail(task, errors.WorkerCrashedError(
                     f"the worker process running task {task.spec.name} died ({reason}) and "
                     f"the task ran out of retries after {task.attempts} attempts"))
-        if self._pool_size() < self._pool_target:
-            self._start_worker(None)
+        self.pool.replace_lost()
 
-    def _pool_size(self) -> int:
-        return sum(1 for w in self.workers.values() if w.actor_id is None)
-
-    # ---- callables ----
-    def register(self, code_hash: bytes, pickled: bytes) -> None:
-        self.code.setdefault(code_hash, pickled)
+    def _on_code_registered(self, event: CodeRegistered) -> None:
+        self.pool.register_code(event.code_hash, event.pickled)
 
     # ---- submission ----
-    def submit(self, spec: TaskSpec, submitter: int) -> None:
+    def _on_submitted(self, event: Submitted) -> None:
+        spec, submitter = event.spec, event.submitter
         for object_id in spec.return_ids:
             self.objects.expect(object_id, submitter)
         self.objects.pin_all(spec.contained)
@@ -274,9 +297,7 @@ class Scheduler:
             return
         if spec.kind == TASK:
             if task.missing == 0:
-                task.state = READY
-                self.ready.append(spec.task_id)
-                self._dirty = True
+                self._make_ready(task)
         elif spec.kind == ACTOR_CREATE:
             self._create_actor(task)
         else:
@@ -286,23 +307,17 @@ class Scheduler:
         task.missing -= 1
         if task.missing or task.spec.task_id not in self.tasks:
             return
-        if self._failed_dependency(task):
-            if task.spec.kind == ACTOR_CALL:
-                actor = self.actors.get(task.spec.actor_id)
-                if actor is not None:
-                    self._pump_actor(actor)
-            return
         kind = task.spec.kind
+        if self._failed_dependency(task):
+            if kind == ACTOR_CALL:
+                self._pump_actor(self.actors.get(task.spec.actor_id))
+            return
         if kind == TASK:
-            task.state = READY
-            self.ready.append(task.spec.task_id)
-            self._dirty = True
+            self._make_ready(task)
         elif kind == ACTOR_CREATE:
-            self._try_create_actor(self.actors[task.spec.actor_id])
+            self._try_create_actor(self.actors.get(task.spec.actor_id))
         else:
-            actor = self.actors.get(task.spec.actor_id)
-            if actor is not None:
-                self._pump_actor(actor)
+            self._pump_actor(self.actors.get(task.spec.actor_id))
 
     def _failed_dependency(self, task: TaskState) -> bool:
         """An argument's task failed: this one fails with the same error, unrun (as Ray);
@@ -321,93 +336,49 @@ class Scheduler:
                 return True
         return False
 
-    def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
-        """An actor that never started: remember why, so its calls fail saying so."""
-        self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
-                                                dead_reason=reason)
-        self._forget_arguments(spec)
+    def _on_put(self, event: Put) -> None:
+        self._out.append(Completed((event.object_id,)))  # a driver may already wait for it
+        self.objects.put(event.object_id, event.payload, event.contained, event.holder)
 
-    def put(self, object_id: bytes, payload: list, contained: list[bytes], holder: int) -> None:
-        self._out.append(Completed((object_id,)))  # a driver may already wait for it
-        self.objects.put(object_id, payload, contained, holder)
-
-    def refs_changed(self, holder: int, deltas: dict[bytes, int]) -> None:
-        for object_id, delta in deltas.items():
+    def _on_refs_changed(self, event: RefsChanged) -> None:
+        holder = event.holder
+        for object_id, delta in event.deltas.items():
             if delta > 0:
                 self.objects.add_holder(object_id, holder)
             else:
                 self.objects.remove_holder(object_id, holder)
 
     # ---- scheduling ----
-    def _fits(self, demand: dict[str, float]) -> bool:
-        available = self.available
-        return all(available.get(name, 0.0) >= amount for name, amount in demand.items())
-
-    def _feasible(self, demand: dict[str, float]) -> bool:
-        total = self.total
-        return all(total.get(name, 0.0) >= amount for name, amount in demand.items())
-
-    def _acquire(self, task: TaskState, demand: dict[str, float]) -> None:
-        available = self.available
-        for name, amount in demand.items():
-            available[name] = available.get(name, 0.0) - amount
-        task.held = dict(demand)
-
-    def _release(self, task: TaskState | None) -> None:
-        if task is None:
-            return
-        available = self.available
-        for name, amount in task.held.items():
-            if name in available:
-                available[name] += amount
-        task.held = {}
-
     def _schedule(self) -> None:
-        if self._waiting_actors:
-            waiting, self._waiting_actors = self._waiting_actors, []
-            for actor_id in waiting:
-                actor = self.actors.get(actor_id)
-                if actor is not None and actor.dead_reason is None:
-                    self._try_create_actor(actor)
+        for actor in self.actors.take_waiting():
+            self._try_create_actor(actor)
+        resources = self.resources
         ready = self.ready
         while ready:
             task = self.tasks.get(ready[0])
-            if task is None or task.state != READY:
+            if task is None or task.state is not READY:
                 ready.popleft()
                 continue
             demand = task.spec.resources
-            if not self._fits(demand):
-                if not self._feasible(demand):
+            if not resources.fits(demand):
+                if not resources.feasible(demand):
                     ready.popleft()
                     self._park_infeasible(task)
                     continue
                 break
-            worker = self._idle_worker()
+            worker = self.pool.idle_worker()
             if worker is None:
-                self._maybe_start_extra_worker()
+                self.pool.maybe_start_extra()
                 break
             ready.popleft()
-            self._acquire(task, demand)
+            task.held = resources.acquire(demand)
             self._run_on(worker, task, nested=False)
         if ready:
             self._prefetch()
 
-    def _idle_worker(self) -> WorkerState | None:
-        for worker in self.workers.values():
-            if worker.actor_id is None and worker.idle:
-                return worker
-        return None
-
-    def _maybe_start_extra_worker(self) -> None:
-        pool = [w for w in self.workers.values() if w.actor_id is None]
-        if any(not w.ready for w in pool):
-            return  # one is starting already
-        if len(pool) < self._pool_target + self.config.extra_workers():
-            self._start_worker(None)
-
     def _park_infeasible(self, task: TaskState) -> None:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
-        task.state = WAITING
+        self._transition(task, WAITING)
         spec = task.spec
         if spec.task_id not in self._warned_infeasible:
             self._warned_infeasible.add(spec.task_id)
@@ -416,54 +387,51 @@ class Scheduler:
                 f"it waits until a node with those resources is available"))
 
     def _prefetch(self) -> None:
-        """Queue work behind busy workers when no worker is idle."""
+        """Queue work behind busy workers when no worker is idle. A queued task starts
+        with what the task before it gives back, so it must fit in that: the running
+        task's holding for the first, the previous queued task's demand for the next."""
         ready = self.ready
-        for worker in self.workers.values():
-            if worker.actor_id is not None or not worker.stack or worker.ready is False:
+        depth = self.pool.depth
+        for worker in self.workers.values():  # the hot path: no generator, checks inline
+            if (worker.actor_id is not None or not worker.stack or not worker.ready
+                    or len(worker.stack) > 1):
                 continue
             top = self.tasks.get(worker.stack[-1])
-            if top is None or top.request is not None or len(worker.stack) > 1:
+            if top is None or top.request is not None:
                 continue
+            last = self.tasks.get(worker.queued[-1]) if worker.queued else None
+            inherited = top.held if last is None else last.spec.resources
             while ready:
                 task = self.tasks.get(ready[0])
-                if task is None or task.state != READY:
+                if task is None or task.state is not READY:
                     ready.popleft()
                     continue
-                if (len(worker.queued) >= self._depth(task.spec.callable_hash)
-                        or not _covers(top.held, task.spec.resources)):
+                if (len(worker.queued) >= depth(task.spec.callable_hash)
+                        or not _covers(inherited, task.spec.resources)):
                     break
+                inherited = task.spec.resources
                 ready.popleft()
-                task.state, task.worker = QUEUED, worker.worker_id
+                self._transition(task, QUEUED)
+                task.worker = worker.worker_id
                 worker.queued.append(task.spec.task_id)
                 self._send_work(worker, task, nested=False)
             if not ready:
                 return
 
-    def _depth(self, code_hash: bytes | None) -> int:
-        """How many tasks of this function may queue at a busy worker: about
-        `prefetch_seconds` of work, judged from how long its earlier runs took."""
-        duration = self._durations.get(code_hash)
-        if duration is None:
-            return 1
-        config = self.config
-        return max(1, min(config.max_prefetch, int(config.prefetch_seconds / duration)))
-
     def _run_on(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
-        task.state, task.worker = RUNNING, worker.worker_id
-        worker.stack.append(task.spec.task_id)
+        self._start_on(worker, task)
         self._send_work(worker, task, nested)
+
+    def _start_on(self, worker: WorkerState, task: TaskState) -> None:
+        self._transition(task, RUNNING)
+        task.worker = worker.worker_id
+        worker.stack.append(task.spec.task_id)
 
     def _send_work(self, worker: WorkerState, task: TaskState, nested: bool) -> None:
         spec = task.spec
-        code_hash = spec.callable_hash
-        code_bytes = None
-        if code_hash is not None and code_hash not in worker.known_code:
-            code_bytes = self.code[code_hash]
-            worker.known_code.add(code_hash)
+        code = self.pool.code_to_ship(worker, spec.callable_hash)
         deps = {dep: self._payload_or_lost(dep) for dep in spec.deps} if spec.deps else {}
-        self._out.append(Send(worker.worker_id, p.Execute(
-            spec.kind, spec.task_id, code_hash, code_bytes, spec.method, spec.args, deps,
-            list(spec.return_ids), spec.name, nested)))
+        self._out.append(Send(worker.worker_id, work_message(spec, code, deps, nested)))
 
     def _payload_or_lost(self, object_id: bytes) -> list:
         payload = self.objects.payload(object_id)
@@ -473,9 +441,8 @@ class Scheduler:
         return payload
 
     # ---- results ----
-    def task_done(self, worker_id: int, task_id: bytes, payloads: list[list],
-                  contained: list[list[bytes]] | None = None,
-                  duration: float | None = None, args_unmapped: bool = False) -> None:
+    def _on_task_finished(self, event: TaskFinished) -> None:
+        worker_id, task_id, payloads = event.worker, event.task_id, event.payloads
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
         if task is None or worker is None or task.worker != worker_id:
@@ -487,25 +454,22 @@ class Scheduler:
         if worker.stack and worker.stack[-1] == task_id:
             worker.stack.pop()
         spec = task.spec
-        task.args_unmapped = args_unmapped
-        if duration is not None and spec.kind == TASK:
-            previous = self._durations.get(spec.callable_hash)
-            self._durations[spec.callable_hash] = max(1e-6, duration if previous is None
-                                                      else 0.8 * previous + 0.2 * duration)
-        if spec.kind == ACTOR_CREATE and spec.actor_id in self.actors:
-            self.actors[spec.actor_id].holds = TaskState(spec, held=task.held)
-            task.held = {}
-        self._release(task)
+        task.args_unmapped = event.args_unmapped
+        if event.seconds is not None and spec.kind == TASK:
+            self.pool.record_duration(spec.callable_hash, event.seconds)
+        actor = self.actors.get(spec.actor_id)
+        if spec.kind == ACTOR_CREATE and actor is not None:
+            actor.holds, task.held = task.held, {}
+        self.resources.release(task.held)
         task.worker = None
         if spec.kind == ACTOR_CALL or spec.kind == ACTOR_CREATE:
-            self._actor_task_done(task, payloads, contained)
+            self._actor_task_done(task, payloads, event.contained)
         elif (spec.retry_exceptions and payloads and payloads[0][0] == p.ERROR
               and (spec.max_retries < 0 or task.attempts < spec.max_retries)):
             task.attempts += 1
-            task.state = READY
-            self.ready.append(task_id)
+            self._make_ready(task)
         else:
-            self._finish(task, payloads, contained)
+            self._finish(task, payloads, event.contained)
         self._after_worker_step(worker)
         self._dirty = True
 
@@ -514,7 +478,7 @@ class Scheduler:
         if worker.stack:
             outer = self.tasks.get(worker.stack[-1])
             if outer is not None and outer.request is None:
-                self._reacquire_cpu(outer)
+                self.resources.reacquire_cpu(outer.held)
             elif outer is not None:
                 self._dispatch_awaited(worker, outer.request)
             return
@@ -522,14 +486,13 @@ class Scheduler:
             next_id = worker.queued.popleft()
             task = self.tasks.get(next_id)
             if task is not None:
-                self._acquire(task, task.spec.resources)
-                task.state = RUNNING
-                worker.stack.append(next_id)
+                task.held = self.resources.acquire(task.spec.resources)
+                self._start_on(worker, task)
 
     def _finish(self, task: TaskState, payloads: list[list],
                 contained: list[list[bytes]] | None) -> None:
         spec = task.spec
-        del self.tasks[spec.task_id]
+        self._retire(task)
         self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
         for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
                                                           strict=True)):
@@ -537,6 +500,11 @@ class Scheduler:
             self.objects.complete(object_id, payload, inside)
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
             self._forget_arguments(spec, recycle=task.args_unmapped)
+
+    def _retire(self, task: TaskState) -> None:
+        """The task leaves the table for good."""
+        self._transition(task, DONE)
+        del self.tasks[task.spec.task_id]
 
     def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
@@ -546,11 +514,9 @@ class Scheduler:
             self._out.append(Recycle(segment) if recycle else Unlink(segment))
 
     def _fail(self, task: TaskState, error: errors.P2PExecError) -> None:
-        self._release(task)
-        self.tasks.pop(task.spec.task_id, None)
-        self._finish_failed(task.spec, error)
-
-    def _finish_failed(self, spec: TaskSpec, error: errors.P2PExecError) -> None:
+        self.resources.release(task.held)
+        self._retire(task)
+        spec = task.spec
         payload = system_error_payload(error)
         self._out.append(Completed(tuple(spec.return_ids)))
         for object_id in spec.return_ids:
@@ -559,16 +525,16 @@ class Scheduler:
             self._forget_arguments(spec)
 
     # ---- get / wait from workers ----
-    def worker_get(self, worker_id: int, request_id: int, object_ids: list[bytes],
-                   num_returns: int, timeout: float | None, given_back: list[bytes],
-                   now: float) -> None:
+    def _on_get_requested(self, event: GetRequested) -> None:
+        worker_id, request_id, object_ids = event.worker, event.request_id, event.object_ids
         worker = self.workers.get(worker_id)
         if worker is None:
             return
-        self._take_back(worker, given_back)
+        self._take_back(worker, event.given_back)
         caller = self._current_task(worker)
-        request = GetRequest(worker_id, request_id, object_ids, num_returns,
-                             None if timeout is None else now + timeout,
+        timeout = event.timeout
+        request = GetRequest(worker_id, request_id, object_ids, event.num_returns,
+                             None if timeout is None else event.now + timeout,
                              caller.spec.task_id if caller is not None else b"")
         if self._satisfied(request):
             self._answer(request, timed_out=False)
@@ -579,16 +545,15 @@ class Scheduler:
             self.objects.when_ready(object_id, lambda _oid, r=request: self._awaited(r))
         if caller is not None:
             caller.request = request
-            self._lend_cpu(caller)
+            self.resources.lend_cpu(caller.held)
             self._dispatch_awaited(worker, request)
         self._dirty = True
 
-    def give_back(self, worker_id: int, task_ids: list[bytes]) -> None:
-        """A blocked worker returned work that reached it after it blocked."""
-        worker = self.workers.get(worker_id)
+    def _on_gave_back(self, event: GaveBack) -> None:
+        worker = self.workers.get(event.worker)
         if worker is None:
             return
-        self._take_back(worker, task_ids)
+        self._take_back(worker, event.task_ids)
         top = self.tasks.get(worker.stack[-1]) if worker.stack else None
         if top is not None and top.request is not None:
             self._dispatch_awaited(worker, top.request)
@@ -597,7 +562,7 @@ class Scheduler:
     def _current_task(self, worker: WorkerState) -> TaskState | None:
         if worker.stack:
             return self.tasks.get(worker.stack[-1])
-        actor = self.actors.get(worker.actor_id) if worker.actor_id is not None else None
+        actor = self.actors.get(worker.actor_id)
         if actor is not None and actor.in_flight:
             return self.tasks.get(actor.in_flight[0])
         return None
@@ -605,23 +570,10 @@ class Scheduler:
     def _take_back(self, worker: WorkerState, given_back: list[bytes]) -> None:
         for task_id in reversed(given_back):
             task = self.tasks.get(task_id)
-            if task is None or task.worker != worker.worker_id or task.state != QUEUED:
+            if task is None or task.worker != worker.worker_id or task.state is not QUEUED:
                 continue
             worker.queued.remove(task_id)
-            task.state, task.worker = READY, None
-            self.ready.appendleft(task_id)
-
-    def _lend_cpu(self, task: TaskState) -> None:
-        cpus = task.held.pop(CPU, 0.0)
-        self.available[CPU] += cpus
-        task.held["_lent"] = cpus
-
-    def _reacquire_cpu(self, task: TaskState) -> None:
-        """Back from get: take the CPU again even if that oversubscribes (as Ray does)."""
-        cpus = task.held.pop("_lent", None)
-        if cpus is not None:
-            self.available[CPU] -= cpus
-            task.held[CPU] = cpus
+            self._make_ready(task, front=True)
 
     def _dispatch_awaited(self, worker: WorkerState, request: GetRequest) -> None:
         """Run one task the blocked worker waits for on its own stack, if it is ready here."""
@@ -634,13 +586,13 @@ class Scheduler:
             return  # on this stack the caller could not give up when its timeout expires
         for object_id in request.object_ids:
             task = self.tasks.get(task_of(object_id))
-            if task is None or task.state != READY or task.spec.kind != TASK:
+            if task is None or task.state is not READY or task.spec.kind != TASK:
                 continue
             if task.attempts:
                 continue  # it crashed a worker once: never again under a waiting caller
-            if not self._fits(task.spec.resources):
+            if not self.resources.fits(task.spec.resources):
                 continue
-            self._acquire(task, task.spec.resources)
+            task.held = self.resources.acquire(task.spec.resources)
             self._run_on(worker, task, nested=True)
             return
 
@@ -661,24 +613,24 @@ class Scheduler:
 
     def _answer(self, request: GetRequest, timed_out: bool) -> None:
         if request.num_returns < 0:
-            values = {oid: self._payload_or_lost(oid) for oid in request.object_ids
-                      if not self._pending(oid)}
-            reply = p.Values(request.request_id, values, [], timed_out)
+            body: dict[bytes, list] | list[bytes] = {
+                oid: self._payload_or_lost(oid) for oid in request.object_ids
+                if not self._pending(oid)}
         else:
-            ready = [oid for oid in request.object_ids if not self._pending(oid)]
-            ready = ready[:request.num_returns] if not timed_out else ready
-            reply = p.Values(request.request_id, {}, ready, timed_out)
-        self._out.append(Send(request.worker, reply))
+            body = [oid for oid in request.object_ids if not self._pending(oid)]
+            body = body[:request.num_returns] if not timed_out else body
+        self._out.append(Send(request.worker, values_message(request.request_id, body,
+                                                             timed_out)))
         caller = self.tasks.get(request.task_id)
         if caller is not None and caller.request is request:
             caller.request = None
             worker = self.workers.get(request.worker)
             if worker is not None and worker.stack and worker.stack[-1] == request.task_id:
-                self._reacquire_cpu(caller)
+                self.resources.reacquire_cpu(caller.held)
 
-    def tick(self, now: float) -> None:
+    def _on_tick(self, event: Tick) -> None:
         expired = [r for r in self.requests.values()
-                   if r.deadline is not None and r.deadline <= now]
+                   if r.deadline is not None and r.deadline <= event.now]
         for request in expired:
             del self.requests[(request.worker, request.request_id)]
             self._answer(request, timed_out=True)
@@ -688,33 +640,32 @@ class Scheduler:
     # ---- actors ----
     def _create_actor(self, task: TaskState) -> None:
         spec = task.spec
-        if spec.actor_name is not None and spec.actor_name in self.named:
-            existing = self.actors.get(self.named[spec.actor_name])
-            if existing is not None and existing.dead_reason is None:
-                reason = f"an actor named {spec.actor_name!r} already exists"
-                self._fail(task, errors.LocalUsageError(reason))
-                self._dead_on_arrival(spec, reason)
-                return
-        worker_id = self._start_worker(spec.actor_id)
-        actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts,
-                           creator=task.submitter)
-        self.actors[spec.actor_id] = actor
-        if spec.actor_name is not None:
-            self.named[spec.actor_name] = spec.actor_id
+        if self.actors.name_taken(spec.actor_name):
+            reason = f"an actor named {spec.actor_name!r} already exists"
+            self._fail(task, errors.LocalUsageError(reason))
+            self._dead_on_arrival(spec, reason)
+            return
+        self.actors.add(spec, self.pool.start_worker(spec.actor_id), creator=task.submitter)
 
-    def _try_create_actor(self, actor: ActorState) -> None:
+    def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
+        """An actor that never started: remember why, so its calls fail saying so."""
+        self.actors.add_dead(spec, reason)
+        self._forget_arguments(spec)
+
+    def _try_create_actor(self, actor: ActorState | None) -> None:
+        if actor is None:
+            return
         task = self.tasks.get(actor.creation.task_id)
         worker = self.workers.get(actor.worker)
         if task is None or worker is None or not worker.ready or task.missing:
             return
-        if task.state == RUNNING:
+        if task.state is RUNNING:
             return
-        if not self._fits(task.spec.resources):
-            self._waiting_actors.append(actor.actor_id)
+        if not self.resources.fits(task.spec.resources):
+            self.actors.waiting.append(actor.actor_id)
             return
-        self._acquire(task, task.spec.resources)
-        task.state, task.worker = RUNNING, worker.worker_id
-        worker.stack.append(task.spec.task_id)
+        task.held = self.resources.acquire(task.spec.resources)
+        self._start_on(worker, task)
         self._send_work(worker, task, nested=False)
 
     def _queue_actor_call(self, task: TaskState) -> None:
@@ -727,8 +678,10 @@ class Scheduler:
         actor.calls.append(task.spec.task_id)
         self._pump_actor(actor)
 
-    def _pump_actor(self, actor: ActorState) -> None:
+    def _pump_actor(self, actor: ActorState | None) -> None:
         """Send calls in submission order while the head's arguments are ready."""
+        if actor is None:
+            return
         worker = self.workers.get(actor.worker)
         if not actor.alive or worker is None:
             return
@@ -740,7 +693,8 @@ class Scheduler:
             if task.missing:
                 return
             actor.calls.popleft()
-            task.state, task.worker = QUEUED, worker.worker_id
+            self._transition(task, RUNNING)
+            task.worker = worker.worker_id
             actor.in_flight.append(task.spec.task_id)
             self._send_work(worker, task, nested=False)
 
@@ -766,8 +720,7 @@ class Scheduler:
         actor = self.actors.get(worker.actor_id)
         if actor is None:
             return
-        lost = [tid for tid in actor.in_flight]
-        actor.in_flight = []
+        lost, actor.in_flight = actor.in_flight, []
         for task_id in lost:
             task = self.tasks.get(task_id)
             if task is not None:
@@ -779,87 +732,168 @@ class Scheduler:
         if actor.restarts_left != 0:
             actor.restarts_left -= 1
             actor.alive = False
-            self._release(actor.holds)  # the new incarnation acquires them again
-            actor.holds = None
+            self.resources.release(actor.holds)  # the new incarnation acquires them again
             if creation is None:
                 creation = TaskState(actor.creation)
                 self.tasks[actor.creation.task_id] = creation
                 for object_id in actor.creation.return_ids:
                     self.objects.reset(object_id)
-            creation.state, creation.worker = WAITING, None
-            actor.worker = self._start_worker(actor.actor_id)
+            else:  # it died while constructing: what it held and waited for die with it
+                self.resources.release(creation.held)
+                creation.request = None
+                if creation.state is not WAITING:  # not when it died before it started
+                    self._transition(creation, WAITING)
+            creation.worker = None
+            actor.worker = self.pool.start_worker(actor.actor_id)
             return
         if creation is not None:
             self._fail(creation, errors.ActorDiedError(f"the actor's process died ({reason})"))
         self._actor_dead(actor, f"its process died ({reason})", stop=False)
 
     def _actor_dead(self, actor: ActorState, reason: str, stop: bool) -> None:
-        actor.alive = False
-        actor.dead_reason = reason
         if stop and actor.worker in self.workers:
             self._out.append(StopWorker(actor.worker))
-        pending = list(actor.calls) + list(actor.in_flight)
-        actor.calls.clear()
-        actor.in_flight = []
-        for task_id in pending:
+        for task_id in self.actors.mark_dead(actor, reason):
             task = self.tasks.get(task_id)
             if task is not None:
                 self._fail(task, errors.ActorDiedError(
                     f"cannot run {task.spec.name}: the actor is dead ({reason})"))
-        self._release(actor.holds)
+        self.resources.release(actor.holds)
         self._forget_arguments(actor.creation)
-        if actor.name is not None and self.named.get(actor.name) == actor.actor_id:
-            del self.named[actor.name]
 
-    def kill_actor(self, actor_id: bytes) -> bool:
-        """px.kill: stop the actor for good; its pending calls fail with ActorDiedError."""
-        actor = self.actors.get(actor_id)
+    def _on_actor_killed(self, event: ActorKilled) -> None:
+        """Its pending calls fail with ActorDiedError; a dead or unknown actor is left be."""
+        actor = self.actors.get(event.actor_id)
         if actor is None or actor.dead_reason is not None:
-            return False
+            return
         creation = self.tasks.get(actor.creation.task_id)
         if creation is not None:
             self._fail(creation, errors.ActorDiedError("the actor was killed"))
         self._actor_dead(actor, "it was killed with px.kill", stop=True)
-        return True
 
     def _object_freed(self, object_id: bytes) -> None:
-        """The last handle of an actor is gone (handles hold its creation object, pending
-        calls pin it): an actor that is neither named nor detached stops, as in Ray."""
+        """Called by the object table as it frees an object. An actor's creation object is
+        held by its handles and pinned by its pending calls, so when it goes the actor
+        has no handle left; it is stopped after the event (not from inside the table)."""
         actor = self.actors.get(task_of(object_id))
-        if (actor is not None and object_id == actor.creation.return_ids[0]
-                and actor.dead_reason is None and actor.name is None
-                and not actor.creation.detached):
-            self._actor_dead(actor, "its last handle was dropped", stop=True)
-            self._dirty = True
+        if actor is not None and object_id == actor.creation.return_ids[0]:
+            self._unreferenced.append(actor.actor_id)
 
-    def client_left(self, client: int) -> None:
+    def _stop_unreferenced_actors(self) -> None:
+        """Stop the actors whose last handle is gone, unless named or detached (Ray)."""
+        for actor_id in self._unreferenced:
+            actor = self.actors.get(actor_id)
+            if (actor is not None and actor.dead_reason is None and actor.name is None
+                    and not actor.creation.detached):
+                creation = self.tasks.get(actor.creation.task_id)
+                if creation is not None:
+                    self._fail(creation, errors.ActorDiedError("its last handle was dropped"))
+                self._actor_dead(actor, "its last handle was dropped", stop=True)
+                self._dirty = True
+        self._unreferenced.clear()
+
+    def _on_client_left(self, event: ClientLeft) -> None:
         """An attached driver went away: it holds nothing any more, the tasks it queued
         that have not started are cancelled, and the actors it created stop unless they
         were created with lifetime="detached" (Ray's driver lifetime)."""
+        client = event.client
         self.objects.drop_holder_everywhere(client)
         for task in list(self.tasks.values()):
             if (task.submitter == client and task.spec.kind == TASK
                     and task.state in (WAITING, READY)):
                 self._fail(task, errors.TaskCancelledError(
                     f"task {task.spec.name} was cancelled: its driver went away"))
-        for actor in list(self.actors.values()):
+        for actor in list(self.actors.actors.values()):
             if (actor.creator == client and actor.dead_reason is None
                     and not actor.creation.detached):
                 creation = self.tasks.get(actor.creation.task_id)
                 if creation is not None:
                     self._fail(creation, errors.ActorDiedError("its driver went away"))
                 self._actor_dead(actor, "the driver that created it went away", stop=True)
-        self._dirty = True
 
-    def lookup_actor(self, name: str) -> bytes | None:
-        return self.named.get(name)
+    # ---- invariants ----
+    def validate(self) -> None:
+        """Check what must hold between any two batches; tests call it after every event.
+
+        Resources are never negative or over the total and `available` is the total minus
+        what tasks and actors hold; every task is in exactly one state and where that state
+        says (the ready deque, one worker's queue, one worker's stack or actor's in-flight
+        list, waiting for a named reason); every object a live task names is still here;
+        an object without a value belongs to a task that will produce it."""
+        self.resources.validate([t.held for t in self.tasks.values()]
+                                + [a.holds for a in self.actors.actors.values()])
+        self.objects.validate()
+        self.actors.validate()
+        places: dict[bytes, list[str]] = {}
+        for worker in self.workers.values():
+            for task_id in worker.stack:
+                places.setdefault(task_id, []).append(f"stack of worker {worker.worker_id}")
+            for task_id in worker.queued:
+                places.setdefault(task_id, []).append(f"queue of worker {worker.worker_id}")
+        for actor in self.actors.actors.values():
+            for task_id in actor.in_flight:
+                places.setdefault(task_id, []).append(f"in flight at {actor.worker}")
+            for task_id in actor.calls:
+                places.setdefault(task_id, []).append("actor calls")
+        ready = set(self.ready)
+        requests = {id(r) for r in self.requests.values()}
+        for task_id, task in self.tasks.items():
+            self._validate_task(task_id, task, places.get(task_id, []), task_id in ready)
+            assert task.request is None or id(task.request) in requests, (
+                f"{task.spec.name} waits for a request nobody will answer")
+        for worker_id, _request_id in self.requests:
+            assert worker_id in self.workers, f"a get of dead worker {worker_id} is pending"
+        for object_id, entry in self.objects.entries.items():
+            assert entry.payload is not None or task_of(object_id) in self.tasks, (
+                f"object {object_id.hex()} has no value and no task that will make one")
+
+    def _validate_task(self, task_id: bytes, task: TaskState, places: list[str],
+                       in_ready: bool) -> None:
+        spec, state = task.spec, task.state
+        name = f"{spec.name} ({state.value})"
+        assert spec.task_id == task_id and state is not DONE, name
+        for object_id in spec.contained:
+            assert self.objects.known(object_id), f"{name}: argument {object_id.hex()} freed"
+        # an actor's restart makes its creation result pending again, under tasks that
+        # already had it: more may be pending than a task waits for, never fewer
+        pending = sum(1 for dep in spec.deps if self._pending(dep))
+        assert task.missing <= pending, f"{name}: waits for {task.missing}, pending {pending}"
+        assert state is WAITING or not task.missing, f"{name} waits for {task.missing}"
+        if state is RUNNING:
+            assert len(places) == 1 and places[0].startswith(("stack", "in flight")), (
+                f"{name} is on {places}")
+        elif state is QUEUED:
+            assert places == [f"queue of worker {task.worker}"], f"{name} is on {places}"
+        elif state is READY:
+            assert in_ready and not places and task.worker is None, f"{name} is on {places}"
+        elif spec.kind == ACTOR_CALL:
+            assert places == ["actor calls"], f"{name} is on {places}"
+        else:
+            assert not places, f"{name} is on {places}"
+            assert (task.missing or spec.kind == ACTOR_CREATE
+                    or not self.resources.feasible(spec.resources)), (
+                f"{name} waits for nothing")
 
     # ---- shutdown ----
-    def shutdown(self) -> None:
+    def _on_shut_down(self, _event: ShutDown) -> None:
         for worker_id in list(self.workers):
             self._out.append(StopWorker(worker_id))
         self.objects.clear()
 
+
+def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
+                 nested: bool) -> p.Execute:
+    """The message that hands a task, actor creation or actor call to a worker."""
+    return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
+                     deps, list(spec.return_ids), spec.name, nested)
+
+
+def values_message(request_id: int, body: dict[bytes, list] | list[bytes],
+                   timed_out: bool) -> p.Values:
+    """The answer to a worker's get (values by id) or wait (ids of ready objects)."""
+    if isinstance(body, dict):
+        return p.Values(request_id, body, [], timed_out)
+    return p.Values(request_id, {}, body, timed_out)
 
 
 def _covers(held: dict[str, float], demand: dict[str, float]) -> bool:

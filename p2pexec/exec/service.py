@@ -24,19 +24,35 @@ from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError, Remot
 from p2pexec.exec import protocol as p
 from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.events import (
+    ActorKilled,
+    ClientLeft,
+    CodeRegistered,
+    Event,
+    GaveBack,
+    GetRequested,
+    Put,
+    RefsChanged,
+    ShutDown,
+    Started,
+    Submitted,
+    TaskFinished,
+    Tick,
+    WorkerDied,
+    WorkerReady,
+)
 from p2pexec.exec.inline import InlineWorkers
-from p2pexec.exec.scheduler import (
-    DRIVER,
+from p2pexec.exec.instructions import (
     Completed,
     Instruction,
     Recycle,
-    Scheduler,
     Send,
     StartWorker,
     StopWorker,
     Unlink,
     Warn,
 )
+from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.net.codec import Codec, FrameDecoder
 
@@ -166,8 +182,7 @@ class ExecService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.core.start()
-                self._apply(self.core.take_instructions())
+                self._apply(self.core.handle(Started()))
                 nursery.start_soon(self._timer_loop)
                 task_status.started()
                 await trio.sleep_forever()
@@ -178,8 +193,7 @@ class ExecService:
         self.segments.clear()
         for segment in list(self._unlinking):
             shm.unlink(segment)
-        self.core.shutdown()
-        for instruction in self.core.take_instructions():
+        for instruction in self.core.handle(ShutDown()):
             if isinstance(instruction, Unlink):
                 shm.unlink(instruction.segment)
         workers = [link for link in self.links.values() if link.process is not None]
@@ -202,22 +216,24 @@ class ExecService:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        core = self.core
         ops = self._ops
+        events: list[Event] = []
         while ops:
             op = ops.popleft()
             kind = op[0]
             if kind == "submit":
-                core.submit(op[1], DRIVER)
+                events.append(Submitted(op[1], DRIVER))
             elif kind == "refs":
-                core.refs_changed(DRIVER, op[1])
+                events.append(RefsChanged(DRIVER, op[1]))
             elif kind == "put":
-                core.put(op[1], op[2], op[3], DRIVER)
+                events.append(Put(op[1], op[2], op[3], DRIVER))
             elif kind == "register":
-                core.register(op[1], op[2])
-            else:
+                events.append(CodeRegistered(op[1], op[2]))
+            else:  # runs in order with the events before it
+                self._apply(self.core.handle(*events))
+                events = []
                 op[1]()
-        self._apply(core.take_instructions())
+        self._apply(self.core.handle(*events))
 
     def register_waiter(self, object_ids: list[bytes], event: Any) -> None:
         for object_id in object_ids:
@@ -272,10 +288,9 @@ class ExecService:
         for link in touched:
             link.flush()
 
-    def _stimulus(self, apply: Callable[[Scheduler], None]) -> None:
-        """An in-process worker's report: apply it to the core, then its instructions."""
-        apply(self.core)
-        self._apply(self.core.take_instructions())
+    def _stimulus(self, event: Event) -> None:
+        """An in-process worker's report: one event for the core, then its instructions."""
+        self._apply(self.core.handle(event))
 
     def _unlink_soon(self, segment: str) -> None:
         """Freeing a large tmpfs file takes ~0.15 ms per MiB: do it off the loop. What is
@@ -336,8 +351,7 @@ class ExecService:
         await self._serve_link(link, FrameDecoder(p.MAX_FRAME))
         await trio.to_thread.run_sync(link.process.wait)
         self._forget_link(link)
-        self.core.worker_died(link.client_id, _exit_reason(link.process))
-        self._apply(self.core.take_instructions())
+        self._apply(self.core.handle(WorkerDied(link.client_id, _exit_reason(link.process))))
 
     async def serve_driver(self, stream: trio.SocketStream, hello: p.Hello,
                            decoder: FrameDecoder) -> None:
@@ -363,8 +377,7 @@ class ExecService:
             sock.close()
             for wait in list(link.waits):
                 wait.finish()
-            self.core.client_left(client_id)
-            self._apply(self.core.take_instructions())
+            self._apply(self.core.handle(ClientLeft(client_id)))
             log.info("driver pid %d detached; its references, queued tasks and actors "
                      "were released", hello.pid)
 
@@ -401,21 +414,16 @@ class ExecService:
 
     async def _read_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
         stream = link.stream
-        decode = self.codec.decode
-        handle = self._handle_driver_message if link.is_driver else self._handle_worker_message
         data = b""
         while True:
             try:
-                for body in decoder.feed(data):
-                    handle(link, decode(body))
+                self._handle_frames(link, decoder.feed(data))
             except Exception as exc:  # any bad message costs that client, never the node
                 who = "driver" if link.is_driver else "worker"
                 log.error("%s %d (pid %s) sent a message the node could not handle (%s); "
                           "dropping it", who, link.client_id, link.pid, exc)
                 self._kill(link)
                 return
-            finally:
-                self._apply(self.core.take_instructions())
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -423,52 +431,72 @@ class ExecService:
             if not data:
                 return
 
-    def _handle_common(self, client_id: int, message: Any) -> bool:
-        """Messages both kinds of client send; False if `message` is none of them."""
-        core = self.core
+    def _handle_frames(self, link: ClientLink, bodies: list[bytes]) -> None:
+        """One read's worth of a client's frames, scheduled once. A node call (and a
+        driver's get) first applies the events before it, so it sees their effect (an
+        actor the client just created, an object it just put)."""
+        decode = self.codec.decode
+        event_of = self._driver_event if link.is_driver else self._worker_event
+        events: list[Event] = []
+        try:
+            for body in bodies:
+                message = decode(body)
+                kind = type(message)
+                if kind is p.Call or (kind is p.Get and link.is_driver):
+                    self._apply(self.core.handle(*events))
+                    events = []
+                    if kind is p.Call:
+                        self._answer_call(link.client_id, message)
+                    else:
+                        self._driver_get(link, message)
+                else:
+                    events.append(event_of(link.client_id, message))
+        finally:
+            self._apply(self.core.handle(*events))
+
+    def _common_event(self, client_id: int, message: Any) -> Event | None:
+        """The event of a message both kinds of client send; None if it is none of them."""
         kind = type(message)
         if kind is p.Submit:
-            core.submit(message.spec, client_id)
-        elif kind is p.Refs:
-            core.refs_changed(client_id, message.deltas)
-        elif kind is p.Put:
+            return Submitted(message.spec, client_id)
+        if kind is p.Refs:
+            return RefsChanged(client_id, message.deltas)
+        if kind is p.Put:
             check_payload(message.payload)
-            core.put(message.object_id, message.payload, message.contained, client_id)
-        elif kind is p.Register:
-            core.register(message.code_hash, message.pickled)
-        elif kind is p.Call:
-            self._answer_call(client_id, message)
-        else:
-            return False
-        return True
+            return Put(message.object_id, message.payload, message.contained, client_id)
+        if kind is p.Register:
+            return CodeRegistered(message.code_hash, message.pickled)
+        return None
 
-    def _handle_worker_message(self, link: ClientLink, message: Any) -> None:
-        core = self.core
-        worker_id = link.client_id
+    def _worker_event(self, worker_id: int, message: Any) -> Event:
+        """The scheduler event a worker's message stands for."""
         kind = type(message)
         if kind is p.Done:
             for payload in message.payloads:
                 check_payload(payload)
-            core.task_done(worker_id, message.task_id, message.payloads, message.contained,
-                           message.seconds, message.args_unmapped)
-        elif kind is p.Get:
-            core.worker_get(worker_id, message.request_id, message.object_ids,
-                            message.num_returns, message.timeout, message.given_back,
-                            trio.current_time())
+            return TaskFinished(worker_id, message.task_id, message.payloads,
+                                message.contained, message.seconds, message.args_unmapped)
+        if kind is p.Get:
             if message.timeout is not None:
                 self._timer_changed.set()
-        elif kind is p.GiveBack:
-            core.give_back(worker_id, message.task_ids)
-        elif kind is p.Hello:
-            core.worker_ready(worker_id)
-        elif not self._handle_common(worker_id, message):
+            return GetRequested(worker_id, message.request_id, message.object_ids,
+                                message.num_returns, message.timeout, message.given_back,
+                                trio.current_time())
+        if kind is p.GiveBack:
+            return GaveBack(worker_id, message.task_ids)
+        if kind is p.Hello:
+            return WorkerReady(worker_id)
+        event = self._common_event(worker_id, message)
+        if event is None:
             raise RemoteProtocolError(f"a worker may not send {kind.__name__}")
+        return event
 
-    def _handle_driver_message(self, link: ClientLink, message: Any) -> None:
-        if type(message) is p.Get:
-            self._driver_get(link, message)
-        elif not self._handle_common(link.client_id, message):
+    def _driver_event(self, client_id: int, message: Any) -> Event:
+        """The scheduler event an attached driver's message stands for."""
+        event = self._common_event(client_id, message)
+        if event is None:
             raise RemoteProtocolError(f"a driver may not send {type(message).__name__}")
+        return event
 
     # ---- an attached driver's get and wait ----
     def _driver_get(self, link: ClientLink, request: p.Get) -> None:
@@ -532,10 +560,13 @@ class ExecService:
         handler = self.call_handlers.get(operation)
         if handler is None:
             raise LocalUsageError(f"unknown node operation {operation!r}")
-        try:
-            return handler(argument)
-        finally:
-            self._apply(self.core.take_instructions())
+        return handler(argument)
+
+    def kill_actor(self, actor_id: bytes) -> bool:
+        """px.kill: True if the actor was alive here (and is now stopped)."""
+        alive = self.core.actor_alive(actor_id)
+        self._apply(self.core.handle(ActorKilled(actor_id)))
+        return alive
 
     def _answer_call(self, client_id: int, request: p.Call) -> None:
         try:
@@ -555,8 +586,7 @@ class ExecService:
                 await self._timer_changed.wait()
                 self._timer_changed = trio.Event()
                 continue
-            self.core.tick(trio.current_time())
-            self._apply(self.core.take_instructions())
+            self._apply(self.core.handle(Tick(trio.current_time())))
 
     def drivers(self) -> int:
         """How many drivers are attached right now."""

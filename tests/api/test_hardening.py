@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import sys
 import textwrap
 import time
 
@@ -219,3 +220,24 @@ def test_ref_from_a_stopped_node_is_lost_not_a_hang():
         px.shutdown()
     """)
     assert run_python(script).startswith("lost: object ")
+
+
+def _exit_cleanly():
+    sys.exit(0)
+
+
+def _exit_hard():
+    os._exit(1)
+
+
+@pytest.mark.parametrize("body", [_exit_cleanly, _exit_hard])
+def test_argument_whose_worker_always_exits_fails_its_dependent_and_the_node_lives(body):
+    exits = px.remote(body)
+
+    @px.remote
+    def ident(x):
+        return x
+
+    with pytest.raises(px.WorkerCrashedError, match="ran out of retries"):
+        px.get(ident.remote(exits.remote()), timeout=60)
+    assert px.get(ident.remote("alive"), timeout=30) == "alive"

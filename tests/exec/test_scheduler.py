@@ -7,18 +7,30 @@ import pytest
 from p2pexec import errors
 from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
-from p2pexec.exec.refs import return_id
-from p2pexec.exec.scheduler import (
-    DRIVER,
+from p2pexec.exec.events import (
+    ActorKilled,
+    CodeRegistered,
+    GetRequested,
+    Put,
+    RefsChanged,
+    Started,
+    Submitted,
+    TaskFinished,
+    Tick,
+    WorkerDied,
+    WorkerReady,
+)
+from p2pexec.exec.instructions import (
     Completed,
     Recycle,
-    Scheduler,
     Send,
     StartWorker,
     StopWorker,
     Unlink,
     Warn,
 )
+from p2pexec.exec.refs import return_id
+from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import from_payload, system_error_payload
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
@@ -50,115 +62,95 @@ def ok(value: bytes = b"v") -> list:
     return [p.INLINE, value, []]
 
 
+class CheckedScheduler(Scheduler):
+    """Checks every invariant after each batch a test hands it."""
+
+    def handle(self, *events):
+        out = super().handle(*events)
+        self.validate()
+        return out
+
+
 @pytest.fixture
 def core():
-    scheduler = Scheduler(ExecConfig(num_cpus=2, max_prefetch=1))
-    scheduler.register(CODE, b"code")
-    scheduler.start()
-    assert scheduler.take_instructions() == [StartWorker(1), StartWorker(2)]
+    scheduler = CheckedScheduler(ExecConfig(num_cpus=2, max_prefetch=1))
+    assert scheduler.handle(CodeRegistered(CODE, b"code"), Started()) == [
+        StartWorker(1), StartWorker(2)]
     return scheduler
 
 
 def test_task_waits_for_a_ready_worker_and_ships_code_once(core):
-    core.submit(spec(1), DRIVER)
-    assert core.take_instructions() == []
-    core.worker_ready(1)
-    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code"))]
-    core.task_done(1, tid(1), [ok()])
-    core.submit(spec(2), DRIVER)
-    assert core.take_instructions() == [Completed((rid(1),)), Send(1, exec_msg(2))]
+    assert core.handle(Submitted(spec(1), DRIVER)) == []
+    assert core.handle(WorkerReady(1)) == [Send(1, exec_msg(1, code=b"code"))]
+    assert core.handle(TaskFinished(1, tid(1), [ok()]), Submitted(spec(2), DRIVER)) == [
+        Completed((rid(1),)), Send(1, exec_msg(2))]
     assert core.objects.payload(rid(1)) == ok()
 
 
 def test_dependency_resolved_before_the_task_runs(core):
-    core.worker_ready(1)
-    core.worker_ready(2)
-    core.submit(spec(1), DRIVER)
-    core.submit(spec(2, deps=[rid(1)]), DRIVER)
-    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code"))]
-    core.task_done(1, tid(1), [ok(b"one")])
-    assert core.take_instructions() == [
+    assert core.handle(WorkerReady(1), WorkerReady(2), Submitted(spec(1), DRIVER),
+                       Submitted(spec(2, deps=[rid(1)]), DRIVER)) == [
+        Send(1, exec_msg(1, code=b"code"))]
+    assert core.handle(TaskFinished(1, tid(1), [ok(b"one")])) == [
         Completed((rid(1),)), Send(1, exec_msg(2, deps={rid(1): ok(b"one")}))]
 
 
 def test_failed_dependency_fails_dependent_without_running_it(core):
-    core.worker_ready(1)
-    core.submit(spec(1), DRIVER)
-    core.submit(spec(2, deps=[rid(1)]), DRIVER)
-    core.take_instructions()
+    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER),
+                Submitted(spec(2, deps=[rid(1)]), DRIVER))
     error = [p.ERROR, b"pickled error"]
-    core.task_done(1, tid(1), [error])
-    assert core.take_instructions() == [Completed((rid(1),)), Completed((rid(2),))]
+    assert core.handle(TaskFinished(1, tid(1), [error])) == [
+        Completed((rid(1),)), Completed((rid(2),))]
     assert core.objects.payload(rid(2)) == error
 
 
 def test_busy_worker_prefetches_only_when_none_idle(core):
-    core.worker_ready(1)
-    for n in (1, 2, 3):
-        core.submit(spec(n), DRIVER)
+    out = core.handle(WorkerReady(1), *(Submitted(spec(n), DRIVER) for n in (1, 2, 3)))
     # one runs, one is queued behind it (prefetch=1), one waits for the second worker
-    assert core.take_instructions() == [Send(1, exec_msg(1, code=b"code")), Send(1, exec_msg(2))]
-    core.worker_ready(2)
-    assert core.take_instructions() == [Send(2, exec_msg(3, code=b"code"))]
+    assert out == [Send(1, exec_msg(1, code=b"code")), Send(1, exec_msg(2))]
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(3, code=b"code"))]
     assert core.available["CPU"] == 0.0
-    core.task_done(1, tid(1), [ok()])
-    assert core.take_instructions() == [Completed((rid(1),))]
+    assert core.handle(TaskFinished(1, tid(1), [ok()])) == [Completed((rid(1),))]
     assert core.workers[1].stack == [tid(2)]
     assert core.available["CPU"] == 0.0
 
 
 def test_blocked_worker_gives_back_queue_lends_cpu_and_runs_awaited_task(core):
-    core.worker_ready(1)
-    core.submit(spec(1), DRIVER)
-    core.submit(spec(2), DRIVER)  # queued behind task 1 on worker 1
-    core.take_instructions()
+    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER),
+                Submitted(spec(2), DRIVER))  # 2 is queued behind task 1 on worker 1
     # task 1 submits task 3 and waits for it and for task 2
-    core.submit(spec(3), 1)
-    core.worker_get(1, 7, [rid(3), rid(2)], -1, None, [tid(2)], now=0.0)
-    out = core.take_instructions()
+    out = core.handle(Submitted(spec(3), 1),
+                      GetRequested(1, 7, [rid(3), rid(2)], -1, None, [tid(2)], now=0.0))
     assert out[0] == Send(1, exec_msg(3, nested=True))
     assert core.available["CPU"] == 1.0  # lent CPU taken by nested task 3
     assert core.workers[1].stack == [tid(1), tid(3)]
-    core.task_done(1, tid(3), [ok(b"3")])
-    out = core.take_instructions()
+    out = core.handle(TaskFinished(1, tid(3), [ok(b"3")]))
     assert out[:2] == [Completed((rid(3),)), Send(1, exec_msg(2, nested=True))]
-    core.task_done(1, tid(2), [ok(b"2")])
-    out = core.take_instructions()
+    out = core.handle(TaskFinished(1, tid(2), [ok(b"2")]))
     assert out == [Completed((rid(2),)),
                    Send(1, p.Values(7, {rid(3): ok(b"3"), rid(2): ok(b"2")}, [], False))]
     assert core.available["CPU"] == 1.0  # task 1 holds its CPU again
 
 
 def test_more_workers_start_while_every_worker_is_blocked(core):
-    core.worker_ready(1)
-    core.worker_ready(2)
-    core.submit(spec(1), DRIVER)
-    core.submit(spec(2), DRIVER)
-    core.submit(spec(8, deps=[rid(1)]), DRIVER)
-    core.take_instructions()
-    core.worker_get(1, 1, [rid(2)], -1, None, [], now=0.0)
-    core.worker_get(2, 1, [rid(8)], -1, None, [], now=0.0)
-    assert core.take_instructions() == []
+    core.handle(WorkerReady(1), WorkerReady(2), Submitted(spec(1), DRIVER),
+                Submitted(spec(2), DRIVER), Submitted(spec(8, deps=[rid(1)]), DRIVER))
+    assert core.handle(GetRequested(1, 1, [rid(2)], -1, None, [], now=0.0),
+                       GetRequested(2, 1, [rid(8)], -1, None, [], now=0.0)) == []
     assert core.available["CPU"] == 2.0
-    core.submit(spec(5), DRIVER)
-    assert core.take_instructions() == [StartWorker(3)]
-    core.worker_ready(3)
-    assert core.take_instructions() == [Send(3, exec_msg(5, code=b"code"))]
+    assert core.handle(Submitted(spec(5), DRIVER)) == [StartWorker(3)]
+    assert core.handle(WorkerReady(3)) == [Send(3, exec_msg(5, code=b"code"))]
 
 
 def test_worker_death_retries_then_fails_with_worker_crashed(core):
-    core.worker_ready(1)
-    core.submit(spec(1, max_retries=1), DRIVER)
-    core.take_instructions()
-    core.worker_died(1, "pid 9 killed by SIGSEGV")
-    assert core.take_instructions() == [  # a replacement starts; task 1 waits for a worker
+    core.handle(WorkerReady(1), Submitted(spec(1, max_retries=1), DRIVER))
+    assert core.handle(WorkerDied(1, "pid 9 killed by SIGSEGV")) == [
+        # a replacement starts; task 1 waits for a worker
         Warn("the worker process running task t1 died (pid 9 killed by SIGSEGV); "
              "retrying it (retry 1 of 1)"),
         StartWorker(3)]
-    core.worker_ready(2)
-    assert core.take_instructions() == [Send(2, exec_msg(1, code=b"code"))]
-    core.worker_died(2)
-    out = core.take_instructions()
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(1, code=b"code"))]
+    out = core.handle(WorkerDied(2))
     assert Completed((rid(1),)) in out
     with pytest.raises(errors.WorkerCrashedError, match="2 attempts"):
         from_payload(core.objects.payload(rid(1)))
@@ -166,64 +158,47 @@ def test_worker_death_retries_then_fails_with_worker_crashed(core):
 
 def test_release_frees_object_and_its_shared_memory(core):
     shared = [p.SHARED, "p2px_1_seg", 10, [1000]]
-    core.put(rid(1), shared, [], DRIVER)
-    assert core.take_instructions() == [Completed((rid(1),))]  # wakes a waiting driver
-    core.refs_changed(5, {rid(1): +1})
-    core.refs_changed(DRIVER, {rid(1): -1})
-    assert core.take_instructions() == []
-    core.refs_changed(5, {rid(1): -1})
-    assert core.take_instructions() == [Unlink("p2px_1_seg")]
+    assert core.handle(Put(rid(1), shared, [], DRIVER)) == [
+        Completed((rid(1),))]  # wakes a waiting driver
+    assert core.handle(RefsChanged(5, {rid(1): +1}), RefsChanged(DRIVER, {rid(1): -1})) == []
+    assert core.handle(RefsChanged(5, {rid(1): -1})) == [Unlink("p2px_1_seg")]
     assert not core.objects.known(rid(1))
 
 
 def test_object_argument_kept_alive_until_task_finishes(core):
-    core.put(rid(50), ok(b"arg"), [], DRIVER)
-    core.submit(spec(1, deps=[rid(50)]), DRIVER)
-    core.refs_changed(DRIVER, {rid(50): -1})
+    core.handle(Put(rid(50), ok(b"arg"), [], DRIVER), Submitted(spec(1, deps=[rid(50)]), DRIVER),
+                RefsChanged(DRIVER, {rid(50): -1}))
     assert core.objects.known(rid(50))
-    core.worker_ready(1)
-    core.take_instructions()
-    core.task_done(1, tid(1), [ok()])
+    core.handle(WorkerReady(1))
+    core.handle(TaskFinished(1, tid(1), [ok()]))
     assert not core.objects.known(rid(50))
 
 
 def test_infeasible_task_warns_once_and_waits(core):
-    core.worker_ready(1)
-    core.submit(spec(1, cpus=8), DRIVER)
-    out = core.take_instructions()
+    out = core.handle(WorkerReady(1), Submitted(spec(1, cpus=8), DRIVER))
     assert len(out) == 1 and isinstance(out[0], Warn) and "needs {'CPU': 8}" in out[0].text
 
 
 def test_wait_with_timeout_answers_partial_at_deadline(core):
-    core.worker_ready(1)
-    core.submit(spec(1), DRIVER)
-    core.take_instructions()
-    core.put(rid(60), ok(), [], DRIVER)
-    core.take_instructions()
-    core.worker_get(1, 3, [rid(60), rid(1)], 2, 5.0, [], now=10.0)
-    assert core.take_instructions() == []
+    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER))
+    core.handle(Put(rid(60), ok(), [], DRIVER))
+    assert core.handle(GetRequested(1, 3, [rid(60), rid(1)], 2, 5.0, [], now=10.0)) == []
     assert core.next_deadline() == 15.0
-    core.tick(14.9)
-    assert core.take_instructions() == []
-    core.tick(15.0)
-    assert core.take_instructions() == [Send(1, p.Values(3, {}, [rid(60)], True))]
+    assert core.handle(Tick(14.9)) == []
+    assert core.handle(Tick(15.0)) == [Send(1, p.Values(3, {}, [rid(60)], True))]
 
 
 def test_actor_calls_wait_for_creation_and_keep_order(core):
     actor = tid(100)
     create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
                       "A.__init__", {}, actor_id=actor)
-    core.submit(create, DRIVER)
-    assert core.take_instructions() == [StartWorker(3, actor)]
-    core.submit(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
-    core.submit(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
-    assert core.take_instructions() == []
-    core.worker_ready(3)
-    assert core.take_instructions() == [Send(3, p.Execute(
+    assert core.handle(Submitted(create, DRIVER)) == [StartWorker(3, actor)]
+    assert core.handle(Submitted(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER),
+                       Submitted(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)) == []
+    assert core.handle(WorkerReady(3)) == [Send(3, p.Execute(
         ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {}, [return_id(actor, 1)],
         "A.__init__", False))]
-    core.task_done(3, actor, [ok()])
-    assert core.take_instructions() == [
+    assert core.handle(TaskFinished(3, actor, [ok()])) == [
         Completed((return_id(actor, 1),)),
         Send(3, exec_msg(1, kind=ACTOR_CALL, target="m")),
         Send(3, exec_msg(2, kind=ACTOR_CALL, target="m"))]
@@ -233,14 +208,12 @@ def test_killed_actor_fails_pending_calls(core):
     actor = tid(100)
     create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
                       "A.__init__", {}, actor_id=actor, actor_name="a")
-    core.submit(create, DRIVER)
-    core.worker_ready(3)
-    core.task_done(3, actor, [ok()])
-    core.submit(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)
-    core.take_instructions()
+    core.handle(Submitted(create, DRIVER), WorkerReady(3), TaskFinished(3, actor, [ok()]),
+                Submitted(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER))
     assert core.lookup_actor("a") == actor
-    assert core.kill_actor(actor) is True
-    out = core.take_instructions()
+    assert core.actor_alive(actor) is True
+    out = core.handle(ActorKilled(actor))
+    assert core.actor_alive(actor) is False
     assert StopWorker(3) in out and Completed((rid(1),)) in out
     assert core.objects.payload(rid(1))[:2] == system_error_payload(
         errors.ActorDiedError(""))[:2]
@@ -248,12 +221,84 @@ def test_killed_actor_fails_pending_calls(core):
 
 
 def test_argument_segment_is_recycled_only_when_the_worker_unmapped_it(core):
-    core.worker_ready(1)
+    core.handle(WorkerReady(1))
     freed = {}
     for n, unmapped in ((1, True), (2, False)):
         task = dataclasses.replace(spec(n), args=[p.SHARED, f"p2px_1_args{n}", 10, [1000]])
-        core.submit(task, DRIVER)
-        core.take_instructions()
-        core.task_done(1, tid(n), [ok()], None, 0.01, args_unmapped=unmapped)
-        freed[n] = [i for i in core.take_instructions() if isinstance(i, (Recycle, Unlink))]
+        core.handle(Submitted(task, DRIVER))
+        out = core.handle(TaskFinished(1, tid(n), [ok()], None, 0.01, args_unmapped=unmapped))
+        freed[n] = [i for i in out if isinstance(i, (Recycle, Unlink))]
     assert freed == {1: [Recycle("p2px_1_args1")], 2: [Unlink("p2px_1_args2")]}
+
+
+@pytest.mark.parametrize("how", ["worker exits", "task raises"])
+def test_failed_argument_freed_by_its_dependent_does_not_stop_the_node(core, how):
+    # px.get(ident.remote(error.remote())): the driver drops error's ref once ident is
+    # submitted, so failing ident unpins error's result while that result is completing
+    core.handle(WorkerReady(1), Submitted(spec(1, max_retries=0), DRIVER),
+                Submitted(spec(2, deps=[rid(1)]), DRIVER), RefsChanged(DRIVER, {rid(1): -1}))
+    if how == "worker exits":
+        out = core.handle(WorkerDied(1, "pid 9 exit code 1"))
+        assert out[:2] == [Completed((rid(1),)), Completed((rid(2),))]
+        with pytest.raises(errors.WorkerCrashedError, match="ran out of retries"):
+            from_payload(core.objects.payload(rid(2)))
+    else:
+        error = [p.ERROR, b"pickled error"]
+        assert core.handle(TaskFinished(1, tid(1), [error])) == [
+            Completed((rid(1),)), Completed((rid(2),))]
+        assert core.objects.payload(rid(2)) == error
+    assert not core.objects.known(rid(1))  # nobody holds it any more: freed, once
+    core.handle(WorkerReady(2))
+    next_run = (Send(2, exec_msg(3, code=b"code")) if how == "worker exits"
+                else Send(1, exec_msg(3)))
+    assert core.handle(Submitted(spec(3), DRIVER)) == [next_run]  # the node carries on
+
+
+def test_actor_whose_worker_dies_while_creating_restarts_with_its_resources_back(core):
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {"CPU": 1.0}, actor_id=actor, max_restarts=2)
+    create_msg = p.Execute(ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {},
+                           [return_id(actor, 1)], "A.__init__", False)
+    core.handle(Submitted(create, DRIVER), WorkerReady(3))
+    assert core.available["CPU"] == 1.0
+    assert core.handle(WorkerDied(3, "pid 9 exit code 1")) == [StartWorker(4, actor)]
+    assert core.available["CPU"] == 2.0
+    assert core.handle(WorkerReady(4)) == [Send(4, create_msg)]
+    # the second incarnation's constructor waits for a result, and its process dies
+    core.handle(Submitted(spec(7, cpus=0), DRIVER),
+                GetRequested(4, 1, [rid(7)], -1, None, [], now=0.0))
+    assert core.handle(WorkerDied(4, "pid 10 exit code 1")) == [StartWorker(5, actor)]
+    assert core.tasks[actor].request is None  # that get died with the process
+    assert core.available["CPU"] == 2.0
+    assert core.handle(WorkerReady(5)) == [Send(5, create_msg)]
+    assert core.available["CPU"] == 1.0
+
+
+def test_prefetched_tasks_never_start_with_resources_nobody_gave_back():
+    # each queued task starts with what the one before it releases: a gpu task queued
+    # behind a cpu-only one would take a gpu that another worker took meanwhile
+    core = CheckedScheduler(ExecConfig(num_cpus=2, max_prefetch=2), {"gpu": 1.0})
+    core.handle(CodeRegistered(CODE, b"code"), Started(), WorkerReady(1),
+                Submitted(spec(1), DRIVER))
+    core.handle(TaskFinished(1, tid(1), [ok()], None, 1e-5))  # tiny: prefetch depth 2
+    gpu = {"CPU": 1.0, "gpu": 1.0}
+    on_gpu, cpu_only = dataclasses.replace(spec(2), resources=gpu), spec(3)
+    gpu_after = dataclasses.replace(spec(4), resources=gpu)
+    assert core.handle(*(Submitted(s, DRIVER) for s in (on_gpu, cpu_only, gpu_after))) == [
+        Send(1, exec_msg(2)), Send(1, exec_msg(3))]  # the gpu task does not queue behind 3
+    core.handle(TaskFinished(1, tid(2), [ok()]))
+    assert core.workers[1].stack == [tid(3)] and core.available == {"CPU": 1.0, "gpu": 1.0}
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(4, code=b"code"))]
+    core.handle(TaskFinished(1, tid(3), [ok()]))
+    assert core.available == {"CPU": 1.0, "gpu": 0.0}
+
+
+def test_a_batch_of_submissions_costs_one_scheduling_pass(core, monkeypatch):
+    passes = []
+    schedule = core._schedule
+    monkeypatch.setattr(core, "_schedule", lambda: passes.append(1) or schedule())
+    out = core.handle(WorkerReady(1), WorkerReady(2),
+                      *(Submitted(spec(n), DRIVER) for n in range(1, 10_001)))
+    assert passes == [1]
+    assert [i.worker for i in out] == [1, 2, 1, 2]  # two run, one queued behind each

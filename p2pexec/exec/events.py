@@ -1,0 +1,136 @@
+"""The stimuli the scheduler reacts to, one frozen class each.
+
+The driver (`exec.service`) turns what happens outside (a frame from a worker, a process
+exit, a driver call, the clock) into these and hands a batch to `Scheduler.handle`, which
+answers with instructions. Being plain values, a batch can be logged, replayed in a test
+or generated at random (tests/exec/test_scheduler_stateful.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pexec.exec.task import TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The node came up: start the initial worker pool."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShutDown:
+    """The node stops: stop every worker and release every segment."""
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRegistered:
+    """A submitter made a function or class known once, so tasks name it by hash."""
+
+    code_hash: bytes
+    pickled: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A task, actor creation or actor call arrived from `submitter` (driver 0 or a worker)."""
+
+    spec: TaskSpec
+    submitter: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """A started worker process said READY."""
+
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """A worker reported a task's results (values or error payloads), one per return id."""
+
+    worker: int
+    task_id: bytes
+    payloads: list[list]
+    contained: list[list[bytes]] | None = None
+    """Per return value, the ids of ObjectRefs inside it."""
+    seconds: float | None = None
+    """How long it ran: feeds the prefetch depth of its function."""
+    args_unmapped: bool = False
+    """The worker no longer maps the argument segment, so it may be recycled."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDied:
+    """A worker's process is gone; `reason` says how (exit code or signal)."""
+
+    worker: int
+    reason: str = "it exited"
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequested:
+    """A task blocked in get (num_returns -1) or wait (num_returns k) on a worker."""
+
+    worker: int
+    request_id: int
+    object_ids: list[bytes]
+    num_returns: int
+    timeout: float | None
+    given_back: list[bytes]
+    """Tasks that were queued at the worker: it will not run them while it waits."""
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class GaveBack:
+    """A blocked worker returned tasks that reached it after it blocked."""
+
+    worker: int
+    task_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """`holder` stored a value under `object_id` (px.put)."""
+
+    object_id: bytes
+    payload: list
+    contained: list[bytes]
+    holder: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefsChanged:
+    """`holder` took (+1) or dropped (-1) its last reference to these objects."""
+
+    holder: int
+    deltas: dict[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock moved: answer gets whose timeout expired."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActorKilled:
+    """px.kill: stop the actor for good."""
+
+    actor_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft:
+    """An attached driver's connection ended (exit, kill or px.shutdown): what it held,
+    queued or created goes (see `Scheduler._on_client_left`)."""
+
+    client: int
+
+
+Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
+         | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
+         | ClientLeft)

@@ -1,0 +1,106 @@
+"""The node's worker processes as the scheduler sees them, and how deep to prefetch. Sans-IO.
+
+The pool keeps one worker per CPU, starts extra ones while CPUs are lent by blocked
+workers (Ray's rule: at most `extra_workers` more), remembers which code each worker has
+already been sent, and judges from measured run times how many tasks a busy worker may
+queue (`depth`). It decides nothing about tasks: the scheduler does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.instructions import Instruction, StartWorker
+
+
+@dataclass(slots=True)
+class WorkerState:
+    worker_id: int
+    actor_id: bytes | None = None
+    ready: bool = False
+    """The process said READY; until then nothing is sent to it but its configuration."""
+    stack: list[bytes] = field(default_factory=list)
+    """Tasks started on this worker, outermost first; nested ones run on top."""
+    queued: deque[bytes] = field(default_factory=deque)
+    """Tasks sent ahead, not started yet."""
+    known_code: set[bytes] = field(default_factory=set)
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and not self.stack and not self.queued
+
+
+class WorkerPool:
+    """Worker ids, their states and the code they hold; appends StartWorker to `out`."""
+
+    def __init__(self, config: ExecConfig, cpus: float, out: list[Instruction]) -> None:
+        self.config = config
+        self.workers: dict[int, WorkerState] = {}
+        self.code: dict[bytes, bytes] = {}
+        self._out = out
+        self._next_worker = 1
+        self._target = max(1, int(cpus))
+        self._durations: dict[bytes | None, float] = {}
+
+    def start_pool(self) -> None:
+        """The initial pool: one worker per CPU."""
+        for _ in range(self._target):
+            self.start_worker(None)
+
+    def start_worker(self, actor_id: bytes | None) -> int:
+        worker_id = self._next_worker
+        self._next_worker += 1
+        self.workers[worker_id] = WorkerState(worker_id, actor_id)
+        self._out.append(StartWorker(worker_id, actor_id))
+        return worker_id
+
+    def pool_workers(self) -> Iterator[WorkerState]:
+        """Workers that run plain tasks (not an actor's)."""
+        return (w for w in self.workers.values() if w.actor_id is None)
+
+    def idle_worker(self) -> WorkerState | None:
+        for worker in self.workers.values():  # once per task scheduled: checks inline
+            if worker.actor_id is None and worker.idle:
+                return worker
+        return None
+
+    def replace_lost(self) -> None:
+        """A pool worker died: keep one per CPU."""
+        if sum(1 for _ in self.pool_workers()) < self._target:
+            self.start_worker(None)
+
+    def maybe_start_extra(self) -> None:
+        """Work waits and no worker is idle (CPUs are lent by blocked workers): start one
+        more, one at a time, up to the limit."""
+        pool = list(self.pool_workers())
+        if any(not w.ready for w in pool):
+            return  # one is starting already
+        if len(pool) < self._target + self.config.extra_workers():
+            self.start_worker(None)
+
+    def register_code(self, code_hash: bytes, pickled: bytes) -> None:
+        self.code.setdefault(code_hash, pickled)
+
+    def code_to_ship(self, worker: WorkerState, code_hash: bytes | None) -> bytes | None:
+        """The pickled code to send with a task, the first time this worker needs it."""
+        if code_hash is None or code_hash in worker.known_code:
+            return None
+        worker.known_code.add(code_hash)
+        return self.code[code_hash]
+
+    def record_duration(self, code_hash: bytes | None, seconds: float) -> None:
+        previous = self._durations.get(code_hash)
+        self._durations[code_hash] = max(1e-6, seconds if previous is None
+                                         else 0.8 * previous + 0.2 * seconds)
+
+    def depth(self, code_hash: bytes | None) -> int:
+        """How many tasks of this function may queue at a busy worker: about
+        `prefetch_seconds` of work, judged from how long its earlier runs took."""
+        duration = self._durations.get(code_hash)
+        if duration is None:
+            return 1
+        config = self.config
+        return max(1, min(config.max_prefetch, int(config.prefetch_seconds / duration)))
