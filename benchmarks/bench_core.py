@@ -780,7 +780,7 @@ def report(results: dict[str, Any], params: Params, names: list[str],
     lines = [render_table(header, rows), ""]
     echo = results.get("echo", {}).get("values", {})
     lines += [
-        "[a] p2pexec: px.init() until px.nodes()[0]['workers'] >= 2 (workers that said said Hello);"
+        "[a] p2pexec: px.init() until px.nodes()[0]['workers'] >= 2 (workers that said Hello);"
         " Dask: Client(...) then",
         "    client.wait_for_workers(2); Ray and ProcessPool have no such signal: their row"
         " repeats [b]; trio echo:",
