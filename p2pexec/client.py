@@ -37,7 +37,7 @@ from p2pexec.errors import (
     RemoteProtocolError,
 )
 from p2pexec.exec import refs
-from p2pexec.exec.link import LinkEnd
+from p2pexec.exec.link import LinkEnd, split_changes
 from p2pexec.exec.protocol import (
     DRIVER_ROLE,
     Call,
@@ -82,7 +82,8 @@ class DriverRuntime:
         self._started.wait()
         if self._failure is not None:
             raise LocalUsageError(f"the embedded node failed to start: {self._failure!r}")
-        self.counter = RefCounter(self._report_refs)
+        self._refs = _RefBatcher(self._post_refs)
+        self.counter = RefCounter(self._refs.changed)
         refs.install_counter(self.counter)
         atexit.register(self.shutdown)
 
@@ -111,6 +112,7 @@ class DriverRuntime:
         """Stop the node and its workers; idempotent."""
         if refs.counter is self.counter:
             refs.install_counter(None)
+        self._refs.stop()
         if self._thread.is_alive() and self._token is not None:
             try:
                 self._token.run_sync_soon(self._stop.set)
@@ -134,9 +136,21 @@ class DriverRuntime:
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
 
     # ---- the runtime interface used by api.py ----
-    def _report_refs(self, deltas: dict[bytes, int]) -> None:
+    def _post_refs(self, changes: dict[bytes, int]) -> None:
         if self._running:
-            self.service.post(("refs", deltas))
+            for part in split_changes(changes):
+                if part:
+                    self.service.post(("refs", part))
+
+    def _post(self, op: tuple) -> None:
+        """Hand `op` to the loop with the reference changes since the last one (refs
+        taken before it, refs dropped after it)."""
+        taken, dropped = split_changes(self._refs.take())
+        if taken:
+            self.service.post(("refs", taken))
+        self.service.post(op)
+        if dropped:
+            self.service.post(("refs", dropped))
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._pid, object_id)
@@ -144,15 +158,15 @@ class DriverRuntime:
     def register(self, code_hash: bytes, pickled: bytes) -> None:
         if code_hash not in self._registered:
             self._registered.add(code_hash)
-            self.service.post(("register", code_hash, pickled))
+            self._post(("register", code_hash, pickled))
 
     def submit(self, spec: TaskSpec) -> None:
         self._check()
-        self.service.post(("submit", spec))
+        self._post(("submit", spec))
 
     def put(self, object_id: bytes, payload: list, contained: list[bytes]) -> None:
         self._check()
-        self.service.post(("put", object_id, payload, contained))
+        self._post(("put", object_id, payload, contained))
 
     def get_payloads(self, object_ids: list[bytes], timeout: float | None
                      ) -> tuple[dict[bytes, list], bool]:
@@ -285,9 +299,6 @@ class AttachedRuntime:
         """`on_ready` callbacks not yet called: while any, the callback thread reads."""
         self._callbacks_waiting = threading.Event()
         self._failure: str | None = None
-        self._refs: dict[bytes, int] = {}
-        self._refs_lock = threading.Lock()
-        self._refs_waiting = threading.Event()
         sock = _connect(self.address)
         self.link = LinkEnd(sock)
         try:
@@ -307,20 +318,17 @@ class AttachedRuntime:
         self.node_id = configure.node_id
         self.inline_limit = configure.inline_limit
         self._owner_pid = configure.owner_pid
-        self.counter = RefCounter(self._refs_changed)
+        self._refs = _RefBatcher(self._send_refs_alone, self.REF_FLUSH_DELAY)
+        self.counter = RefCounter(self._refs.changed)
         refs.install_counter(self.counter)
         threading.Thread(target=self._read_for_callbacks, name="p2pexec-link",
-                         daemon=True).start()
-        threading.Thread(target=self._flush_refs_forever, name="p2pexec-refs",
                          daemon=True).start()
         atexit.register(self.shutdown)
 
     # ---- the link ----
     def _send(self, message: Any) -> None:
         self._check()
-        with self._refs_lock:
-            changes, self._refs = self._refs, {}
-        data = self.link.frame(message, changes)
+        data = self.link.frame(message, self._refs.take())
         try:
             with self._send_lock:
                 self.link.sock.sendall(data)
@@ -328,30 +336,17 @@ class AttachedRuntime:
             self._lost(f"sending failed: {exc}")
             self._check()
 
-    def _refs_changed(self, deltas: dict[bytes, int]) -> None:
-        with self._refs_lock:
-            merged = self._refs
-            for object_id, delta in deltas.items():
-                total = merged.get(object_id, 0) + delta
-                if total:
-                    merged[object_id] = total
-                else:
-                    merged.pop(object_id, None)
-        self._refs_waiting.set()
-
-    def _flush_refs_forever(self) -> None:
-        while self._failure is None:
-            self._refs_waiting.wait()
-            time.sleep(self.REF_FLUSH_DELAY)  # let them ride on a message if one comes
-            self._refs_waiting.clear()
-            with self._refs_lock:
-                changes, self._refs = self._refs, {}
-            if changes and self._failure is None:
-                try:
-                    with self._send_lock:
-                        self.link.sock.sendall(self.link.codec.frame(Refs(changes)))
-                except OSError as exc:
-                    self._lost(f"sending failed: {exc}")
+    def _send_refs_alone(self, changes: dict[bytes, int]) -> None:
+        if self._failure is not None:
+            return
+        taken, dropped = split_changes(changes)
+        frames = b"".join(self.link.codec.frame(Refs(part)) for part in (taken, dropped)
+                          if part)
+        try:
+            with self._send_lock:
+                self.link.sock.sendall(frames)
+        except OSError as exc:
+            self._lost(f"sending failed: {exc}")
 
     def _read_until(self, done: Callable[[], bool]) -> None:
         """Return once `done()` (checked under `_replies`), reading the socket meanwhile
@@ -429,7 +424,7 @@ class AttachedRuntime:
         for slot in slots:
             if slot.callback is not None:
                 slot.callback(None)
-        self._refs_waiting.set()
+        self._refs.stop()
         self._callbacks_waiting.set()
 
     def _check(self) -> None:
@@ -509,6 +504,53 @@ class AttachedRuntime:
         self._read_until(lambda: not self._reading)  # the callback thread has let go
         self.link.sock.close()
         atexit.unregister(self.shutdown)
+
+
+class _RefBatcher:
+    """A driver's reference changes, held until they ride on its next message to the
+    node, or sent alone within `delay` seconds once the driver goes quiet: a burst of
+    dropped refs costs the node one wake-up, not one per ref."""
+
+    def __init__(self, send_alone: Callable[[dict[bytes, int]], None],
+                 delay: float = 0.005) -> None:
+        self._send_alone = send_alone
+        self._delay = delay
+        self._changes: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+        self._waiting = threading.Event()
+        self._stopped = False
+        threading.Thread(target=self._run, name="p2pexec-refs", daemon=True).start()
+
+    def changed(self, deltas: dict[bytes, int]) -> None:
+        """`RefCounter`'s report: merge, and make sure they go out soon."""
+        with self._lock:
+            merged = self._changes
+            for object_id, delta in deltas.items():
+                total = merged.get(object_id, 0) + delta
+                if total:
+                    merged[object_id] = total
+                else:
+                    merged.pop(object_id, None)
+        self._waiting.set()
+
+    def take(self) -> dict[bytes, int]:
+        """The changes not sent yet (the caller sends them with its message)."""
+        with self._lock:
+            changes, self._changes = self._changes, {}
+        return changes
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._waiting.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._waiting.wait()
+            time.sleep(self._delay)  # let them ride on a message if one comes
+            self._waiting.clear()
+            changes = self.take()
+            if changes and not self._stopped:
+                self._send_alone(changes)
 
 
 class _PendingReply:

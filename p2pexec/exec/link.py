@@ -12,6 +12,14 @@ from p2pexec.net.codec import Codec, FrameDecoder
 RECEIVE_SIZE = 1 << 18
 
 
+def split_changes(changes: dict[bytes, int]) -> tuple[dict[bytes, int], dict[bytes, int]]:
+    """(refs taken, refs dropped): taken ones must count before a message that may unpin
+    their objects, dropped ones after a message that may pin them."""
+    taken = {oid: delta for oid, delta in changes.items() if delta > 0}
+    dropped = {oid: delta for oid, delta in changes.items() if delta < 0}
+    return taken, dropped
+
+
 class LinkEnd:
     """Encodes messages for the node and decodes what it sends, on a blocking socket.
     Not thread-safe by itself: callers serialise sends and receives as they need."""
@@ -28,8 +36,7 @@ class LinkEnd:
         that contains them)."""
         data = self.codec.frame(message)
         if ref_changes:
-            taken = {oid: delta for oid, delta in ref_changes.items() if delta > 0}
-            dropped = {oid: delta for oid, delta in ref_changes.items() if delta < 0}
+            taken, dropped = split_changes(ref_changes)
             if taken:
                 data = self.codec.frame(Refs(taken)) + data
             if dropped:
