@@ -55,14 +55,12 @@ class InlineWorkers:
         self._scopes[worker_id] = scope
         nursery.start_soon(self._serve, worker_id, receive, scope, report)
 
-    def deliver(self, worker_id: int, message: Any) -> bool:
-        """Hand a message to a worker; False if it has no such worker."""
+    def deliver(self, worker_id: int, message: Any) -> None:
+        """Hand work to a worker (one that is gone drops it, as a dead process would).
+        Other messages (Values, Configure) never matter: inline tasks never block in get."""
         inbox = self._inboxes.get(worker_id)
-        if inbox is None:
-            return False
-        if type(message) is p.Execute:
+        if inbox is not None and type(message) is p.Execute:
             inbox.send_nowait(message)
-        return True  # Values and Configure: inline tasks never block in get
 
     def stop(self, worker_id: int) -> None:
         """Kill a worker: the work it runs is abandoned and the node hears it died."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pexec.exec.task import TaskSpec
-from p2pexec.net.codec import Codec, message
+from p2pexec.net.codec import message
 from p2pexec.net.config import CodecLimits
 
 INLINE, SHARED, ERROR, SYSTEM_ERROR = 0, 1, 2, 3
@@ -195,7 +195,3 @@ class Reply:
     error_class: str = ""
     error: str = ""
 
-
-def link_codec() -> Codec:
-    """The codec of an established local link."""
-    return Codec(LINK_LIMITS)
