@@ -3,6 +3,7 @@ sockets, typed frames, and the order in which reference changes ride along."""
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
@@ -28,6 +29,10 @@ class LinkEnd:
         self.sock = sock
         self.codec = Codec(LINK_LIMITS)
         self._decoder = FrameDecoder(LINK_LIMITS.max_frame_size)
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def frame(self, message: Any, ref_changes: dict[bytes, int] | None = None) -> bytes:
         """One message as bytes to send, with the reference changes made since the last
@@ -43,14 +48,25 @@ class LinkEnd:
                 data += self.codec.frame(Refs(dropped))
         return data
 
+    def _wait_readable(self) -> None:
+        """Sleep until data (or end-of-file) arrives. Blocking in poll rather than in
+        recv matters: a reader blocked in a Unix socket's recv is also woken each time the
+        node reads what this end sent (the kernel signals write space on the same wait
+        queue), a wasted wake-up per round trip; poll waits for input alone. The socket's
+        timeout, if it has one, still applies."""
+        timeout = self.sock.gettimeout()
+        if not self._poll.poll(None if timeout is None else timeout * 1000):
+            raise TimeoutError(f"nothing received within {timeout} s")
+
     def receive(self) -> list[Any]:
         """Block until at least one whole message arrived; return them in order.
         `EOFError` when the node closed the link."""
         while True:
-            data = self.sock.recv(RECEIVE_SIZE)
-            if not data:
+            self._wait_readable()
+            size = self.sock.recv_into(self._buffer)
+            if not size:
                 raise EOFError("the node closed the link")
-            bodies = self._decoder.feed(data)
+            bodies = self._decoder.feed(self._view[:size])
             if bodies:
                 decode = self.codec.decode
                 return [decode(body) for body in bodies]
