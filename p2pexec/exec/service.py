@@ -57,7 +57,9 @@ from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
-RECEIVE_SIZE = 1 << 18
+RECEIVE_SIZE = 1 << 16
+"""Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
+256 KiB object per read cost an mmap, a page fault and a munmap each time."""
 
 
 class ClientLink:
@@ -413,11 +415,14 @@ class ExecService:
                 link.flush()
 
     async def _read_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
-        stream = link.stream
-        data = b""
+        sock = link.stream.socket
+        # a buffer per link, never shared: trio checkpoints after a read, so other links
+        # read before this one's bytes reach its decoder
+        buffer = memoryview(bytearray(RECEIVE_SIZE))
+        size = 0
         while True:
             try:
-                self._handle_frames(link, decoder.feed(data))
+                self._handle_frames(link, decoder.feed(buffer[:size]))
             except Exception as exc:  # any bad message costs that client, never the node
                 who = "driver" if link.is_driver else "worker"
                 log.error("%s %d (pid %s) sent a message the node could not handle (%s); "
@@ -425,10 +430,10 @@ class ExecService:
                 self._kill(link)
                 return
             try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                size = await sock.recv_into(buffer)
+            except (OSError, trio.ClosedResourceError):  # the client died, or we closed it
                 return
-            if not data:
+            if not size:
                 return
 
     def _handle_frames(self, link: ClientLink, bodies: list[bytes]) -> None:
