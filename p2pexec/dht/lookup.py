@@ -117,7 +117,8 @@ class Lookup:
 
     def expire(self) -> None:
         """The deadline passed: end with what has been learned."""
-        self.timed_out = not self.done
+        if not self.done:  # once timed out, stays so (a second expire must not undo it)
+            self.timed_out = True
         for candidate in self.candidates.values():
             if candidate.state is _State.ASKED:
                 candidate.state = _State.FAILED
