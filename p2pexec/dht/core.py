@@ -157,9 +157,11 @@ class Dht:
 
     # ---- requests from peers -----------------------------------------------------------
 
-    def handle_request(self, sender: Contact, request: Any, now: float) -> Any:
-        """The answer to a peer's request (`sender` is the authenticated peer).
-        `RemoteProtocolError` for a request of a kind or shape the DHT does not take."""
+    def handle_request(self, sender: Contact, request: Any, now: float,
+                       routable: bool = True) -> Any:
+        """The answer to a peer's request (`sender` is the authenticated peer; not
+        `routable` when its listening address is unknown, so it is not added to the
+        routing table). `RemoteProtocolError` for a request the DHT does not take."""
         kind = type(request)
         if kind is FindNode:
             self._check_key(request.target)
@@ -174,7 +176,8 @@ class Dht:
             answer = DhtPong()
         else:
             raise RemoteProtocolError(f"the DHT takes no {kind.__name__} request")
-        self._seen(sender, now)
+        if routable:
+            self._seen(sender, now)
         return answer
 
     def _accept_store(self, request: Store, now: float) -> Stored:
@@ -282,8 +285,8 @@ class Dht:
         """A query went unanswered. Only a failed ping evicts the contact: gossip is
         what declares nodes dead, and a lookup timeout under load is not a death."""
         node = query.contact.node
-        if type(query.message) is DhtPing:
-            self.table.failed(node)
+        if type(query.message) is DhtPing and self.table.bucket_of(node).pinging == node:
+            self.table.failed(node)  # (if it spoke meanwhile, that answered the ping)
         op = self._ops.get(query.op_id) if query.op_id is not None else None
         if op is None:
             return

@@ -64,6 +64,8 @@ class RoutingTable:
         if node in bucket.live:
             bucket.live[node] = contact  # the address may have changed
             bucket.live.move_to_end(node)
+            if bucket.pinging == node:
+                bucket.pinging = None  # it spoke: that answers the ping
             return None
         if len(bucket.live) < self.k:
             bucket.live[node] = contact
