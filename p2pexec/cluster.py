@@ -31,7 +31,11 @@ from typing import Any
 import trio
 
 from p2pexec.config import ClusterConfig
-from p2pexec.errors import LocalUsageError, ProtocolError
+from p2pexec.dht.core import Dht
+from p2pexec.dht.driver import DhtDriver
+from p2pexec.dht.messages import Contact, DhtPing, FindNode, FindValue, Store
+from p2pexec.dht.records import RecordSigner
+from p2pexec.errors import LocalUsageError, ProtocolError, RemoteProtocolError
 from p2pexec.gossip.core import EventKind, Member, MemberEvent, Membership
 from p2pexec.gossip.driver import GossipDriver
 from p2pexec.gossip.messages import PushPull, State
@@ -43,12 +47,14 @@ from p2pexec.net.discovery import (
     run_discovery,
     validate_name,
 )
-from p2pexec.net.security import ClusterKeys
+from p2pexec.net.rpc import RpcNode
+from p2pexec.net.security import ClusterKeys, NodeIdentity
 from p2pexec.net.tcp import TcpTransport
 from p2pexec.net.transport import (
     WILDCARD_HOSTS,
     Address,
     Connection,
+    Peer,
     Transport,
     format_address,
 )
@@ -63,6 +69,11 @@ DiscoveryRunner = Callable[..., Awaitable[None]]
 """`run_discovery(config, me, found, *, task_status)`: reports candidate peers on `found`."""
 GOSSIP_CODES = range(32, 64)
 """The gossip package's range of message type codes (see `net.codec`)."""
+RPC_CODES = range(2, 6)
+"""The RPC envelopes (`net.messages` Request to Cancel): a connection that opens with one
+carries calls between nodes (the DHT's, and any service's added with
+`add_request_handler`)."""
+_DHT_REQUESTS = (FindNode, FindValue, Store, DhtPing)
 
 _LIVE = (State.ALIVE, State.SUSPECT)
 _EVENT_LEVELS = {EventKind.UPDATED: logging.DEBUG}
@@ -95,10 +106,12 @@ class ClusterService:
     def __init__(self, config: ClusterConfig, name: str, resources: dict[str, float],
                  load: LoadSampler, *, transport: Transport | None = None,
                  discovery: DiscoveryRunner = run_discovery,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 identity: NodeIdentity | None = None) -> None:
         """`transport` defaults to TCP+TLS on the configured host and port (the node key in
-        the data dir); a simulation passes a `SimNetwork` transport. `discovery` runs
-        mDNS and the seeds (`net.discovery.run_discovery`'s signature)."""
+        the data dir); a simulation passes a `SimNetwork` transport and the `identity`
+        (node key) its node id was made from, which signs this node's DHT records.
+        `discovery` runs mDNS and the seeds (`net.discovery.run_discovery`'s signature)."""
         validate_name(name)
         self.config = config
         self.name = name
@@ -110,6 +123,17 @@ class ClusterService:
         self.transport: Transport = transport or TcpTransport.create(
             config.data_dir, config.token, config.net, host=config.host, port=config.port)
         self.node_id = self.transport.local.node_id
+        identity = identity or getattr(self.transport, "identity", None)
+        if identity is None:
+            raise LocalUsageError("this node's transport has no node key: pass `identity` "
+                                  "(the key signs the node's DHT records)")
+        if identity.node_id != self.node_id:
+            raise LocalUsageError("the identity given is not the transport's node key")
+        self._signer = RecordSigner(identity.private_key)
+        self.rpc = RpcNode(self.transport, on_request=self._on_request, config=config.net)
+        self._request_handlers: dict[type, Callable[[Peer, Any], Any]] = {}
+        self.dht: DhtDriver | None = None
+        """Kademlia over the cluster's connections (valid once running)."""
         self._stream_services: list[tuple[range, StreamService]] = []
         self.gossip: GossipDriver | None = None
         self.address: Address | None = None
@@ -138,6 +162,19 @@ class ClusterService:
         """Incoming connections whose first message has a type code in `codes` go to
         `serve(connection, first_message)` (gossip owns 32-63 and is added at start)."""
         self._stream_services.append((codes, serve))
+
+    def add_request_handler(self, kinds: tuple[type, ...],
+                            handler: Callable[[Peer, Any], Any]) -> None:
+        """Requests (RPC calls from peers) whose body is one of `kinds` are answered by
+        `handler(peer, body)`, inline in the connection's reader: it must be quick."""
+        for kind in kinds:
+            self._request_handlers[kind] = handler
+
+    def _on_request(self, peer: Peer, body: Any) -> Any:
+        handler = self._request_handlers.get(type(body))
+        if handler is None:
+            raise RemoteProtocolError(f"this node takes no {type(body).__name__} request")
+        return handler(peer, body)
 
     def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]:
         """Every membership event from now on (joined, suspect, alive, failed, left...)."""
@@ -178,6 +215,15 @@ class ClusterService:
                     self.gossip = GossipDriver(core, self.transport)
                     self.add_stream_service(GOSSIP_CODES, self._serve_gossip)
                     events = self.gossip.subscribe()
+                    membership = self.gossip.subscribe()
+                    await nursery.start(self.rpc.run)
+                    self.dht = DhtDriver(Dht(Contact(self.node_id, self.address), cfg.dht,
+                                             random.Random(self._rng.getrandbits(64)),
+                                             self._signer, trio.current_time()), self.rpc)
+                    await nursery.start(self.dht.run)
+                    self.add_request_handler(_DHT_REQUESTS, self.dht.handle_request)
+                    self.add_stream_service(RPC_CODES, self.rpc.adopt)
+                    nursery.start_soon(self._feed_dht, self.dht, membership)
                     await nursery.start(self.gossip.run)
                     await nursery.start(self.transport.serve, self._route)
                     nursery.start_soon(self._log_events, events)
@@ -266,6 +312,19 @@ class ClusterService:
                 self.gossip.set_local_load(*sample)
                 last = sample
             await trio.sleep(self.config.gossip.load_update_interval)
+
+    @staticmethod
+    async def _feed_dht(dht: DhtDriver, events: trio.MemoryReceiveChannel[MemberEvent]
+                        ) -> None:
+        """Membership is the DHT's liveness: live members route, departed ones do not."""
+        async for ev in events:
+            member = ev.member
+            if member.is_self:
+                continue
+            if ev.kind in (EventKind.JOINED, EventKind.UPDATED, EventKind.ALIVE):
+                dht.member_alive(member.node_id, member.address)
+            elif ev.kind in (EventKind.FAILED, EventKind.LEFT):
+                dht.member_gone(member.node_id)
 
     async def _log_events(self, events: trio.MemoryReceiveChannel[MemberEvent]) -> None:
         async for ev in events:

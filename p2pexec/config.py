@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pexec.dht.config import DhtConfig
 from p2pexec.errors import LocalUsageError
 from p2pexec.exec.config import ExecConfig
 from p2pexec.gossip.config import GossipConfig
@@ -79,6 +80,8 @@ class ClusterConfig:
     (`mdns`, `peers`, and the listen host when it is a concrete address)."""
     net: NetConfig = field(default_factory=NetConfig)
     """Transport timeouts and limits."""
+    dht: DhtConfig = field(default_factory=DhtConfig)
+    """Kademlia parameters (replication, lookup parallelism, timeouts, record lifetimes)."""
     first_message_timeout: float = 10.0
     """Seconds an incoming connection may stay silent before its first message says which
     service it wants; then it is dropped (a slot-holding idle peer costs at most this)."""

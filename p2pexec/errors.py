@@ -89,3 +89,8 @@ class GetTimeoutError(P2PExecError, TimeoutError):
 
 class SerializationError(LocalUsageError):
     """A value given to p2pexec could not be pickled; the message names which one."""
+
+
+class DhtLookupError(P2PExecError):
+    """A DHT lookup found no record under its key (none stored, or no node answered
+    before the lookup deadline); the message says which."""

@@ -122,6 +122,23 @@ class RpcNode:
         finally:
             self._nursery = None
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Make calls and take `adopt`ed connections without serving the transport: for a
+        node whose router owns `transport.serve` and hands RPC connections here."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def adopt(self, conn: Connection, first: Any) -> None:
+        """Serve an incoming connection whose first message (`first`, decoded) a router
+        already read: it becomes a channel like any accepted one."""
+        await self._read(self._register(conn, None), None, first)
+
     async def aclose(self) -> None:
         """Close the transport and with it every connection and reader."""
         await self.transport.aclose()
@@ -253,7 +270,7 @@ class RpcNode:
     async def _accepted(self, conn: Connection) -> None:
         await self._read(self._register(conn, None), None)
 
-    async def _read(self, chan: _Channel, address: Address | None) -> None:
+    async def _read(self, chan: _Channel, address: Address | None, first: Any = None) -> None:
         """The connection's reader: answers, requests, cancels, one-way messages."""
         conn = chan.conn
         peer = conn.peer
@@ -261,6 +278,8 @@ class RpcNode:
         try:
             async with trio.open_nursery() as handlers:
                 try:
+                    if first is not None:
+                        await self._dispatch(chan, peer, first, handlers)
                     while True:
                         msg = self.codec.decode(await conn.receive())
                         await self._dispatch(chan, peer, msg, handlers)

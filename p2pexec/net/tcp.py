@@ -286,6 +286,11 @@ class TcpTransport:
         return Peer(self.credentials.node_id, self._address)
 
     @property
+    def identity(self) -> NodeIdentity:
+        """This node's key (it signs the node's DHT records)."""
+        return self.credentials.identity
+
+    @property
     def max_datagram_payload(self) -> int:
         """Most bytes `send_datagram` takes: max_datagram_size minus the seal."""
         return self.config.max_datagram_size - DatagramSealer.OVERHEAD

@@ -28,7 +28,7 @@ from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.discovery import DiscoveryConfig
 from p2pexec.net.security import new_token
 from p2pexec.node import Node
-from p2pexec.testing.simnet import SimNetwork
+from p2pexec.testing.simnet import NodeCrashedError, SimNetwork
 
 
 @dataclasses.dataclass
@@ -38,6 +38,8 @@ class SimNode:
     node: Node
     ids: IdGenerator
     registered: set[bytes] = dataclasses.field(default_factory=set)
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    """Cancelled when the node is crashed (`SimCluster.crash`)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -81,12 +83,21 @@ class SimNode:
             await done.wait()
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside an exception group, however nested (or `exc` itself)."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return [exc]
+    return [leaf for sub in inner for leaf in _leaves(sub)]
+
+
 class SimCluster:
     """`n` complete nodes on `net`, each seeded with the first `seeds` nodes' addresses."""
 
     def __init__(self, net: SimNetwork, n: int, *, cpus: int = 2, seeds: int = 3,
                  duration: float | Duration = 0.0, gossip: GossipConfig | None = None,
                  seed: int = 0) -> None:
+        self.net = net
         token = new_token()
         transports = [net.add_node() for _ in range(n)]
         seed_addresses = tuple(t.local.address for t in transports[:seeds])
@@ -106,7 +117,24 @@ class SimCluster:
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every node in `nursery` (cancel it to stop them all)."""
         for sim in self.nodes:
-            await nursery.start(sim.node.run)
+            await nursery.start(self._run, sim)
+
+    @staticmethod
+    async def _run(sim: SimNode, *, task_status: trio.TaskStatus[None]) -> None:
+        with sim.scope:
+            try:
+                await sim.node.run(task_status=task_status)
+            except BaseException as exc:  # a group on Python 3.10 too (no except*)
+                crashed = (NodeCrashedError, trio.Cancelled)
+                if not sim.scope.cancel_called or not all(
+                        isinstance(leaf, crashed) for leaf in _leaves(exc)):
+                    raise
+
+    def crash(self, index: int) -> None:
+        """Node `index` stops at once, as if unplugged: no leave, nothing more sent."""
+        sim = self.nodes[index]
+        self.net.crash(sim.address)
+        sim.scope.cancel()
 
     def converged(self) -> bool:
         """Every node sees every node alive."""

@@ -61,6 +61,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from trio.lowlevel import (
     ParkingLot,
     cancel_shielded_checkpoint,
@@ -70,6 +71,7 @@ from trio.lowlevel import (
 
 from p2pexec.errors import AuthenticationError, LocalProtocolError, LocalUsageError
 from p2pexec.ids import NodeId
+from p2pexec.net.security import NodeIdentity
 from p2pexec.net.transport import Address, ConnectionHandler, Peer
 
 SIM_PORT = 7946
@@ -297,9 +299,13 @@ class _Pair:
 class SimTransport:
     """One simulated node's network access (implements `Transport`)."""
 
-    def __init__(self, net: SimNetwork, node_id: NodeId, address: Address) -> None:
+    def __init__(self, net: SimNetwork, node_id: NodeId, address: Address,
+                 identity: NodeIdentity | None = None) -> None:
         self._net = net
         self._local = Peer(node_id, address)
+        self.identity = identity
+        """The node key its id was made from (None for a node given a bare id): what
+        signs the node's DHT records."""
         self._state = _State.ALIVE
         self._serving = False
         self._serve_scope: trio.CancelScope | None = None
@@ -458,17 +464,21 @@ class SimNetwork:
 
     # --- nodes ------------------------------------------------------------------------
 
-    def add_node(self, node_id: NodeId | None = None,
-                 address: Address | None = None) -> SimTransport:
+    def add_node(self, node_id: NodeId | None = None, address: Address | None = None,
+                 identity: NodeIdentity | None = None) -> SimTransport:
         """A new node. Without an address it gets the next free 10.x.y.z:7946; without a
-        node id it gets sha256 of its address (SimNetwork has no keys)."""
+        node id it gets a node key made from its address (deterministic, so a seeded
+        run replays) and the id of that key."""
         if address is None:
             address = self._fresh_address()
         elif address in self._nodes and self._nodes[address]._state is _State.ALIVE:
             raise LocalUsageError(f"{address} is already taken by a running node")
         if node_id is None:
-            node_id = NodeId(hashlib.sha256(f"{address[0]}:{address[1]}".encode()).digest())
-        transport = SimTransport(self, node_id, address)
+            if identity is None:
+                seed = hashlib.sha256(f"{address[0]}:{address[1]}".encode()).digest()
+                identity = NodeIdentity(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
+            node_id = identity.node_id
+        transport = SimTransport(self, node_id, address, identity)
         self._nodes[address] = transport
         self._address_state(address)
         return transport
@@ -520,7 +530,9 @@ class SimNetwork:
         old = self._nodes.get(address)
         if old is None or old._state is _State.ALIVE:
             raise LocalUsageError(f"restart needs a crashed or closed node at {address}")
-        return self.add_node(node_id if node_id is not None else old.local.node_id, address)
+        if node_id is not None:
+            return self.add_node(node_id, address)
+        return self.add_node(old.local.node_id, address, old.identity)
 
     # --- links and partitions ---------------------------------------------------------
 
