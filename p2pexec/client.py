@@ -196,6 +196,10 @@ class DriverRuntime:
         """Block until `wanted` of `pending` have values (added to `found`). True: timed out."""
         entries = self.service.core.objects.entries
         deadline = None if timeout is None else time.monotonic() + timeout
+        if any(object_id not in entries for object_id in pending):
+            # refs received from elsewhere: the node must hear of them now (it fetches
+            # another node's objects when told a process holds a ref to one)
+            self._post_refs(self._refs.take())
         event = _Wakeup()
         self.service.register_waiter(pending, event)
         try:

@@ -23,7 +23,9 @@ from p2pexec.errors import LocalUsageError
 from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
+from p2pexec.exec.transfer import TRANSFER_CODES, ObjectTransfers
 from p2pexec.ids import NodeId
+from p2pexec.net.codec import Codec
 from p2pexec.net.discovery import run_discovery
 from p2pexec.net.transport import Transport
 
@@ -35,20 +37,24 @@ class Node:
                  transport: Transport | None = None, discovery: DiscoveryRunner = run_discovery,
                  inline: InlineWorkers | None = None, rng: random.Random | None = None,
                  control_socket: bool = True) -> None:
-        """`transport`, `discovery` and `rng` go to the cluster service (defaults: TCP+TLS,
-        mDNS and seeds, a fresh RNG); `inline` runs workers as trio tasks instead of
+        """`transport` and `discovery` go to the cluster service (defaults: TCP+TLS, mDNS
+        and seeds); `rng` seeds every random choice of the cluster service and object
+        transfers (default: a fresh RNG); `inline` runs workers as trio tasks instead of
         processes; `control_socket=False` opens no socket in the data dir."""
         self.config = config
+        self._rng = rng or random.Random()
         self.cluster: ClusterService | None = None
         self.control: ControlServer | None = None
         resources = {CPU: config.exec.cpus(), **config.resources}
         if config.cluster is not None:
             self.cluster = ClusterService(config.cluster, config.name, resources, self._load,
-                                          transport=transport, discovery=discovery, rng=rng)
+                                          transport=transport, discovery=discovery,
+                                          rng=random.Random(self._rng.getrandbits(64)))
             node_id = self.cluster.node_id
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
         self.exec = ExecService(config.exec, config.resources, node_id=self.node_id.raw,
-                                inline=inline, call_handlers={
+                                inline=inline, in_cluster=config.cluster is not None,
+                                call_handlers={
             "get_actor": self._get_actor,
             "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
             "kill": self._kill,
@@ -73,7 +79,19 @@ class Node:
             await nursery.start(self.exec.run)
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
+                self._connect_transfers(self.cluster)
             task_status.started()
+
+    def _connect_transfers(self, cluster: ClusterService) -> None:
+        """Large objects move between nodes over the cluster's connections, found
+        through its DHT."""
+        assert cluster.dht is not None
+        transfers = ObjectTransfers(cluster.transport, cluster.dht,
+                                    Codec(self.config.cluster.net.limits),
+                                    self.exec.core.objects.payload,
+                                    random.Random(self._rng.getrandbits(64)))
+        cluster.add_stream_service(TRANSFER_CODES, transfers.serve)
+        self.exec.transfers = transfers
 
     def info(self) -> dict[str, Any]:
         """This node as `px.nodes()` and `p2pexec status` show it, plus what only the local
@@ -103,6 +121,7 @@ class Node:
         """What the execution layer holds right now (objects, tasks, actors, processes):
         how a test or an operator sees that a departed driver left nothing behind."""
         core = self.exec.core
+        transfers = self.exec.transfers
         actors = [actor for actor in core.actors.actors.values() if actor.dead_reason is None]
         return {
             "objects": len(core.objects),
@@ -112,6 +131,8 @@ class Node:
             "actor_workers": sum(1 for w in core.workers.values() if w.actor_id is not None),
             "drivers": self.exec.drivers(),
             "available": self._available(),
+            "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
+            "bytes_served": transfers.bytes_served if transfers is not None else 0,
         }
 
     def _load(self) -> tuple[int, int]:

@@ -131,6 +131,15 @@ class ClientLeft:
     client: int
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A `Fetch` ended: the copy's payload (in this node's shared memory), or the error
+    payload saying why no copy could be had."""
+
+    object_id: bytes
+    payload: list
+
+
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
-         | ClientLeft)
+         | ClientLeft | Fetched)

@@ -46,4 +46,22 @@ class Warn:
     text: str
 
 
-Instruction = Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A process here received a ref to an object another node made: fetch a copy (the
+    answer is a `Fetched` or `FetchFailed` event)."""
+
+    object_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """This node now holds (`held`) or no longer holds a value in shared memory: tell
+    the cluster, so other nodes find a copy here."""
+
+    object_id: bytes
+    held: bool
+
+
+Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
+               | Holding)

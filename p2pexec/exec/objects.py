@@ -24,16 +24,22 @@ class ObjectEntry:
     """Tasks that may still run with it as an argument, and live objects containing it."""
     contained: list[bytes] = field(default_factory=list)
     on_ready: list[Callable[[bytes], None]] = field(default_factory=list)
+    remote: bool = False
+    """A copy of an object another node made, being fetched or fetched (see `receive`)."""
 
 
 class ObjectTable:
     """Values and reference counts of owned objects; reports frees through `unlink`."""
 
     def __init__(self, unlink: Callable[[str], None],
-                 on_free: Callable[[bytes], None] | None = None) -> None:
+                 on_free: Callable[[bytes], None] | None = None,
+                 on_large: Callable[[bytes, bool], None] | None = None) -> None:
+        """`on_large(object_id, held)` hears when a value in shared memory arrives (True)
+        and when it is freed (False): what a node publishes as a holder of the object."""
         self.entries: dict[bytes, ObjectEntry] = {}
         self._unlink = unlink
         self._on_free = on_free
+        self._on_large = on_large
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -79,6 +85,8 @@ class ObjectTable:
         elif entry.payload is not None:
             self._release_payload(entry)  # a retried task produced it again
         entry.payload = payload
+        if self._on_large is not None and payload_segment(payload) is not None:
+            self._on_large(object_id, True)
         if contained:
             self.pin_all(contained)
             entry.contained = contained
@@ -100,6 +108,11 @@ class ObjectTable:
         entry = self.entries.get(object_id)
         if entry is not None:
             entry.holders.add(holder)
+
+    def receive(self, object_id: bytes, holder: int) -> None:
+        """`holder` received a ref to an object another node made: keep a placeholder
+        that the fetched copy completes (or an error, if it cannot be fetched)."""
+        self.entries[object_id] = ObjectEntry(holders={holder}, remote=True)
 
     def remove_holder(self, object_id: bytes, holder: int) -> None:
         entry = self.entries.get(object_id)
@@ -131,6 +144,8 @@ class ObjectTable:
         if entry.holders or entry.pins > 0 or entry.payload is None:
             return
         del self.entries[object_id]
+        if self._on_large is not None and payload_segment(entry.payload) is not None:
+            self._on_large(object_id, False)
         self._release_payload(entry)
         if entry.contained:
             self.unpin_all(entry.contained)

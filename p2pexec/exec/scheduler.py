@@ -36,6 +36,7 @@ from p2pexec.exec.events import (
     ClientLeft,
     CodeRegistered,
     Event,
+    Fetched,
     GaveBack,
     GetRequested,
     Put,
@@ -50,6 +51,8 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     Completed,
+    Fetch,
+    Holding,
     Instruction,
     Recycle,
     Send,
@@ -129,11 +132,17 @@ class GetRequest:
 class Scheduler:
     """Decides what runs where on this node. No I/O, no clock: `now` is passed in."""
 
-    def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None) -> None:
+    def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
+                 *, in_cluster: bool = False) -> None:
+        """`in_cluster`: other nodes exist, so a ref to an unknown object is fetched from
+        them (`Fetch`) and large values held here are announced (`Holding`); alone, an
+        unknown object is lost for good."""
         self.config = config
+        self.in_cluster = in_cluster
         self._out: list[Instruction] = []
         self.resources = Resources({CPU: config.cpus(), **(resources or {})})
-        self.objects = ObjectTable(self._unlink, self._object_freed)
+        self.objects = ObjectTable(self._unlink, self._object_freed,
+                                   self._holding if in_cluster else None)
         self._unreferenced: list[bytes] = []
         """Actors whose creation object was freed during the current event."""
         self.pool = WorkerPool(config, self.resources.total[CPU], self._out)
@@ -158,6 +167,7 @@ class Scheduler:
             Tick: self._on_tick,
             ActorKilled: self._on_actor_killed,
             ClientLeft: self._on_client_left,
+            Fetched: self._on_fetched,
         }
 
     # ---- the one entry point ----
@@ -342,11 +352,26 @@ class Scheduler:
 
     def _on_refs_changed(self, event: RefsChanged) -> None:
         holder = event.holder
+        objects = self.objects
         for object_id, delta in event.deltas.items():
-            if delta > 0:
-                self.objects.add_holder(object_id, holder)
-            else:
-                self.objects.remove_holder(object_id, holder)
+            if delta < 0:
+                objects.remove_holder(object_id, holder)
+            elif objects.known(object_id):
+                objects.add_holder(object_id, holder)
+            elif self.in_cluster:  # a ref from another node: fetch the value once
+                objects.receive(object_id, holder)
+                self._out.append(Fetch(object_id))
+
+    def _on_fetched(self, event: Fetched) -> None:
+        entry = self.objects.entries.get(event.object_id)
+        if entry is None or not entry.remote or entry.payload is not None:
+            return  # not asked for (a stray answer): nothing to complete
+        self._out.append(Completed((event.object_id,)))
+        self.objects.complete(event.object_id, event.payload, [])
+        self._dirty = True  # tasks may have waited for it
+
+    def _holding(self, object_id: bytes, held: bool) -> None:
+        self._out.append(Holding(object_id, held))
 
     # ---- scheduling ----
     def _schedule(self) -> None:
@@ -844,8 +869,9 @@ class Scheduler:
         for worker_id, _request_id in self.requests:
             assert worker_id in self.workers, f"a get of dead worker {worker_id} is pending"
         for object_id, entry in self.objects.entries.items():
-            assert entry.payload is not None or task_of(object_id) in self.tasks, (
-                f"object {object_id.hex()} has no value and no task that will make one")
+            assert (entry.payload is not None or entry.remote
+                    or task_of(object_id) in self.tasks), (
+                f"object {object_id.hex()} has no value and no task or fetch to make one")
 
     def _validate_task(self, task_id: bytes, task: TaskState, places: list[str],
                        in_ready: bool) -> None:

@@ -29,6 +29,7 @@ from p2pexec.exec.events import (
     ClientLeft,
     CodeRegistered,
     Event,
+    Fetched,
     GaveBack,
     GetRequested,
     Put,
@@ -44,6 +45,8 @@ from p2pexec.exec.events import (
 from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.instructions import (
     Completed,
+    Fetch,
+    Holding,
     Instruction,
     Recycle,
     Send,
@@ -54,6 +57,7 @@ from p2pexec.exec.instructions import (
 )
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
+from p2pexec.exec.transfer import ObjectTransfers
 from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
@@ -149,12 +153,15 @@ class ExecService:
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
                  call_handlers: dict[str, Callable[[Any], Any]] | None = None,
-                 node_id: bytes = b"", inline: InlineWorkers | None = None) -> None:
+                 node_id: bytes = b"", inline: InlineWorkers | None = None,
+                 in_cluster: bool = False) -> None:
         self.config = config
         self.node_id = node_id
         self.inline = inline
         """Run workers as trio tasks of this loop (simulations) instead of processes."""
-        self.core = Scheduler(config, resources)
+        self.core = Scheduler(config, resources, in_cluster=in_cluster)
+        self.transfers: ObjectTransfers | None = None
+        """Fetches and serves large objects between nodes (set once the cluster runs)."""
         self.links: dict[int, ClientLink] = {}
         """Workers by their positive ids, attached drivers by negative ones."""
         self.waiters: dict[bytes, list[Any]] = {}
@@ -287,8 +294,25 @@ class ExecService:
                     self.inline.stop(instruction.worker)
             elif type(instruction) is Warn:
                 log.warning("%s", instruction.text)
+            elif type(instruction) is Fetch:
+                self._nursery.start_soon(self._fetch, instruction.object_id)
+            elif type(instruction) is Holding:
+                if self.transfers is not None:
+                    self._nursery.start_soon(self.transfers.announce, instruction.object_id,
+                                             instruction.held)
         for link in touched:
             link.flush()
+
+    async def _fetch(self, object_id: bytes) -> None:
+        """Get a copy of another node's object; its waiters get the value or the error."""
+        try:
+            if self.transfers is None:
+                raise ObjectLostError(f"object {object_id.hex()} belongs to another node "
+                                      f"and this node is not connected to the cluster yet")
+            payload = await self.transfers.fetch(object_id)
+        except P2PExecError as exc:
+            payload = system_error_payload(exc)
+        self._apply(self.core.handle(Fetched(object_id, payload)))
 
     def _stimulus(self, event: Event) -> None:
         """An in-process worker's report: one event for the core, then its instructions."""

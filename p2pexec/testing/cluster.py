@@ -69,6 +69,19 @@ class SimNode:
             name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})))
         return result
 
+    def put(self, value: Any) -> bytes:
+        """Store `value` as an object this node owns, as `px.put` would; its id."""
+        object_id = return_id(self.ids.task_id(), 0)
+        payload, contained = serialization.to_payload(
+            value, self.node.exec.config.inline_limit, shm.segment_name(os.getpid(), object_id))
+        self.node.exec.post(("put", object_id, payload, contained))
+        return object_id
+
+    def receive_ref(self, object_id: bytes) -> None:
+        """This node's driver got a ref to `object_id` from elsewhere (another node's
+        driver, say): it now holds it, and the node fetches the value if it lacks it."""
+        self.node.exec.post(("refs", {object_id: 1}))
+
     async def result(self, object_id: bytes) -> Any:
         """The value of an object this node owns, once it has one (raises its error)."""
         entries = self.node.exec.core.objects.entries

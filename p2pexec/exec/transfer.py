@@ -1,0 +1,313 @@
+"""Moving large objects between nodes.
+
+A node that holds a value in shared memory publishes a holder record for it in the DHT
+(`announce`). A node that needs a copy (`fetch`) finds the holders there and asks one
+over a connection of its own: the holder streams the segment in chunks, each send
+waiting on the connection's back-pressure, so neither side buffers more than a few
+chunks; the fetcher writes each chunk straight into a segment of its own (local workers
+then map it: no other copy) and hashes as it goes. If the holder fails mid-way, the
+fetch resumes at the same offset from the next holder; at the end the SHA-256 must match
+the one every holder announced, or the copy is discarded.
+
+Values under the inline limit never come here: they travel inside task and result
+messages, and nothing about them is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from p2pexec.dht.driver import DhtDriver
+from p2pexec.errors import DhtLookupError, ObjectLostError, ProtocolError, RemoteProtocolError
+from p2pexec.exec import shm
+from p2pexec.exec.protocol import SHARED
+from p2pexec.ids import NodeId
+from p2pexec.net.codec import Codec, log_dropped, message
+from p2pexec.net.transport import Connection, Transport
+
+log = logging.getLogger("p2pexec.exec")
+
+CHUNK_SIZE = 1 << 20
+"""Bytes per chunk: large enough that per-message costs vanish next to the copy, small
+against the 16 MiB frame limit, so a window of a few chunks is all either side holds."""
+
+HOLDER_RETRIES = (0.05, 0.25, 1.0)
+"""Seconds to wait before asking the DHT again for the holders of an object none was
+found for (an announcement takes one lookup and a store: milliseconds on a LAN)."""
+
+TRANSFER_CODES = range(112, 116)
+"""Message codes of this protocol: a connection opening with FetchObject is served here."""
+
+
+@message(112)
+@dataclass(frozen=True, slots=True)
+class FetchObject:
+    """Send me object `object_id` from byte `offset` on."""
+
+    object_id: bytes
+    offset: int
+
+
+@message(113)
+@dataclass(frozen=True, slots=True)
+class ObjectHeader:
+    """What follows: the whole segment is `size` bytes with this SHA-256, laid out as a
+    pickle stream of `main_size` bytes and buffers of `buffer_sizes`."""
+
+    size: int
+    digest: bytes
+    main_size: int
+    buffer_sizes: list[int]
+
+
+@message(114)
+@dataclass(frozen=True, slots=True)
+class ObjectChunk:
+    data: bytes
+
+
+@message(115)
+@dataclass(frozen=True, slots=True)
+class ObjectMissing:
+    """This node holds no copy (any more)."""
+
+    reason: str
+
+
+def object_key(object_id: bytes) -> bytes:
+    """The DHT key of an object's holder records."""
+    return hashlib.sha256(b"p2pexec object\0" + object_id).digest()
+
+
+def _segment_digest(path: str) -> tuple[int, bytes]:
+    """(size, SHA-256) of a segment file, read in chunks (runs in a thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_SIZE):
+            digest.update(chunk)
+        return file.tell(), digest.digest()
+
+
+class ObjectTransfers:
+    """Serves this node's large values to peers and fetches copies of theirs."""
+
+    def __init__(self, transport: Transport, dht: DhtDriver, codec: Codec,
+                 payload_of: Callable[[bytes], list | None], rng: random.Random,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        """`payload_of(object_id)` is the local payload of an object, if held; `rng`
+        spreads fetchers over holders."""
+        self.transport = transport
+        self.rng = rng
+        self.dht = dht
+        self.codec = codec
+        self.payload_of = payload_of
+        self.chunk_size = chunk_size
+        self._digests: dict[str, tuple[int, bytes]] = {}
+        """Per segment served, its (size, SHA-256): hashed once, on first request."""
+        self.node_id = transport.local.node_id
+        self.bytes_served = 0
+        self.bytes_fetched = 0
+
+    # ---- holder side -------------------------------------------------------------------
+
+    async def announce(self, object_id: bytes, held: bool) -> None:
+        """Publish (or withdraw) this node's holder record for `object_id`."""
+        key = object_key(object_id)
+        try:
+            if held:
+                await self.dht.publish(key, b"held")
+            else:
+                await self.dht.withdraw(key)
+        except trio.ClosedResourceError:
+            pass  # the node is stopping
+        if not held:
+            self._digests = {segment: value for segment, value in self._digests.items()
+                             if segment != shm.segment_name(os.getpid(), object_id)}
+
+    async def serve(self, conn: Connection, first: FetchObject) -> None:
+        """Stream the requested object to the peer that opened `conn` (a stream service
+        for TRANSFER_CODES)."""
+        peer = conn.peer
+        try:
+            if type(first) is not FetchObject:
+                raise RemoteProtocolError(f"a transfer opens with FetchObject, not "
+                                          f"{type(first).__name__}")
+            payload = self.payload_of(first.object_id)
+            if payload is None or payload[0] != SHARED:
+                await conn.send(self.codec.encode(ObjectMissing(
+                    "no copy of that object here")))
+                return
+            segment, main_size, sizes = payload[1], payload[2], payload[3]
+            path = os.path.join(shm.segment_dir(), segment)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
+                return
+            try:  # an open descriptor keeps the data even if the object is freed now
+                if segment not in self._digests:
+                    self._digests[segment] = await trio.to_thread.run_sync(
+                        _segment_digest, path)
+                size, digest = self._digests[segment]
+                if not 0 <= first.offset <= size:
+                    raise RemoteProtocolError(f"asked for offset {first.offset} of a "
+                                              f"{size}-byte object")
+                await conn.send(self.codec.encode(ObjectHeader(size, digest, main_size,
+                                                               list(sizes))))
+                offset = first.offset
+                while offset < size:
+                    data = os.pread(fd, min(self.chunk_size, size - offset), offset)
+                    await conn.send(self.codec.encode(ObjectChunk(data)))
+                    offset += len(data)
+                    self.bytes_served += len(data)
+            finally:
+                os.close(fd)
+        except ProtocolError as exc:
+            log_dropped(peer.address, f"bad transfer request: {exc}", peer.node_id)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the fetcher went away; it resumes elsewhere
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+    # ---- fetcher side ------------------------------------------------------------------
+
+    async def fetch(self, object_id: bytes) -> list:
+        """A local copy of `object_id` as a payload; `ObjectLostError` if no holder in the
+        cluster can supply one intact."""
+        holders = await self._holders(object_id)
+        self.rng.shuffle(holders)  # spread the fetchers of one object over its holders
+        name = shm.segment_name(os.getpid(), hashlib.sha256(
+            b"fetched\0" + self.node_id.raw + object_id).digest()[:16])
+        copy = _Copy(name)
+        reasons = []
+        try:
+            for holder in holders:
+                address = self.dht.address_of(holder)
+                if address is None:
+                    reasons.append(f"{holder.short}: not a live member")
+                    continue
+                try:
+                    await self._fetch_from(holder, address, object_id, copy)
+                except (OSError, ProtocolError, trio.BrokenResourceError,
+                        trio.ClosedResourceError, trio.EndOfChannel, TimeoutError) as exc:
+                    reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
+                    log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
+                             "the next holder", object_id.hex()[:12], holder.short,
+                             copy.offset, exc or type(exc).__name__)
+                    continue
+                if copy.complete:
+                    if copy.hasher.digest() != copy.header.digest:
+                        copy.restart()
+                        reasons.append(f"{holder.short}: content hash mismatch")
+                        log.warning("object %s from %s failed its content hash; "
+                                    "discarded", object_id.hex()[:12], holder.short)
+                        continue
+                    header = copy.header
+                    copy.close()
+                    return [SHARED, name, header.main_size, list(header.buffer_sizes)]
+        except BaseException:
+            copy.discard()
+            raise
+        copy.discard()
+        raise ObjectLostError(f"object {object_id.hex()} could not be fetched: "
+                              f"{'; '.join(reasons) or 'no holder'}")
+
+    async def _holders(self, object_id: bytes) -> list[NodeId]:
+        """The other nodes that announced a copy. A ref can outrun its holder's
+        announcement (the object was made a moment ago), so a lookup that finds none is
+        repeated after each of HOLDER_RETRIES before the object counts as lost."""
+        for pause in (*HOLDER_RETRIES, None):
+            try:
+                records = await self.dht.find_value(object_key(object_id))
+            except DhtLookupError as exc:
+                if pause is None:
+                    raise ObjectLostError(f"object {object_id.hex()} is held by no node of "
+                                          f"the cluster ({exc})") from None
+                await trio.sleep(pause)
+                continue
+            return [r.publisher for r in records if r.publisher != self.node_id]
+        raise AssertionError("unreachable: the last pass returns or raises")
+
+    async def _fetch_from(self, holder: NodeId, address: tuple[str, int], object_id: bytes,
+                          copy: _Copy) -> None:
+        conn = await self.transport.connect(address, expected=holder)
+        try:
+            await conn.send(self.codec.encode(FetchObject(object_id, copy.offset)))
+            header = self.codec.decode(await conn.receive())
+            if type(header) is ObjectMissing:
+                raise ObjectLostError(header.reason)
+            if type(header) is not ObjectHeader:
+                raise RemoteProtocolError(f"expected an ObjectHeader, got "
+                                          f"{type(header).__name__}")
+            copy.start(header)
+            while not copy.complete:
+                chunk = self.codec.decode(await conn.receive())
+                if type(chunk) is not ObjectChunk:
+                    raise RemoteProtocolError(f"expected an ObjectChunk, got "
+                                              f"{type(chunk).__name__}")
+                copy.write(chunk.data)
+                self.bytes_fetched += len(chunk.data)
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+
+class _Copy:
+    """The segment a fetch writes into, possibly from several holders in turn."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fd: int | None = None
+        self.header: ObjectHeader | None = None
+        self.offset = 0
+        self.hasher = hashlib.sha256()
+
+    @property
+    def complete(self) -> bool:
+        return self.header is not None and self.offset == self.header.size
+
+    def start(self, header: ObjectHeader) -> None:
+        """A holder announced the object: the first one sizes the segment; the others
+        must describe the same content."""
+        if header.size < 0 or len(header.digest) != 32:
+            raise RemoteProtocolError(f"bad object header (size {header.size})")
+        if self.header is None:
+            self.fd = os.open(os.path.join(shm.segment_dir(), self.name),
+                              os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.ftruncate(self.fd, max(header.size, 1))
+            self.header = header
+        elif (header.size, header.digest) != (self.header.size, self.header.digest):
+            raise RemoteProtocolError("this holder's copy differs from the first holder's")
+
+    def write(self, data: bytes) -> None:
+        assert self.header is not None and self.fd is not None
+        if self.offset + len(data) > self.header.size:
+            raise RemoteProtocolError("the holder sent more bytes than it announced")
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self.fd, view[written:], self.offset + written)
+        self.hasher.update(data)
+        self.offset += len(data)
+
+    def restart(self) -> None:
+        """Bad content: start over (from the next holder, from byte 0)."""
+        self.discard()
+        self.header, self.offset, self.hasher = None, 0, hashlib.sha256()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def discard(self) -> None:
+        self.close()
+        shm.unlink(self.name)

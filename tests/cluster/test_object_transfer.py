@@ -1,0 +1,77 @@
+"""Real `p2pexec join` processes on 127.0.0.1: a large object made on one node is read
+from two others at the same moment, intact, each fetching it once."""
+
+from __future__ import annotations
+
+import json
+
+from join_helpers import Launcher, states, wait_for
+from test_attach import driver, stats
+
+from p2pexec.net.security import new_token
+
+PRODUCER = """
+    import hashlib, json, pickle, time
+    import numpy as np
+    import p2pexec as px
+
+    px.init()
+    array = np.random.default_rng(5).integers(0, 255, 50 * 2**20, dtype=np.uint8)
+    ref = px.put(array)
+    print(json.dumps({"ref": pickle.dumps(ref).hex(),
+                      "sha": hashlib.sha256(array.tobytes()).hexdigest()}), flush=True)
+    time.sleep(120)
+"""
+
+READER = """
+    import hashlib, json, pickle, sys, time
+    import p2pexec as px
+
+    px.init()
+    ref = pickle.loads(bytes.fromhex(sys.argv[1]))
+    started = time.monotonic()
+    array = px.get(ref, timeout=60)
+    print(json.dumps({"sha": hashlib.sha256(array.tobytes()).hexdigest(),
+                      "seconds": time.monotonic() - started}))
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_large_object_is_read_on_two_other_nodes_fetched_once_each(launcher: Launcher):
+    token = new_token()
+    common = ["--host", "127.0.0.1", "--port", "0", "--gossip", "local", "--no-mdns"]
+    a = launcher.start("a", token, common).wait_started()
+    b = launcher.start("b", token, [*common, "--peer", a.address]).wait_started()
+    c = launcher.start("c", token, [*common, "--peer", a.address]).wait_started()
+    everyone = {"a": "alive", "b": "alive", "c": "alive"}
+    for node in (a, b, c):
+        assert wait_for(lambda node=node: states(node.status()) == everyone, 30), node.log()
+    producer = driver(PRODUCER, a.data_dir)
+    try:
+        made = json.loads(producer.stdout.readline())
+        rss_before = rss_kib(a.proc.pid)
+        readers = [driver(READER, node.data_dir, made["ref"]) for node in (b, c)]
+        results = []
+        for reader in readers:
+            out, err = reader.communicate(timeout=120)
+            assert reader.returncode == 0, out + err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        assert [r["sha"] for r in results] == [made["sha"]] * 2
+        size = 50 * 2**20
+        for node in (b, c):  # once per node: one copy's bytes, not two
+            fetched = stats(node)["bytes_fetched"]
+            assert size <= fetched < 2 * size, (node.name, fetched)
+        served = sum(stats(node)["bytes_served"] for node in (a, b, c))
+        assert served == stats(b)["bytes_fetched"] + stats(c)["bytes_fetched"]
+        # the producer's node streams from its segment: it does not load the object
+        assert rss_kib(a.proc.pid) - rss_before < 40 * 1024
+    finally:
+        producer.kill()
+        producer.wait(timeout=10)
