@@ -78,6 +78,10 @@ class DhtDriver:
         self.core.member_gone(node, trio.current_time())
         self._pump()
 
+    def address_of(self, node: NodeId) -> Address | None:
+        """Where live member `node` listens; None if membership does not know it."""
+        return self._addresses.get(node)
+
     # ---- requests from peers -----------------------------------------------------------
 
     def handle_request(self, peer: Peer, request: Any) -> Any:

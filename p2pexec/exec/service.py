@@ -175,6 +175,8 @@ class ExecService:
         self._drain_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        self._closed = False
+        """The nursery has closed: no task can start any more."""
         self._timer_changed = trio.Event()
         self._unlinking: set[str] = set()
         self.segments = shm.SegmentPool()
@@ -194,8 +196,12 @@ class ExecService:
                 self._apply(self.core.handle(Started()))
                 nursery.start_soon(self._timer_loop)
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:  # from here on the nursery may close before the loop's last ops
+                    self._closed = True  # (a driver's last drops): what they ask dies here
         finally:
+            self._closed = True
             self._stop_everything()
 
     def _stop_everything(self) -> None:
@@ -295,9 +301,10 @@ class ExecService:
             elif type(instruction) is Warn:
                 log.warning("%s", instruction.text)
             elif type(instruction) is Fetch:
-                self._nursery.start_soon(self._fetch, instruction.object_id)
+                if not self._closed:
+                    self._nursery.start_soon(self._fetch, instruction.object_id)
             elif type(instruction) is Holding:
-                if self.transfers is not None:
+                if self.transfers is not None and not self._closed:
                     self._nursery.start_soon(self.transfers.announce, instruction.object_id,
                                              instruction.held)
         for link in touched:
@@ -321,6 +328,9 @@ class ExecService:
     def _unlink_soon(self, segment: str) -> None:
         """Freeing a large tmpfs file takes ~0.15 ms per MiB: do it off the loop. What is
         still pending at shutdown is unlinked there (`_stop_everything`)."""
+        if self._closed:  # the node has stopped: nobody will unlink it later
+            shm.unlink(segment)
+            return
         self._unlinking.add(segment)
         self._nursery.start_soon(self._unlink, segment)
 

@@ -38,6 +38,10 @@ CHUNK_SIZE = 1 << 20
 """Bytes per chunk: large enough that per-message costs vanish next to the copy, small
 against the 16 MiB frame limit, so a window of a few chunks is all either side holds."""
 
+STALL_TIMEOUT = 10.0
+"""Seconds a holder may go without sending the next message of a transfer before the
+fetch moves on to the next holder (a holder that stalls costs this, never a hang)."""
+
 HOLDER_RETRIES = (0.05, 0.25, 1.0)
 """Seconds to wait before asking the DHT again for the holders of an object none was
 found for (an announcement takes one lookup and a store: milliseconds on a LAN)."""
@@ -86,13 +90,16 @@ def object_key(object_id: bytes) -> bytes:
     return hashlib.sha256(b"p2pexec object\0" + object_id).digest()
 
 
-def _segment_digest(path: str) -> tuple[int, bytes]:
-    """(size, SHA-256) of a segment file, read in chunks (runs in a thread)."""
+async def _segment_digest(fd: int) -> tuple[int, bytes]:
+    """(size, SHA-256) of an open segment, a chunk at a time with a checkpoint between
+    chunks: the loop stays responsive (1 MiB hashes in about a millisecond) without a
+    thread, whose wait a simulation's clock would skip past."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK_SIZE):
-            digest.update(chunk)
-        return file.tell(), digest.digest()
+    size = os.fstat(fd).st_size
+    for offset in range(0, size, CHUNK_SIZE):
+        digest.update(os.pread(fd, CHUNK_SIZE, offset))
+        await trio.lowlevel.checkpoint()
+    return size, digest.digest()
 
 
 class ObjectTransfers:
@@ -100,11 +107,12 @@ class ObjectTransfers:
 
     def __init__(self, transport: Transport, dht: DhtDriver, codec: Codec,
                  payload_of: Callable[[bytes], list | None], rng: random.Random,
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, stall_timeout: float = STALL_TIMEOUT) -> None:
         """`payload_of(object_id)` is the local payload of an object, if held; `rng`
         spreads fetchers over holders."""
         self.transport = transport
         self.rng = rng
+        self.stall_timeout = stall_timeout
         self.dht = dht
         self.codec = codec
         self.payload_of = payload_of
@@ -153,8 +161,7 @@ class ObjectTransfers:
                 return
             try:  # an open descriptor keeps the data even if the object is freed now
                 if segment not in self._digests:
-                    self._digests[segment] = await trio.to_thread.run_sync(
-                        _segment_digest, path)
+                    self._digests[segment] = await _segment_digest(fd)
                 size, digest = self._digests[segment]
                 if not 0 <= first.offset <= size:
                     raise RemoteProtocolError(f"asked for offset {first.offset} of a "
@@ -196,8 +203,8 @@ class ObjectTransfers:
                     continue
                 try:
                     await self._fetch_from(holder, address, object_id, copy)
-                except (OSError, ProtocolError, trio.BrokenResourceError,
-                        trio.ClosedResourceError, trio.EndOfChannel, TimeoutError) as exc:
+                except (OSError, ProtocolError, ObjectLostError, trio.BrokenResourceError,
+                        trio.ClosedResourceError, trio.EndOfChannel) as exc:
                     reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
                     log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
                              "the next holder", object_id.hex()[:12], holder.short,
@@ -238,10 +245,14 @@ class ObjectTransfers:
 
     async def _fetch_from(self, holder: NodeId, address: tuple[str, int], object_id: bytes,
                           copy: _Copy) -> None:
-        conn = await self.transport.connect(address, expected=holder)
+        conn = None
+        with trio.move_on_after(self.stall_timeout):
+            conn = await self.transport.connect(address, expected=holder)
+        if conn is None:
+            raise TimeoutError(f"no connection within {self.stall_timeout:g} s")
         try:
             await conn.send(self.codec.encode(FetchObject(object_id, copy.offset)))
-            header = self.codec.decode(await conn.receive())
+            header = self.codec.decode(await self._next(conn))
             if type(header) is ObjectMissing:
                 raise ObjectLostError(header.reason)
             if type(header) is not ObjectHeader:
@@ -249,7 +260,7 @@ class ObjectTransfers:
                                           f"{type(header).__name__}")
             copy.start(header)
             while not copy.complete:
-                chunk = self.codec.decode(await conn.receive())
+                chunk = self.codec.decode(await self._next(conn))
                 if type(chunk) is not ObjectChunk:
                     raise RemoteProtocolError(f"expected an ObjectChunk, got "
                                               f"{type(chunk).__name__}")
@@ -258,6 +269,13 @@ class ObjectTransfers:
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
+
+
+    async def _next(self, conn: Connection) -> bytes:
+        """The holder's next message; `TimeoutError` if it stalls."""
+        with trio.move_on_after(self.stall_timeout):
+            return await conn.receive()
+        raise TimeoutError(f"the holder sent nothing for {self.stall_timeout:g} s")
 
 
 class _Copy:

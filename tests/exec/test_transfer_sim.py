@@ -128,3 +128,26 @@ async def test_a_copy_that_fails_its_content_hash_is_refused(autojump_clock):
         assert b.node.exec.transfers.bytes_fetched >= SIZE  # it was fetched, then refused
         assert set(os.listdir(shm.segment_dir())) == before, "the bad copy is deleted"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stalling_holder_costs_the_stall_timeout_then_another_serves(autojump_clock):
+    async with trio.open_nursery() as nursery:
+        net, cluster = await start(nursery)
+        a, b, c = cluster.nodes[0], cluster.nodes[1], cluster.nodes[2]
+        oid = a.put(blob(5))
+        b.receive_ref(oid)
+        assert await b.result(oid) == blob(5)
+        b.receive_ref(oid)
+        await announced(cluster, oid, [0, 1])
+        # a -> c carries 10 KiB/s: its first chunk would take 100 s
+        net.set_link(a.address, c.address, LinkSpec(latency=0.001, bandwidth=10_000))
+        transfers = c.node.exec.transfers
+        transfers.rng.shuffle = lambda holders: holders.sort(
+            key=lambda node: node != a.node.node_id)
+        started = trio.current_time()
+        c.receive_ref(oid)
+        assert await c.result(oid) == blob(5)
+        waited = trio.current_time() - started
+        assert transfers.stall_timeout <= waited < transfers.stall_timeout + 5
+        assert b.node.exec.transfers.bytes_served >= SIZE
+        nursery.cancel_scope.cancel()
