@@ -69,8 +69,10 @@ class DhtStepper:
             self.nodes.append(StepNode(index, contact, core))
         self.by_node = {node.contact.node: node for node in self.nodes}
         for node in self.nodes:
-            others = [o for o in self.nodes if o is not node]
-            for other in self.rng.sample(others, min(view, len(others))):
+            # The same draws as sampling the list of the others, without building that
+            # list for every node (quadratic: 10^8 steps at 10,000 nodes).
+            for j in self.rng.sample(range(n - 1), min(view, n - 1)):
+                other = self.nodes[j + (j >= node.index)]
                 node.core.member_alive(other.contact, 0.0)
             node.core.find_node(node.contact.node.raw, 0.0)
             self._after(node)
@@ -148,7 +150,9 @@ class DhtStepper:
                 return
             self._note(at, sender, target, message)
             answer = target.core.handle_request(sender.contact, message, at)
-            self._after(target)
+            # Answering moves none of the target's deadlines unless it queued a query of
+            # its own (a ping of a full bucket's oldest contact): skip recomputing it then.
+            self._after(target, deadline_moved=bool(target.core.outbox))
             self._send(target, _REPLY, (sender, query_id, answer))
         elif kind == _REPLY:
             asker, query_id, answer = payload
@@ -177,9 +181,10 @@ class DhtStepper:
     def _schedule(self, at: float, kind: int, payload: tuple) -> None:
         heapq.heappush(self._heap, (at, next(self._counter), kind, payload))
 
-    def _after(self, node: StepNode) -> None:
+    def _after(self, node: StepNode, deadline_moved: bool = True) -> None:
         """Drain a core after it ran: its queries go in flight, finished ops are kept,
-        and it is woken at its next deadline."""
+        and it is woken at its next deadline (left as it was when the caller knows the
+        core's timers did not move: `next_deadline` is the costliest call per delivery)."""
         core = node.core
         for out in core.outbox:
             self._send(node, _REQUEST, (node, self.by_node[out.contact.node], out.query_id,
@@ -188,6 +193,8 @@ class DhtStepper:
         for done in core.finished:
             node.finished[done.op_id] = done
         core.finished.clear()
+        if not deadline_moved and node.wake is not None:
+            return
         due = core.next_deadline()
         if due != node.wake:
             node.wake = due
