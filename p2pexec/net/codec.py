@@ -441,6 +441,11 @@ def frame_bytes(body: bytes, max_frame_size: int) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+LARGE_FRAME = 1 << 16
+"""A frame body at least this big is collected in a buffer of its own exact size, not by
+growing the shared one: growing a bytearray a read at a time copies it over and over."""
+
+
 class FrameDecoder:
     """Sans-IO splitter of a byte stream into frame bodies.
 
@@ -451,6 +456,9 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._need = -1  # body length of the frame being read, -1 while reading a header
+        self._large: bytearray | None = None
+        """The large frame being filled (its header already consumed), if any."""
+        self._filled = 0
 
     @property
     def partial(self) -> bool:
@@ -461,9 +469,14 @@ class FrameDecoder:
         """Add received bytes; return every frame body now complete, in order, or at most
         `max_frames` of them (the rest stays buffered, its headers not yet checked, so the
         caller may change `max_frame_size` before the next `feed`)."""
+        out: list[bytes] = []
+        if self._large is not None:
+            data = self._fill_large(data, out)
+            if self._large is not None or (max_frames is not None and len(out) >= max_frames):
+                self._buf += data
+                return out
         buf = self._buf
         buf += data
-        out: list[bytes] = []
         pos = 0
         n = len(buf)
         while max_frames is None or len(out) < max_frames:
@@ -478,6 +491,11 @@ class FrameDecoder:
                 self._need = size
                 pos += 4
             if n - pos < self._need:
+                if self._need >= LARGE_FRAME:
+                    self._large = bytearray(self._need)
+                    self._filled = 0
+                    self._fill_large(memoryview(buf)[pos:], out)
+                    pos = n
                 break
             out.append(bytes(buf[pos:pos + self._need]))
             pos += self._need
@@ -485,6 +503,20 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return out
+
+    def _fill_large(self, data: bytes | memoryview, out: list[bytes]) -> memoryview:
+        """Copy what belongs to the large frame into it; when it is whole, append it to
+        `out`. Returns the bytes left over (the next frames)."""
+        assert self._large is not None
+        view = memoryview(data)
+        take = min(len(view), len(self._large) - self._filled)
+        self._large[self._filled:self._filled + take] = view[:take]
+        self._filled += take
+        if self._filled == len(self._large):
+            out.append(bytes(self._large))
+            self._large = None
+            self._need = -1
+        return view[take:]
 
 
 def negotiate(our_min: int, our_max: int, their_min: int, their_max: int) -> int:

@@ -250,6 +250,32 @@ def test_fuzz_frame_decoder_reassembles_any_split(bodies: list[bytes], cuts: lis
     assert not dec.partial
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 3, 70_000, 200_000, 65_535, 65_536]), max_size=8),
+       st.lists(st.integers(1, 90_000), min_size=1), st.lists(st.booleans(), min_size=1))
+def test_fuzz_large_frames_reassemble_under_any_split_and_frame_budget(
+        sizes: list[int], cuts: list[int], one_at_a_time: list[bool]) -> None:
+    """Frames over LARGE_FRAME take their own buffer; with max_frames=1 the rest waits."""
+    bodies = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    stream = b"".join(frame_bytes(b, 1 << 20) for b in bodies)
+    dec = FrameDecoder(1 << 20)
+    got: list[bytes] = []
+    pos = i = 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        budget = 1 if one_at_a_time[i % len(one_at_a_time)] else None
+        got += dec.feed(stream[pos:pos + step], max_frames=budget)
+        pos += step
+        i += 1
+    while True:  # frames held back by the budget come out on empty feeds
+        more = dec.feed(b"", max_frames=1)
+        if not more:
+            break
+        got += more
+    assert got == bodies
+    assert not dec.partial
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=60), st.integers(0, 59))
 def test_fuzz_mutated_valid_bodies_never_escape_protocol_error(noise: bytes, at: int) -> None:
