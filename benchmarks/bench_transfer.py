@@ -131,9 +131,11 @@ class Mesh:
         while time.monotonic() < deadline:
             try:
                 members = request(control_socket_path(data_dir), "status")["members"]
-                return proc, data_dir, members[0]["address"]
             except NodeNotRunning:
-                time.sleep(0.1)
+                members = []
+            if members and members[0]["address"]:  # the cluster service is up
+                return proc, data_dir, members[0]["address"]
+            time.sleep(0.1)
         raise RuntimeError(f"node {name} did not start")
 
     def wait_members(self, data_dir: Path, n: int) -> None:

@@ -5,9 +5,11 @@ A node that holds a value in shared memory publishes a holder record for it in t
 over a connection of its own: the holder streams the segment in chunks, each send
 waiting on the connection's back-pressure, so neither side buffers more than a few
 chunks; the fetcher writes each chunk straight into a segment of its own (local workers
-then map it: no other copy) and hashes as it goes. If the holder fails mid-way, the
-fetch resumes at the same offset from the next holder; at the end the SHA-256 must match
-the one every holder announced, or the copy is discarded.
+then map it: no other copy) and hashes as it goes. The holder sends the SHA-256 of the
+whole segment after the last chunk (hashed while streaming the first time, remembered
+after), so no pass over the data precedes the first byte. If the holder fails mid-way,
+the fetch resumes at the same offset from the next holder; the final hash must match,
+or the copy is discarded.
 
 Values under the inline limit never come here: they travel inside task and result
 messages, and nothing about them is published.
@@ -46,7 +48,7 @@ HOLDER_RETRIES = (0.05, 0.25, 1.0)
 """Seconds to wait before asking the DHT again for the holders of an object none was
 found for (an announcement takes one lookup and a store: milliseconds on a LAN)."""
 
-TRANSFER_CODES = range(112, 116)
+TRANSFER_CODES = range(112, 117)
 """Message codes of this protocol: a connection opening with FetchObject is served here."""
 
 
@@ -62,11 +64,11 @@ class FetchObject:
 @message(113)
 @dataclass(frozen=True, slots=True)
 class ObjectHeader:
-    """What follows: the whole segment is `size` bytes with this SHA-256, laid out as a
-    pickle stream of `main_size` bytes and buffers of `buffer_sizes`."""
+    """What follows: the whole segment is `size` bytes, laid out as a pickle stream of
+    `main_size` bytes and buffers of `buffer_sizes`; chunks from the offset asked for,
+    then an ObjectEnd."""
 
     size: int
-    digest: bytes
     main_size: int
     buffer_sizes: list[int]
 
@@ -75,6 +77,14 @@ class ObjectHeader:
 @dataclass(frozen=True, slots=True)
 class ObjectChunk:
     data: bytes
+
+
+@message(116)
+@dataclass(frozen=True, slots=True)
+class ObjectEnd:
+    """The SHA-256 of the whole segment (from byte 0, whatever offset was asked for)."""
+
+    digest: bytes
 
 
 @message(115)
@@ -88,18 +98,6 @@ class ObjectMissing:
 def object_key(object_id: bytes) -> bytes:
     """The DHT key of an object's holder records."""
     return hashlib.sha256(b"p2pexec object\0" + object_id).digest()
-
-
-async def _segment_digest(fd: int) -> tuple[int, bytes]:
-    """(size, SHA-256) of an open segment, a chunk at a time with a checkpoint between
-    chunks: the loop stays responsive (1 MiB hashes in about a millisecond) without a
-    thread, whose wait a simulation's clock would skip past."""
-    digest = hashlib.sha256()
-    size = os.fstat(fd).st_size
-    for offset in range(0, size, CHUNK_SIZE):
-        digest.update(os.pread(fd, CHUNK_SIZE, offset))
-        await trio.lowlevel.checkpoint()
-    return size, digest.digest()
 
 
 class ObjectTransfers:
@@ -117,8 +115,9 @@ class ObjectTransfers:
         self.codec = codec
         self.payload_of = payload_of
         self.chunk_size = chunk_size
-        self._digests: dict[str, tuple[int, bytes]] = {}
-        """Per segment served, its (size, SHA-256): hashed once, on first request."""
+        self._digests: dict[bytes, bytes] = {}
+        """SHA-256 per object held, once known: hashed while first streamed (or checked
+        when fetched), so later requests stream without hashing; forgotten when freed."""
         self.node_id = transport.local.node_id
         self.bytes_served = 0
         self.bytes_fetched = 0
@@ -136,8 +135,7 @@ class ObjectTransfers:
         except trio.ClosedResourceError:
             pass  # the node is stopping
         if not held:
-            self._digests = {segment: value for segment, value in self._digests.items()
-                             if segment != shm.segment_name(os.getpid(), object_id)}
+            self._digests.pop(object_id, None)
 
     async def serve(self, conn: Connection, first: FetchObject) -> None:
         """Stream the requested object to the peer that opened `conn` (a stream service
@@ -160,20 +158,30 @@ class ObjectTransfers:
                 await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
                 return
             try:  # an open descriptor keeps the data even if the object is freed now
-                if segment not in self._digests:
-                    self._digests[segment] = await _segment_digest(fd)
-                size, digest = self._digests[segment]
+                size = os.fstat(fd).st_size
                 if not 0 <= first.offset <= size:
                     raise RemoteProtocolError(f"asked for offset {first.offset} of a "
                                               f"{size}-byte object")
-                await conn.send(self.codec.encode(ObjectHeader(size, digest, main_size,
+                await conn.send(self.codec.encode(ObjectHeader(size, main_size,
                                                                list(sizes))))
+                known = self._digests.get(first.object_id)
+                hasher = None if known is not None else hashlib.sha256()
+                if hasher is not None:  # the digest covers the bytes before the offset too
+                    for start in range(0, first.offset, self.chunk_size):
+                        hasher.update(os.pread(fd, min(self.chunk_size, first.offset - start),
+                                               start))
+                        await trio.lowlevel.checkpoint()
                 offset = first.offset
                 while offset < size:
                     data = os.pread(fd, min(self.chunk_size, size - offset), offset)
+                    if hasher is not None:
+                        hasher.update(data)
                     await conn.send(self.codec.encode(ObjectChunk(data)))
                     offset += len(data)
                     self.bytes_served += len(data)
+                if hasher is not None:
+                    known = self._digests[first.object_id] = hasher.digest()
+                await conn.send(self.codec.encode(ObjectEnd(known)))
             finally:
                 os.close(fd)
         except ProtocolError as exc:
@@ -211,7 +219,7 @@ class ObjectTransfers:
                              copy.offset, exc or type(exc).__name__)
                     continue
                 if copy.complete:
-                    if copy.hasher.digest() != copy.header.digest:
+                    if copy.hasher.digest() != copy.digest:
                         copy.restart()
                         reasons.append(f"{holder.short}: content hash mismatch")
                         log.warning("object %s from %s failed its content hash; "
@@ -219,6 +227,7 @@ class ObjectTransfers:
                         continue
                     header = copy.header
                     copy.close()
+                    self._digests[object_id] = copy.digest  # serving it needs no hashing
                     return [SHARED, name, header.main_size, list(header.buffer_sizes)]
         except BaseException:
             copy.discard()
@@ -259,13 +268,17 @@ class ObjectTransfers:
                 raise RemoteProtocolError(f"expected an ObjectHeader, got "
                                           f"{type(header).__name__}")
             copy.start(header)
-            while not copy.complete:
+            while copy.offset < header.size:
                 chunk = self.codec.decode(await self._next(conn))
                 if type(chunk) is not ObjectChunk:
                     raise RemoteProtocolError(f"expected an ObjectChunk, got "
                                               f"{type(chunk).__name__}")
                 copy.write(chunk.data)
                 self.bytes_fetched += len(chunk.data)
+            end = self.codec.decode(await self._next(conn))
+            if type(end) is not ObjectEnd or len(end.digest) != 32:
+                raise RemoteProtocolError(f"expected an ObjectEnd, got {type(end).__name__}")
+            copy.digest = end.digest
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
@@ -287,22 +300,24 @@ class _Copy:
         self.header: ObjectHeader | None = None
         self.offset = 0
         self.hasher = hashlib.sha256()
+        self.digest: bytes | None = None
+        """The holder's SHA-256 of the whole object, from its ObjectEnd."""
 
     @property
     def complete(self) -> bool:
-        return self.header is not None and self.offset == self.header.size
+        return self.digest is not None
 
     def start(self, header: ObjectHeader) -> None:
         """A holder announced the object: the first one sizes the segment; the others
         must describe the same content."""
-        if header.size < 0 or len(header.digest) != 32:
+        if header.size < 0:
             raise RemoteProtocolError(f"bad object header (size {header.size})")
         if self.header is None:
             self.fd = os.open(os.path.join(shm.segment_dir(), self.name),
                               os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             os.ftruncate(self.fd, max(header.size, 1))
             self.header = header
-        elif (header.size, header.digest) != (self.header.size, self.header.digest):
+        elif header != self.header:
             raise RemoteProtocolError("this holder's copy differs from the first holder's")
 
     def write(self, data: bytes) -> None:
@@ -319,7 +334,7 @@ class _Copy:
     def restart(self) -> None:
         """Bad content: start over (from the next holder, from byte 0)."""
         self.discard()
-        self.header, self.offset, self.hasher = None, 0, hashlib.sha256()
+        self.header, self.offset, self.hasher, self.digest = None, 0, hashlib.sha256(), None
 
     def close(self) -> None:
         if self.fd is not None:
