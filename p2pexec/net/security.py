@@ -146,8 +146,12 @@ def _fsync_dir(directory: Path) -> None:
 # ---- the cluster token -------------------------------------------------------------------
 
 def new_token() -> str:
-    """A fresh cluster token: 32 random bytes as URL-safe text (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """A fresh cluster token: 32 random bytes as URL-safe text (43 characters), never
+    starting with "-" (one in 64 would, and `--token -abc` reads as a missing value)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def resolve_token(explicit: str | None) -> str | None:

@@ -44,3 +44,11 @@ def test_console_entry_point_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "p2pexec.cli", "token", "new"],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}\n", out)
+
+
+def test_new_tokens_never_start_with_a_dash_so_token_flags_parse() -> None:
+    from p2pexec.net.security import new_token
+
+    tokens = [new_token() for _ in range(2000)]  # one in 64 raw tokens starts with "-"
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == 2000 and all(len(t) == 43 for t in tokens)
