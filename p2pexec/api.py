@@ -34,7 +34,7 @@ ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name", "lifetime"}
 # ---- runtime ----
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
          address: str | os.PathLike[str] | None = None, cluster: Any = None,
-         ignore_reinit_error: bool = False) -> None:
+         object_store_memory: int | None = None, ignore_reinit_error: bool = False) -> None:
     """Connect this program to a node: attach to one running on this machine, or embed one.
 
     `address` (Ray's rule):
@@ -46,8 +46,10 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
       with `NodeNotRunning` when nothing answers there.
     An embedded node has `num_cpus` CPUs (default: the machine's) and the custom
     `resources`, e.g. {"gpu": 1}; with `cluster` (a `px.ClusterConfig`) it also joins that
-    cluster, as `p2pexec join` does. Those settings describe a new node, so they are refused
-    when attaching. Called implicitly, with no arguments, by the first API call.
+    cluster, as `p2pexec join` does; `object_store_memory` caps the bytes of shared memory
+    its objects take before the least recently used spill to disk (default: 30% of
+    RAM). Those settings describe a new node, so they are refused when attaching.
+    Called implicitly, with no arguments, by the first API call.
     """
     with _runtime_lock:
         current = context.runtime
@@ -59,7 +61,8 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
         from p2pexec import client
         from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
 
-        configures = num_cpus is not None or bool(resources) or cluster is not None
+        configures = (num_cpus is not None or bool(resources) or cluster is not None
+                      or object_store_memory is not None)
         if address is None and not configures:
             socket_path = control_socket_path(default_data_dir())
             if socket_path.exists():
@@ -71,15 +74,16 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
         elif address is not None and address != "local":
             if configures:
                 raise LocalUsageError(
-                    "num_cpus, resources and cluster configure a new node; they cannot be "
-                    "given when attaching to a running one (its `p2pexec join` options set "
-                    "them); use address='local' for a private node")
+                    "num_cpus, resources, cluster and object_store_memory configure a new "
+                    "node; they cannot be given when attaching to a running one (its "
+                    "`p2pexec join` options set them); use address='local' for a private "
+                    "node")
             socket_path = (control_socket_path(default_data_dir()) if address == "auto"
                            else client.socket_path_of(address))
             context.runtime = client.AttachedRuntime(socket_path)
             return
-        context.runtime = client.DriverRuntime(NodeConfig.embedded(num_cpus, resources,
-                                                                   cluster))
+        context.runtime = client.DriverRuntime(NodeConfig.embedded(
+            num_cpus, resources, cluster, object_store_memory))
 
 
 def shutdown() -> None:

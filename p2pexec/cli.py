@@ -96,7 +96,9 @@ def _join(args: argparse.Namespace) -> int:
                 "port": args.port, "peers": tuple(parse_seed(p) for p in args.peer),
                 "mdns": not args.no_mdns, "advertise_host": args.advertise}
     cluster = ClusterConfig.preset(args.gossip, token, **settings)
-    config = NodeConfig(exec=ExecConfig(num_cpus=args.cpus), resources=args.resources,
+    config = NodeConfig(exec=ExecConfig(num_cpus=args.cpus,
+                                        object_store_memory=args.object_store_memory),
+                        resources=args.resources,
                         cluster=cluster, **({"name": args.name} if args.name else {}))
     try:
         trio.run(_run_joined, config, generated)
@@ -173,6 +175,9 @@ def add_join_command(subparsers: argparse._SubParsersAction) -> None:
                       help="do not advertise or browse with mDNS (use --peer)")
     join.add_argument("--cpus", type=float, default=None,
                       help="CPUs offered to tasks (default: all)")
+    join.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
+                      help="shared memory objects may fill before the least recently used "
+                           "spill to <data dir>/spill (default: 30%% of RAM)")
     join.add_argument("--resources", type=_parse_resources, default={},
                       metavar="NAME=AMOUNT,...", help="custom resources, e.g. gpu=1")
     join.add_argument("--name", default=None, help="node name (default: the host name)")

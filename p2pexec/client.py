@@ -36,7 +36,7 @@ from p2pexec.errors import (
     P2PExecError,
     RemoteProtocolError,
 )
-from p2pexec.exec import refs
+from p2pexec.exec import refs, shm
 from p2pexec.exec.link import LinkEnd, split_changes
 from p2pexec.exec.protocol import (
     DRIVER_ROLE,
@@ -321,6 +321,7 @@ class AttachedRuntime:
         self.node_id = configure.node_id
         self.inline_limit = configure.inline_limit
         self._owner_pid = configure.owner_pid
+        shm.set_spill_dir(configure.spill_dir or None)
         self._refs = _RefBatcher(self._send_refs_alone, self.REF_FLUSH_DELAY)
         self.counter = RefCounter(self._refs.changed)
         refs.install_counter(self.counter)

@@ -123,8 +123,9 @@ class NodeConfig:
     @classmethod
     def embedded(cls, num_cpus: float | None = None,
                  resources: dict[str, float] | None = None,
-                 cluster: ClusterConfig | None = None) -> NodeConfig:
+                 cluster: ClusterConfig | None = None,
+                 object_store_memory: int | None = None) -> NodeConfig:
         """A node inside the user's process: no daemon and no configuration; it joins a
         cluster only when given a `ClusterConfig`."""
-        return cls(exec=ExecConfig(num_cpus=num_cpus), resources=dict(resources or {}),
-                   cluster=cluster)
+        return cls(exec=ExecConfig(num_cpus=num_cpus, object_store_memory=object_store_memory),
+                   resources=dict(resources or {}), cluster=cluster)

@@ -10,6 +10,7 @@ there is no control socket.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from typing import Any
@@ -41,6 +42,9 @@ class Node:
         and seeds); `rng` seeds every random choice of the cluster service and object
         transfers (default: a fresh RNG); `inline` runs workers as trio tasks instead of
         processes; `control_socket=False` opens no socket in the data dir."""
+        if config.cluster is not None and config.exec.spill_dir is None:
+            config = dataclasses.replace(config, exec=dataclasses.replace(
+                config.exec, spill_dir=os.path.join(config.cluster.data_dir, "spill")))
         self.config = config
         self._rng = rng or random.Random()
         self.cluster: ClusterService | None = None

@@ -26,6 +26,27 @@ class ExecConfig:
     """Workers started beyond num_cpus while others are blocked in get/wait (their CPUs are
     lent out). None means 4 * num_cpus + 4; past this, blocked workers run what they wait
     for on their own stack, and nothing else."""
+    object_store_memory: int | None = None
+    """Bytes of shared memory this node's objects may fill before the least recently used
+    ones are spilled to disk. None: 30% of physical memory (Ray's default), and at most
+    80% of what /dev/shm can hold."""
+    spill_dir: str | None = None
+    """Where spilled objects go. None: `<data dir>/spill` for a node that joined a
+    cluster, a private temporary directory for an embedded one (removed at shutdown)."""
+
+    def store_memory(self) -> int:
+        """`object_store_memory`, with None resolved by its formula."""
+        if self.object_store_memory is not None:
+            return self.object_store_memory
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limit = int(0.3 * physical)
+        try:
+            shm_fs = os.statvfs("/dev/shm")
+            limit = min(limit, int(0.8 * shm_fs.f_blocks * shm_fs.f_frsize))
+        except OSError:
+            pass
+        return limit
+
     def cpus(self) -> float:
         return float(self.num_cpus if self.num_cpus is not None else (os.cpu_count() or 1))
 

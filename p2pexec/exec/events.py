@@ -140,6 +140,15 @@ class Fetched:
     payload: list
 
 
+@dataclass(frozen=True, slots=True)
+class SpillEnded:
+    """A `Spill` finished: `ok` when the copy is complete on disk."""
+
+    object_id: bytes
+    segment: str
+    ok: bool
+
+
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
-         | ClientLeft | Fetched)
+         | ClientLeft | Fetched | SpillEnded)

@@ -63,5 +63,21 @@ class Holding:
     held: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Spill:
+    """Shared memory is over the node's cap: copy this object's segment to the spill dir
+    (the answer is a `SpillEnded` event); readers then map the copy."""
+
+    object_id: bytes
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSpilled:
+    """Remove a spilled segment's file: its object was freed."""
+
+    segment: str
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
-               | Holding)
+               | Holding | Spill | DeleteSpilled)

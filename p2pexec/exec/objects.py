@@ -8,10 +8,11 @@ segment behind it is reported for unlinking.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from p2pexec.exec.serialization import payload_segment
+from p2pexec.exec.serialization import payload_segment, payload_size
 
 
 @dataclass(slots=True)
@@ -26,6 +27,12 @@ class ObjectEntry:
     on_ready: list[Callable[[bytes], None]] = field(default_factory=list)
     remote: bool = False
     """A copy of an object another node made, being fetched or fetched (see `receive`)."""
+    size: int = 0
+    """Bytes of its shared-memory segment (0 for other payloads)."""
+    spilling: bool = False
+    """A copy to the spill dir is under way."""
+    spilled: bool = False
+    """Its segment lives in the spill dir now, no longer in shared memory."""
 
 
 class ObjectTable:
@@ -40,6 +47,12 @@ class ObjectTable:
         self._unlink = unlink
         self._on_free = on_free
         self._on_large = on_large
+        self.in_memory: OrderedDict[bytes, None] = OrderedDict()
+        """Objects whose segment is in shared memory, least recently used first."""
+        self.memory_bytes = 0
+        """Their total size: what `spill_candidates` keeps under the node's cap."""
+        self.delete_spilled: Callable[[str], None] | None = None
+        """Removes a spilled segment's file (set by a scheduler that spills)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -54,7 +67,7 @@ class ObjectTable:
         if entry is None:
             self.entries[object_id] = ObjectEntry()
         elif entry.payload is not None:
-            self._release_payload(entry)
+            self._release_payload(entry, object_id)
             entry.payload = None
 
     def payload(self, object_id: bytes) -> list | None:
@@ -83,10 +96,16 @@ class ObjectTable:
         if entry is None:
             entry = self.entries[object_id] = ObjectEntry()
         elif entry.payload is not None:
-            self._release_payload(entry)  # a retried task produced it again
+            self._release_payload(entry, object_id)  # a retried task produced it again
         entry.payload = payload
-        if self._on_large is not None and payload_segment(payload) is not None:
-            self._on_large(object_id, True)
+        segment = payload_segment(payload)
+        if segment is not None:
+            entry.size = payload_size(payload)
+            entry.spilled = entry.spilling = False
+            self.memory_bytes += entry.size
+            self.in_memory[object_id] = None
+            if self._on_large is not None:
+                self._on_large(object_id, True)
         if contained:
             self.pin_all(contained)
             entry.contained = contained
@@ -146,16 +165,70 @@ class ObjectTable:
         del self.entries[object_id]
         if self._on_large is not None and payload_segment(entry.payload) is not None:
             self._on_large(object_id, False)
-        self._release_payload(entry)
+        self._release_payload(entry, object_id)
         if entry.contained:
             self.unpin_all(entry.contained)
         if self._on_free is not None:
             self._on_free(object_id)
 
-    def _release_payload(self, entry: ObjectEntry) -> None:
+    def _release_payload(self, entry: ObjectEntry, object_id: bytes) -> None:
         segment = payload_segment(entry.payload)
-        if segment is not None:
+        if segment is None:
+            return
+        if entry.spilled:
+            assert self.delete_spilled is not None
+            self.delete_spilled(segment)
+        else:
             self._unlink(segment)
+            self._forget_memory(entry, object_id)
+
+    def _forget_memory(self, entry: ObjectEntry, object_id: bytes) -> None:
+        """The entry's segment left shared memory (freed, replaced or spilled)."""
+        if object_id in self.in_memory:
+            del self.in_memory[object_id]
+            self.memory_bytes -= entry.size
+
+    # ---- spilling ----
+    def touch(self, object_id: bytes) -> None:
+        """The object was used: it is the last one to spill."""
+        if object_id in self.in_memory:
+            self.in_memory.move_to_end(object_id)
+
+    def spill_candidates(self, cap: int) -> list[tuple[bytes, str]]:
+        """(id, segment) of the least recently used objects to copy to disk so that
+        shared memory falls under `cap` bytes: never one a task that may still run needs
+        (pinned), never one already on its way."""
+        excess = self.memory_bytes - cap - sum(
+            self.entries[oid].size for oid in self.in_memory if self.entries[oid].spilling)
+        chosen = []
+        for object_id in self.in_memory:
+            if excess <= 0:
+                break
+            entry = self.entries[object_id]
+            if entry.spilling or entry.pins > 0:
+                continue
+            entry.spilling = True
+            chosen.append((object_id, payload_segment(entry.payload)))
+            excess -= entry.size
+        return chosen
+
+    def spilled(self, object_id: bytes, segment: str, ok: bool) -> str | None:
+        """The copy of `segment` to the spill dir ended. Returns what to remove: the shared
+        memory segment (the copy took), or None; `delete_spilled` gets a copy nobody needs
+        (the object was freed or replaced meanwhile)."""
+        entry = self.entries.get(object_id)
+        current = entry is not None and payload_segment(entry.payload) == segment
+        if not current:
+            if ok:
+                assert self.delete_spilled is not None
+                self.delete_spilled(segment)
+            return None
+        entry.spilling = False
+        if not ok:
+            return None
+        entry.spilled = True
+        self._forget_memory(entry, object_id)
+        return segment
 
     def validate(self) -> None:
         """Pins are never negative and nothing a live object contains has been freed."""
@@ -164,10 +237,17 @@ class ObjectTable:
             for inner in entry.contained:
                 assert inner in self.entries, (
                     f"object {inner.hex()} was freed while {object_id.hex()} contains it")
+            in_memory = payload_segment(entry.payload or [None]) is not None and (
+                not entry.spilled)
+            assert in_memory == (object_id in self.in_memory), (
+                f"object {object_id.hex()}: shared-memory bookkeeping is off")
+        assert self.memory_bytes == sum(self.entries[oid].size for oid in self.in_memory)
 
     def clear(self) -> None:
-        """Shutdown: release every segment."""
-        for entry in self.entries.values():
+        """Shutdown: release every segment (the spill dir goes as a whole)."""
+        for object_id, entry in self.entries.items():
             if entry.payload is not None:
-                self._release_payload(entry)
+                self._release_payload(entry, object_id)
         self.entries.clear()
+        self.in_memory.clear()
+        self.memory_bytes = 0

@@ -151,6 +151,8 @@ class Configure:
     inline_limit: int
     sys_path: list[str]
     cwd: str
+    spill_dir: str = ""
+    """Where the node spills objects it evicts from shared memory ("": nowhere)."""
 
 
 @message(107)

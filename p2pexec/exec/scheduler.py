@@ -42,6 +42,7 @@ from p2pexec.exec.events import (
     Put,
     RefsChanged,
     ShutDown,
+    SpillEnded,
     Started,
     Submitted,
     TaskFinished,
@@ -51,11 +52,13 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     Completed,
+    DeleteSpilled,
     Fetch,
     Holding,
     Instruction,
     Recycle,
     Send,
+    Spill,
     StopWorker,
     Unlink,
     Warn,
@@ -143,6 +146,9 @@ class Scheduler:
         self.resources = Resources({CPU: config.cpus(), **(resources or {})})
         self.objects = ObjectTable(self._unlink, self._object_freed,
                                    self._holding if in_cluster else None)
+        self.objects.delete_spilled = lambda segment: self._out.append(DeleteSpilled(segment))
+        self.store_cap = config.store_memory()
+        """Bytes of shared memory objects may take before the oldest are spilled."""
         self._unreferenced: list[bytes] = []
         """Actors whose creation object was freed during the current event."""
         self.pool = WorkerPool(config, self.resources.total[CPU], self._out)
@@ -168,6 +174,7 @@ class Scheduler:
             ActorKilled: self._on_actor_killed,
             ClientLeft: self._on_client_left,
             Fetched: self._on_fetched,
+            SpillEnded: self._on_spill_ended,
         }
 
     # ---- the one entry point ----
@@ -183,6 +190,9 @@ class Scheduler:
         if self._dirty:
             self._dirty = False
             self._schedule()
+        if self.objects.memory_bytes > self.store_cap:
+            for object_id, segment in self.objects.spill_candidates(self.store_cap):
+                self._out.append(Spill(object_id, segment))
         out = self._out[:]
         self._out.clear()
         return out
@@ -370,6 +380,11 @@ class Scheduler:
         self.objects.complete(event.object_id, event.payload, [])
         self._dirty = True  # tasks may have waited for it
 
+    def _on_spill_ended(self, event: SpillEnded) -> None:
+        segment = self.objects.spilled(event.object_id, event.segment, event.ok)
+        if segment is not None:
+            self._out.append(Unlink(segment))
+
     def _holding(self, object_id: bytes, held: bool) -> None:
         self._out.append(Holding(object_id, held))
 
@@ -456,6 +471,8 @@ class Scheduler:
         spec = task.spec
         code = self.pool.code_to_ship(worker, spec.callable_hash)
         deps = {dep: self._payload_or_lost(dep) for dep in spec.deps} if spec.deps else {}
+        for dep in deps:
+            self.objects.touch(dep)
         self._out.append(Send(worker.worker_id, work_message(spec, code, deps, nested)))
 
     def _payload_or_lost(self, object_id: bytes) -> list:
@@ -556,6 +573,8 @@ class Scheduler:
         if worker is None:
             return
         self._take_back(worker, event.given_back)
+        for object_id in object_ids:
+            self.objects.touch(object_id)
         caller = self._current_task(worker)
         timeout = event.timeout
         request = GetRequest(worker_id, request_id, object_ids, event.num_returns,

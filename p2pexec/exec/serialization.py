@@ -145,6 +145,13 @@ def payload_segment(payload: list) -> str | None:
     return payload[1] if payload[0] == SHARED else None
 
 
+def payload_size(payload: list) -> int:
+    """Bytes of a shared-memory payload's segment (0 for the other kinds)."""
+    if payload[0] != SHARED:
+        return 0
+    return _layout(payload[2], payload[3])[1]
+
+
 def system_error_payload(error: errors.P2PExecError) -> list:
     """A payload that makes `get` raise `error` (built by the node, no pickling)."""
     return [SYSTEM_ERROR, type(error).__name__, str(error)]

@@ -7,13 +7,16 @@ leaves in one `send_all`, because trio pays per call and tiny tasks come in floo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +38,7 @@ from p2pexec.exec.events import (
     Put,
     RefsChanged,
     ShutDown,
+    SpillEnded,
     Started,
     Submitted,
     TaskFinished,
@@ -45,11 +49,13 @@ from p2pexec.exec.events import (
 from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.instructions import (
     Completed,
+    DeleteSpilled,
     Fetch,
     Holding,
     Instruction,
     Recycle,
     Send,
+    Spill,
     StartWorker,
     StopWorker,
     Unlink,
@@ -64,6 +70,23 @@ log = logging.getLogger("p2pexec.exec")
 RECEIVE_SIZE = 1 << 16
 """Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
 256 KiB object per read cost an mmap, a page fault and a munmap each time."""
+
+
+def _copy_to_spill(segment: str, directory: str) -> bool:
+    """Copy a segment into the spill dir under its own name (whole or not at all: readers
+    look there once it leaves shared memory). False if it was freed first."""
+    target = shm.spill_path(directory, segment)
+    try:
+        shutil.copyfile(os.path.join(shm.segment_dir(), segment), target + ".part")
+        os.replace(target + ".part", target)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # a full or failing disk: the object stays in memory
+        log.warning("could not spill %s to %s: %s", segment, directory, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(target + ".part")
+        return False
+    return True
 
 
 class ClientLink:
@@ -179,6 +202,8 @@ class ExecService:
         """The nursery has closed: no task can start any more."""
         self._timer_changed = trio.Event()
         self._unlinking: set[str] = set()
+        self.spill_dir = config.spill_dir
+        """Where objects over the memory cap go (made at start; see ExecConfig)."""
         self.segments = shm.SegmentPool()
         """Argument segments handed back for reuse by this process's submitters."""
 
@@ -187,6 +212,7 @@ class ExecService:
                   ) -> None:
         """Start the worker pool and serve until cancelled; workers are stopped on exit."""
         shm.sweep_orphans()
+        self._open_spill_dir()
         self._token = trio.lowlevel.current_trio_token()
         if self.inline is not None:
             self.inline.configure(self.config.inline_limit, os.getpid())
@@ -204,6 +230,35 @@ class ExecService:
             self._closed = True
             self._stop_everything()
 
+    def _open_spill_dir(self) -> None:
+        """Create the spill dir (0700), empty: files left there belong to a node that was
+        killed, and no object of this run refers to them."""
+        if self.config.spill_dir is None:
+            self.spill_dir = tempfile.mkdtemp(prefix="p2pexec-spill-")
+        else:
+            os.makedirs(self.config.spill_dir, mode=0o700, exist_ok=True)
+            for name in os.listdir(self.config.spill_dir):
+                if shm.is_segment_name(name) or name.endswith(".part"):
+                    os.unlink(os.path.join(self.config.spill_dir, name))
+        shm.set_spill_dir(self.spill_dir)
+
+    def _close_spill_dir(self) -> None:
+        if self.spill_dir is None:
+            return
+        if self.config.spill_dir is None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+        else:
+            for name in os.listdir(self.spill_dir):
+                if shm.is_segment_name(name) or name.endswith(".part"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.spill_dir, name))
+
+    async def _spill(self, object_id: bytes, segment: str) -> None:
+        """Copy a segment to the spill dir, then tell the core (which frees the memory)."""
+        assert self.spill_dir is not None
+        ok = await trio.to_thread.run_sync(_copy_to_spill, segment, self.spill_dir)
+        self._apply(self.core.handle(SpillEnded(object_id, segment, ok)))
+
     def _stop_everything(self) -> None:
         self.segments.clear()
         for segment in list(self._unlinking):
@@ -220,6 +275,7 @@ class ExecService:
             except subprocess.TimeoutExpired:
                 log.warning("worker pid %d did not exit", link.process.pid)
         self.links.clear()
+        self._close_spill_dir()
 
     # ---- from driver threads ----
     def post(self, op: tuple) -> None:
@@ -300,6 +356,14 @@ class ExecService:
                     self.inline.stop(instruction.worker)
             elif type(instruction) is Warn:
                 log.warning("%s", instruction.text)
+            elif type(instruction) is Spill:
+                if not self._closed:
+                    self._nursery.start_soon(self._spill, instruction.object_id,
+                                             instruction.segment)
+            elif type(instruction) is DeleteSpilled:
+                if self.spill_dir is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(shm.spill_path(self.spill_dir, instruction.segment))
             elif type(instruction) is Fetch:
                 if not self._closed:
                     self._nursery.start_soon(self._fetch, instruction.object_id)
@@ -361,7 +425,7 @@ class ExecService:
         own = [path for path in sys.path if path]
         return p.Configure(self.node_id, os.getpid(), self.config.inline_limit,
                            own + [path for path in self._driver_paths if path not in own],
-                           os.getcwd())
+                           os.getcwd(), self.spill_dir or "")
 
     def _learn_paths(self, paths: list[str]) -> None:
         """A driver's import paths: every worker, running or future, can import from them."""

@@ -59,10 +59,37 @@ def write(name: str, size: int, parts: list[tuple[int, memoryview | bytes]],
     os.close(fd)
 
 
+_spill_dir: str | None = None
+
+
+def set_spill_dir(directory: str | None) -> None:
+    """Where this process's node spills segments it evicts from memory (`attach` looks
+    there for a segment no longer in shared memory). Set once per process."""
+    global _spill_dir
+    _spill_dir = directory
+
+
+def spill_path(directory: str, name: str) -> str:
+    return os.path.join(directory, name)
+
+
+def open_segment(name: str) -> int:
+    """A read-only descriptor of a segment, in shared memory or, once spilled, in the
+    spill dir (a spilled segment is copied there before it leaves memory, so one of the
+    two always exists while the object lives). FileNotFoundError once it is freed."""
+    try:
+        return os.open(os.path.join(segment_dir(), name), os.O_RDONLY)
+    except FileNotFoundError:
+        if _spill_dir is None:
+            raise
+        return os.open(spill_path(_spill_dir, name), os.O_RDONLY)
+
+
 def attach(name: str) -> memoryview:
-    """Map an existing segment read-only; raises FileNotFoundError once it is gone."""
-    path = os.path.join(segment_dir(), name)
-    fd = os.open(path, os.O_RDONLY)
+    """Map an existing segment read-only (from the spill dir if it was spilled); raises
+    FileNotFoundError once it is gone. A spilled segment is read through the page cache:
+    pages come back from disk as they are touched."""
+    fd = open_segment(name)
     try:
         size = os.fstat(fd).st_size
         mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)

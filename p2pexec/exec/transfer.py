@@ -151,9 +151,8 @@ class ObjectTransfers:
                     "no copy of that object here")))
                 return
             segment, main_size, sizes = payload[1], payload[2], payload[3]
-            path = os.path.join(shm.segment_dir(), segment)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = shm.open_segment(segment)  # in memory, or spilled to disk
             except FileNotFoundError:
                 await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
                 return

@@ -21,12 +21,11 @@ from collections import deque
 from typing import Any
 
 from p2pexec.errors import RemoteProtocolError
-from p2pexec.exec import context, refs, serialization
+from p2pexec.exec import context, refs, serialization, shm
 from p2pexec.exec import protocol as p
 from p2pexec.exec.link import LinkEnd
 from p2pexec.exec.refs import IdGenerator, RefCounter
 from p2pexec.exec.runner import TaskRunner
-from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TASK, TaskSpec
 
 
@@ -78,6 +77,7 @@ class WorkerRuntime:
                 os.chdir(message.cwd)
             self.owner_pid, self.inline_limit = message.owner_pid, message.inline_limit
             self.node_id = message.node_id
+            shm.set_spill_dir(message.spill_dir or None)
         elif kind is p.Values or kind is p.Reply:
             self.replies[message.request_id] = message
         else:
@@ -169,7 +169,7 @@ class WorkerRuntime:
         return reply.value
 
     def segment_name(self, object_id: bytes) -> str:
-        return segment_name(self.owner_pid, object_id)
+        return shm.segment_name(self.owner_pid, object_id)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -69,20 +69,28 @@ async def test_two_nodes_read_one_object_at_once_each_fetching_it_once(autojump_
         nursery.cancel_scope.cancel()
 
 
+async def copies_on_a_and_b(cluster, tag: int) -> bytes:
+    """An object made on node 0 and fetched (and kept) by node 1; node 2 will ask node 0
+    first. Returns its id."""
+    a, b, c = cluster.nodes[0], cluster.nodes[1], cluster.nodes[2]
+    oid = a.put(blob(tag))
+    b.receive_ref(oid)
+    assert await b.result(oid) == blob(tag)
+    b.receive_ref(oid)  # b keeps its copy
+    await announced(cluster, oid, [0, 1])
+    c.node.exec.transfers.rng.shuffle = lambda holders: holders.sort(
+        key=lambda node: node != a.node.node_id)
+    return oid
+
+
 async def test_a_holder_crashing_mid_transfer_hands_over_to_another(autojump_clock):
     async with trio.open_nursery() as nursery:
         net, cluster = await start(nursery)
         a, b, c = cluster.nodes[0], cluster.nodes[1], cluster.nodes[2]
-        oid = a.put(blob(3))
-        b.receive_ref(oid)
-        assert await b.result(oid) == blob(3)
-        b.receive_ref(oid)  # b keeps its copy
-        await announced(cluster, oid, [0, 1])
-        # a -> c is slow: one chunk per second; c asks a first
+        oid = await copies_on_a_and_b(cluster, 3)
+        # a -> c is slow: one chunk per second
         net.set_link(a.address, c.address, LinkSpec(latency=0.001, bandwidth=CHUNK_SIZE))
         transfers = c.node.exec.transfers
-        transfers.rng.shuffle = lambda holders: holders.sort(
-            key=lambda node: node != a.node.node_id)
         c.receive_ref(oid)
         while transfers.bytes_fetched < 2 * CHUNK_SIZE:
             await trio.sleep(0.05)
@@ -132,16 +140,10 @@ async def test_a_stalling_holder_costs_the_stall_timeout_then_another_serves(aut
     async with trio.open_nursery() as nursery:
         net, cluster = await start(nursery)
         a, b, c = cluster.nodes[0], cluster.nodes[1], cluster.nodes[2]
-        oid = a.put(blob(5))
-        b.receive_ref(oid)
-        assert await b.result(oid) == blob(5)
-        b.receive_ref(oid)
-        await announced(cluster, oid, [0, 1])
+        oid = await copies_on_a_and_b(cluster, 5)
         # a -> c carries 10 KiB/s: its first chunk would take 100 s
         net.set_link(a.address, c.address, LinkSpec(latency=0.001, bandwidth=10_000))
         transfers = c.node.exec.transfers
-        transfers.rng.shuffle = lambda holders: holders.sort(
-            key=lambda node: node != a.node.node_id)
         started = trio.current_time()
         c.receive_ref(oid)
         assert await c.result(oid) == blob(5)
