@@ -27,6 +27,7 @@ Replication beyond the publisher's own republish:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from dataclasses import dataclass
@@ -386,15 +387,21 @@ class Dht:
     def _reply_contacts(self, target: bytes, asker: NodeId) -> list[Contact]:
         """Our closest contacts to `target`, ourselves included, never the asker."""
         contacts = self.table.closest(target, self.config.k, exclude=asker)
-        contacts.append(self.own)
-        contacts.sort(key=lambda c: distance(c.node.raw, target))
+        self._insert_self(contacts, target)
         return contacts[:self.config.max_contacts_per_reply]
 
     def _closest_with_self(self, key: bytes) -> list[Contact]:
         contacts = self.table.closest(key, self.config.k)
-        contacts.append(self.own)
-        contacts.sort(key=lambda c: distance(c.node.raw, key))
+        self._insert_self(contacts, key)
         return contacts[:self.config.k]
+
+    def _insert_self(self, contacts: list[Contact], target: bytes) -> None:
+        """Put ourselves into `contacts` (closest to `target` first, as `closest` returns
+        them) at our place by distance: the table never holds our own id, so no tie."""
+        key = int.from_bytes(target, "big")
+        at = bisect.bisect(contacts, distance(self.own.node.raw, target),
+                           key=lambda c: int.from_bytes(c.node.raw, "big") ^ key)
+        contacts.insert(at, self.own)
 
     def _hand_over_to(self, newcomer: Contact, now: float) -> None:
         """Send `newcomer` the records of every key it is now among the k closest for,

@@ -9,11 +9,11 @@ the owner's business (`Dht` calls `failed` for a query that timed out).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from enum import Enum
 
 from p2pexec.dht.messages import Contact, Record
-from p2pexec.dht.routing import distance
 from p2pexec.ids import NodeId
 
 
@@ -65,37 +65,65 @@ class Lookup:
     records: dict[NodeId, Record] = field(default_factory=dict)
     hops: int = 0
     timed_out: bool = False
+    _alive: list[_Candidate] = field(init=False, repr=False, compare=False)
+    """The candidates that did not fail, closest first (the shortlist)."""
+    _alive_distances: list[int] = field(init=False, repr=False, compare=False)
+    """Their distances, in the same order (for bisect)."""
+    _asked: int = field(init=False, repr=False, compare=False)
+    """How many candidates are in the ASKED state (queries in flight)."""
+    _converged: bool | None = field(init=False, repr=False, compare=False)
+    """Cache: whether the k closest alive candidates all answered (None: unknown)."""
+
+    def __post_init__(self) -> None:
+        self._alive = sorted((c for c in self.candidates.values()
+                              if c.state is not _State.FAILED), key=_by_distance)
+        self._alive_distances = [c.distance for c in self._alive]
+        self._asked = sum(1 for c in self.candidates.values() if c.state is _State.ASKED)
+        self._converged = None
 
     def add(self, contacts: list[Contact], hop: int) -> None:
         """Contacts learned `hop` rounds in (never ourselves, never twice)."""
+        candidates = self.candidates
+        alive, distances = self._alive, self._alive_distances
+        own = self.own.raw
+        target = int.from_bytes(self.target, "big")
         for contact in contacts:
-            if contact.node != self.own and contact.node not in self.candidates:
-                self.candidates[contact.node] = _Candidate(
-                    contact, distance(contact.node.raw, self.target), hop)
+            node = contact.node
+            if node.raw != own and node not in candidates:
+                gap = int.from_bytes(node.raw, "big") ^ target  # routing.distance
+                candidate = candidates[node] = _Candidate(contact, gap, hop)
+                at = bisect_right(distances, gap)
+                distances.insert(at, gap)
+                alive.insert(at, candidate)
+                if at < self.k:
+                    self._converged = None
 
     def _closest_alive(self) -> list[_Candidate]:
-        alive = [c for c in self.candidates.values() if c.state is not _State.FAILED]
-        alive.sort(key=lambda c: c.distance)
-        return alive[:self.k]
+        return self._alive[:self.k]
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for c in self.candidates.values() if c.state is _State.ASKED)
+        return self._asked
 
     def want_queries(self) -> list[Contact]:
         """Contacts to ask now (marked asked): the closest new ones among the k closest,
         keeping at most alpha in flight."""
         if self.done:
             return []
-        room = self.alpha - self.in_flight
-        chosen = []
-        for candidate in self._closest_alive():
-            if room <= 0:
-                break
+        room = self.alpha - self._asked
+        chosen: list[Contact] = []
+        if room <= 0:
+            return chosen
+        alive = self._alive
+        for at in range(min(self.k, len(alive))):
+            candidate = alive[at]
             if candidate.state is _State.NEW:
                 candidate.state = _State.ASKED
                 chosen.append(candidate.contact)
                 room -= 1
+                if room == 0:
+                    break
+        self._asked += len(chosen)
         return chosen
 
     def answered(self, node: NodeId, contacts: list[Contact], records: list[Record]) -> None:
@@ -103,6 +131,8 @@ class Lookup:
         if candidate is None or candidate.state is not _State.ASKED:
             return
         candidate.state = _State.ANSWERED
+        self._asked -= 1
+        self._converged = None
         self.hops = max(self.hops, candidate.hop)
         self.add(contacts[:self.k], candidate.hop + 1)
         if self.want is Want.VALUE:
@@ -114,20 +144,37 @@ class Lookup:
         candidate = self.candidates.get(node)
         if candidate is not None and candidate.state is _State.ASKED:
             candidate.state = _State.FAILED
+            self._asked -= 1
+            self._converged = None
+            at = bisect_left(self._alive_distances, candidate.distance)
+            del self._alive[at], self._alive_distances[at]
 
     def expire(self) -> None:
         """The deadline passed: end with what has been learned."""
         if not self.done:  # once timed out, stays so (a second expire must not undo it)
             self.timed_out = True
-        for candidate in self.candidates.values():
-            if candidate.state is _State.ASKED:
-                candidate.state = _State.FAILED
+        if self._asked:
+            for candidate in self._alive:
+                if candidate.state is _State.ASKED:
+                    candidate.state = _State.FAILED
+            self._alive = [c for c in self._alive if c.state is not _State.FAILED]
+            self._alive_distances = [c.distance for c in self._alive]
+            self._asked = 0
+            self._converged = None
 
     @property
     def done(self) -> bool:
         if self.timed_out or (self.want is Want.VALUE and self.records):
             return True
-        return all(c.state is _State.ANSWERED for c in self._closest_alive())
+        if self._converged is None:
+            alive = self._alive
+            for at in range(min(self.k, len(alive))):  # (no slice: this runs per delivery)
+                if alive[at].state is not _State.ANSWERED:
+                    self._converged = False
+                    break
+            else:
+                self._converged = True
+        return self._converged
 
     def result(self) -> LookupResult:
         answered = [c for c in self._closest_alive() if c.state is _State.ANSWERED]
@@ -137,3 +184,7 @@ class Lookup:
             tuple(self.records[p] for p in sorted(self.records)), self.hops,
             sum(1 for s in states if s is not _State.NEW), states.count(_State.FAILED),
             self.timed_out)
+
+
+def _by_distance(candidate: _Candidate) -> int:
+    return candidate.distance

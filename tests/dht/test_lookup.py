@@ -297,3 +297,57 @@ def test_hops_count_the_longest_chain_of_referrals():
     assert lookup.done
     result = lookup.result()
     assert result.hops == 3 and result.contacts == (z, y, x1, x2) and result.queried == 4
+
+
+def _brute_force(lookup: Lookup) -> tuple[list, int, bool]:
+    """The shortlist, in-flight count and `done` recomputed from `candidates` alone (the
+    lookup keeps them incrementally)."""
+    alive = sorted((c for c in lookup.candidates.values() if c.state.name != "FAILED"),
+                   key=lambda c: c.distance)[:K]
+    in_flight = sum(1 for c in lookup.candidates.values() if c.state.name == "ASKED")
+    done = lookup.timed_out or (lookup.want is Want.VALUE and bool(lookup.records)) or all(
+        c.state.name == "ANSWERED" for c in alive)
+    return alive, in_flight, done
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6), st.randoms(use_true_random=False), st.integers(0, K),
+       st.floats(0, 1), st.integers(0, 60))
+def test_incremental_shortlist_matches_brute_force(seed, rng, known, fail_rate,
+                                                    expire_after):
+    """Answers, failures (up to all: the shortlist runs dry), late replies, contacts
+    added directly (also once it is done) and an expiry in a random order: after every
+    step the lookup's shortlist, in-flight count and `done` are what a full re-sort of
+    its candidates gives."""
+    target = random_target(seed)
+    fail = {n for n in NODES if rng.random() < fail_rate}
+    lookup = new_lookup(target, start=TABLES[OWN].closest(target, K)[:known])
+    pending: list[Contact] = []
+    dry = 0
+    for step in range(300):
+        alive, in_flight, done = _brute_force(lookup)
+        assert lookup._closest_alive() == alive
+        assert lookup.in_flight == in_flight and lookup.done == done
+        if step == expire_after:
+            lookup.expire()
+            continue
+        if step % 7 == 6:  # a contact learned on the side
+            lookup.add([CONTACTS[rng.choice(NODES)]], 1)
+            continue
+        pending += lookup.want_queries()
+        if not pending:  # done, or nothing left to ask: learn a few more on the side
+            if dry == 3:
+                break
+            dry += 1
+            lookup.add([CONTACTS[rng.choice(NODES)]], 1)
+            continue
+        c = pending.pop(rng.randrange(len(pending)))
+        if c.node in fail:
+            lookup.failed(c.node)
+        else:
+            lookup.answered(c.node, answers(target)[c.node], [])
+    alive, in_flight, done = _brute_force(lookup)
+    assert lookup._closest_alive() == alive and lookup.in_flight == in_flight
+    assert lookup.done == done
+    assert list(lookup.result().contacts) == [c.contact for c in alive
+                                              if c.state.name == "ANSWERED"]

@@ -9,6 +9,7 @@ import hashlib
 import random
 from collections import OrderedDict
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -289,3 +290,18 @@ def test_to_refresh_names_an_id_in_each_stale_non_empty_bucket():
     got = table.to_refresh(110.0, 60.0, random.Random(3))
     assert [bucket_index(NodeId(t)) for t in got] == [3]
     assert len(table.buckets) == BUCKETS
+
+
+def test_buckets_read_as_the_list_of_all_256():
+    """Buckets are made when first touched; `buckets` still reads like a list of 256."""
+    table = RoutingTable(OWN, K, now=5.0)
+    assert len(table.buckets) == BUCKETS and len(list(table.buckets)) == BUCKETS
+    assert table.buckets[-1] is table.buckets[BUCKETS - 1]
+    assert table.buckets[3] is table.buckets[3] is table.bucket_of(node_at(9))
+    assert all(b.used == 5.0 and not b.live and b.pinging is None for b in table.buckets)
+    assert len(table.buckets[250:]) == 6
+    with pytest.raises(IndexError):
+        table.buckets[BUCKETS]
+    table.seen(contact(node_at(9)), 6.0)
+    assert list(table.buckets[3].live) == [node_at(9)]
+    table.validate()
