@@ -94,6 +94,7 @@ for size in map(int, sys.argv[1:]):
 
 READER = """
 import json, pickle, sys, time
+import numpy  # imported before timing: unpickling the array would import it
 import p2pexec as px
 px.init()
 ref = pickle.loads(bytes.fromhex(sys.argv[1]))
