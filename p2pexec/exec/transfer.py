@@ -18,6 +18,7 @@ messages, and nothing about them is published.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -121,6 +122,7 @@ class ObjectTransfers:
         self.node_id = transport.local.node_id
         self.bytes_served = 0
         self.bytes_fetched = 0
+        self._fetches = itertools.count()
 
     # ---- holder side -------------------------------------------------------------------
 
@@ -198,8 +200,11 @@ class ObjectTransfers:
         cluster can supply one intact."""
         holders = await self._holders(object_id)
         self.rng.shuffle(holders)  # spread the fetchers of one object over its holders
+        # a name of its own per fetch: a copy fetched again soon after it was freed must
+        # not meet the old file, whose unlink may still be under way
         name = shm.segment_name(os.getpid(), hashlib.sha256(
-            b"fetched\0" + self.node_id.raw + object_id).digest()[:16])
+            b"fetched\0" + self.node_id.raw + object_id
+            + next(self._fetches).to_bytes(8, "big")).digest()[:16])
         copy = _Copy(name)
         reasons = []
         try:
