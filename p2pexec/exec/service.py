@@ -72,6 +72,14 @@ RECEIVE_SIZE = 1 << 16
 256 KiB object per read cost an mmap, a page fault and a munmap each time."""
 
 
+def _remove_spilled(directory: str) -> None:
+    """Delete the spilled segments (and unfinished copies) in `directory`, nothing else."""
+    for name in os.listdir(directory):
+        if shm.is_segment_name(name) or name.endswith(".part"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+
+
 def _copy_to_spill(segment: str, directory: str) -> bool:
     """Copy a segment into the spill dir under its own name (whole or not at all: readers
     look there once it leaves shared memory). False if it was freed first."""
@@ -237,9 +245,7 @@ class ExecService:
             self.spill_dir = tempfile.mkdtemp(prefix="p2pexec-spill-")
         else:
             os.makedirs(self.config.spill_dir, mode=0o700, exist_ok=True)
-            for name in os.listdir(self.config.spill_dir):
-                if shm.is_segment_name(name) or name.endswith(".part"):
-                    os.unlink(os.path.join(self.config.spill_dir, name))
+            _remove_spilled(self.config.spill_dir)
         shm.set_spill_dir(self.spill_dir)
 
     def _close_spill_dir(self) -> None:
@@ -248,10 +254,7 @@ class ExecService:
         if self.config.spill_dir is None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
         else:
-            for name in os.listdir(self.spill_dir):
-                if shm.is_segment_name(name) or name.endswith(".part"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.spill_dir, name))
+            _remove_spilled(self.spill_dir)
 
     async def _spill(self, object_id: bytes, segment: str) -> None:
         """Copy a segment to the spill dir, then tell the core (which frees the memory)."""

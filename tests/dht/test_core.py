@@ -36,6 +36,15 @@ def make(i: int, **config) -> Dht:
     return Dht(contact(i), DhtConfig(**config), random.Random(i), SIGNERS[i])
 
 
+def mesh(n: int) -> dict:
+    """`n` cores that each know all the others."""
+    cores = {i: make(i) for i in range(n)}
+    for a in cores.values():
+        for b in cores.values():
+            a.member_alive(b.own, 0.0)
+    return cores
+
+
 def deliver(cores: dict, now: float = 0.0, rounds: int = 20) -> None:
     """Carry every query to its target core and the answer back, until quiet."""
     by_node = {core.own.node: core for core in cores.values()}
@@ -55,10 +64,7 @@ def deliver(cores: dict, now: float = 0.0, rounds: int = 20) -> None:
 
 
 def test_publish_stores_on_peers_and_itself_and_any_peer_finds_it():
-    cores = {i: make(i) for i in range(4)}
-    for a in cores.values():
-        for b in cores.values():
-            a.member_alive(b.own, 0.0)
+    cores = mesh(4)
     key = hashlib.sha256(b"object").digest()
     op = cores[0].publish(key, b"here", 0.0)
     deliver(cores)
@@ -130,10 +136,7 @@ def test_a_full_bucket_pings_its_oldest_contact_and_replaces_it_only_if_silent()
 
 
 def test_withdraw_replaces_the_record_with_a_tombstone():
-    cores = {i: make(i) for i in range(3)}
-    for a in cores.values():
-        for b in cores.values():
-            a.member_alive(b.own, 0.0)
+    cores = mesh(3)
     key = hashlib.sha256(b"actor name").digest()
     cores[0].publish(key, b"actor", 0.0)
     deliver(cores)
