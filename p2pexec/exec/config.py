@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from p2pexec.exec.stealing import StealConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class ExecConfig:
     spill_dir: str | None = None
     """Where spilled objects go. None: `<data dir>/spill` for a node that joined a
     cluster, a private temporary directory for an embedded one (removed at shutdown)."""
+
+    steal: StealConfig = field(default_factory=StealConfig)
+    """How this node takes work from its peers and gives its own (see exec.stealing)."""
 
     def store_memory(self) -> int:
         """`object_store_memory`, with None resolved by its formula."""

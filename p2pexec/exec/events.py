@@ -149,6 +149,58 @@ class SpillEnded:
     ok: bool
 
 
+@dataclass(frozen=True, slots=True)
+class StealRequested:
+    """Peer `thief` (raw node id) asks for work: it has `cpus` CPUs with nothing to run
+    and these total `resources`. The answer is one `Grant` (possibly empty)."""
+
+    thief: bytes
+    request_id: int
+    cpus: float
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TasksGranted:
+    """Peer `owner` gave this node tasks it owns: their specs, the small values their
+    arguments name (larger ones are fetched) and the code they call."""
+
+    owner: bytes
+    specs: list[TaskSpec]
+    values: dict[bytes, list]
+    code: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFinished:
+    """Peer `node` ran a task this node gave it: its results, one per return id
+    (`object_ids`), as `TaskFinished` has them. Large ones stay at `node` until fetched."""
+
+    node: bytes
+    task_id: bytes
+    object_ids: list[bytes]
+    payloads: list[list]
+    contained: list[list[bytes]] | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Peer `node` has its own copies of these results now: this node's may go."""
+
+    node: bytes
+    object_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """Membership declared peer `node` dead or gone: what it ran for this node runs
+    again here, and what this node ran or kept for it is dropped."""
+
+    node: bytes
+
+
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
-         | ClientLeft | Fetched | SpillEnded)
+         | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
+         | Released | PeerGone)

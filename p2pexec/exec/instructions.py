@@ -48,10 +48,12 @@ class Warn:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """A process here received a ref to an object another node made: fetch a copy (the
-    answer is a `Fetched` or `FetchFailed` event)."""
+    """A process here received a ref to an object another node made, or a peer ran a
+    task whose large result it keeps: fetch a copy (the answer is a `Fetched` event).
+    `holder`: a node known to have it (asked first), else the DHT says who has."""
 
     object_id: bytes
+    holder: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,5 +81,39 @@ class DeleteSpilled:
     segment: str
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer to a `StealRequested`: tasks now given to `thief`, the small values
+    and code they need, and how many ready tasks are left here."""
+
+    thief: bytes
+    request_id: int
+    specs: tuple
+    values: dict[bytes, list]
+    code: dict[bytes, bytes]
+    queue_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnResult:
+    """Send a stolen task's results to its owner (large values stay here, held for the
+    owner until it says `Released`)."""
+
+    owner: bytes
+    task_id: bytes
+    object_ids: tuple[bytes, ...]
+    payloads: list[list]
+    contained: list[list[bytes]] | None
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Tell `node` that this node has its own copies of these objects now."""
+
+    node: bytes
+    object_ids: tuple[bytes, ...]
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
-               | Holding | Spill | DeleteSpilled)
+               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release)

@@ -42,7 +42,8 @@ class WorkerPool:
         self.code: dict[bytes, bytes] = {}
         self._out = out
         self._next_worker = 1
-        self._target = max(1, int(cpus))
+        self._target = max(1, int(cpus)) if cpus > 0 else 0
+        """One pool worker per CPU; none on a node that offers no CPUs (it only submits)."""
         self._durations: dict[bytes | None, float] = {}
 
     def start_pool(self) -> None:
@@ -95,6 +96,10 @@ class WorkerPool:
         previous = self._durations.get(code_hash)
         self._durations[code_hash] = max(1e-6, seconds if previous is None
                                          else 0.8 * previous + 0.2 * seconds)
+
+    def expected_seconds(self, code_hash: bytes | None) -> float | None:
+        """How long the function's runs took here lately (EWMA); None if it never ran."""
+        return self._durations.get(code_hash)
 
     def depth(self, code_hash: bytes | None) -> int:
         """How many tasks of this function may queue at a busy worker: about

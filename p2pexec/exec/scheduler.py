@@ -17,10 +17,15 @@ Rules it keeps:
   task trees depth-first; more workers start while CPUs are lent and work is waiting.
 - A worker that dies has its tasks retried up to `max_retries`, then they fail with
   WorkerCrashedError; an actor's worker death fails its calls with ActorDiedError.
+- In a cluster, a peer with nothing to run steals ready tasks this node owns (the cost
+  model of `exec.stealing` decides which); their results come back to this node, and
+  when the peer dies they run again here (`max_retries`). Tasks stolen from a peer run
+  here like any other, and their results go back to that peer.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +44,18 @@ from p2pexec.exec.events import (
     Fetched,
     GaveBack,
     GetRequested,
+    PeerGone,
     Put,
     RefsChanged,
+    Released,
+    RemoteFinished,
     ShutDown,
     SpillEnded,
     Started,
+    StealRequested,
     Submitted,
     TaskFinished,
+    TasksGranted,
     Tick,
     WorkerDied,
     WorkerReady,
@@ -54,9 +64,12 @@ from p2pexec.exec.instructions import (
     Completed,
     DeleteSpilled,
     Fetch,
+    Grant,
     Holding,
     Instruction,
     Recycle,
+    Release,
+    ReturnResult,
     Send,
     Spill,
     StopWorker,
@@ -67,11 +80,15 @@ from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import task_of
 from p2pexec.exec.resources import CPU, Resources
-from p2pexec.exec.serialization import payload_segment, system_error_payload
+from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
+from p2pexec.exec.stealing import batch_size, worth_moving
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 DRIVER = 0
 """Holder id of the driver embedded in the node's own process."""
+PEER_HOLDERS = 1 << 40
+"""Holder ids of peer nodes start here (workers count up from 1, drivers down from -1):
+a peer holds the arguments of tasks it gave this node and the large results kept for it."""
 
 
 class TaskStatus(Enum):
@@ -84,6 +101,8 @@ class TaskStatus(Enum):
     """Sent ahead to a busy worker (prefetch); starts when the task under it ends."""
     RUNNING = "running"
     """On a worker's stack, or an actor call sent to its actor's worker."""
+    STOLEN = "stolen"
+    """Given to a peer that asked for work; its result comes back from there."""
     DONE = "done"
     """Finished or failed for good; no longer in the task table."""
 
@@ -91,7 +110,7 @@ class TaskStatus(Enum):
     # on the hot path (`_transition` runs several times per task)
 
 
-WAITING, READY, QUEUED, RUNNING, DONE = TaskStatus
+WAITING, READY, QUEUED, RUNNING, STOLEN, DONE = TaskStatus
 ALLOWED = frozenset({
     (WAITING, READY),  # its arguments arrived
     (WAITING, RUNNING),  # an actor creation started, an actor call was sent
@@ -102,7 +121,10 @@ ALLOWED = frozenset({
     (QUEUED, READY),  # given back by a blocked worker, or its worker died
     (RUNNING, READY),  # retried, or an outer frame of a dead worker's stack
     (RUNNING, WAITING),  # an actor's creation runs again after its worker died
-    *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING)),
+    (READY, STOLEN),  # a peer took it
+    (WAITING, STOLEN),  # a peer took one no resources here could fit
+    (STOLEN, READY),  # the peer died before its result came back
+    *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING, STOLEN)),
 })
 
 
@@ -119,6 +141,25 @@ class TaskState:
     """The worker that ran it last reported its argument segment unmapped."""
     submitter: int = DRIVER
     """Holder id of the process that submitted it (its unstarted work dies with a driver)."""
+    owner: bytes | None = None
+    """The peer that gave it to this node (None: this node owns it)."""
+    owner_gone: bool = False
+    """That peer died after giving it: its result has nowhere to go."""
+    node: bytes | None = None
+    """The peer running it, while STOLEN."""
+    seconds: float | None = None
+    """How long its last run took (what its owner learns the function's cost from)."""
+
+
+@dataclass(slots=True)
+class RemoteResult:
+    """A task a peer ran whose large results are being fetched from it. The task keeps
+    its arguments until every copy is here, so if the peer dies first it runs again."""
+
+    task: TaskState
+    node: bytes
+    contained: dict[bytes, list[bytes]]
+    pending: set[bytes]
 
 
 @dataclass(slots=True)
@@ -157,6 +198,15 @@ class Scheduler:
         self.ready: deque[bytes] = deque()
         self.requests: dict[tuple[int, int], GetRequest] = {}
         self._warned_infeasible: set[bytes] = set()
+        self._owned_ready = 0
+        """Tasks this node owns in the READY state: what peers may steal."""
+        self.parked: dict[bytes, None] = {}
+        """Tasks no resources here could ever fit, oldest first: a peer may take them."""
+        self._peer_holders: dict[bytes, int] = {}
+        self._remote_results: dict[bytes, RemoteResult] = {}
+        """By object id: large results of tasks peers ran, on their way here."""
+        self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0}
+        """Tasks this node finished, took from peers, and gave to peers (for status)."""
         self._dirty = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Started: self._on_started,
@@ -175,6 +225,11 @@ class Scheduler:
             ClientLeft: self._on_client_left,
             Fetched: self._on_fetched,
             SpillEnded: self._on_spill_ended,
+            StealRequested: self._on_steal_requested,
+            TasksGranted: self._on_tasks_granted,
+            RemoteFinished: self._on_remote_finished,
+            Released: self._on_released,
+            PeerGone: self._on_peer_gone,
         }
 
     # ---- the one entry point ----
@@ -221,10 +276,31 @@ class Scheduler:
     def lookup_actor(self, name: str) -> bytes | None:
         return self.actors.lookup(name)
 
+    def queue_length(self) -> int:
+        """Tasks this node owns waiting for a CPU or for resources it lacks: the load
+        peers see, and what a steal may take (tasks stolen from a peer are not given on)."""
+        return self._owned_ready + len(self.parked)
+
+    def idle_cpus(self) -> float:
+        """CPUs a steal should fill: none while tasks are ready here, else every CPU the
+        ready queue leaves short (so a thief asks before its last task ends)."""
+        ready, tasks = self.ready, self.tasks
+        while ready:
+            task = tasks.get(ready[0])
+            if task is not None and task.state is READY:
+                break
+            ready.popleft()
+        return max(0.0, self.total.get(CPU, 0.0) - len(ready))
+
     # ---- task states ----
     def _transition(self, task: TaskState, to: TaskStatus) -> None:
         """The one place a task changes state."""
         assert (task.state, to) in ALLOWED, f"{task.spec.name}: {task.state} -> {to}"
+        if task.owner is None:
+            if to is READY:
+                self._owned_ready += 1
+            elif task.state is READY:
+                self._owned_ready -= 1
         task.state = to
 
     def _make_ready(self, task: TaskState, front: bool = False) -> None:
@@ -303,8 +379,12 @@ class Scheduler:
         spec, submitter = event.spec, event.submitter
         for object_id in spec.return_ids:
             self.objects.expect(object_id, submitter)
+        self._admit(TaskState(spec, submitter=submitter))
+
+    def _admit(self, task: TaskState) -> None:
+        """A task enters the table: pin its arguments, wait for them, route it by kind."""
+        spec = task.spec
         self.objects.pin_all(spec.contained)
-        task = TaskState(spec, submitter=submitter)
         self.tasks[spec.task_id] = task
         for dep in spec.deps:
             if self.objects.when_ready(dep, lambda _oid, t=task: self._dep_arrived(t)):
@@ -373,6 +453,9 @@ class Scheduler:
                 self._out.append(Fetch(object_id))
 
     def _on_fetched(self, event: Fetched) -> None:
+        if self._remote_result_fetched(event.object_id, event.payload):
+            self._dirty = True
+            return
         entry = self.objects.entries.get(event.object_id)
         if entry is None or not entry.remote or entry.payload is not None:
             return  # not asked for (a stray answer): nothing to complete
@@ -420,6 +503,9 @@ class Scheduler:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
         self._transition(task, WAITING)
         spec = task.spec
+        self.parked[spec.task_id] = None
+        if self.in_cluster:
+            return  # a peer that fits may steal it (it counts in this node's load)
         if spec.task_id not in self._warned_infeasible:
             self._warned_infeasible.add(spec.task_id)
             self._out.append(Warn(
@@ -498,6 +584,7 @@ class Scheduler:
         spec = task.spec
         task.args_unmapped = event.args_unmapped
         if event.seconds is not None and spec.kind == TASK:
+            task.seconds = event.seconds
             self.pool.record_duration(spec.callable_hash, event.seconds)
         actor = self.actors.get(spec.actor_id)
         if spec.kind == ACTOR_CREATE and actor is not None:
@@ -535,11 +622,15 @@ class Scheduler:
                 contained: list[list[bytes]] | None) -> None:
         spec = task.spec
         self._retire(task)
-        self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
-        for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
-                                                          strict=True)):
-            inside = contained[index] if contained else []
-            self.objects.complete(object_id, payload, inside)
+        self.counts["done"] += 1
+        if task.owner is not None:
+            self._return_to_owner(task, payloads, contained)
+        else:
+            self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
+            for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
+                                                              strict=True)):
+                inside = contained[index] if contained else []
+                self.objects.complete(object_id, payload, inside)
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
             self._forget_arguments(spec, recycle=task.args_unmapped)
 
@@ -547,6 +638,7 @@ class Scheduler:
         """The task leaves the table for good."""
         self._transition(task, DONE)
         del self.tasks[task.spec.task_id]
+        self.parked.pop(task.spec.task_id, None)
 
     def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
@@ -557,14 +649,10 @@ class Scheduler:
 
     def _fail(self, task: TaskState, error: errors.P2PExecError) -> None:
         self.resources.release(task.held)
-        self._retire(task)
-        spec = task.spec
+        task.held = {}
+        task.args_unmapped = False
         payload = system_error_payload(error)
-        self._out.append(Completed(tuple(spec.return_ids)))
-        for object_id in spec.return_ids:
-            self.objects.complete(object_id, payload, [])
-        if spec.kind != ACTOR_CREATE:
-            self._forget_arguments(spec)
+        self._finish(task, [payload] * len(task.spec.return_ids), None)
 
     # ---- get / wait from workers ----
     def _on_get_requested(self, event: GetRequested) -> None:
@@ -855,6 +943,244 @@ class Scheduler:
                     self._fail(creation, errors.ActorDiedError("its driver went away"))
                 self._actor_dead(actor, "the driver that created it went away", stop=True)
 
+    # ---- the mesh: tasks given to peers and taken from them ----
+    def _peer_holder(self, node: bytes) -> int:
+        holder = self._peer_holders.get(node)
+        if holder is None:
+            holder = self._peer_holders[node] = PEER_HOLDERS + len(self._peer_holders)
+        return holder
+
+    def _on_steal_requested(self, event: StealRequested) -> None:
+        """Give the thief tasks from the back of the ready queue (the ones that would wait
+        longest here) while moving them pays, up to `batch_seconds` of expected work per
+        thief CPU and half the queue; then any parked task it can fit."""
+        config = self.config.steal
+        thief, fits_thief = event.thief, event.resources
+        budget = max(1.0, event.cpus) * config.batch_seconds
+        limit = batch_size(self.queue_length())
+        given: list[TaskState] = []
+        kept: list[bytes] = []
+        ready, work = self.ready, 0.0
+        while ready and len(given) < limit and work < budget:
+            task_id = ready.pop()
+            task = self.tasks.get(task_id)
+            if task is None or task.state is not READY:
+                continue
+            if not self._stealable(task, fits_thief):
+                kept.append(task_id)
+                continue
+            seconds = self.pool.expected_seconds(task.spec.callable_hash)
+            seconds = config.unknown_task_seconds if seconds is None else seconds
+            wait = self._expected_wait(len(ready), seconds)
+            if not worth_moving(wait, 0, config):
+                kept.append(task_id)
+                break  # the tasks ahead of it wait even less
+            if not worth_moving(wait, self._input_bytes(task.spec), config):
+                kept.append(task_id)  # its inputs are here: cheaper to run it here
+                continue
+            work += seconds
+            given.append(task)
+        ready.extend(reversed(kept))
+        for task_id in list(self.parked):
+            if len(given) >= limit:
+                break
+            task = self.tasks.get(task_id)
+            if task is not None and not task.missing and self._stealable(task, fits_thief):
+                del self.parked[task_id]
+                given.append(task)
+        values: dict[bytes, list] = {}
+        code: dict[bytes, bytes] = {}
+        for task in given:
+            self._transition(task, STOLEN)
+            task.node = thief
+            spec = task.spec
+            if spec.callable_hash is not None:
+                code[spec.callable_hash] = self.pool.code[spec.callable_hash]
+            for object_id in spec.contained:
+                payload = self.objects.payload(object_id)
+                if payload is not None and payload_segment(payload) is None:
+                    values[object_id] = payload
+        self.counts["stolen_out"] += len(given)
+        self._out.append(Grant(thief, event.request_id, tuple(task.spec for task in given),
+                               values, code, self.queue_length()))
+
+    def _expected_wait(self, ahead: int, seconds: float) -> float:
+        """How long a task of `seconds` with `ahead` ready tasks before it would wait here:
+        their share of this node's CPUs, plus one task's time when no CPU is free."""
+        cpus = self.total.get(CPU, 0.0)
+        if cpus <= 0:
+            return math.inf
+        busy = 1 if self.resources.available.get(CPU, 0.0) < 1 else 0
+        return (ahead / cpus + busy) * seconds
+
+    def _stealable(self, task: TaskState, fits_thief: dict[str, float]) -> bool:
+        """Plain tasks this node owns, with inline arguments whose values are all here,
+        that the thief has the resources for."""
+        spec = task.spec
+        return (spec.kind == TASK and task.owner is None
+                and payload_segment(spec.args) is None
+                and _covers(fits_thief, spec.resources)
+                and all(self.objects.is_ready(oid) for oid in spec.contained))
+
+    def _input_bytes(self, spec: TaskSpec) -> int:
+        """Bytes a thief would have to fetch before running it: its large arguments."""
+        total = 0
+        for object_id in spec.contained:
+            payload = self.objects.payload(object_id)
+            if payload is not None and payload_segment(payload) is not None:
+                total += payload_size(payload)
+        return total
+
+    def _on_tasks_granted(self, event: TasksGranted) -> None:
+        """Tasks a peer gave this node: their small argument values arrive with them, the
+        large ones are fetched; the peer is the holder of what it sent until they end."""
+        owner = event.owner
+        holder = self._peer_holder(owner)
+        for code_hash, pickled in event.code.items():
+            self.pool.register_code(code_hash, pickled)
+        objects = self.objects
+        for spec in event.specs:
+            if spec.task_id in self.tasks:
+                continue  # the same task granted twice: it runs once here
+            created = []
+            for object_id in spec.contained:
+                if objects.known(object_id):
+                    continue
+                created.append(object_id)
+                payload = event.values.get(object_id)
+                if payload is not None:
+                    objects.put(object_id, payload, [], holder)
+                else:
+                    objects.receive(object_id, holder)
+                    self._out.append(Fetch(object_id, owner))
+            self.counts["stolen_in"] += 1
+            self._admit(TaskState(spec, owner=owner, submitter=holder))
+            for object_id in created:  # pinned by the task now
+                objects.remove_holder(object_id, holder)
+
+    def _return_to_owner(self, task: TaskState, payloads: list[list],
+                         contained: list[list[bytes]] | None) -> None:
+        """A stolen task ended: its results go to its owner; large values stay here, held
+        for the owner, until it has fetched them."""
+        spec = task.spec
+        if task.owner_gone:
+            for payload in payloads:
+                segment = payload_segment(payload)
+                if segment is not None:
+                    self._unlink(segment)
+            return
+        holder = self._peer_holder(task.owner)
+        for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
+                                                          strict=True)):
+            if payload_segment(payload) is not None:
+                self.objects.put(object_id, payload, contained[index] if contained else [],
+                                 holder)
+        self._out.append(ReturnResult(task.owner, spec.task_id, spec.return_ids, payloads,
+                                      contained, task.seconds))
+
+    def _on_remote_finished(self, event: RemoteFinished) -> None:
+        """A peer sent the results of a task this node gave it. Only the node the task is
+        at may finish it, once: a late or duplicate result is dropped (at least once
+        execution, exactly one result per task at its owner)."""
+        node = event.node
+        task = self.tasks.get(event.task_id)
+        large = [oid for oid, payload in zip(event.object_ids, event.payloads, strict=True)
+                 if payload_segment(payload) is not None]
+        if (task is None or task.state is not STOLEN or task.node != node
+                or list(task.spec.return_ids) != list(event.object_ids)):
+            if task is None or task.node != node:
+                self._out.append(Warn(f"a peer sent the result of task {event.task_id.hex()} "
+                                      f"that this node did not give it; dropped"))
+            if large:
+                self._out.append(Release(node, tuple(large)))
+            return
+        spec = task.spec
+        if event.seconds is not None:
+            self.pool.record_duration(spec.callable_hash, event.seconds)
+        contained = event.contained or [[] for _ in event.payloads]
+        self._retire(task)
+        task.node = None
+        small = []
+        for object_id, payload, inside in zip(spec.return_ids, event.payloads, contained,
+                                              strict=True):
+            if payload_segment(payload) is None:
+                small.append(object_id)
+                self.objects.complete(object_id, payload, inside)
+            else:  # the value stays at the peer until fetched (its entry waits for it)
+                self.objects.entries[object_id].remote = True
+                self._out.append(Fetch(object_id, node))
+        if small:
+            self._out.append(Completed(tuple(small)))
+        if large:
+            result = RemoteResult(task, node, dict(zip(spec.return_ids, contained,
+                                                       strict=True)), set(large))
+            for object_id in large:
+                self._remote_results[object_id] = result
+        else:
+            self._forget_arguments(spec)
+        self._dirty = True
+
+    def _remote_result_fetched(self, object_id: bytes, payload: list) -> bool:
+        """A large result a peer kept has been fetched (or not). True when it was one.
+        When the copy could not be had, the task runs again (its lineage): the arguments
+        were kept for that."""
+        result = self._remote_results.pop(object_id, None)
+        if result is None:
+            return False
+        self._out.append(Release(result.node, (object_id,)))
+        result.pending.discard(object_id)
+        entry = self.objects.entries.get(object_id)
+        failed = payload[0] == p.SYSTEM_ERROR
+        if entry is not None and not failed:
+            self._out.append(Completed((object_id,)))
+            self.objects.complete(object_id, payload, result.contained.get(object_id, []))
+        elif entry is not None:
+            entry.remote = False
+            if task_of(object_id) not in self.tasks:
+                self._rerun(result.task)
+        if not result.pending:
+            self._forget_arguments(result.task.spec)
+        return True
+
+    def _rerun(self, done: TaskState) -> None:
+        """Run a finished task again to rebuild a result whose only copy was lost."""
+        spec = done.spec
+        self._out.append(Warn(f"the only copy of a result of task {spec.name} was lost "
+                              f"with the node that ran it; running the task again"))
+        self._admit(TaskState(spec, attempts=done.attempts, submitter=done.submitter))
+
+    def _on_released(self, event: Released) -> None:
+        holder = self._peer_holders.get(event.node)
+        if holder is not None:
+            for object_id in event.object_ids:
+                self.objects.remove_holder(object_id, holder)
+
+    def _on_peer_gone(self, event: PeerGone) -> None:
+        """A peer died or left. Tasks it ran for this node run again here (charged an
+        attempt); tasks it gave this node that have not started are dropped, running ones
+        finish with nowhere to send their result; what it held here is let go."""
+        node = event.node
+        holder = self._peer_holders.pop(node, None)
+        if holder is not None:
+            self.objects.drop_holder_everywhere(holder)
+        for task in list(self.tasks.values()):
+            if task.state is STOLEN and task.node == node:
+                task.node = None
+                task.attempts += 1
+                retries = task.spec.max_retries
+                if retries < 0 or task.attempts <= retries:
+                    self._make_ready(task, front=True)
+                else:
+                    self._fail(task, errors.NodeDiedError(
+                        f"the node running task {task.spec.name} died and the task ran "
+                        f"out of retries after {task.attempts} attempts"))
+            elif task.owner == node:
+                task.owner_gone = True
+                if task.state in (READY, WAITING):
+                    self._retire(task)
+                    self._forget_arguments(task.spec)
+        self._dirty = True  # (a result being fetched from it fails, and its task reruns)
+
     # ---- invariants ----
     def validate(self) -> None:
         """Check what must hold between any two batches; tests call it after every event.
@@ -880,6 +1206,8 @@ class Scheduler:
             for task_id in actor.calls:
                 places.setdefault(task_id, []).append("actor calls")
         ready = set(self.ready)
+        owned_ready = sum(1 for t in self.tasks.values() if t.state is READY and t.owner is None)
+        assert self._owned_ready == owned_ready, (self._owned_ready, owned_ready)
         requests = {id(r) for r in self.requests.values()}
         for task_id, task in self.tasks.items():
             self._validate_task(task_id, task, places.get(task_id, []), task_id in ready)
@@ -911,6 +1239,8 @@ class Scheduler:
             assert places == [f"queue of worker {task.worker}"], f"{name} is on {places}"
         elif state is READY:
             assert in_ready and not places and task.worker is None, f"{name} is on {places}"
+        elif state is STOLEN:
+            assert not places and task.node is not None, f"{name} is on {places}"
         elif spec.kind == ACTOR_CALL:
             assert places == ["actor calls"], f"{name} is on {places}"
         else:

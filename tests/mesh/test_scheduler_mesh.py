@@ -1,0 +1,241 @@
+"""The scheduler's side of the mesh, sans-IO: steal requests in, grants out; results and
+departures of peers. Instruction lists are compared as in tests/exec/test_scheduler.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from p2pexec import errors
+from p2pexec.exec import protocol as p
+from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.events import (
+    CodeRegistered,
+    Fetched,
+    PeerGone,
+    Put,
+    Released,
+    RemoteFinished,
+    Started,
+    StealRequested,
+    Submitted,
+    TaskFinished,
+    TasksGranted,
+    WorkerReady,
+)
+from p2pexec.exec.instructions import (
+    Completed,
+    Fetch,
+    Grant,
+    Holding,
+    Release,
+    ReturnResult,
+    Send,
+    Unlink,
+    Warn,
+)
+from p2pexec.exec.refs import return_id
+from p2pexec.exec.scheduler import DRIVER, Scheduler
+from p2pexec.exec.serialization import system_error_payload
+from p2pexec.exec.stealing import StealConfig
+from p2pexec.exec.task import TASK, TaskSpec
+
+ARGS = [p.INLINE, b"args", []]
+CODE = b"h" * 16
+THIEF, OWNER = b"T" * 32, b"O" * 32
+CPU2 = {"CPU": 2.0}
+
+
+def tid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def rid(n: int) -> bytes:
+    return return_id(tid(n), 1)
+
+
+def spec(n: int, deps=(), resources=None, args=ARGS) -> TaskSpec:
+    return TaskSpec(tid(n), TASK, CODE, None, args, tuple(deps), tuple(deps), (rid(n),),
+                    f"t{n}", resources or {"CPU": 1.0})
+
+
+def ok(value: bytes = b"v") -> list:
+    return [p.INLINE, value, []]
+
+
+def shared(name: str) -> list:
+    return [p.SHARED, name, 10, []]
+
+
+class Checked(Scheduler):
+    def handle(self, *events):
+        out = super().handle(*events)
+        self.validate()
+        return out
+
+
+def node(cpus: float, workers_ready: bool = False, **steal) -> Checked:
+    """A node in a cluster. Its workers have not said READY unless `workers_ready`, so
+    what is submitted stays in the ready queue, where steals look."""
+    core = Checked(ExecConfig(num_cpus=cpus, max_prefetch=1, steal=StealConfig(**steal)),
+                   in_cluster=True)
+    core.handle(CodeRegistered(CODE, b"code"), Started())
+    if workers_ready:
+        for worker in list(core.workers):
+            core.handle(WorkerReady(worker))
+    return core
+
+
+def grants(out) -> list[Grant]:
+    return [i for i in out if type(i) is Grant]
+
+
+def test_a_thief_gets_the_back_of_the_queue_up_to_half_and_the_code():
+    owner = node(1)
+    for n in range(1, 9):
+        owner.handle(Submitted(spec(n), DRIVER))
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 7, 2.0, CPU2)))
+    # half of the 8 ready, from the back; unknown durations count 10 ms each, so the
+    # 0.1 s budget of a 2-CPU thief is not what stops it
+    assert [s.task_id for s in grant.specs] == [tid(8), tid(7), tid(6), tid(5)]
+    assert grant.code == {CODE: b"code"} and grant.request_id == 7
+    assert grant.queue_length == 4 == owner.queue_length()
+    assert owner.counts["stolen_out"] == 4
+    assert [owner.tasks[tid(n)].state.value for n in (4, 5)] == ["ready", "stolen"]
+
+
+def test_the_batch_is_sized_by_the_expected_work():
+    owner = node(1, batch_seconds=0.05)
+    owner.pool.record_duration(CODE, 0.04)
+    for n in range(1, 21):
+        owner.handle(Submitted(spec(n), DRIVER))
+    # a 1-CPU thief gets 0.05 s of 0.04 s tasks: the first brings 0.04, the second 0.08
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 1.0, CPU2)))
+    assert [s.task_id for s in grant.specs] == [tid(20), tid(19)]
+
+
+def test_tasks_cheaper_to_run_at_home_stay():
+    owner = node(2, move_cost_seconds=0.5)
+    for n in range(1, 7):
+        owner.handle(Submitted(spec(n), DRIVER))
+    # the last waits 5 tasks x 10 ms / 2 CPUs = 25 ms, under the 0.5 s a move costs
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
+    assert grant.specs == () and owner.queue_length() == 6
+
+
+def test_resources_the_thief_lacks_and_large_local_inputs_are_refused():
+    owner = node(1, bandwidth=1.0)  # 1 byte/s: any large input costs more than waiting
+    owner.handle(Put(rid(100), shared("p2px-1-big"), [], DRIVER))
+    owner.handle(Submitted(spec(1), DRIVER))
+    owner.handle(Submitted(spec(2, resources={"CPU": 1.0, "gpu": 1.0}), DRIVER))
+    owner.handle(Submitted(spec(3, deps=[rid(100)]), DRIVER))
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
+    assert grant.specs == ()
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 2, 2.0, {"CPU": 2.0, "gpu": 1.0})))
+    assert [s.task_id for s in grant.specs] == [tid(2)]
+
+
+def test_a_node_without_cpus_gives_every_task_and_parks_none_for_ever():
+    owner = node(0)
+    assert owner.workers == {}
+    owner.handle(Put(rid(100), ok(b"x"), [], DRIVER))
+    out = owner.handle(Submitted(spec(1, deps=[rid(100)]), DRIVER))
+    assert out == []  # parked without a warning: a peer may take it
+    assert owner.queue_length() == 1
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
+    assert [s.task_id for s in grant.specs] == [tid(1)]
+    assert grant.values == {rid(100): ok(b"x")}  # small values travel with the task
+
+
+def test_result_from_the_thief_completes_once_and_a_duplicate_is_dropped():
+    owner = node(1)
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 2.0, CPU2))
+    assert owner.handle(RemoteFinished(THIEF, tid(2), [rid(2)], [ok()], None, 0.3)) == [
+        Completed((rid(2),))]
+    assert owner.objects.payload(rid(2)) == ok()
+    out = owner.handle(RemoteFinished(THIEF, tid(2), [rid(2)], [ok(b"again")], None, 0.3))
+    assert owner.objects.payload(rid(2)) == ok() and not [i for i in out if type(i) is Completed]
+    out = owner.handle(RemoteFinished(b"X" * 32, tid(1), [rid(1)], [ok()], None, None))
+    assert [type(i) for i in out] == [Warn]  # never given to that node: refused
+    assert owner.tasks[tid(1)].state.value == "ready"
+
+
+def test_large_result_is_fetched_from_the_thief_then_released():
+    owner = node(1)
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 2.0, CPU2))
+    out = owner.handle(RemoteFinished(THIEF, tid(2), [rid(2)], [shared("p2px-9-r")],
+                                      None, 0.1))
+    assert out == [Fetch(rid(2), THIEF)]
+    mine = shared("p2px-1-copy")
+    out = owner.handle(Fetched(rid(2), mine))
+    assert out == [Release(THIEF, (rid(2),)), Completed((rid(2),)), Holding(rid(2), True)]
+
+
+def test_lost_large_result_runs_the_task_again():
+    owner = node(1)
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 2.0, CPU2))
+    owner.handle(RemoteFinished(THIEF, tid(2), [rid(2)], [shared("p2px-9-r")], None, 0.1))
+    owner.handle(PeerGone(THIEF))
+    lost = system_error_payload(errors.ObjectLostError("gone"))
+    out = owner.handle(Fetched(rid(2), lost))
+    assert [type(i) for i in out] == [Release, Warn]
+    assert owner.tasks[tid(2)].state.value == "ready"
+
+
+def test_peer_death_reruns_its_tasks_at_the_owner_until_retries_run_out():
+    owner = node(0)  # it cannot run the task itself
+    owner.handle(Submitted(dataclasses.replace(spec(2), max_retries=1), DRIVER))
+    for attempt in range(2):
+        (grant,) = grants(owner.handle(StealRequested(THIEF, attempt, 2.0, CPU2)))
+        assert [s.task_id for s in grant.specs] == [tid(2)]
+        owner.handle(PeerGone(THIEF))
+    assert owner.objects.payload(rid(2))[0] == p.SYSTEM_ERROR
+    assert "NodeDiedError" in owner.objects.payload(rid(2))[1]
+
+
+def test_thief_runs_granted_tasks_and_returns_results_to_the_owner():
+    thief = node(1, workers_ready=True)
+    big = rid(100)
+    out = thief.handle(TasksGranted(OWNER, [spec(1, deps=[rid(50), big])],
+                                    {rid(50): ok(b"small")}, {CODE: b"code"}))
+    assert out == [Fetch(big, OWNER)]  # the large argument is fetched, the small one came
+    out = thief.handle(Fetched(big, shared("p2px-1-arg")))
+    assert [type(i) for i in out] == [Completed, Holding, Send]
+    out = thief.handle(TaskFinished(1, tid(1), [ok(b"r")], None, 0.2))
+    assert ReturnResult(OWNER, tid(1), (rid(1),), [ok(b"r")], None, 0.2) in out
+    assert Unlink("p2px-1-arg") in out  # the fetched argument goes once the task is over
+    assert len(thief.objects) == 0 and thief.counts == {
+        "done": 1, "stolen_in": 1, "stolen_out": 0}
+
+
+def test_thief_keeps_a_large_result_for_the_owner_until_released():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(1)], {}, {CODE: b"code"}))
+    out = thief.handle(TaskFinished(1, tid(1), [shared("p2px-1-res")], None, 0.2))
+    assert Holding(rid(1), True) in out and thief.objects.known(rid(1))
+    out = thief.handle(Released(OWNER, [rid(1)]))
+    assert out == [Holding(rid(1), False), Unlink("p2px-1-res")]
+
+
+def test_owner_death_drops_its_waiting_tasks_and_the_running_result():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(1), spec(2), spec(3)], {}, {CODE: b"code"}))
+    thief.handle(PeerGone(OWNER))
+    assert list(thief.tasks) == [tid(1), tid(2)]  # running, or queued at its worker
+    out = thief.handle(TaskFinished(1, tid(1), [shared("p2px-1-res")], None, 0.2))
+    assert Unlink("p2px-1-res") in out and not [i for i in out if type(i) is ReturnResult]
+    assert len(thief.objects) == 0
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_idle_cpus_count_what_the_ready_queue_leaves_short(cpus):
+    core = node(cpus)
+    assert core.idle_cpus() == cpus
+    core.handle(Submitted(spec(1), DRIVER))
+    assert core.idle_cpus() == cpus - 1
+    core.handle(Submitted(spec(2), DRIVER))
+    assert core.idle_cpus() == 0
