@@ -130,8 +130,10 @@ class ClusterService:
         if identity.node_id != self.node_id:
             raise LocalUsageError("the identity given is not the transport's node key")
         self._signer = RecordSigner(identity.private_key)
-        self.rpc = RpcNode(self.transport, on_request=self._on_request, config=config.net)
+        self.rpc = RpcNode(self.transport, on_request=self._on_request,
+                           on_message=self._on_message, config=config.net)
         self._request_handlers: dict[type, Callable[[Peer, Any], Any]] = {}
+        self._message_handlers: dict[type, Callable[[Peer, Any], None]] = {}
         self.dht: DhtDriver | None = None
         """Kademlia over the cluster's connections (valid once running)."""
         self._stream_services: list[tuple[range, StreamService]] = []
@@ -169,6 +171,19 @@ class ClusterService:
         `handler(peer, body)`, inline in the connection's reader: it must be quick."""
         for kind in kinds:
             self._request_handlers[kind] = handler
+
+    def add_message_handler(self, kinds: tuple[type, ...],
+                            handler: Callable[[Peer, Any], None]) -> None:
+        """One-way messages from peers of these types go to `handler(peer, message)`,
+        inline in the connection's reader (quick, no await)."""
+        for kind in kinds:
+            self._message_handlers[kind] = handler
+
+    def _on_message(self, peer: Peer, msg: Any) -> None:
+        handler = self._message_handlers.get(type(msg))
+        if handler is None:
+            raise RemoteProtocolError(f"this node takes no one-way {type(msg).__name__}")
+        handler(peer, msg)
 
     def _on_request(self, peer: Peer, body: Any) -> Any:
         handler = self._request_handlers.get(type(body))

@@ -21,10 +21,14 @@ from p2pexec.cluster import ClusterService, DiscoveryRunner
 from p2pexec.config import NodeConfig, control_socket_path
 from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
+from p2pexec.exec.events import PeerGone
 from p2pexec.exec.inline import InlineWorkers
+from p2pexec.exec.mesh import MESH_CODES, MESH_MESSAGES, Mesh
 from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
+from p2pexec.exec.stealing import PeerLoad
 from p2pexec.exec.transfer import TRANSFER_CODES, ObjectTransfers
+from p2pexec.gossip.core import LIVE, EventKind, MemberEvent
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec
 from p2pexec.net.discovery import run_discovery
@@ -84,6 +88,7 @@ class Node:
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
                 self._connect_transfers(self.cluster)
+                await self._connect_mesh(self.cluster, nursery)
             task_status.started()
 
     def _connect_transfers(self, cluster: ClusterService) -> None:
@@ -96,6 +101,33 @@ class Node:
                                     random.Random(self._rng.getrandbits(64)))
         cluster.add_stream_service(TRANSFER_CODES, transfers.serve)
         self.exec.transfers = transfers
+
+    async def _connect_mesh(self, cluster: ClusterService, nursery: trio.Nursery) -> None:
+        """Tasks move between nodes by stealing, guided by the gossiped loads; a member
+        that fails or leaves is a `PeerGone` for the scheduler."""
+        assert cluster.dht is not None
+        mesh = Mesh(self.exec, cluster.rpc, self._peer_loads, cluster.dht.address_of,
+                    random.Random(self._rng.getrandbits(64)))
+        cluster.add_message_handler(MESH_MESSAGES, mesh.handle_message)
+        for codes in MESH_CODES:
+            cluster.add_stream_service(codes, cluster.rpc.adopt)
+        self.exec.mesh = mesh
+        nursery.start_soon(self._feed_departures, cluster.subscribe(), mesh)
+        await nursery.start(mesh.run)
+
+    def _peer_loads(self) -> list[PeerLoad]:
+        assert self.cluster is not None and self.cluster.gossip is not None
+        return [PeerLoad(m.node_id, m.address, m.load.queue_length, m.load.version,
+                         m.resources)
+                for m in self.cluster.gossip.view().values()
+                if not m.is_self and m.state in LIVE]
+
+    async def _feed_departures(self, events: trio.MemoryReceiveChannel[MemberEvent],
+                               mesh: Mesh) -> None:
+        async for event in events:
+            if event.kind in (EventKind.FAILED, EventKind.LEFT) and not event.member.is_self:
+                mesh.forget(event.member.node_id)
+                self.exec.stimulus(PeerGone(event.member.node_id.raw))
 
     def info(self) -> dict[str, Any]:
         """This node as `px.nodes()` and `p2pexec status` show it, plus what only the local
@@ -137,12 +169,19 @@ class Node:
             "available": self._available(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,
+            "queued": core.queue_length(),
+            "running": sum(len(w.stack) for w in core.workers.values()),
+            "done": core.counts["done"],
+            "stolen_in": core.counts["stolen_in"],
+            "stolen_out": core.counts["stolen_out"],
+            "store_bytes": core.objects.memory_bytes,
+            "spilled_objects": sum(1 for e in core.objects.entries.values() if e.spilled),
         }
 
     def _load(self) -> tuple[int, int]:
         """(tasks ready to run and waiting for a worker, tasks on the workers' stacks)."""
         core = self.exec.core
-        return len(core.ready), sum(len(w.stack) for w in core.workers.values())
+        return core.queue_length(), sum(len(w.stack) for w in core.workers.values())
 
     def _available(self) -> dict[str, float]:
         return {name: max(0.0, amount) for name, amount in self.exec.core.available.items()}

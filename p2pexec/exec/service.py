@@ -51,9 +51,12 @@ from p2pexec.exec.instructions import (
     Completed,
     DeleteSpilled,
     Fetch,
+    Grant,
     Holding,
     Instruction,
     Recycle,
+    Release,
+    ReturnResult,
     Send,
     Spill,
     StartWorker,
@@ -61,9 +64,11 @@ from p2pexec.exec.instructions import (
     Unlink,
     Warn,
 )
+from p2pexec.exec.mesh import Mesh
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.exec.transfer import ObjectTransfers
+from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
@@ -193,6 +198,8 @@ class ExecService:
         self.core = Scheduler(config, resources, in_cluster=in_cluster)
         self.transfers: ObjectTransfers | None = None
         """Fetches and serves large objects between nodes (set once the cluster runs)."""
+        self.mesh: Mesh | None = None
+        """Steals work from peers and sends them results (set once the cluster runs)."""
         self.links: dict[int, ClientLink] = {}
         """Workers by their positive ids, attached drivers by negative ones."""
         self.waiters: dict[bytes, list[Any]] = {}
@@ -348,7 +355,7 @@ class ExecService:
                 self._unlink_soon(instruction.segment)
             elif type(instruction) is StartWorker:
                 if self.inline is not None:
-                    self.inline.start(self._nursery, instruction.worker, self._stimulus)
+                    self.inline.start(self._nursery, instruction.worker, self.stimulus)
                 else:
                     self._spawn(instruction.worker, instruction.actor_id)
             elif type(instruction) is StopWorker:
@@ -369,28 +376,36 @@ class ExecService:
                         os.unlink(shm.spill_path(self.spill_dir, instruction.segment))
             elif type(instruction) is Fetch:
                 if not self._closed:
-                    self._nursery.start_soon(self._fetch, instruction.object_id)
+                    self._nursery.start_soon(self._fetch, instruction.object_id,
+                                             instruction.holder)
             elif type(instruction) is Holding:
                 if self.transfers is not None and not self._closed:
                     self._nursery.start_soon(self.transfers.announce, instruction.object_id,
                                              instruction.held)
+            elif type(instruction) in (Grant, ReturnResult, Release):
+                if self.mesh is not None:
+                    self.mesh.apply(instruction)
         for link in touched:
             link.flush()
+        if self.mesh is not None:
+            self.mesh.poke()
 
-    async def _fetch(self, object_id: bytes) -> None:
+    async def _fetch(self, object_id: bytes, holder: bytes | None) -> None:
         """Get a copy of another node's object; its waiters get the value or the error."""
         try:
             if self.transfers is None:
                 raise ObjectLostError(f"object {object_id.hex()} belongs to another node "
                                       f"and this node is not connected to the cluster yet")
-            payload = await self.transfers.fetch(object_id)
+            payload = await self.transfers.fetch(
+                object_id, None if holder is None else NodeId(holder))
         except P2PExecError as exc:
             payload = system_error_payload(exc)
         self._apply(self.core.handle(Fetched(object_id, payload)))
 
-    def _stimulus(self, event: Event) -> None:
-        """An in-process worker's report: one event for the core, then its instructions."""
-        self._apply(self.core.handle(event))
+    def stimulus(self, *events: Event) -> None:
+        """Events from outside the links (an in-process worker's report, a peer's message,
+        membership): one batch for the core, then its instructions."""
+        self._apply(self.core.handle(*events))
 
     def _unlink_soon(self, segment: str) -> None:
         """Freeing a large tmpfs file takes ~0.15 ms per MiB: do it off the loop. What is
@@ -425,13 +440,17 @@ class ExecService:
         self._nursery.start_soon(self._serve_worker, link)
 
     def _configure(self) -> p.Configure:
-        own = [path for path in sys.path if path]
         return p.Configure(self.node_id, os.getpid(), self.config.inline_limit,
-                           own + [path for path in self._driver_paths if path not in own],
-                           os.getcwd(), self.spill_dir or "")
+                           self.import_paths(), os.getcwd(), self.spill_dir or "")
 
-    def _learn_paths(self, paths: list[str]) -> None:
-        """A driver's import paths: every worker, running or future, can import from them."""
+    def import_paths(self) -> list[str]:
+        """Where this node's workers import from: what a peer running its tasks needs."""
+        own = [path for path in sys.path if path]
+        return own + [path for path in self._driver_paths if path not in own]
+
+    def learn_paths(self, paths: list[str]) -> None:
+        """A driver's (or a peer's) import paths: every worker, running or future, can
+        import from them."""
         new = [path for path in paths if path and path not in self._driver_paths]
         if not new:
             return
@@ -469,7 +488,7 @@ class ExecService:
         link = ClientLink(client_id, sock, stream, pid=hello.pid)
         self.links[client_id] = link
         log.info("driver pid %d attached", hello.pid)
-        self._learn_paths(hello.sys_path)
+        self.learn_paths(hello.sys_path)
         link.queue(self.codec.frame(self._configure()))
         link.flush()
         decoder.max_frame_size = p.MAX_FRAME

@@ -195,50 +195,71 @@ class ObjectTransfers:
 
     # ---- fetcher side ------------------------------------------------------------------
 
-    async def fetch(self, object_id: bytes) -> list:
+    async def fetch(self, object_id: bytes, holder: NodeId | None = None) -> list:
         """A local copy of `object_id` as a payload; `ObjectLostError` if no holder in the
-        cluster can supply one intact."""
-        holders = await self._holders(object_id)
-        self.rng.shuffle(holders)  # spread the fetchers of one object over its holders
+        cluster can supply one intact. `holder`: a node known to have a copy (the peer
+        that computed it), asked before the DHT is."""
         # a name of its own per fetch: a copy fetched again soon after it was freed must
         # not meet the old file, whose unlink may still be under way
         name = shm.segment_name(os.getpid(), hashlib.sha256(
             b"fetched\0" + self.node_id.raw + object_id
             + next(self._fetches).to_bytes(8, "big")).digest()[:16])
         copy = _Copy(name)
-        reasons = []
+        reasons: list[str] = []
         try:
-            for holder in holders:
-                address = self.dht.address_of(holder)
-                if address is None:
-                    reasons.append(f"{holder.short}: not a live member")
+            if holder is not None:
+                payload = await self._fetch_one(holder, object_id, copy, reasons)
+                if payload is not None:
+                    return payload
+            try:
+                holders = await self._holders(object_id)
+            except ObjectLostError:
+                if not reasons:
+                    raise
+                holders = []
+            self.rng.shuffle(holders)  # spread the fetchers of one object over its holders
+            for other in holders:
+                if other == holder:
                     continue
-                try:
-                    await self._fetch_from(holder, address, object_id, copy)
-                except (OSError, ProtocolError, ObjectLostError, trio.BrokenResourceError,
-                        trio.ClosedResourceError, trio.EndOfChannel) as exc:
-                    reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
-                    log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
-                             "the next holder", object_id.hex()[:12], holder.short,
-                             copy.offset, exc or type(exc).__name__)
-                    continue
-                if copy.complete:
-                    if copy.hasher.digest() != copy.digest:
-                        copy.restart()
-                        reasons.append(f"{holder.short}: content hash mismatch")
-                        log.warning("object %s from %s failed its content hash; "
-                                    "discarded", object_id.hex()[:12], holder.short)
-                        continue
-                    header = copy.header
-                    copy.close()
-                    self._digests[object_id] = copy.digest  # serving it needs no hashing
-                    return [SHARED, name, header.main_size, list(header.buffer_sizes)]
+                payload = await self._fetch_one(other, object_id, copy, reasons)
+                if payload is not None:
+                    return payload
         except BaseException:
             copy.discard()
             raise
         copy.discard()
         raise ObjectLostError(f"object {object_id.hex()} could not be fetched: "
                               f"{'; '.join(reasons) or 'no holder'}")
+
+    async def _fetch_one(self, holder: NodeId, object_id: bytes, copy: _Copy,
+                         reasons: list[str]) -> list | None:
+        """Fill `copy` from `holder` (resuming where an earlier holder stopped); the
+        payload once it is whole and its hash checks, else None with the reason noted."""
+        address = self.dht.address_of(holder)
+        if address is None:
+            reasons.append(f"{holder.short}: not a live member")
+            return None
+        try:
+            await self._fetch_from(holder, address, object_id, copy)
+        except (OSError, ProtocolError, ObjectLostError, trio.BrokenResourceError,
+                trio.ClosedResourceError, trio.EndOfChannel) as exc:
+            reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
+            log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
+                     "the next holder", object_id.hex()[:12], holder.short,
+                     copy.offset, exc or type(exc).__name__)
+            return None
+        if not copy.complete:
+            return None
+        if copy.hasher.digest() != copy.digest:
+            copy.restart()
+            reasons.append(f"{holder.short}: content hash mismatch")
+            log.warning("object %s from %s failed its content hash; discarded",
+                        object_id.hex()[:12], holder.short)
+            return None
+        header = copy.header
+        copy.close()
+        self._digests[object_id] = copy.digest  # serving it needs no hashing
+        return [SHARED, copy.name, header.main_size, list(header.buffer_sizes)]
 
     async def _holders(self, object_id: bytes) -> list[NodeId]:
         """The other nodes that announced a copy. A ref can outrun its holder's

@@ -265,6 +265,12 @@ class RpcNode:
         chan = await self._channel(address, node)
         await chan.conn.send(self.codec.encode(message))
 
+    async def notify_many(self, address: Address, messages: Sequence[Any], *,
+                          node: NodeId | None = None) -> None:
+        """Send one-way messages in one write (as `notify`, in order)."""
+        chan = await self._channel(address, node)
+        await chan.conn.send_many([self.codec.encode(m) for m in messages])
+
     # ---- incoming --------------------------------------------------------------------
 
     async def _accepted(self, conn: Connection) -> None:

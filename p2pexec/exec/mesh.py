@@ -1,0 +1,322 @@
+"""Tasks between nodes: the wire messages of work stealing and the trio driver that
+sends them.
+
+A thief asks with a one-way `StealRequest`; the victim's scheduler decides
+(`Scheduler._on_steal_requested`) and the victim answers with a one-way `StealGrant`
+(possibly empty). One-way both ways, so a grant that arrives after the thief stopped
+waiting still runs: no task can be marked given at the victim and dropped at the thief
+while their connection stays up. Results go to the owner in `TaskResults` batches (one
+write per burst), and an owner that has fetched a large result sends `ReleaseObjects`.
+
+Everything a peer sends is checked before the scheduler sees it: message types by the
+codec, payload shapes here (values that arrive inline must be inline: a peer's segment
+names mean nothing on this node), grants only for requests this node made, and a cap
+on how fast one peer may ask for work. A violation is a `RemoteProtocolError`, which
+drops that peer's connection with one log line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pexec.errors import P2PExecError, RemoteProtocolError
+from p2pexec.exec.events import Released, RemoteFinished, StealRequested, TasksGranted
+from p2pexec.exec.instructions import Grant, Release, ReturnResult
+from p2pexec.exec.serialization import check_payload, payload_segment
+from p2pexec.exec.stealing import PeerLoad, Thief
+from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.ids import NodeId
+from p2pexec.net.codec import message
+from p2pexec.net.rpc import RpcNode
+from p2pexec.net.transport import Address, Peer
+
+if TYPE_CHECKING:
+    from p2pexec.exec.service import ExecService
+
+log = logging.getLogger("p2pexec.mesh")
+
+
+@message(111)
+@dataclass(frozen=True, slots=True)
+class StealRequest:
+    """A thief with `cpus` CPUs to fill and these total `resources` asks for work."""
+
+    request_id: int
+    cpus: float
+    resources: dict[str, float]
+
+
+@message(117)
+@dataclass(frozen=True, slots=True)
+class StealGrant:
+    """The victim's answer: tasks it gives, the small argument values and code they
+    need, the thief's workers' import path additions, and its queue length after."""
+
+    request_id: int
+    tasks: list[TaskSpec]
+    values: dict[bytes, Any]
+    code: dict[bytes, bytes]
+    paths: list[str]
+    queue_length: int
+
+
+@message(118)
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    task_id: bytes
+    object_ids: list[bytes]
+    payloads: list[Any]
+    contained: list[list[bytes]] | None
+    seconds: float | None
+
+
+@message(119)
+@dataclass(frozen=True, slots=True)
+class TaskResults:
+    """Results of tasks the receiver gave the sender."""
+
+    results: list[TaskResult]
+
+
+@message(120)
+@dataclass(frozen=True, slots=True)
+class ReleaseObjects:
+    """The sender has its own copies of these large results now."""
+
+    object_ids: list[bytes]
+
+
+MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects)
+MESH_CODES = (range(111, 112), range(117, 121))
+"""Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
+
+STEAL_REQUESTS_PER_SECOND = 200.0
+"""How fast one peer may ask this node for work: an honest thief has one request out at
+a time and waits at least a round trip, so even on loopback it stays well under this."""
+
+
+class Mesh:
+    """Steals work for an idle node and serves its peers' steals and results (see the
+    module doc). `peers()` is the gossiped view of the other members; `address_of(node)`
+    where a live member listens."""
+
+    def __init__(self, service: ExecService, rpc: RpcNode,
+                 peers: Callable[[], list[PeerLoad]],
+                 address_of: Callable[[NodeId], Address | None],
+                 rng: random.Random) -> None:
+        self.service = service
+        self.rpc = rpc
+        self.peers = peers
+        self.address_of = address_of
+        self.config = service.config.steal
+        self.thief = Thief(self.config, rng)
+        self._request_ids = itertools.count(1)
+        self._outstanding: dict[int, tuple[NodeId, trio.Event, list[int]]] = {}
+        self._outboxes: dict[NodeId, list[Any]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._capacity = trio.Event()
+        self._buckets: dict[NodeId, tuple[float, float]] = {}
+        """Per asking peer: (tokens left, when last counted) of its request allowance."""
+        self._warned: dict[NodeId, float] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._steal_loop()
+
+    # ---- the thief ----
+    def poke(self) -> None:
+        """Something finished here: an idle thief may look for work again."""
+        self._capacity.set()
+
+    async def _steal_loop(self) -> None:
+        core = self.service.core
+        while True:
+            cpus = core.idle_cpus()
+            if cpus < 1:
+                self._capacity = trio.Event()
+                await self._capacity.wait()
+                continue
+            now = trio.current_time()
+            victim = self.thief.choose(self.peers(), now)
+            if victim is None:
+                self.thief.nothing_to_steal()
+                await self._pause()
+                continue
+            tasks = await self._steal_from(victim, cpus)
+            self.thief.granted(victim, tasks, trio.current_time())
+            if not tasks:
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait out the back-off; local work finishing does not end it (it makes no
+        peer's queue longer)."""
+        await trio.sleep(self.thief.backoff)
+
+    async def _steal_from(self, victim: PeerLoad, cpus: float) -> int:
+        """Ask `victim` for work; how many tasks came (0 after `request_timeout`: a grant
+        arriving later still runs)."""
+        request_id = next(self._request_ids)
+        done = trio.Event()
+        count: list[int] = []
+        self._outstanding[request_id] = (victim.node, done, count)
+        resources = dict(self.service.core.total)
+        try:
+            await self.rpc.notify(victim.address, StealRequest(request_id, float(cpus),
+                                                               resources), node=victim.node)
+        except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            log.debug("steal request to %s failed: %s", victim.node.short, exc)
+            self._outstanding.pop(request_id, None)
+            return 0
+        with trio.move_on_after(self.config.request_timeout):
+            await done.wait()
+        if not done.is_set():
+            # keep the id: a late grant is still honoured, once
+            return 0
+        return count[0]
+
+    # ---- what peers send ----
+    def handle_message(self, peer: Peer, msg: Any) -> None:
+        """One-way messages from peers, inline in the connection's reader."""
+        node = peer.node_id
+        if type(msg) is StealRequest:
+            self._serve_steal(node, msg)
+        elif type(msg) is StealGrant:
+            self._take_grant(node, msg)
+        elif type(msg) is TaskResults:
+            for result in msg.results:
+                self._check_result(result)
+            self.service.stimulus(*(RemoteFinished(node.raw, r.task_id, r.object_ids,
+                                                   r.payloads, r.contained, r.seconds)
+                                    for r in msg.results))
+        elif type(msg) is ReleaseObjects:
+            self.service.stimulus(Released(node.raw, msg.object_ids))
+        else:
+            raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
+
+    def _serve_steal(self, node: NodeId, msg: StealRequest) -> None:
+        if not self._allowed(node):
+            return
+        if msg.cpus < 0 or any(v < 0 for v in msg.resources.values()):
+            raise RemoteProtocolError("a steal request with negative resources")
+        self.service.stimulus(StealRequested(node.raw, msg.request_id, msg.cpus,
+                                             msg.resources))
+
+    def _allowed(self, node: NodeId) -> bool:
+        """A token bucket per peer; a peer over it is refused (one log line per 10 s)."""
+        now = trio.current_time()
+        tokens, last = self._buckets.get(node, (STEAL_REQUESTS_PER_SECOND, now))
+        tokens = min(STEAL_REQUESTS_PER_SECOND, tokens + (now - last) * STEAL_REQUESTS_PER_SECOND)
+        if tokens < 1:
+            self._buckets[node] = (tokens, now)
+            if now - self._warned.get(node, -10.0) >= 10.0:
+                self._warned[node] = now
+                log.warning("node %s asks for work faster than %g times a second; its "
+                            "requests are refused", node.short, STEAL_REQUESTS_PER_SECOND)
+            return False
+        self._buckets[node] = (tokens - 1, now)
+        return True
+
+    def _take_grant(self, node: NodeId, msg: StealGrant) -> None:
+        waiting = self._outstanding.pop(msg.request_id, None)
+        if waiting is None or waiting[0] != node:
+            raise RemoteProtocolError(f"a grant for steal request {msg.request_id}, "
+                                      f"which this node did not send it")
+        for spec in msg.tasks:
+            if spec.kind != TASK:
+                raise RemoteProtocolError("a granted task that is not a plain task")
+            _check_inline(spec.args)
+        for payload in msg.values.values():
+            _check_inline(payload)
+        if msg.tasks:
+            self.service.learn_paths(msg.paths)
+            self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, msg.code))
+        _node, done, count = waiting
+        count.append(len(msg.tasks))
+        done.set()
+
+    @staticmethod
+    def _check_result(result: TaskResult) -> None:
+        if len(result.payloads) != len(result.object_ids):
+            raise RemoteProtocolError("a task result with a payload count unlike its ids")
+        if result.contained and len(result.contained) != len(result.payloads):
+            raise RemoteProtocolError("a task result whose contained refs do not match")
+        for payload in result.payloads:
+            check_payload(payload)
+
+    # ---- what this node sends ----
+    def apply(self, instruction: Grant | ReturnResult | Release) -> None:
+        """Send what the scheduler decided a peer must hear."""
+        if type(instruction) is Grant:
+            self._send(instruction.thief, StealGrant(
+                instruction.request_id, list(instruction.specs), instruction.values,
+                instruction.code, self.service.import_paths(), instruction.queue_length))
+        elif type(instruction) is ReturnResult:
+            result = TaskResult(instruction.task_id, list(instruction.object_ids),
+                                instruction.payloads, instruction.contained,
+                                instruction.seconds)
+            outbox = self._outboxes.get(NodeId(instruction.owner))
+            if outbox and type(outbox[-1]) is TaskResults:
+                outbox[-1].results.append(result)  # one message per burst of results
+            else:
+                self._send(instruction.owner, TaskResults([result]))
+        else:
+            self._send(instruction.node, ReleaseObjects(list(instruction.object_ids)))
+
+    def _send(self, node_raw: bytes, msg: Any) -> None:
+        node = NodeId(node_raw)
+        outbox = self._outboxes.get(node)
+        if outbox is not None:
+            outbox.append(msg)
+            return
+        self._outboxes[node] = [msg]
+        if self._nursery is not None:
+            self._nursery.start_soon(self._flush, node)
+
+    async def _flush(self, node: NodeId) -> None:
+        """Send what is queued for `node` in one write per turn, until none is left."""
+        try:
+            while self._outboxes.get(node):
+                await trio.lowlevel.checkpoint()  # let the burst that queued these finish
+                messages = self._outboxes[node]
+                self._outboxes[node] = []
+                address = self.address_of(node)
+                if address is None:
+                    log.info("dropped %d messages for %s: not a live member",
+                             len(messages), node.short)
+                    continue
+                try:
+                    await self.rpc.notify_many(address, messages, node=node)
+                except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    log.info("dropped %d messages for %s: %s", len(messages), node.short,
+                             exc or type(exc).__name__)
+        finally:
+            self._outboxes.pop(node, None)
+
+    def forget(self, node: NodeId) -> None:
+        """A peer died or left: no request of ours to it will be answered."""
+        self.thief.forget(node)
+        for request_id, (victim, done, count) in list(self._outstanding.items()):
+            if victim == node:
+                del self._outstanding[request_id]
+                count.append(0)
+                done.set()
+
+
+def _check_inline(payload: Any) -> None:
+    """A value a peer sends inline must be inline: its segment names are its own."""
+    check_payload(payload)
+    if payload_segment(payload) is not None:
+        raise RemoteProtocolError("a peer sent a shared-memory payload where a value "
+                                  "must travel inline")

@@ -1,0 +1,50 @@
+"""Real `p2pexec join` processes on 127.0.0.1 share one driver's work by stealing, and
+the driver gets every result when one of them is SIGKILLed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from join_helpers import Launcher, wait_for
+from test_attach import driver, stats
+from test_object_transfer import three_nodes
+
+TWO_THOUSAND = """
+    import json, os, sys, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def square(i):
+        time.sleep(0.01)
+        return i * i, os.getppid()  # the parent of a worker is its node
+
+    refs = [square.remote(i) for i in range(2000)]
+    print(json.dumps("submitted"), flush=True)
+    results = px.get(refs, timeout=240)
+    assert [value for value, _ in results] == [i * i for i in range(2000)]
+    ran = {}
+    for _, node in results:
+        ran[node] = ran.get(node, 0) + 1
+    print(json.dumps(ran), flush=True)
+"""
+
+
+def test_a_driver_on_one_node_gets_all_2000_results_after_another_is_killed(
+        launcher: Launcher):
+    a, b, c = three_nodes(launcher)
+    proc = driver(TWO_THOUSAND, a.data_dir)
+    assert json.loads(proc.stdout.readline()) == "submitted"
+    # C has taken and finished work when it dies
+    assert wait_for(lambda: stats(c)["done"] >= 50, 60, 0.05), stats(c)
+    os.kill(c.proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    ran = {int(node): count for node, count in json.loads(out.strip().splitlines()[-1]).items()}
+    assert sum(ran.values()) == 2000
+    # every node ran a share (C's results that reached A before it died count)
+    assert set(ran) == {a.proc.pid, b.proc.pid, c.proc.pid}, ran
+    assert stats(b)["stolen_in"] > 0 and stats(a)["stolen_out"] > 0
