@@ -193,6 +193,15 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class TasksReturned:
+    """Peer `node` will not run these tasks this node gave it (a grant it did not ask
+    for, or no longer waited for): they queue here again, no attempt charged."""
+
+    node: bytes
+    task_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerGone:
     """Membership declared peer `node` dead or gone: what it ran for this node runs
     again here, and what this node ran or kept for it is dropped."""
@@ -203,4 +212,4 @@ class PeerGone:
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | PeerGone)
+         | Released | TasksReturned | PeerGone)

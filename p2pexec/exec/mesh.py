@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pexec.errors import P2PExecError, RemoteProtocolError
-from p2pexec.exec.events import Released, RemoteFinished, StealRequested, TasksGranted
+from p2pexec.exec.events import (
+    Released,
+    RemoteFinished,
+    StealRequested,
+    TasksGranted,
+    TasksReturned,
+)
 from p2pexec.exec.instructions import Grant, Release, ReturnResult
 from p2pexec.exec.serialization import check_payload, payload_segment
 from p2pexec.exec.stealing import PeerLoad, Thief
@@ -93,13 +99,24 @@ class ReleaseObjects:
     object_ids: list[bytes]
 
 
-MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects)
-MESH_CODES = (range(111, 112), range(117, 121))
+@message(121)
+@dataclass(frozen=True, slots=True)
+class ReturnTasks:
+    """The sender will not run these tasks of the receiver's (a grant it did not ask
+    for): the receiver queues them again."""
+
+    task_ids: list[bytes]
+
+
+MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks)
+MESH_CODES = (range(111, 112), range(117, 122))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
 """How fast one peer may ask this node for work: an honest thief has one request out at
 a time and waits at least a round trip, so even on loopback it stays well under this."""
+STEAL_REQUEST_BURST = 10.0
+"""Requests a peer may send at once before that rate applies."""
 
 
 class Mesh:
@@ -201,6 +218,8 @@ class Mesh:
                                     for r in msg.results))
         elif type(msg) is ReleaseObjects:
             self.service.stimulus(Released(node.raw, msg.object_ids))
+        elif type(msg) is ReturnTasks:
+            self.service.stimulus(TasksReturned(node.raw, msg.task_ids))
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
 
@@ -215,8 +234,8 @@ class Mesh:
     def _allowed(self, node: NodeId) -> bool:
         """A token bucket per peer; a peer over it is refused (one log line per 10 s)."""
         now = trio.current_time()
-        tokens, last = self._buckets.get(node, (STEAL_REQUESTS_PER_SECOND, now))
-        tokens = min(STEAL_REQUESTS_PER_SECOND, tokens + (now - last) * STEAL_REQUESTS_PER_SECOND)
+        tokens, last = self._buckets.get(node, (STEAL_REQUEST_BURST, now))
+        tokens = min(STEAL_REQUEST_BURST, tokens + (now - last) * STEAL_REQUESTS_PER_SECOND)
         if tokens < 1:
             self._buckets[node] = (tokens, now)
             if now - self._warned.get(node, -10.0) >= 10.0:
@@ -230,8 +249,11 @@ class Mesh:
     def _take_grant(self, node: NodeId, msg: StealGrant) -> None:
         waiting = self._outstanding.pop(msg.request_id, None)
         if waiting is None or waiting[0] != node:
-            raise RemoteProtocolError(f"a grant for steal request {msg.request_id}, "
-                                      f"which this node did not send it")
+            if msg.tasks:  # hand them back, so that they are not lost at their owner
+                self._send(node.raw, ReturnTasks([spec.task_id for spec in msg.tasks]))
+            log.warning("node %s sent a grant for steal request %d, which this node did "
+                        "not send it; refused", node.short, msg.request_id)
+            return
         for spec in msg.tasks:
             if spec.kind != TASK:
                 raise RemoteProtocolError("a granted task that is not a plain task")

@@ -56,6 +56,7 @@ from p2pexec.exec.events import (
     Submitted,
     TaskFinished,
     TasksGranted,
+    TasksReturned,
     Tick,
     WorkerDied,
     WorkerReady,
@@ -229,6 +230,7 @@ class Scheduler:
             TasksGranted: self._on_tasks_granted,
             RemoteFinished: self._on_remote_finished,
             Released: self._on_released,
+            TasksReturned: self._on_tasks_returned,
             PeerGone: self._on_peer_gone,
         }
 
@@ -1154,6 +1156,14 @@ class Scheduler:
         if holder is not None:
             for object_id in event.object_ids:
                 self.objects.remove_holder(object_id, holder)
+
+    def _on_tasks_returned(self, event: TasksReturned) -> None:
+        for task_id in event.task_ids:
+            task = self.tasks.get(task_id)
+            if task is not None and task.state is STOLEN and task.node == event.node:
+                task.node = None
+                self.counts["stolen_out"] -= 1
+                self._make_ready(task, front=True)
 
     def _on_peer_gone(self, event: PeerGone) -> None:
         """A peer died or left. Tasks it ran for this node run again here (charged an

@@ -48,3 +48,38 @@ def test_a_driver_on_one_node_gets_all_2000_results_after_another_is_killed(
     # every node ran a share (C's results that reached A before it died count)
     assert set(ran) == {a.proc.pid, b.proc.pid, c.proc.pid}, ran
     assert stats(b)["stolen_in"] > 0 and stats(a)["stolen_out"] > 0
+
+
+NESTED = """
+    import json, os, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def leaf(i):
+        time.sleep(0.01)
+        return i
+
+    @px.remote
+    def branch(k):
+        time.sleep(0.05)  # long enough to be worth stealing
+        children = [leaf.remote(10 * k + j) for j in range(10)]
+        return sum(px.get(children)), os.getppid()
+
+    results = px.get([branch.remote(k) for k in range(40)], timeout=120)
+    assert [total for total, _ in results] == [sum(range(10 * k, 10 * k + 10))
+                                               for k in range(40)]
+    print(json.dumps(sorted({node for _, node in results})), flush=True)
+"""
+
+
+def test_tasks_stolen_by_another_node_own_the_tasks_they_submit(launcher: Launcher):
+    a, b, c = three_nodes(launcher)
+    proc = driver(NESTED, a.data_dir)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out + err
+    nodes = json.loads(out.strip().splitlines()[-1])
+    assert len(nodes) >= 2, nodes  # branches ran on more than the driver's node
+    # the children of a stolen branch were submitted on, and owned by, its node
+    assert stats(b)["done"] + stats(c)["done"] > stats(b)["stolen_in"] + stats(c)["stolen_in"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 
 import trio
 
+from p2pexec.exec import mesh
+from p2pexec.exec import protocol as p
 from p2pexec.exec.refs import task_of
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
@@ -97,3 +100,32 @@ async def test_three_nodes_unplugged_mid_run_lose_no_result(autojump_clock):
     # the 17 survivors carry the load; tasks of the dead run again at their owner
     assert sum(c["done"] for c in counts) >= 5000
     assert makespan <= 1.5 * ideal, (makespan, ideal)
+
+
+async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_clock, caplog):
+    net = SimNetwork(seed=5, default_link=LinkSpec(latency=0.001))
+    cluster = SimCluster(net, 3, cpus=2, duration=0.1, seed=5)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        assert await cluster.wait_converged(30)
+        victim, bad = cluster.nodes[0], cluster.nodes[1].node.cluster
+        ids = [victim.submit(triple, i) for i in range(60)]
+        address, node = victim.address, victim.node.cluster.node_id
+        fake = mesh.TaskResult(b"\x01" * 16, [b"\x01" * 20], [[p.INLINE, b"x", []]], None,
+                               None)
+        await bad.rpc.notify(address, mesh.TaskResults([fake]), node=node)
+        await bad.rpc.notify_many(address, [mesh.StealRequest(i, 2.0, {"CPU": 2.0})
+                                            for i in range(1000)], node=node)
+        for message in (mesh.StealGrant(999, [], {}, {}, [], 0),
+                        mesh.TaskResults([dataclasses.replace(fake, object_ids=[])])):
+            await trio.sleep(0.5)
+            await bad.rpc.notify(address, message, node=node)
+        with trio.fail_after(60):
+            results = [await victim.result(oid) for oid in ids]
+        assert results == [3 * i for i in range(60)]
+        nursery.cancel_scope.cancel()
+    text = caplog.text
+    assert "did not give it; dropped" in text
+    assert "asks for work faster than" in text
+    assert "which this node did not send it; refused" in text
+    assert "payload count unlike its ids" in text

@@ -22,6 +22,7 @@ from p2pexec.exec.events import (
     Submitted,
     TaskFinished,
     TasksGranted,
+    TasksReturned,
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
@@ -239,3 +240,15 @@ def test_idle_cpus_count_what_the_ready_queue_leaves_short(cpus):
     assert core.idle_cpus() == cpus - 1
     core.handle(Submitted(spec(2), DRIVER))
     assert core.idle_cpus() == 0
+
+
+def test_tasks_a_thief_hands_back_queue_again_uncharged():
+    owner = node(1)
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 2.0, CPU2))
+    owner.handle(TasksReturned(b"X" * 32, [tid(2)]))  # not that node's: ignored
+    assert owner.tasks[tid(2)].state.value == "stolen"
+    owner.handle(TasksReturned(THIEF, [tid(2)]))
+    task = owner.tasks[tid(2)]
+    assert task.state.value == "ready" and task.attempts == 0
+    assert owner.counts["stolen_out"] == 0 and owner.queue_length() == 2
