@@ -26,12 +26,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 from _common import render_table
+from _nodes import JoinProcesses
 
 MIB = 1 << 20
 HERE = Path(__file__).resolve().parent
@@ -105,62 +105,9 @@ print(json.dumps([elapsed, int(array.nbytes)]))
 """
 
 
-class Mesh:
-    """Two join processes on loopback with private data dirs."""
-
-    def __init__(self) -> None:
-        from p2pexec.net.security import new_token
-
-        self.base = Path(tempfile.mkdtemp(prefix="p2pexec-transfer-"))
-        self.token = new_token()
-        self.nodes: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(self, name: str, peer: str | None) -> tuple[subprocess.Popen, Path, str]:
-        from p2pexec.config import control_socket_path
-        from p2pexec.control import NodeNotRunning, request
-
-        data_dir = self.base / name
-        log = open(self.base / f"{name}.log", "wb")  # the process writes it until stopped
-        args = [sys.executable, "-m", "p2pexec.cli", "join", "--name", name, "--token",
-                self.token, "--host", "127.0.0.1", "--port", "0", "--gossip", "local",
-                "--no-mdns", "--cpus", "1", "--data-dir", str(data_dir)]
-        if peer:
-            args += ["--peer", peer]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.nodes.append((proc, data_dir))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                members = request(control_socket_path(data_dir), "status")["members"]
-            except NodeNotRunning:
-                members = []
-            if members and members[0]["address"]:  # the cluster service is up
-                return proc, data_dir, members[0]["address"]
-            time.sleep(0.1)
-        raise RuntimeError(f"node {name} did not start")
-
-    def wait_members(self, data_dir: Path, n: int) -> None:
-        from p2pexec.config import control_socket_path
-        from p2pexec.control import request
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            members = request(control_socket_path(data_dir), "status")["members"]
-            if sum(m["state"] == "alive" for m in members) == n:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("the two nodes did not see each other")
-
-    def stop(self) -> None:
-        for proc, _ in self.nodes:
-            proc.terminate()
-        for proc, _ in self.nodes:
-            proc.wait(timeout=30)
-
-
 def p2pexec_runs(sizes: list[int], repeats: int) -> dict[int, list[tuple[float, int]]]:
     """Per size: (seconds, receiving node's peak RSS growth in KiB) of each repeat."""
-    mesh = Mesh()
+    mesh = JoinProcesses("p2pexec-transfer-", cpus=1)
     try:
         _, a_dir, a_address = mesh.start("a", None)
         b_proc, b_dir, _ = mesh.start("b", a_address)
