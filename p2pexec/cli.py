@@ -223,11 +223,24 @@ def format_members(members: list[dict]) -> str:
     def heard(seconds: float | None) -> str:
         return "-" if seconds is None else f"{seconds:.1f}s ago"
 
-    header = ("NAME", "ID", "ADDRESS", "STATE", "RESOURCES", "LOAD (queued/running)",
-              "LAST HEARD")
+    def tasks(m: dict) -> tuple[str, str, str]:
+        stats = m.get("exec")
+        if not stats:  # did not answer: what gossip last said
+            return (f"{m['load']['queue_length']}/{m['load']['running_tasks']}", "-", "-")
+        return (f"{stats['queued']}/{stats['running']}", str(stats["done"]),
+                f"{stats['stolen_in']}/{stats['stolen_out']}")
+
+    def store(m: dict) -> str:
+        stats = m.get("exec")
+        if not stats:
+            return "-"
+        spilled = f" +{stats['spilled']} spilled" if stats["spilled"] else ""
+        return f"{stats['store_bytes'] / 2**20:.1f} MiB{spilled}"
+
+    header = ("NAME", "ID", "ADDRESS", "STATE", "RESOURCES", "QUEUED/RUNNING", "DONE",
+              "STOLEN IN/OUT", "STORE", "LAST HEARD")
     rows = [header] + [(m["name"], m["short_id"], m["address"] or "-", m["state"],
-                        resources(m["resources"]),
-                        f"{m['load']['queue_length']}/{m['load']['running_tasks']}",
+                        resources(m["resources"]), *tasks(m), store(m),
                         heard(m["last_heard"])) for m in members]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import inspect
 import logging
 import os
 import socket
@@ -210,15 +211,15 @@ class ControlServer:
                 if _is_link_message(first):
                     await self._attach(stream, first, decoder)
                     return
-                await stream.send_all(self._answer(first))
+                await stream.send_all(await self._answer(first))
                 while True:
                     for body in decoder.feed(b""):
-                        await stream.send_all(self._answer(body))
+                        await stream.send_all(await self._answer(body))
                     data = await stream.receive_some(65536)
                     if not data:
                         return
                     for body in decoder.feed(data):
-                        await stream.send_all(self._answer(body))
+                        await stream.send_all(await self._answer(body))
             except ProtocolError as exc:
                 log.warning("control socket %s: %s; connection closed", self.path, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -250,9 +251,10 @@ class ControlServer:
             raise RemoteProtocolError("this node does not accept drivers")
         await self.attach(stream, hello, decoder)
 
-    def _answer(self, body: bytes) -> bytes:
+    async def _answer(self, body: bytes) -> bytes:
         """The packed reply to one request; a handler's failure (or a value msgpack cannot
-        carry) becomes an error reply, never an exception that would stop the node."""
+        carry) becomes an error reply, never an exception that would stop the node. A
+        handler may be a coroutine function (it asks other nodes)."""
         request = _unpack(body, MAX_REQUEST)
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             raise RemoteProtocolError("a control request is a map with a string 'op'")
@@ -262,7 +264,10 @@ class ControlServer:
             return _pack({"ok": False, "error": f"unknown control operation {op!r}; this "
                                                 f"node serves {', '.join(sorted(self.handlers))}"})
         try:
-            return _pack({"ok": True, "value": handler(request.get("arg"))})
+            value = handler(request.get("arg"))
+            if inspect.isawaitable(value):
+                value = await value
+            return _pack({"ok": True, "value": value})
         except P2PExecError as exc:
             return _pack({"ok": False, "error": str(exc)})
         except Exception as exc:  # a bug in a handler: report it, keep serving

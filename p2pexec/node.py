@@ -10,6 +10,7 @@ there is no control socket.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -23,7 +24,14 @@ from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
 from p2pexec.exec.events import PeerGone
 from p2pexec.exec.inline import InlineWorkers
-from p2pexec.exec.mesh import MESH_CODES, MESH_MESSAGES, Mesh
+from p2pexec.exec.mesh import (
+    MESH_CODES,
+    MESH_MESSAGES,
+    Mesh,
+    NodeStats,
+    StatsRequest,
+    node_stats,
+)
 from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
 from p2pexec.exec.stealing import PeerLoad
@@ -72,7 +80,7 @@ class Node:
         })
         if config.cluster is not None and control_socket:
             self.control = ControlServer(control_socket_path(config.cluster.data_dir),
-                                         {"status": lambda _arg: {"members": self.nodes()},
+                                         {"status": self._status,
                                           "exec_stats": lambda _arg: self.exec_stats()},
                                          attach=self.exec.serve_driver)
 
@@ -109,6 +117,7 @@ class Node:
         mesh = Mesh(self.exec, cluster.rpc, self._peer_loads, cluster.dht.address_of,
                     random.Random(self._rng.getrandbits(64)))
         cluster.add_message_handler(MESH_MESSAGES, mesh.handle_message)
+        cluster.add_request_handler((StatsRequest,), mesh.local_stats)
         for codes in MESH_CODES:
             cluster.add_stream_service(codes, cluster.rpc.adopt)
         self.exec.mesh = mesh
@@ -128,6 +137,33 @@ class Node:
             if event.kind in (EventKind.FAILED, EventKind.LEFT) and not event.member.is_self:
                 mesh.forget(event.member.node_id)
                 self.exec.stimulus(PeerGone(event.member.node_id.raw))
+
+    async def _status(self, _arg: Any) -> dict[str, Any]:
+        """What `p2pexec status` shows: the members, each with its execution figures
+        ("exec", asked of each live member at once; None when one does not answer
+        within 2 s)."""
+        members = self.nodes()
+        members[0]["exec"] = dataclasses.asdict(node_stats(self.exec))
+        cluster = self.cluster
+        if cluster is None or cluster.gossip is None:
+            return {"members": members}
+        view = {m.node_id.hex: m for m in cluster.gossip.view().values()}
+
+        async def ask(member: dict[str, Any]) -> None:
+            member["exec"] = None
+            known = view.get(member["id"])
+            if known is None or known.state not in LIVE:
+                return
+            with contextlib.suppress(Exception):  # unreachable or refusing: shown as "-"
+                answer = await cluster.rpc.call(known.address, StatsRequest(),
+                                                node=known.node_id, timeout=2.0)
+                if type(answer) is NodeStats:
+                    member["exec"] = dataclasses.asdict(answer)
+
+        async with trio.open_nursery() as nursery:
+            for member in members[1:]:
+                nursery.start_soon(ask, member)
+        return {"members": members}
 
     def info(self) -> dict[str, Any]:
         """This node as `px.nodes()` and `p2pexec status` show it, plus what only the local
@@ -169,13 +205,7 @@ class Node:
             "available": self._available(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,
-            "queued": core.queue_length(),
-            "running": sum(len(w.stack) for w in core.workers.values()),
-            "done": core.counts["done"],
-            "stolen_in": core.counts["stolen_in"],
-            "stolen_out": core.counts["stolen_out"],
-            "store_bytes": core.objects.memory_bytes,
-            "spilled_objects": sum(1 for e in core.objects.entries.values() if e.spilled),
+            **dataclasses.asdict(node_stats(self.exec)),
         }
 
     def _load(self) -> tuple[int, int]:

@@ -108,8 +108,30 @@ class ReturnTasks:
     task_ids: list[bytes]
 
 
+@message(122)
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """What `p2pexec status` shows of a node: asked of every member when it runs."""
+
+
+@message(123)
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """A node's execution figures: tasks queued, running and done (finished or failed),
+    tasks taken from and given to peers, shared-memory bytes its objects fill, and how
+    many objects it has spilled to disk."""
+
+    queued: int
+    running: int
+    done: int
+    stolen_in: int
+    stolen_out: int
+    store_bytes: int
+    spilled: int
+
+
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks)
-MESH_CODES = (range(111, 112), range(117, 122))
+MESH_CODES = (range(111, 112), range(117, 124))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -276,6 +298,10 @@ class Mesh:
         for payload in result.payloads:
             check_payload(payload)
 
+    def local_stats(self, _peer: Peer | None = None, _request: Any = None) -> NodeStats:
+        """This node's figures (also the answer to a peer's `StatsRequest`)."""
+        return node_stats(self.service)
+
     # ---- what this node sends ----
     def apply(self, instruction: Grant | ReturnResult | Release) -> None:
         """Send what the scheduler decided a peer must hear."""
@@ -342,3 +368,13 @@ def _check_inline(payload: Any) -> None:
     if payload_segment(payload) is not None:
         raise RemoteProtocolError("a peer sent a shared-memory payload where a value "
                                   "must travel inline")
+
+
+def node_stats(service: ExecService) -> NodeStats:
+    """The figures of the node `service` runs."""
+    core = service.core
+    counts = core.counts
+    return NodeStats(core.queue_length(), sum(len(w.stack) for w in core.workers.values()),
+                     counts["done"], counts["stolen_in"], counts["stolen_out"],
+                     core.objects.memory_bytes,
+                     sum(1 for entry in core.objects.entries.values() if entry.spilled))

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 
-from join_helpers import Launcher, wait_for
+from join_helpers import Launcher, status_cli, wait_for
 from test_attach import driver, stats
 from test_object_transfer import three_nodes
 
@@ -48,6 +48,11 @@ def test_a_driver_on_one_node_gets_all_2000_results_after_another_is_killed(
     # every node ran a share (C's results that reached A before it died count)
     assert set(ran) == {a.proc.pid, b.proc.pid, c.proc.pid}, ran
     assert stats(b)["stolen_in"] > 0 and stats(a)["stolen_out"] > 0
+    # `p2pexec status` on A shows every live member's figures, asked of it
+    shown = {m["name"]: m["exec"] for m in status_cli(a.data_dir) if m["state"] == "alive"}
+    assert set(shown) == {"a", "b"}, shown
+    assert shown["b"]["stolen_in"] == stats(b)["stolen_in"] and shown["b"]["done"] > 0
+    assert shown["a"]["stolen_out"] >= shown["b"]["stolen_in"]
 
 
 NESTED = """

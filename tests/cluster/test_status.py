@@ -42,6 +42,8 @@ def test_status_table_and_json_of_one_node(launcher):
         "address": node.address, "state": "alive", "resources": {"CPU": 1.0, "gpu": 2.0},
         "load": {"queue_length": 0, "running_tasks": 0}, "last_heard": None,
         "incarnation": 0, "available": {"CPU": 1.0, "gpu": 2.0}, "workers": 1,
+        "exec": {"queued": 0, "running": 0, "done": 0, "stolen_in": 0, "stolen_out": 0,
+                 "store_bytes": 0, "spilled": 0},
     }]
     assert stat.S_IMODE(os.stat(node.data_dir / "control.sock").st_mode) == 0o600
 
@@ -49,8 +51,10 @@ def test_status_table_and_json_of_one_node(launcher):
                            capture_output=True, text=True, timeout=30, check=True).stdout
     rows = [re.split(r"\s{2,}", line) for line in table.splitlines()]
     assert rows == [
-        ["NAME", "ID", "ADDRESS", "STATE", "RESOURCES", "LOAD (queued/running)", "LAST HEARD"],
-        ["solo", node_id.short, node.address, "alive", "CPU=1 gpu=2", "0/0", "-"],
+        ["NAME", "ID", "ADDRESS", "STATE", "RESOURCES", "QUEUED/RUNNING", "DONE",
+         "STOLEN IN/OUT", "STORE", "LAST HEARD"],
+        ["solo", node_id.short, node.address, "alive", "CPU=1 gpu=2", "0/0", "0", "0/0",
+         "0.0 MiB", "-"],
     ]
 
     second = launcher.start("again", TOKEN, [*ONE_NODE, "--data-dir", str(node.data_dir)])
@@ -68,15 +72,20 @@ def test_table_shows_each_member_on_one_aligned_line():
     members = [
         {"name": "a", "short_id": "AAAA", "address": "10.0.0.1:7946", "state": "alive",
          "resources": {"gpu": 1.0, "CPU": 8.0}, "load": {"queue_length": 3, "running_tasks": 8},
-         "last_heard": None},
+         "last_heard": None,
+         "exec": {"queued": 3, "running": 8, "done": 120, "stolen_in": 7, "stolen_out": 0,
+                  "store_bytes": 3 * 2**20, "spilled": 2}},
         {"name": "bee", "short_id": "BBBB", "address": "[::1]:7946", "state": "suspect",
          "resources": {"CPU": 2.0}, "load": {"queue_length": 0, "running_tasks": 1},
-         "last_heard": 1.25},
+         "last_heard": 1.25, "exec": None},  # did not answer: gossip's load is shown
     ]
     assert format_members(members).splitlines() == [
-        "NAME  ID    ADDRESS        STATE    RESOURCES    LOAD (queued/running)  LAST HEARD",
-        "a     AAAA  10.0.0.1:7946  alive    CPU=8 gpu=1  3/8                    -",
-        "bee   BBBB  [::1]:7946     suspect  CPU=2        0/1                    1.2s ago",
+        "NAME  ID    ADDRESS        STATE    RESOURCES    QUEUED/RUNNING  DONE  STOLEN IN/OUT"
+        "  STORE               LAST HEARD",
+        "a     AAAA  10.0.0.1:7946  alive    CPU=8 gpu=1  3/8             120   7/0"
+        "            3.0 MiB +2 spilled  -",
+        "bee   BBBB  [::1]:7946     suspect  CPU=2        0/1             -     -"
+        "              -                   1.2s ago",
     ]
 
 
