@@ -206,8 +206,9 @@ class Scheduler:
         self._peer_holders: dict[bytes, int] = {}
         self._remote_results: dict[bytes, RemoteResult] = {}
         """By object id: large results of tasks peers ran, on their way here."""
-        self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0}
-        """Tasks this node finished, took from peers, and gave to peers (for status)."""
+        self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0, "steal_requests": 0}
+        """Tasks this node finished, took from peers and gave to peers, and the steal
+        requests it answered (for status and the figures)."""
         self._dirty = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Started: self._on_started,
@@ -957,6 +958,7 @@ class Scheduler:
         longest here) while moving them pays, up to `batch_seconds` of expected work per
         thief CPU and half the queue; then any parked task it can fit."""
         config = self.config.steal
+        self.counts["steal_requests"] += 1
         thief, fits_thief = event.thief, event.resources
         budget = max(1.0, event.cpus) * config.batch_seconds
         limit = batch_size(self.queue_length())

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import random
+import importlib.util
+import sys
+from pathlib import Path
 
 import trio
 
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
-from p2pexec.exec.refs import task_of
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
 
-
-def triple(x):
-    return 3 * x
+SCRIPT = Path(__file__).resolve().parents[2] / "simulations" / "mesh_figures.py"
+_spec = importlib.util.spec_from_file_location("mesh_figures", SCRIPT)
+figures = sys.modules.setdefault("mesh_figures", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(figures)
+triple = figures.triple
 
 
 async def test_idle_nodes_steal_from_the_one_that_has_the_work(autojump_clock):
@@ -41,65 +43,19 @@ async def test_idle_nodes_steal_from_the_one_that_has_the_work(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-def _seconds(task_id: bytes) -> float:
-    """Each task's simulated run time, 50-500 ms, fixed by its id."""
-    return random.Random(task_id).uniform(0.05, 0.5)
-
-
-async def _run_5000(crash: tuple[int, ...]) -> tuple[float, float, list[dict]]:
-    """5,000 tasks of random duration submitted at node 0 of 20; nodes in `crash` are
-    unplugged 5, 10, 15 s into the run. Returns (makespan, ideal, per-node counts) and
-    checks that each result reached its owner exactly once."""
-    net = SimNetwork(seed=11, default_link=LinkSpec(latency=0.0005, jitter=0.0002))
-    cluster = SimCluster(net, 20, cpus=2, duration=lambda work: _seconds(work.task_id),
-                         seed=11)
-    owner = cluster.nodes[0]
-    completions: collections.Counter[bytes] = collections.Counter()
-    table = owner.node.exec.core.objects
-    complete = table.complete
-
-    def counted(object_id, payload, contained):
-        completions[object_id] += 1
-        complete(object_id, payload, contained)
-
-    table.complete = counted
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        assert await cluster.wait_converged(60)
-        await trio.sleep(2)  # first load samples gossiped
-        start = trio.current_time()
-        ids = [owner.submit(triple, i) for i in range(5000)]
-
-        async def unplug() -> None:
-            for index, at in zip(crash, (5, 10, 15), strict=False):
-                await trio.sleep_until(start + at)
-                cluster.crash(index)
-
-        nursery.start_soon(unplug)
-        with trio.fail_after(600):  # simulated seconds: no future may hang
-            results = [await owner.result(oid) for oid in ids]
-        makespan = trio.current_time() - start
-        assert results == [3 * i for i in range(5000)]
-        assert set(completions) == set(ids) and set(completions.values()) == {1}
-        durations = [_seconds(task_of(oid)) for oid in ids]
-        ideal = sum(durations) / (2 * (20 - len(crash))) + max(durations)
-        counts = [sim.node.exec.core.counts for sim in cluster.nodes]
-        nursery.cancel_scope.cancel()
-    return makespan, ideal, counts
-
-
 async def test_twenty_nodes_run_5000_tasks_within_15_percent_of_the_ideal(autojump_clock):
-    makespan, ideal, counts = await _run_5000(crash=())
-    assert makespan <= 1.15 * ideal, (makespan, ideal)
-    assert all(c["done"] >= 100 for c in counts), counts  # every node ran a share
-    assert counts[0]["stolen_out"] == sum(c["stolen_in"] for c in counts[1:])
+    row = await figures.burst(20, 5000)
+    assert row.ratio <= 1.15, (row.makespan, row.ideal)
+    assert all(c["done"] >= 100 for c in row.counts), row.counts  # every node ran a share
+    assert row.counts[0]["stolen_out"] == sum(c["stolen_in"] for c in row.counts[1:])
+    assert row.steal_requests_per_task <= 2 and row.messages_per_task <= 5
 
 
 async def test_three_nodes_unplugged_mid_run_lose_no_result(autojump_clock):
-    makespan, ideal, counts = await _run_5000(crash=(5, 9, 13))
-    # the 17 survivors carry the load; tasks of the dead run again at their owner
-    assert sum(c["done"] for c in counts) >= 5000
-    assert makespan <= 1.5 * ideal, (makespan, ideal)
+    # burst() checks that each of the 5,000 results reached the owner exactly once
+    row = await figures.burst(20, 5000, crash=3)
+    assert sum(c["done"] for c in row.counts) >= 5000  # the dead nodes' tasks ran again
+    assert row.ratio <= 1.5, (row.makespan, row.ideal)
 
 
 async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_clock, caplog):

@@ -210,7 +210,7 @@ def test_thief_runs_granted_tasks_and_returns_results_to_the_owner():
     assert ReturnResult(OWNER, tid(1), (rid(1),), [ok(b"r")], None, 0.2) in out
     assert Unlink("p2px-1-arg") in out  # the fetched argument goes once the task is over
     assert len(thief.objects) == 0 and thief.counts == {
-        "done": 1, "stolen_in": 1, "stolen_out": 0}
+        "done": 1, "stolen_in": 1, "stolen_out": 0, "steal_requests": 0}
 
 
 def test_thief_keeps_a_large_result_for_the_owner_until_released():
