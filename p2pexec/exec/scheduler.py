@@ -1019,12 +1019,15 @@ class Scheduler:
 
     def _stealable(self, task: TaskState, fits_thief: dict[str, float]) -> bool:
         """Plain tasks this node owns, with inline arguments whose values are all here,
-        that the thief has the resources for."""
+        that the thief has the resources for, and that hold no actor handle (actors are
+        called only on the node that made them)."""
         spec = task.spec
+        actors = self.actors
         return (spec.kind == TASK and task.owner is None
                 and payload_segment(spec.args) is None
                 and _covers(fits_thief, spec.resources)
-                and all(self.objects.is_ready(oid) for oid in spec.contained))
+                and all(self.objects.is_ready(oid) and actors.get(task_of(oid)) is None
+                        for oid in spec.contained))
 
     def _input_bytes(self, spec: TaskSpec) -> int:
         """Bytes a thief would have to fetch before running it: its large arguments."""

@@ -40,7 +40,7 @@ from p2pexec.exec.refs import return_id
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import system_error_payload
 from p2pexec.exec.stealing import StealConfig
-from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
 
 ARGS = [p.INLINE, b"args", []]
 CODE = b"h" * 16
@@ -252,3 +252,14 @@ def test_tasks_a_thief_hands_back_queue_again_uncharged():
     task = owner.tasks[tid(2)]
     assert task.state.value == "ready" and task.attempts == 0
     assert owner.counts["stolen_out"] == 0 and owner.queue_length() == 2
+
+
+def test_a_task_holding_an_actor_handle_stays_with_its_actor():
+    owner = node(1)
+    create = dataclasses.replace(spec(9), kind=ACTOR_CREATE, actor_id=tid(9))
+    owner.handle(Submitted(create, DRIVER))
+    owner.handle(WorkerReady(3), TaskFinished(3, tid(9), [ok()], None, 0.1))
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(3), DRIVER),
+                 Submitted(spec(2, deps=[rid(9)]), DRIVER))  # 2 holds the actor's handle
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
+    assert [s.task_id for s in grant.specs] == [tid(3)]
