@@ -24,7 +24,8 @@ import sys
 import textwrap
 
 from _common import median, render_table
-from _nodes import JoinProcesses
+
+from p2pexec.testing.processes import LocalCluster
 
 CPUS = 2
 SLEEPS, NOOPS = 2000, 10_000
@@ -86,17 +87,10 @@ cluster.shutdown()
 
 
 def p2pexec_run(n: int) -> tuple[float, float]:
-    nodes = JoinProcesses("p2pexec-mesh-", cpus=CPUS)
-    try:
-        _, first_dir, first_address = nodes.start("n0", None)
-        for i in range(1, n):
-            nodes.start(f"n{i}", first_address)
-        nodes.wait_members(first_dir, n)
+    with LocalCluster(n, cpus=CPUS, prefix="p2pexec-mesh-") as nodes:
         code = P2PEXEC_DRIVER.format(sleeps=SLEEPS, noops=NOOPS)
-        env_dir = {"P2PEXEC_DATA_DIR": str(first_dir)}
-        return _driver([sys.executable, "-c", code], env_dir)
-    finally:
-        nodes.stop()
+        return _driver([sys.executable, "-c", code],
+                       {"P2PEXEC_DATA_DIR": str(nodes.data_dirs[0])})
 
 
 def ray_run(n: int) -> tuple[float, float] | None:

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from _common import render_table
-from _nodes import JoinProcesses
+
+from p2pexec.testing.processes import LocalCluster
 
 MIB = 1 << 20
 HERE = Path(__file__).resolve().parent
@@ -107,11 +108,11 @@ print(json.dumps([elapsed, int(array.nbytes)]))
 
 def p2pexec_runs(sizes: list[int], repeats: int) -> dict[int, list[tuple[float, int]]]:
     """Per size: (seconds, receiving node's peak RSS growth in KiB) of each repeat."""
-    mesh = JoinProcesses("p2pexec-transfer-", cpus=1)
+    mesh = LocalCluster(2, cpus=1, prefix="p2pexec-transfer-")
     try:
-        _, a_dir, a_address = mesh.start("a", None)
-        b_proc, b_dir, _ = mesh.start("b", a_address)
-        mesh.wait_members(b_dir, 2)
+        mesh.start()
+        mesh.wait_members(1, 2)
+        (a_dir, b_dir), b_proc = mesh.data_dirs, mesh.procs[1]
         env_a = {**os.environ, "P2PEXEC_DATA_DIR": str(a_dir)}
         env_b = {**os.environ, "P2PEXEC_DATA_DIR": str(b_dir)}
         plan = [size for size in sizes for _ in range(repeats)]

@@ -45,7 +45,11 @@ def add_token_command(subparsers: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from p2pexec import demo
 
-    ok = demo.run(samples=args.samples, batches=args.batches, num_cpus=args.cpus)
+    if args.nodes > 1:
+        ok = demo.run_mesh(args.nodes, samples=args.samples, batches=args.batches,
+                           num_cpus=args.cpus)
+    else:
+        ok = demo.run(samples=args.samples, batches=args.batches, num_cpus=args.cpus)
     return 0 if ok else 1
 
 
@@ -58,7 +62,11 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--batches", type=int, default=40,
                       help="batch tasks, each fanning out 10 sampling tasks (default 40)")
     demo.add_argument("--cpus", type=float, default=None,
-                      help="CPUs for the embedded node (default: all)")
+                      help="CPUs for the embedded node (default: all), or for each node "
+                           "with --nodes (default 1)")
+    demo.add_argument("--nodes", type=int, default=1,
+                      help="run across this many `p2pexec join` processes on 127.0.0.1 and "
+                           "SIGKILL one part-way (default 1: an embedded node)")
     demo.set_defaults(run=_demo)
 
 

@@ -3,7 +3,8 @@
 Monte Carlo estimation of pi. Each batch task fans out sampling tasks (nested
 parallelism), waits for them, and pushes its counts to a parameter-server actor that
 several batches update concurrently. The driver shows progress as batches finish, then
-checks the estimate and prints the throughput.
+checks the estimate and prints the throughput. With `--nodes N` it runs across N `p2pexec
+join` processes on this machine, kills one part-way, and shows what each node ran.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import p2pexec as px
@@ -72,9 +74,51 @@ def _bar(done: int, total: int, started: float, out: TextIO, interactive: bool) 
 
 def run(samples: int = 20_000_000, batches: int = 40, chunks: int = 10,
         num_cpus: float | None = None, out: TextIO = sys.stdout) -> bool:
-    """Run the demo; True when pi came out within 0.01."""
+    """Run the demo on an embedded node; True when pi came out within 0.01."""
     started = time.perf_counter()
     px.init(num_cpus=num_cpus, ignore_reinit_error=True)
+    return _workload(samples, batches, chunks, started, out)
+
+
+def run_mesh(nodes: int, samples: int = 20_000_000, batches: int = 40, chunks: int = 10,
+             num_cpus: float | None = None, out: TextIO = sys.stdout) -> bool:
+    """Run the demo across `nodes` `p2pexec join` processes on 127.0.0.1 (`num_cpus` each,
+    default 1), attached to the first; SIGKILL the last one a third of the way through.
+    True when pi came out within 0.01."""
+    from p2pexec.testing.processes import LocalCluster
+
+    started = time.perf_counter()
+    cpus = 1 if num_cpus is None else num_cpus
+    with LocalCluster(nodes, cpus=cpus, prefix="p2pexec-demo-") as cluster:
+        out.write(f"p2pexec demo: started {nodes} nodes on 127.0.0.1 "
+                  f"({', '.join(cluster.addresses)}), {cpus:g} CPU each; the driver "
+                  f"attaches to n0\n")
+        px.init(address=str(cluster.data_dirs[0]))
+        victim = nodes - 1
+
+        def kill_part_way(done: int) -> None:
+            if done >= max(1, batches // 3) and cluster.alive(victim) and victim > 0:
+                cluster.kill(victim)
+                out.write(f"\nSIGKILLed node n{victim} after {done}/{batches} batches; "
+                          f"its tasks run again elsewhere\n")
+
+        try:
+            ok = _workload(samples, batches, chunks, started, out, kill_part_way)
+            out.write("per node: tasks run / taken from peers / given to peers\n")
+            for index in range(nodes):
+                if not cluster.alive(index):
+                    out.write(f"  n{index}: killed\n")
+                    continue
+                stats = cluster.request(index, "exec_stats")
+                out.write(f"  n{index}: {stats['done']} run / {stats['stolen_in']} taken / "
+                          f"{stats['stolen_out']} given\n")
+        finally:
+            px.shutdown()
+    return ok
+
+
+def _workload(samples: int, batches: int, chunks: int, started: float, out: TextIO,
+              on_progress: Callable[[int], None] | None = None) -> bool:
     per_chunk = max(1, samples // (batches * chunks))
     server = Estimator.remote()
     pending = [batch.remote(b * chunks, chunks, per_chunk, server) for b in range(batches)]
@@ -90,6 +134,8 @@ def run(samples: int = 20_000_000, batches: int = 40, chunks: int = 10,
         done += len(ready)
         if interactive or done % max(1, batches // 5) == 0 or not pending:
             _bar(done, batches, started, out, interactive)
+        if on_progress is not None:
+            on_progress(done)
     estimate, total, updates = px.get(server.estimate.remote())
     elapsed = time.perf_counter() - started
     error = abs(estimate - math.pi)

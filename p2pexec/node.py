@@ -75,8 +75,8 @@ class Node:
             "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
             "kill": self._kill,
             "nodes": lambda _arg: self.nodes(),
-            "cluster_resources": lambda _arg: dict(self.exec.core.total),
-            "available_resources": lambda _arg: self._available(),
+            "cluster_resources": lambda _arg: self._mesh_resources(available=False),
+            "available_resources": lambda _arg: self._mesh_resources(available=True),
         })
         if config.cluster is not None and control_socket:
             self.control = ControlServer(control_socket_path(config.cluster.data_dir),
@@ -212,6 +212,21 @@ class Node:
         """(tasks ready to run and waiting for a worker, tasks on the workers' stacks)."""
         core = self.exec.core
         return core.queue_length(), sum(len(w.stack) for w in core.workers.values())
+
+    def _mesh_resources(self, available: bool) -> dict[str, float]:
+        """Totals (or what is free) over this node and every live member. A peer's free
+        amount is an estimate from gossip: its totals less one CPU per running task."""
+        own = self._available() if available else dict(self.exec.core.total)
+        if self.cluster is None or self.cluster.gossip is None:
+            return own
+        for member in self.cluster.gossip.view().values():
+            if member.is_self or member.state not in LIVE:
+                continue
+            for name, amount in member.resources.items():
+                if available and name == CPU:
+                    amount = max(0.0, amount - member.load.running_tasks)
+                own[name] = own.get(name, 0.0) + amount
+        return own
 
     def _available(self) -> dict[str, float]:
         return {name: max(0.0, amount) for name, amount in self.exec.core.available.items()}

@@ -14,3 +14,19 @@ def test_demo_command_prints_checked_pi_and_throughput():
     assert "[##############################] 4/4 batches" in result.stdout
     assert "(error 0.0" in result.stdout and "4 parameter-server updates) OK" in result.stdout
     assert "tasks/s" in lines[-1] and "M samples/s on 2 CPUs" in lines[-1]
+
+
+def test_demo_across_three_join_nodes_survives_one_killed():
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pexec.cli", "demo", "--nodes", "3", "--samples", "2000000",
+         "--batches", "12"], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "started 3 nodes on 127.0.0.1" in out
+    assert "SIGKILLed node n2 after 4/12 batches" in out
+    assert "12 parameter-server updates) OK" in out
+    lines = out.splitlines()
+    rows = lines[lines.index("per node: tasks run / taken from peers / given to peers") + 1:]
+    assert rows[2] == "  n2: killed"
+    n0, n1 = (row.split(": ")[1].split(" / ") for row in rows[:2])
+    assert int(n0[2].split()[0]) > 0 and int(n1[1].split()[0]) > 0  # n1 took work from n0
