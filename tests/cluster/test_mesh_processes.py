@@ -88,3 +88,43 @@ def test_tasks_stolen_by_another_node_own_the_tasks_they_submit(launcher: Launch
     assert len(nodes) >= 2, nodes  # branches ran on more than the driver's node
     # the children of a stolen branch were submitted on, and owned by, its node
     assert stats(b)["done"] + stats(c)["done"] > stats(b)["stolen_in"] + stats(c)["stolen_in"]
+
+
+LARGE_REFS = """
+    import json, time
+    import numpy as np
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def scale(array, k):
+        time.sleep(0.005)
+        return array[: 2**16] * k  # 512 KiB of float64: a large result, in shared memory
+
+    inputs = [px.put(np.full(2**17, float(i))) for i in range(4)]  # 1 MiB each
+    refs = [scale.remote(inputs[i % 4], i) for i in range(1000)]
+    totals = [float(px.get(ref, timeout=120)[0]) for ref in refs]
+    assert totals == [float((i % 4) * i) for i in range(1000)]
+    del refs, inputs
+    print(json.dumps("done"), flush=True)
+    time.sleep(60)  # attached while the test looks at the stores
+"""
+
+
+def test_large_refs_passed_across_nodes_leave_every_store_empty(launcher: Launcher):
+    a, b, c = three_nodes(launcher)
+    proc = driver(LARGE_REFS, a.data_dir)
+    try:
+        assert json.loads(proc.stdout.readline()) == "done", proc.stderr.read()
+        moved = sum(stats(node)["stolen_in"] for node in (b, c))
+        assert moved > 0  # some of the 1,000 ran on other nodes, fetching their input
+
+        def empty() -> bool:
+            return all(stats(node)["objects"] == 0 and stats(node)["store_bytes"] == 0
+                       for node in (a, b, c))
+
+        assert wait_for(empty, 30), [stats(node) for node in (a, b, c)]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
