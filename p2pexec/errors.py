@@ -59,6 +59,10 @@ class NodeDiedError(P2PExecError):
     """The machine that ran a task left the cluster before the task finished."""
 
 
+class ResourcesUnavailableError(P2PExecError):
+    """No live member of the cluster could ever give a task the resources it asks for."""
+
+
 class ActorDiedError(P2PExecError):
     """The actor's process died or the actor was killed; its pending calls fail with this."""
 

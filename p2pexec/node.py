@@ -22,7 +22,7 @@ from p2pexec.cluster import ClusterService, DiscoveryRunner
 from p2pexec.config import NodeConfig, control_socket_path
 from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
-from p2pexec.exec.events import PeerGone
+from p2pexec.exec.events import PeerGone, PeersResources
 from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.mesh import (
     MESH_CODES,
@@ -121,7 +121,8 @@ class Node:
         for codes in MESH_CODES:
             cluster.add_stream_service(codes, cluster.rpc.adopt)
         self.exec.mesh = mesh
-        nursery.start_soon(self._feed_departures, cluster.subscribe(), mesh)
+        nursery.start_soon(self._feed_membership, cluster.subscribe(), mesh)
+        nursery.start_soon(self._settle_membership)
         await nursery.start(mesh.run)
 
     def _peer_loads(self) -> list[PeerLoad]:
@@ -131,12 +132,18 @@ class Node:
                 for m in self.cluster.gossip.view().values()
                 if not m.is_self and m.state in LIVE]
 
-    async def _feed_departures(self, events: trio.MemoryReceiveChannel[MemberEvent],
+    async def _feed_membership(self, events: trio.MemoryReceiveChannel[MemberEvent],
                                mesh: Mesh) -> None:
+        """Departures are `PeerGone`s; every change gives the scheduler the peers' totals
+        (what tells a task no member can fit from one waiting for a busy member)."""
         async for event in events:
-            if event.kind in (EventKind.FAILED, EventKind.LEFT) and not event.member.is_self:
+            if event.member.is_self:
+                continue
+            if event.kind in (EventKind.FAILED, EventKind.LEFT):
                 mesh.forget(event.member.node_id)
                 self.exec.stimulus(PeerGone(event.member.node_id.raw))
+            totals = tuple(dict(peer.resources) for peer in self._peer_loads())
+            self.exec.stimulus(PeersResources(totals, trio.current_time()))
 
     async def _status(self, _arg: Any) -> dict[str, Any]:
         """What `p2pexec status` shows: the members, each with its execution figures
@@ -164,6 +171,13 @@ class Node:
             for member in members[1:]:
                 nursery.start_soon(ask, member)
         return {"members": members}
+
+    async def _settle_membership(self) -> None:
+        """Tell the scheduler the peers' totals once the grace for unsatisfiable tasks
+        has passed, even if the membership has not changed since."""
+        await trio.sleep(self.config.exec.infeasible_grace + 0.1)
+        totals = tuple(dict(peer.resources) for peer in self._peer_loads())
+        self.exec.stimulus(PeersResources(totals, trio.current_time()))
 
     def info(self) -> dict[str, Any]:
         """This node as `px.nodes()` and `p2pexec status` show it, plus what only the local

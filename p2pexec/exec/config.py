@@ -36,6 +36,10 @@ class ExecConfig:
     """Where spilled objects go. None: `<data dir>/spill` for a node that joined a
     cluster, a private temporary directory for an embedded one (removed at shutdown)."""
 
+    infeasible_grace: float = 10.0
+    """In a cluster, seconds after this node first hears of its peers before a task
+    that no live member could ever fit fails with ResourcesUnavailableError (until then
+    the membership may still be filling in; alone, such a task waits with a warning)."""
     steal: StealConfig = field(default_factory=StealConfig)
     """How this node takes work from its peers and gives its own (see exec.stealing)."""
 

@@ -202,6 +202,14 @@ class TasksReturned:
 
 
 @dataclass(frozen=True, slots=True)
+class PeersResources:
+    """Membership changed: the total resources of every live peer, as gossip has them."""
+
+    totals: tuple[dict[str, float], ...]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class PeerGone:
     """Membership declared peer `node` dead or gone: what it ran for this node runs
     again here, and what this node ran or kept for it is dropped."""
@@ -212,4 +220,4 @@ class PeerGone:
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | TasksReturned | PeerGone)
+         | Released | TasksReturned | PeersResources | PeerGone)

@@ -45,6 +45,7 @@ from p2pexec.exec.events import (
     GaveBack,
     GetRequested,
     PeerGone,
+    PeersResources,
     Put,
     RefsChanged,
     Released,
@@ -204,6 +205,10 @@ class Scheduler:
         self.parked: dict[bytes, None] = {}
         """Tasks no resources here could ever fit, oldest first: a peer may take them."""
         self._peer_holders: dict[bytes, int] = {}
+        self._peer_totals: tuple[dict[str, float], ...] = ()
+        self._members_since: float | None = None
+        self._membership_settled = False
+        """`infeasible_grace` has passed since the first membership news."""
         self._remote_results: dict[bytes, RemoteResult] = {}
         """By object id: large results of tasks peers ran, on their way here."""
         self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0, "steal_requests": 0}
@@ -232,6 +237,7 @@ class Scheduler:
             RemoteFinished: self._on_remote_finished,
             Released: self._on_released,
             TasksReturned: self._on_tasks_returned,
+            PeersResources: self._on_peers_resources,
             PeerGone: self._on_peer_gone,
         }
 
@@ -507,8 +513,9 @@ class Scheduler:
         self._transition(task, WAITING)
         spec = task.spec
         self.parked[spec.task_id] = None
-        if self.in_cluster:
-            return  # a peer that fits may steal it (it counts in this node's load)
+        if self.in_cluster:  # a peer that fits may steal it (it counts in this node's load)
+            self._fail_if_unsatisfiable(task)
+            return
         if spec.task_id not in self._warned_infeasible:
             self._warned_infeasible.add(spec.task_id)
             self._out.append(Warn(
@@ -1161,6 +1168,28 @@ class Scheduler:
         if holder is not None:
             for object_id in event.object_ids:
                 self.objects.remove_holder(object_id, holder)
+
+    def _on_peers_resources(self, event: PeersResources) -> None:
+        self._peer_totals = event.totals
+        if self._members_since is None:
+            self._members_since = event.now
+        self._membership_settled = (
+            event.now - self._members_since >= self.config.infeasible_grace)
+        for task_id in list(self.parked):
+            task = self.tasks.get(task_id)
+            if task is not None and task.state is WAITING:
+                self._fail_if_unsatisfiable(task)
+
+    def _fail_if_unsatisfiable(self, task: TaskState) -> None:
+        """A parked task fails once the membership has settled and no live member (this
+        node included) has the resources it asks for."""
+        demand = task.spec.resources
+        if not self._membership_settled or self.resources.feasible(demand) or any(
+                _covers(total, demand) for total in self._peer_totals):
+            return
+        self._fail(task, errors.ResourcesUnavailableError(
+            f"task {task.spec.name} needs {demand}, which no live member of the cluster "
+            f"has (this node: {self.total}; peers: {list(self._peer_totals)})"))
 
     def _on_tasks_returned(self, event: TasksReturned) -> None:
         for task_id in event.task_ids:

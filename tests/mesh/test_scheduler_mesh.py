@@ -14,6 +14,7 @@ from p2pexec.exec.events import (
     CodeRegistered,
     Fetched,
     PeerGone,
+    PeersResources,
     Put,
     Released,
     RemoteFinished,
@@ -76,11 +77,12 @@ class Checked(Scheduler):
         return out
 
 
-def node(cpus: float, workers_ready: bool = False, **steal) -> Checked:
+def node(cpus: float, workers_ready: bool = False, infeasible_grace: float = 10.0,
+         **steal) -> Checked:
     """A node in a cluster. Its workers have not said READY unless `workers_ready`, so
     what is submitted stays in the ready queue, where steals look."""
-    core = Checked(ExecConfig(num_cpus=cpus, max_prefetch=1, steal=StealConfig(**steal)),
-                   in_cluster=True)
+    core = Checked(ExecConfig(num_cpus=cpus, max_prefetch=1, steal=StealConfig(**steal),
+                              infeasible_grace=infeasible_grace), in_cluster=True)
     core.handle(CodeRegistered(CODE, b"code"), Started())
     if workers_ready:
         for worker in list(core.workers):
@@ -263,3 +265,19 @@ def test_a_task_holding_an_actor_handle_stays_with_its_actor():
                  Submitted(spec(2, deps=[rid(9)]), DRIVER))  # 2 holds the actor's handle
     (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
     assert [s.task_id for s in grant.specs] == [tid(3)]
+
+
+def test_a_task_no_member_can_fit_fails_once_the_membership_has_settled():
+    owner = node(1, infeasible_grace=10.0)
+    gpu = spec(1, resources={"CPU": 1.0, "gpu": 1.0})
+    tpu = spec(2, resources={"CPU": 1.0, "tpu": 1.0})
+    owner.handle(PeersResources(({"CPU": 4.0, "gpu": 1.0},), now=0.0))
+    owner.handle(WorkerReady(1))
+    owner.handle(Submitted(gpu, DRIVER), Submitted(tpu, DRIVER))
+    assert owner.queue_length() == 2  # both parked: the membership may still fill in
+    out = owner.handle(PeersResources(({"CPU": 4.0, "gpu": 1.0},), now=10.5))
+    assert Completed((rid(2),)) in out
+    assert "ResourcesUnavailableError" in owner.objects.payload(rid(2))[1]
+    assert owner.tasks[tid(1)].state.value == "waiting"  # a peer has a gpu: it waits
+    owner.handle(Submitted(spec(3, resources={"tpu": 2.0}), DRIVER))  # settled: at once
+    assert owner.objects.payload(rid(3))[0] == p.SYSTEM_ERROR
