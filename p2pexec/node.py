@@ -114,7 +114,7 @@ class Node:
         """Tasks move between nodes by stealing, guided by the gossiped loads; a member
         that fails or leaves is a `PeerGone` for the scheduler."""
         assert cluster.dht is not None
-        mesh = Mesh(self.exec, cluster.rpc, self._peer_loads, cluster.dht.address_of,
+        mesh = Mesh(self.exec, cluster.rpc, cluster.dht, self._peer_loads, cluster.dht.address_of,
                     random.Random(self._rng.getrandbits(64)))
         cluster.add_message_handler(MESH_MESSAGES, mesh.handle_message)
         cluster.add_request_handler((StatsRequest,), mesh.local_stats)

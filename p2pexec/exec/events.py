@@ -202,6 +202,14 @@ class TasksReturned:
 
 
 @dataclass(frozen=True, slots=True)
+class ActorLocated:
+    """The answer to a `LocateActor`: the node the actor lives on (None: none has it)."""
+
+    actor_id: bytes
+    node: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class PeersResources:
     """Membership changed: the total resources of every live peer, as gossip has them."""
 
@@ -220,4 +228,5 @@ class PeerGone:
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | TasksReturned | PeersResources | PeerGone)
+         | Released | TasksReturned | PeersResources | PeerGone
+         | ActorLocated)

@@ -115,5 +115,33 @@ class Release:
     object_ids: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LocateActor:
+    """A task here calls an actor another node made: find that node (the answer is an
+    `ActorLocated` event)."""
+
+    actor_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ActorHere:
+    """An actor lives here now (`alive`) or no longer: tell the cluster, so that tasks on
+    other nodes can call it."""
+
+    actor_id: bytes
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send calls of an actor that lives on `node` there, in order, with the small
+    values their arguments name."""
+
+    node: bytes
+    specs: tuple
+    values: dict[bytes, list]
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
-               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release)
+               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
+               | LocateActor | ActorHere | Forward)

@@ -17,6 +17,7 @@ drops that peer's connection with one log line.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -26,18 +27,28 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pexec.errors import P2PExecError, RemoteProtocolError
+from p2pexec.dht.driver import DhtDriver
+from p2pexec.errors import DhtLookupError, P2PExecError, RemoteProtocolError
 from p2pexec.exec.events import (
+    ActorLocated,
     Released,
     RemoteFinished,
     StealRequested,
     TasksGranted,
     TasksReturned,
 )
-from p2pexec.exec.instructions import Grant, Release, ReturnResult
+from p2pexec.exec.instructions import (
+    ActorHere,
+    Forward,
+    Grant,
+    LocateActor,
+    Release,
+    ReturnResult,
+)
 from p2pexec.exec.serialization import check_payload, payload_segment
 from p2pexec.exec.stealing import PeerLoad, Thief
-from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, TASK, TaskSpec
+from p2pexec.exec.transfer import find_publishers
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import message
 from p2pexec.net.rpc import RpcNode
@@ -47,6 +58,8 @@ if TYPE_CHECKING:
     from p2pexec.exec.service import ExecService
 
 log = logging.getLogger("p2pexec.mesh")
+
+MeshInstruction = Grant | ReturnResult | Release | LocateActor | ActorHere | Forward
 
 
 @message(111)
@@ -130,8 +143,19 @@ class NodeStats:
     spilled: int
 
 
-MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks)
-MESH_CODES = (range(111, 112), range(117, 124))
+@message(124)
+@dataclass(frozen=True, slots=True)
+class ActorCalls:
+    """Calls of an actor that lives on the receiver, made by tasks on the sender (which
+    owns them and gets their results), in submission order."""
+
+    tasks: list[TaskSpec]
+    values: dict[bytes, Any]
+
+
+MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
+                 ActorCalls)
+MESH_CODES = (range(111, 112), range(117, 125))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -146,12 +170,13 @@ class Mesh:
     module doc). `peers()` is the gossiped view of the other members; `address_of(node)`
     where a live member listens."""
 
-    def __init__(self, service: ExecService, rpc: RpcNode,
+    def __init__(self, service: ExecService, rpc: RpcNode, dht: DhtDriver,
                  peers: Callable[[], list[PeerLoad]],
                  address_of: Callable[[NodeId], Address | None],
                  rng: random.Random) -> None:
         self.service = service
         self.rpc = rpc
+        self.dht = dht
         self.peers = peers
         self.address_of = address_of
         self.config = service.config.steal
@@ -242,6 +267,14 @@ class Mesh:
             self.service.stimulus(Released(node.raw, msg.object_ids))
         elif type(msg) is ReturnTasks:
             self.service.stimulus(TasksReturned(node.raw, msg.task_ids))
+        elif type(msg) is ActorCalls:
+            for spec in msg.tasks:
+                if spec.kind != ACTOR_CALL:
+                    raise RemoteProtocolError("a forwarded actor call that is not one")
+                _check_inline(spec.args)
+            for payload in msg.values.values():
+                _check_inline(payload)
+            self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, {}))
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
 
@@ -303,9 +336,18 @@ class Mesh:
         return node_stats(self.service)
 
     # ---- what this node sends ----
-    def apply(self, instruction: Grant | ReturnResult | Release) -> None:
-        """Send what the scheduler decided a peer must hear."""
-        if type(instruction) is Grant:
+    def apply(self, instruction: MeshInstruction) -> None:
+        """Do what the scheduler decided peers must hear (or the DHT must say)."""
+        kind = type(instruction)
+        if kind is LocateActor or kind is ActorHere:
+            if self._nursery is not None:
+                task = self._locate if kind is LocateActor else self._announce
+                self._nursery.start_soon(task, instruction)
+            return
+        if kind is Forward:
+            self._send(instruction.node, ActorCalls(list(instruction.specs),
+                                                    instruction.values))
+        elif kind is Grant:
             self._send(instruction.thief, StealGrant(
                 instruction.request_id, list(instruction.specs), instruction.values,
                 instruction.code, self.service.import_paths(), instruction.queue_length))
@@ -352,6 +394,27 @@ class Mesh:
         finally:
             self._outboxes.pop(node, None)
 
+    async def _locate(self, instruction: LocateActor) -> None:
+        """Which node has the actor: the one that published its record."""
+        node = None
+        try:
+            found = await find_publishers(self.dht, actor_key(instruction.actor_id),
+                                          self.rpc.local.node_id)
+            node = found[0].raw if found else None
+        except DhtLookupError as exc:
+            log.info("actor %s is on no node: %s", instruction.actor_id.hex()[:12], exc)
+        self.service.stimulus(ActorLocated(instruction.actor_id, node))
+
+    async def _announce(self, instruction: ActorHere) -> None:
+        key = actor_key(instruction.actor_id)
+        try:
+            if instruction.alive:
+                await self.dht.publish(key, b"actor")
+            else:
+                await self.dht.withdraw(key)
+        except trio.ClosedResourceError:
+            pass  # the node is stopping
+
     def forget(self, node: NodeId) -> None:
         """A peer died or left: no request of ours to it will be answered."""
         self.thief.forget(node)
@@ -360,6 +423,11 @@ class Mesh:
                 del self._outstanding[request_id]
                 count.append(0)
                 done.set()
+
+
+def actor_key(actor_id: bytes) -> bytes:
+    """The DHT key under which the node that has an actor says so."""
+    return hashlib.sha256(b"p2pexec actor\0" + actor_id).digest()
 
 
 def _check_inline(payload: Any) -> None:

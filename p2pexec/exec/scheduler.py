@@ -38,6 +38,7 @@ from p2pexec.exec.actors import ActorState, ActorTable
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
+    ActorLocated,
     ClientLeft,
     CodeRegistered,
     Event,
@@ -63,12 +64,15 @@ from p2pexec.exec.events import (
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
+    ActorHere,
     Completed,
     DeleteSpilled,
     Fetch,
+    Forward,
     Grant,
     Holding,
     Instruction,
+    LocateActor,
     Recycle,
     Release,
     ReturnResult,
@@ -154,6 +158,15 @@ class TaskState:
 
 
 @dataclass(slots=True)
+class RemoteActor:
+    """An actor another node made, as the callers on this node see it: where it lives
+    (None while being located) and the calls not yet sent there, in submission order."""
+
+    node: bytes | None = None
+    calls: deque[bytes] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
 class RemoteResult:
     """A task a peer ran whose large results are being fetched from it. The task keeps
     its arguments until every copy is here, so if the peer dies first it runs again."""
@@ -205,6 +218,8 @@ class Scheduler:
         self.parked: dict[bytes, None] = {}
         """Tasks no resources here could ever fit, oldest first: a peer may take them."""
         self._peer_holders: dict[bytes, int] = {}
+        self.remote_actors: dict[bytes, RemoteActor] = {}
+        """Actors other nodes made that tasks here call."""
         self._peer_totals: tuple[dict[str, float], ...] = ()
         self._members_since: float | None = None
         self._membership_settled = False
@@ -238,6 +253,7 @@ class Scheduler:
             Released: self._on_released,
             TasksReturned: self._on_tasks_returned,
             PeersResources: self._on_peers_resources,
+            ActorLocated: self._on_actor_located,
             PeerGone: self._on_peer_gone,
         }
 
@@ -419,14 +435,14 @@ class Scheduler:
         kind = task.spec.kind
         if self._failed_dependency(task):
             if kind == ACTOR_CALL:
-                self._pump_actor(self.actors.get(task.spec.actor_id))
+                self._pump_actor(self.actors.get(task.spec.actor_id), task.spec.actor_id)
             return
         if kind == TASK:
             self._make_ready(task)
         elif kind == ACTOR_CREATE:
             self._try_create_actor(self.actors.get(task.spec.actor_id))
         else:
-            self._pump_actor(self.actors.get(task.spec.actor_id))
+            self._pump_actor(self.actors.get(task.spec.actor_id), task.spec.actor_id)
 
     def _failed_dependency(self, task: TaskState) -> bool:
         """An argument's task failed: this one fails with the same error, unrun (as Ray);
@@ -788,6 +804,8 @@ class Scheduler:
             self._dead_on_arrival(spec, reason)
             return
         self.actors.add(spec, self.pool.start_worker(spec.actor_id), creator=task.submitter)
+        if self.in_cluster:
+            self._out.append(ActorHere(spec.actor_id, True))
 
     def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
         """An actor that never started: remember why, so its calls fail saying so."""
@@ -812,6 +830,9 @@ class Scheduler:
 
     def _queue_actor_call(self, task: TaskState) -> None:
         actor = self.actors.get(task.spec.actor_id)
+        if actor is None and self.in_cluster and task.owner is None:
+            self._call_remote_actor(task)
+            return
         if actor is None or actor.dead_reason is not None:
             reason = actor.dead_reason if actor is not None else "it is unknown to this node"
             self._fail(task, errors.ActorDiedError(
@@ -820,9 +841,13 @@ class Scheduler:
         actor.calls.append(task.spec.task_id)
         self._pump_actor(actor)
 
-    def _pump_actor(self, actor: ActorState | None) -> None:
-        """Send calls in submission order while the head's arguments are ready."""
+    def _pump_actor(self, actor: ActorState | None, actor_id: bytes | None = None) -> None:
+        """Send calls in submission order while the head's arguments are ready (to the
+        actor's node when another node made it)."""
         if actor is None:
+            remote = self.remote_actors.get(actor_id) if actor_id is not None else None
+            if remote is not None:
+                self._pump_remote(remote)
             return
         worker = self.workers.get(actor.worker)
         if not actor.alive or worker is None:
@@ -902,6 +927,8 @@ class Scheduler:
                     f"cannot run {task.spec.name}: the actor is dead ({reason})"))
         self.resources.release(actor.holds)
         self._forget_arguments(actor.creation)
+        if self.in_cluster:
+            self._out.append(ActorHere(actor.actor_id, False))
 
     def _on_actor_killed(self, event: ActorKilled) -> None:
         """Its pending calls fail with ActorDiedError; a dead or unknown actor is left be."""
@@ -1007,10 +1034,7 @@ class Scheduler:
             spec = task.spec
             if spec.callable_hash is not None:
                 code[spec.callable_hash] = self.pool.code[spec.callable_hash]
-            for object_id in spec.contained:
-                payload = self.objects.payload(object_id)
-                if payload is not None and payload_segment(payload) is None:
-                    values[object_id] = payload
+            self._inline_values(spec, values)
         self.counts["stolen_out"] += len(given)
         self._out.append(Grant(thief, event.request_id, tuple(task.spec for task in given),
                                values, code, self.queue_length()))
@@ -1026,15 +1050,12 @@ class Scheduler:
 
     def _stealable(self, task: TaskState, fits_thief: dict[str, float]) -> bool:
         """Plain tasks this node owns, with inline arguments whose values are all here,
-        that the thief has the resources for, and that hold no actor handle (actors are
-        called only on the node that made them)."""
+        that the thief has the resources for."""
         spec = task.spec
-        actors = self.actors
         return (spec.kind == TASK and task.owner is None
                 and payload_segment(spec.args) is None
                 and _covers(fits_thief, spec.resources)
-                and all(self.objects.is_ready(oid) and actors.get(task_of(oid)) is None
-                        for oid in spec.contained))
+                and all(self.objects.is_ready(oid) for oid in spec.contained))
 
     def _input_bytes(self, spec: TaskSpec) -> int:
         """Bytes a thief would have to fetch before running it: its large arguments."""
@@ -1067,7 +1088,8 @@ class Scheduler:
                 else:
                     objects.receive(object_id, holder)
                     self._out.append(Fetch(object_id, owner))
-            self.counts["stolen_in"] += 1
+            if spec.kind == TASK:
+                self.counts["stolen_in"] += 1
             self._admit(TaskState(spec, owner=owner, submitter=holder))
             for object_id in created:  # pinned by the task now
                 objects.remove_holder(object_id, holder)
@@ -1169,6 +1191,58 @@ class Scheduler:
             for object_id in event.object_ids:
                 self.objects.remove_holder(object_id, holder)
 
+    def _call_remote_actor(self, task: TaskState) -> None:
+        """A call of an actor this node does not have: queue it for the actor's node,
+        which is looked up once."""
+        actor_id = task.spec.actor_id
+        remote = self.remote_actors.get(actor_id)
+        if remote is None:
+            remote = self.remote_actors[actor_id] = RemoteActor()
+            self._out.append(LocateActor(actor_id))
+        remote.calls.append(task.spec.task_id)
+        self._pump_remote(remote)
+
+    def _pump_remote(self, remote: RemoteActor) -> None:
+        if remote.node is None:
+            return
+        specs, values = [], {}
+        while remote.calls:
+            task = self.tasks.get(remote.calls[0])
+            if task is None:
+                remote.calls.popleft()
+                continue
+            if task.missing:
+                break
+            remote.calls.popleft()
+            self._transition(task, STOLEN)
+            task.node = remote.node
+            specs.append(task.spec)
+            self._inline_values(task.spec, values)
+        if specs:
+            self._out.append(Forward(remote.node, tuple(specs), values))
+
+    def _inline_values(self, spec: TaskSpec, values: dict[bytes, list]) -> None:
+        """The small values a task's arguments name, to travel with it to a peer."""
+        for object_id in spec.contained:
+            payload = self.objects.payload(object_id)
+            if payload is not None and payload_segment(payload) is None:
+                values[object_id] = payload
+
+    def _on_actor_located(self, event: ActorLocated) -> None:
+        remote = self.remote_actors.get(event.actor_id)
+        if remote is None:
+            return
+        if event.node is not None:
+            remote.node = event.node
+            self._pump_remote(remote)
+            return
+        del self.remote_actors[event.actor_id]
+        for task_id in remote.calls:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                self._fail(task, errors.ActorDiedError(
+                    f"cannot call {task.spec.name}: no node of the cluster has the actor"))
+
     def _on_peers_resources(self, event: PeersResources) -> None:
         self._peer_totals = event.totals
         if self._members_since is None:
@@ -1207,8 +1281,19 @@ class Scheduler:
         holder = self._peer_holders.pop(node, None)
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
+        for actor_id, remote in list(self.remote_actors.items()):
+            if remote.node == node:  # its actor died with it (restarts elsewhere: none)
+                del self.remote_actors[actor_id]
+                for task_id in remote.calls:
+                    task = self.tasks.get(task_id)
+                    if task is not None:
+                        self._fail(task, errors.ActorDiedError(
+                            f"cannot call {task.spec.name}: the actor's node died"))
         for task in list(self.tasks.values()):
-            if task.state is STOLEN and task.node == node:
+            if task.state is STOLEN and task.node == node and task.spec.kind == ACTOR_CALL:
+                self._fail(task, errors.ActorDiedError(
+                    f"the node of the actor running {task.spec.name} died"))
+            elif task.state is STOLEN and task.node == node:
                 task.node = None
                 task.attempts += 1
                 retries = task.spec.max_retries
@@ -1248,6 +1333,9 @@ class Scheduler:
             for task_id in actor.in_flight:
                 places.setdefault(task_id, []).append(f"in flight at {actor.worker}")
             for task_id in actor.calls:
+                places.setdefault(task_id, []).append("actor calls")
+        for remote in self.remote_actors.values():
+            for task_id in remote.calls:
                 places.setdefault(task_id, []).append("actor calls")
         ready = set(self.ready)
         owned_ready = sum(1 for t in self.tasks.values() if t.state is READY and t.owner is None)

@@ -51,12 +51,9 @@ from p2pexec.exec.instructions import (
     Completed,
     DeleteSpilled,
     Fetch,
-    Grant,
     Holding,
     Instruction,
     Recycle,
-    Release,
-    ReturnResult,
     Send,
     Spill,
     StartWorker,
@@ -64,7 +61,7 @@ from p2pexec.exec.instructions import (
     Unlink,
     Warn,
 )
-from p2pexec.exec.mesh import Mesh
+from p2pexec.exec.mesh import Mesh, MeshInstruction
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.exec.transfer import ObjectTransfers
@@ -72,6 +69,9 @@ from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
+
+MESH_INSTRUCTIONS = MeshInstruction.__args__
+"""What the mesh driver carries out: messages to peers, actor records in the DHT."""
 RECEIVE_SIZE = 1 << 16
 """Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
 256 KiB object per read cost an mmap, a page fault and a munmap each time."""
@@ -382,7 +382,7 @@ class ExecService:
                 if self.transfers is not None and not self._closed:
                     self._nursery.start_soon(self.transfers.announce, instruction.object_id,
                                              instruction.held)
-            elif type(instruction) in (Grant, ReturnResult, Release):
+            elif type(instruction) in MESH_INSTRUCTIONS:
                 if self.mesh is not None:
                     self.mesh.apply(instruction)
         for link in touched:

@@ -101,6 +101,22 @@ def object_key(object_id: bytes) -> bytes:
     return hashlib.sha256(b"p2pexec object\0" + object_id).digest()
 
 
+async def find_publishers(dht: DhtDriver, key: bytes, exclude: NodeId) -> list[NodeId]:
+    """The nodes other than `exclude` that published a record under `key`. A ref can
+    outrun its maker's announcement (made a moment ago), so a lookup that finds none is
+    repeated after each of HOLDER_RETRIES; `DhtLookupError` after the last."""
+    for pause in (*HOLDER_RETRIES, None):
+        try:
+            records = await dht.find_value(key)
+        except DhtLookupError:
+            if pause is None:
+                raise
+            await trio.sleep(pause)
+            continue
+        return [r.publisher for r in records if r.publisher != exclude]
+    raise AssertionError("unreachable: the last pass returns or raises")
+
+
 class ObjectTransfers:
     """Serves this node's large values to peers and fetches copies of theirs."""
 
@@ -262,20 +278,12 @@ class ObjectTransfers:
         return [SHARED, copy.name, header.main_size, list(header.buffer_sizes)]
 
     async def _holders(self, object_id: bytes) -> list[NodeId]:
-        """The other nodes that announced a copy. A ref can outrun its holder's
-        announcement (the object was made a moment ago), so a lookup that finds none is
-        repeated after each of HOLDER_RETRIES before the object counts as lost."""
-        for pause in (*HOLDER_RETRIES, None):
-            try:
-                records = await self.dht.find_value(object_key(object_id))
-            except DhtLookupError as exc:
-                if pause is None:
-                    raise ObjectLostError(f"object {object_id.hex()} is held by no node of "
-                                          f"the cluster ({exc})") from None
-                await trio.sleep(pause)
-                continue
-            return [r.publisher for r in records if r.publisher != self.node_id]
-        raise AssertionError("unreachable: the last pass returns or raises")
+        """The other nodes that announced a copy."""
+        try:
+            return await find_publishers(self.dht, object_key(object_id), self.node_id)
+        except DhtLookupError as exc:
+            raise ObjectLostError(f"object {object_id.hex()} is held by no node of "
+                                  f"the cluster ({exc})") from None
 
     async def _fetch_from(self, holder: NodeId, address: tuple[str, int], object_id: bytes,
                           copy: _Copy) -> None:

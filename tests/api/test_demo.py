@@ -18,13 +18,13 @@ def test_demo_command_prints_checked_pi_and_throughput():
 
 def test_demo_across_three_join_nodes_survives_one_killed():
     result = subprocess.run(
-        [sys.executable, "-m", "p2pexec.cli", "demo", "--nodes", "3", "--samples", "2000000",
-         "--batches", "12"], capture_output=True, text=True, timeout=240)
+        [sys.executable, "-m", "p2pexec.cli", "demo", "--nodes", "3", "--samples", "8000000",
+         "--batches", "30"], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "started 3 nodes on 127.0.0.1" in out
-    assert "SIGKILLed node n2 after 4/12 batches" in out
-    assert "12 parameter-server updates) OK" in out
+    assert "SIGKILLed node n2 after 10/30 batches" in out
+    assert "30 parameter-server updates) OK" in out
     lines = out.splitlines()
     rows = lines[lines.index("per node: tasks run / taken from peers / given to peers") + 1:]
     assert rows[2] == "  n2: killed"

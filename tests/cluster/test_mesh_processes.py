@@ -128,3 +128,49 @@ def test_large_refs_passed_across_nodes_leave_every_store_empty(launcher: Launch
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+PARAMETER_SERVER = """
+    import json, os, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    class ParameterServer:
+        def __init__(self):
+            self.weights = [0.0] * 4
+            self.updates = 0
+
+        def push(self, gradient):
+            self.weights = [w + g for w, g in zip(self.weights, gradient)]
+            self.updates += 1
+            return self.updates
+
+        def pull(self):
+            return list(self.weights)
+
+    @px.remote
+    def worker(server, k, steps):
+        for _ in range(steps):
+            weights = px.get(server.pull.remote())
+            time.sleep(0.02)  # the "gradient" takes a while to compute
+            px.get(server.push.remote([1.0] * len(weights)))
+        return os.getppid()
+
+    server = ParameterServer.remote()
+    nodes = px.get([worker.remote(server, k, 5) for k in range(12)], timeout=120)
+    weights = px.get(server.pull.remote())
+    assert weights == [60.0] * 4, weights
+    print(json.dumps(sorted(set(nodes))), flush=True)
+"""
+
+
+def test_a_parameter_server_actor_serves_workers_on_every_node(launcher: Launcher):
+    a, b, c = three_nodes(launcher)
+    proc = driver(PARAMETER_SERVER, a.data_dir)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out + err
+    nodes = json.loads(out.strip().splitlines()[-1])
+    # workers ran on all three, calling the actor on A
+    assert nodes == sorted(n.proc.pid for n in (a, b, c)), nodes

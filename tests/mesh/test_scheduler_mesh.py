@@ -11,6 +11,7 @@ from p2pexec import errors
 from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
+    ActorLocated,
     CodeRegistered,
     Fetched,
     PeerGone,
@@ -27,10 +28,13 @@ from p2pexec.exec.events import (
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
+    ActorHere,
     Completed,
     Fetch,
+    Forward,
     Grant,
     Holding,
+    LocateActor,
     Release,
     ReturnResult,
     Send,
@@ -41,7 +45,7 @@ from p2pexec.exec.refs import return_id
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import system_error_payload
 from p2pexec.exec.stealing import StealConfig
-from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 ARGS = [p.INLINE, b"args", []]
 CODE = b"h" * 16
@@ -256,15 +260,41 @@ def test_tasks_a_thief_hands_back_queue_again_uncharged():
     assert owner.counts["stolen_out"] == 0 and owner.queue_length() == 2
 
 
-def test_a_task_holding_an_actor_handle_stays_with_its_actor():
-    owner = node(1)
+def call(n: int, actor: bytes, deps=()) -> TaskSpec:
+    return TaskSpec(tid(n), ACTOR_CALL, None, "m", ARGS, tuple(deps),
+                    (*deps, return_id(actor, 1)), (rid(n),), f"call{n}", {}, actor_id=actor)
+
+
+def test_calls_of_an_actor_another_node_made_go_there_in_order():
+    caller = node(1)
+    actor = tid(9)
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))  # its handle's ref
+    out = caller.handle(Submitted(call(1, actor), DRIVER), Submitted(call(2, actor), DRIVER))
+    assert out == [LocateActor(actor)]  # looked up once
+    out = caller.handle(ActorLocated(actor, OWNER))
+    assert out == [Forward(OWNER, (call(1, actor), call(2, actor)),
+                           {return_id(actor, 1): ok(b"handle")})]
+    out = caller.handle(RemoteFinished(OWNER, tid(1), [rid(1)], [ok(b"r")], None, None))
+    assert out == [Completed((rid(1),))]
+    caller.handle(PeerGone(OWNER))  # the actor's node died: the call in flight fails
+    assert "ActorDiedError" in caller.objects.payload(rid(2))[1]
+    caller.handle(Submitted(call(3, actor), DRIVER))  # a later call looks it up again
+    assert caller.handle(ActorLocated(actor, None)) and (
+        "no node of the cluster has the actor" in caller.objects.payload(rid(3))[2])
+
+
+def test_the_actors_node_runs_forwarded_calls_and_returns_their_results():
+    home = node(1)
     create = dataclasses.replace(spec(9), kind=ACTOR_CREATE, actor_id=tid(9))
-    owner.handle(Submitted(create, DRIVER))
-    owner.handle(WorkerReady(3), TaskFinished(3, tid(9), [ok()], None, 0.1))
-    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(3), DRIVER),
-                 Submitted(spec(2, deps=[rid(9)]), DRIVER))  # 2 holds the actor's handle
-    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
-    assert [s.task_id for s in grant.specs] == [tid(3)]
+    out = home.handle(Submitted(create, DRIVER))
+    assert ActorHere(tid(9), True) in out  # announced, so callers elsewhere find it
+    worker = home.actors.get(tid(9)).worker
+    home.handle(WorkerReady(worker), TaskFinished(worker, tid(9), [ok()], None, 0.1))
+    out = home.handle(TasksGranted(THIEF, [call(1, tid(9))], {}, {}))
+    assert [type(i) for i in out] == [Send]
+    out = home.handle(TaskFinished(worker, tid(1), [ok(b"r")], None, 0.01))
+    assert ReturnResult(THIEF, tid(1), (rid(1),), [ok(b"r")], None, None) in out
+    assert home.counts["stolen_in"] == 0  # a forwarded call is not stolen work
 
 
 def test_a_task_no_member_can_fit_fails_once_the_membership_has_settled():
