@@ -130,6 +130,7 @@ ALLOWED = frozenset({
     (READY, STOLEN),  # a peer took it
     (WAITING, STOLEN),  # a peer took one no resources here could fit
     (STOLEN, READY),  # the peer died before its result came back
+    (STOLEN, WAITING),  # the peer running an actor died: it may restart elsewhere
     *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING, STOLEN)),
 })
 
@@ -164,6 +165,9 @@ class RemoteActor:
 
     node: bytes | None = None
     calls: deque[bytes] = field(default_factory=deque)
+    creation: TaskSpec | None = None
+    """Its creation, when this node made it (so it can be placed again if `node` dies)."""
+    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -803,9 +807,18 @@ class Scheduler:
             self._fail(task, errors.LocalUsageError(reason))
             self._dead_on_arrival(spec, reason)
             return
-        self.actors.add(spec, self.pool.start_worker(spec.actor_id), creator=task.submitter)
+        if self.in_cluster and task.owner is None and not self.resources.feasible(
+                spec.resources):  # a peer that has what it needs may take it
+            self.parked[spec.task_id] = None
+            self._fail_if_unsatisfiable(task)
+            return
+        actor = self.actors.add(spec, self.pool.start_worker(spec.actor_id),
+                                creator=task.submitter)
         if self.in_cluster:
             self._out.append(ActorHere(spec.actor_id, True))
+        remote = self.remote_actors.pop(spec.actor_id, None)
+        if remote is not None:  # it ran on a peer that died, and restarts here
+            actor.calls.extend(remote.calls)
 
     def _dead_on_arrival(self, spec: TaskSpec, reason: str) -> None:
         """An actor that never started: remember why, so its calls fail saying so."""
@@ -1052,7 +1065,8 @@ class Scheduler:
         """Plain tasks this node owns, with inline arguments whose values are all here,
         that the thief has the resources for."""
         spec = task.spec
-        return (spec.kind == TASK and task.owner is None
+        return ((spec.kind == TASK or (spec.kind == ACTOR_CREATE and spec.task_id in self.parked))
+                and task.owner is None
                 and payload_segment(spec.args) is None
                 and _covers(fits_thief, spec.resources)
                 and all(self.objects.is_ready(oid) for oid in spec.contained))
@@ -1147,12 +1161,14 @@ class Scheduler:
                 self._out.append(Fetch(object_id, node))
         if small:
             self._out.append(Completed(tuple(small)))
+        if spec.kind == ACTOR_CREATE:
+            self._remote_actor_created(spec, node, event.payloads[0])
         if large:
             result = RemoteResult(task, node, dict(zip(spec.return_ids, contained,
                                                        strict=True)), set(large))
             for object_id in large:
                 self._remote_results[object_id] = result
-        else:
+        elif spec.kind != ACTOR_CREATE:  # a restart needs them
             self._forget_arguments(spec)
         self._dirty = True
 
@@ -1198,7 +1214,8 @@ class Scheduler:
         remote = self.remote_actors.get(actor_id)
         if remote is None:
             remote = self.remote_actors[actor_id] = RemoteActor()
-            self._out.append(LocateActor(actor_id))
+            if actor_id not in self.tasks:  # else: this node made it, a peer runs it
+                self._out.append(LocateActor(actor_id))
         remote.calls.append(task.spec.task_id)
         self._pump_remote(remote)
 
@@ -1227,6 +1244,23 @@ class Scheduler:
             payload = self.objects.payload(object_id)
             if payload is not None and payload_segment(payload) is None:
                 values[object_id] = payload
+
+    def _remote_actor_created(self, spec: TaskSpec, node: bytes, payload: list) -> None:
+        """An actor this node made was created on `node`: its calls go there now (or
+        fail, when its constructor failed)."""
+        failed = payload[0] in (p.ERROR, p.SYSTEM_ERROR)
+        remote = self.remote_actors.setdefault(spec.actor_id, RemoteActor())
+        if not failed:
+            remote.node, remote.creation = node, spec
+            self._pump_remote(remote)
+            return
+        del self.remote_actors[spec.actor_id]
+        for task_id in remote.calls:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                self._fail(task, errors.ActorDiedError(
+                    f"cannot call {task.spec.name}: the actor's constructor {spec.name} "
+                    f"failed"))
 
     def _on_actor_located(self, event: ActorLocated) -> None:
         remote = self.remote_actors.get(event.actor_id)
@@ -1265,6 +1299,20 @@ class Scheduler:
             f"task {task.spec.name} needs {demand}, which no live member of the cluster "
             f"has (this node: {self.total}; peers: {list(self._peer_totals)})"))
 
+    def _actor_node_died(self, task: TaskState) -> None:
+        """The peer running an actor this node made (still being created there) died:
+        it is placed again while `max_restarts` allows, else it is dead."""
+        task.node = None
+        task.attempts += 1
+        restarts = task.spec.max_restarts
+        if restarts < 0 or task.attempts <= restarts:
+            self._transition(task, WAITING)
+            self.parked[task.spec.task_id] = None
+            self._dirty = True
+            return
+        self._fail(task, errors.ActorDiedError(
+            f"the node creating actor {task.spec.name} died"))
+
     def _on_tasks_returned(self, event: TasksReturned) -> None:
         for task_id in event.task_ids:
             task = self.tasks.get(task_id)
@@ -1282,7 +1330,16 @@ class Scheduler:
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
         for actor_id, remote in list(self.remote_actors.items()):
-            if remote.node == node:  # its actor died with it (restarts elsewhere: none)
+            if remote.node != node:
+                continue
+            remote.node = None
+            remote.attempts += 1
+            restarts = remote.creation.max_restarts if remote.creation is not None else 0
+            if restarts < 0 or remote.attempts <= restarts:  # placed again, fresh state
+                self._out.append(Warn(f"the node of actor {remote.creation.name} died; "
+                                      f"restarting it (restart {remote.attempts})"))
+                self._admit(TaskState(remote.creation, attempts=remote.attempts))
+            else:  # its actor died with it
                 del self.remote_actors[actor_id]
                 for task_id in remote.calls:
                     task = self.tasks.get(task_id)
@@ -1293,6 +1350,8 @@ class Scheduler:
             if task.state is STOLEN and task.node == node and task.spec.kind == ACTOR_CALL:
                 self._fail(task, errors.ActorDiedError(
                     f"the node of the actor running {task.spec.name} died"))
+            elif task.state is STOLEN and task.node == node and task.spec.kind == ACTOR_CREATE:
+                self._actor_node_died(task)
             elif task.state is STOLEN and task.node == node:
                 task.node = None
                 task.attempts += 1

@@ -311,3 +311,30 @@ def test_a_task_no_member_can_fit_fails_once_the_membership_has_settled():
     assert owner.tasks[tid(1)].state.value == "waiting"  # a peer has a gpu: it waits
     owner.handle(Submitted(spec(3, resources={"tpu": 2.0}), DRIVER))  # settled: at once
     assert owner.objects.payload(rid(3))[0] == p.SYSTEM_ERROR
+
+
+def test_an_actor_needing_what_only_a_peer_has_is_placed_there_and_restarts_elsewhere():
+    owner = node(1)
+    actor = tid(9)
+    create = dataclasses.replace(spec(9, resources={"gpu": 1.0}), kind=ACTOR_CREATE,
+                                 actor_id=actor, max_restarts=1)
+    owner.handle(Submitted(create, DRIVER))
+    assert owner.queue_length() == 1 and not owner.actors.actors  # parked, not started
+    gpu_box, other_box = b"G" * 32, b"H" * 32
+    (grant,) = grants(owner.handle(StealRequested(gpu_box, 1, 1.0, {"gpu": 1.0})))
+    assert grant.specs == (create,)
+    owner.handle(Submitted(call(1, actor), DRIVER))  # no lookup: this node made it
+    out = owner.handle(RemoteFinished(gpu_box, actor, [rid(9)], [ok()], None, 0.1))
+    assert Forward(gpu_box, (call(1, actor),), {rid(9): ok()}) in out
+    out = owner.handle(PeerGone(gpu_box))  # the call in flight dies with the node...
+    assert "ActorDiedError" in owner.objects.payload(rid(1))[1]
+    assert owner.queue_length() == 1  # ...and the actor waits to be placed again
+    owner.handle(Submitted(call(2, actor), DRIVER))
+    (grant,) = grants(owner.handle(StealRequested(other_box, 2, 1.0, {"gpu": 1.0})))
+    assert grant.specs == (create,)
+    out = owner.handle(RemoteFinished(other_box, actor, [rid(9)], [ok()], None, 0.1))
+    assert Forward(other_box, (call(2, actor),), {rid(9): ok()}) in out
+    owner.handle(PeerGone(other_box))  # out of restarts: dead for good
+    owner.handle(Submitted(call(3, actor), DRIVER))
+    assert owner.handle(ActorLocated(actor, None))
+    assert owner.objects.payload(rid(3))[0] == p.SYSTEM_ERROR
