@@ -47,7 +47,7 @@ from p2pexec.exec.instructions import (
 )
 from p2pexec.exec.serialization import check_payload, payload_segment
 from p2pexec.exec.stealing import PeerLoad, Thief
-from p2pexec.exec.task import ACTOR_CALL, TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.exec.transfer import find_publishers
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import message
@@ -268,12 +268,7 @@ class Mesh:
         elif type(msg) is ReturnTasks:
             self.service.stimulus(TasksReturned(node.raw, msg.task_ids))
         elif type(msg) is ActorCalls:
-            for spec in msg.tasks:
-                if spec.kind != ACTOR_CALL:
-                    raise RemoteProtocolError("a forwarded actor call that is not one")
-                _check_inline(spec.args)
-            for payload in msg.values.values():
-                _check_inline(payload)
+            _check_tasks(msg.tasks, msg.values, ACTOR_CALL)
             self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, {}))
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
@@ -309,12 +304,7 @@ class Mesh:
             log.warning("node %s sent a grant for steal request %d, which this node did "
                         "not send it; refused", node.short, msg.request_id)
             return
-        for spec in msg.tasks:
-            if spec.kind != TASK:
-                raise RemoteProtocolError("a granted task that is not a plain task")
-            _check_inline(spec.args)
-        for payload in msg.values.values():
-            _check_inline(payload)
+        _check_tasks(msg.tasks, msg.values, TASK, ACTOR_CREATE)
         if msg.tasks:
             self.service.learn_paths(msg.paths)
             self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, msg.code))
@@ -428,6 +418,18 @@ class Mesh:
 def actor_key(actor_id: bytes) -> bytes:
     """The DHT key under which the node that has an actor says so."""
     return hashlib.sha256(b"p2pexec actor\0" + actor_id).digest()
+
+
+def _check_tasks(tasks: list[TaskSpec], values: dict[bytes, Any], *kinds: int) -> None:
+    """Specs a peer sends must be of the kinds that message carries, with inline
+    arguments and values."""
+    for spec in tasks:
+        if spec.kind not in kinds:
+            raise RemoteProtocolError(f"a peer sent a task of kind {spec.kind} where only "
+                                      f"kinds {kinds} may come")
+        _check_inline(spec.args)
+    for payload in values.values():
+        _check_inline(payload)
 
 
 def _check_inline(payload: Any) -> None:

@@ -865,18 +865,25 @@ class Scheduler:
         worker = self.workers.get(actor.worker)
         if not actor.alive or worker is None:
             return
-        while actor.calls:
-            task = self.tasks.get(actor.calls[0])
-            if task is None:
-                actor.calls.popleft()
-                continue
-            if task.missing:
-                return
-            actor.calls.popleft()
+        while (task := self._next_call(actor.calls)) is not None:
             self._transition(task, RUNNING)
             task.worker = worker.worker_id
             actor.in_flight.append(task.spec.task_id)
             self._send_work(worker, task, nested=False)
+
+    def _next_call(self, calls: deque[bytes]) -> TaskState | None:
+        """Take the head call off an actor's queue when its arguments are ready (calls
+        that already ended are dropped on the way); None while the head waits."""
+        while calls:
+            task = self.tasks.get(calls[0])
+            if task is None:
+                calls.popleft()
+                continue
+            if task.missing:
+                return None
+            calls.popleft()
+            return task
+        return None
 
     def _actor_task_done(self, task: TaskState, payloads: list[list],
                          contained: list[list[bytes]] | None) -> None:
@@ -1223,14 +1230,7 @@ class Scheduler:
         if remote.node is None:
             return
         specs, values = [], {}
-        while remote.calls:
-            task = self.tasks.get(remote.calls[0])
-            if task is None:
-                remote.calls.popleft()
-                continue
-            if task.missing:
-                break
-            remote.calls.popleft()
+        while (task := self._next_call(remote.calls)) is not None:
             self._transition(task, STOLEN)
             task.node = remote.node
             specs.append(task.spec)
