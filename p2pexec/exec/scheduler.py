@@ -1367,6 +1367,13 @@ class Scheduler:
                 if task.state in (READY, WAITING):
                     self._retire(task)
                     self._forget_arguments(task.spec)
+        if holder is not None:  # actors it placed here have no owner left: they stop
+            for actor in list(self.actors.actors.values()):
+                if actor.creator == holder and actor.dead_reason is None:
+                    creation = self.tasks.get(actor.creation.task_id)
+                    if creation is not None:
+                        self._fail(creation, errors.ActorDiedError("its owner's node died"))
+                    self._actor_dead(actor, "the node that owns it died", stop=True)
         self._dirty = True  # (a result being fetched from it fails, and its task reruns)
 
     # ---- invariants ----

@@ -38,6 +38,7 @@ from p2pexec.exec.instructions import (
     Release,
     ReturnResult,
     Send,
+    StopWorker,
     Unlink,
     Warn,
 )
@@ -338,3 +339,14 @@ def test_an_actor_needing_what_only_a_peer_has_is_placed_there_and_restarts_else
     owner.handle(Submitted(call(3, actor), DRIVER))
     assert owner.handle(ActorLocated(actor, None))
     assert owner.objects.payload(rid(3))[0] == p.SYSTEM_ERROR
+
+
+def test_an_actor_placed_here_stops_when_its_owner_dies():
+    thief = node(1, workers_ready=True)
+    create = dataclasses.replace(spec(9), kind=ACTOR_CREATE, actor_id=tid(9))
+    thief.handle(TasksGranted(OWNER, [create], {}, {CODE: b"code"}))
+    worker = thief.actors.get(tid(9)).worker
+    thief.handle(WorkerReady(worker), TaskFinished(worker, tid(9), [ok()], None, 0.1))
+    out = thief.handle(PeerGone(OWNER))
+    assert StopWorker(worker) in out and ActorHere(tid(9), False) in out
+    assert not thief.actor_alive(tid(9))
