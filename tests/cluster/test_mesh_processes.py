@@ -8,7 +8,7 @@ import os
 import signal
 
 from join_helpers import Launcher, status_cli, wait_for
-from test_attach import driver, stats
+from test_attach import driver, run_driver, stats
 from test_object_transfer import three_nodes
 
 TWO_THOUSAND = """
@@ -81,10 +81,7 @@ NESTED = """
 
 def test_tasks_stolen_by_another_node_own_the_tasks_they_submit(launcher: Launcher):
     a, b, c = three_nodes(launcher)
-    proc = driver(NESTED, a.data_dir)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out + err
-    nodes = json.loads(out.strip().splitlines()[-1])
+    nodes = run_driver(NESTED, a.data_dir, timeout=180)
     assert len(nodes) >= 2, nodes  # branches ran on more than the driver's node
     # the children of a stolen branch were submitted on, and owned by, its node
     assert stats(b)["done"] + stats(c)["done"] > stats(b)["stolen_in"] + stats(c)["stolen_in"]
@@ -168,9 +165,6 @@ PARAMETER_SERVER = """
 
 def test_a_parameter_server_actor_serves_workers_on_every_node(launcher: Launcher):
     a, b, c = three_nodes(launcher)
-    proc = driver(PARAMETER_SERVER, a.data_dir)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out + err
-    nodes = json.loads(out.strip().splitlines()[-1])
+    nodes = run_driver(PARAMETER_SERVER, a.data_dir, timeout=180)
     # workers ran on all three, calling the actor on A
     assert nodes == sorted(n.proc.pid for n in (a, b, c)), nodes
