@@ -51,7 +51,7 @@ from p2pexec.exec.protocol import (
     Submit,
     Values,
 )
-from p2pexec.exec.refs import IdGenerator, RefCounter
+from p2pexec.exec.refs import IdGenerator, RefCounter, owners_of
 from p2pexec.exec.serialization import system_error, system_error_payload
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
@@ -140,17 +140,17 @@ class DriverRuntime:
         if self._running:
             for part in split_changes(changes):
                 if part:
-                    self.service.post(("refs", part))
+                    self.service.post(("refs", part, owners_of(part)))
 
     def _post(self, op: tuple) -> None:
         """Hand `op` to the loop with the reference changes since the last one (refs
         taken before it, refs dropped after it)."""
         taken, dropped = split_changes(self._refs.take())
         if taken:
-            self.service.post(("refs", taken))
+            self.service.post(("refs", taken, owners_of(taken)))
         self.service.post(op)
         if dropped:
-            self.service.post(("refs", dropped))
+            self.service.post(("refs", dropped, {}))
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._pid, object_id)
@@ -344,8 +344,8 @@ class AttachedRuntime:
         if self._failure is not None:
             return
         taken, dropped = split_changes(changes)
-        frames = b"".join(self.link.codec.frame(Refs(part)) for part in (taken, dropped)
-                          if part)
+        frames = b"".join(self.link.codec.frame(Refs(part, owners_of(part)))
+                          for part in (taken, dropped) if part)
         try:
             with self._send_lock:
                 self.link.sock.sendall(frames)

@@ -8,7 +8,7 @@ or generated at random (tests/exec/test_scheduler_stateful.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2pexec.exec.task import TaskSpec
 
@@ -103,10 +103,12 @@ class Put:
 
 @dataclass(frozen=True, slots=True)
 class RefsChanged:
-    """`holder` took (+1) or dropped (-1) its last reference to these objects."""
+    """`holder` took (+1) or dropped (-1) its last reference to these objects; `owners`
+    names the owner of taken refs it received from elsewhere."""
 
     holder: int
     deltas: dict[bytes, int]
+    owners: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,26 @@ class PeersResources:
 
 
 @dataclass(frozen=True, slots=True)
+class BorrowRequested:
+    """Processes on peer `node` hold refs to these objects of this node's: keep them for
+    it, and send it their values once they have them."""
+
+    node: bytes
+    object_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class BorrowAnswered:
+    """Values of objects this node borrowed from `node`: payloads sent inline (errors
+    among them), and the ids of large ones to fetch from it. When the lender cannot be
+    reached the mesh answers for it, with errors."""
+
+    node: bytes
+    values: dict[bytes, list]
+    large: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerGone:
     """Membership declared peer `node` dead or gone: what it ran for this node runs
     again here, and what this node ran or kept for it is dropped."""
@@ -229,4 +251,4 @@ Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFin
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | PeersResources | PeerGone
-         | ActorLocated)
+         | ActorLocated | BorrowRequested | BorrowAnswered)

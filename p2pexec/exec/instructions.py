@@ -109,7 +109,8 @@ class ReturnResult:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Tell `node` that this node has its own copies of these objects now."""
+    """Tell `node` that this node no longer needs its copies of these objects: it has
+    its own now (large results), or it let go of what it borrowed."""
 
     node: bytes
     object_ids: tuple[bytes, ...]
@@ -142,6 +143,25 @@ class Forward:
     values: dict[bytes, list]
 
 
+@dataclass(frozen=True, slots=True)
+class Borrow:
+    """Processes here hold refs to these objects of `node`'s: ask it to keep them for
+    this node and to send their values (the answer is a `BorrowAnswered` event)."""
+
+    node: bytes
+    object_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Lend:
+    """Send `node`, which borrows them, these objects' values: small ones inline, the
+    ids of large ones for it to fetch from this node."""
+
+    node: bytes
+    values: dict[bytes, list]
+    large: tuple[bytes, ...]
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
-               | LocateActor | ActorHere | Forward)
+               | LocateActor | ActorHere | Forward | Borrow | Lend)

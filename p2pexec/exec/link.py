@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from p2pexec.exec.protocol import LINK_LIMITS, Refs
+from p2pexec.exec.refs import owners_of
 from p2pexec.net.codec import Codec, FrameDecoder
 
 RECEIVE_SIZE = 1 << 18
@@ -43,7 +44,7 @@ class LinkEnd:
         if ref_changes:
             taken, dropped = split_changes(ref_changes)
             if taken:
-                data = self.codec.frame(Refs(taken)) + data
+                data = self.codec.frame(Refs(taken, owners_of(taken))) + data
             if dropped:
                 data += self.codec.frame(Refs(dropped))
         return data

@@ -28,9 +28,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pexec.dht.driver import DhtDriver
-from p2pexec.errors import DhtLookupError, P2PExecError, RemoteProtocolError
+from p2pexec.errors import (
+    DhtLookupError,
+    ObjectLostError,
+    OwnerDiedError,
+    P2PExecError,
+    RemoteProtocolError,
+)
 from p2pexec.exec.events import (
     ActorLocated,
+    BorrowAnswered,
+    BorrowRequested,
     Released,
     RemoteFinished,
     StealRequested,
@@ -39,13 +47,15 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     ActorHere,
+    Borrow,
     Forward,
     Grant,
+    Lend,
     LocateActor,
     Release,
     ReturnResult,
 )
-from p2pexec.exec.serialization import check_payload, payload_segment
+from p2pexec.exec.serialization import check_payload, payload_segment, system_error_payload
 from p2pexec.exec.stealing import PeerLoad, Thief
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.exec.transfer import find_publishers
@@ -59,7 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("p2pexec.mesh")
 
-MeshInstruction = Grant | ReturnResult | Release | LocateActor | ActorHere | Forward
+MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
+                   | Lend)
 
 
 @message(111)
@@ -107,7 +118,8 @@ class TaskResults:
 @message(120)
 @dataclass(frozen=True, slots=True)
 class ReleaseObjects:
-    """The sender has its own copies of these large results now."""
+    """The sender no longer needs the receiver's copies of these objects: it has its
+    own copies of these large results now, or it let go of what it borrowed."""
 
     object_ids: list[bytes]
 
@@ -153,9 +165,29 @@ class ActorCalls:
     values: dict[bytes, Any]
 
 
+@message(125)
+@dataclass(frozen=True, slots=True)
+class BorrowObjects:
+    """Processes on the sender hold refs to these objects of the receiver's: keep them
+    until the sender releases them (`ReleaseObjects`) and send their values
+    (`LentObjects`) as soon as they have them."""
+
+    object_ids: list[bytes]
+
+
+@message(126)
+@dataclass(frozen=True, slots=True)
+class LentObjects:
+    """Values of objects the receiver borrowed: small ones inline (errors among them),
+    the ids of large ones for it to fetch from the sender."""
+
+    values: dict[bytes, Any]
+    large: list[bytes]
+
+
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
-                 ActorCalls)
-MESH_CODES = (range(111, 112), range(117, 125))
+                 ActorCalls, BorrowObjects, LentObjects)
+MESH_CODES = (range(111, 112), range(117, 127))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -195,7 +227,10 @@ class Mesh:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await self._steal_loop()
+            try:
+                await self._steal_loop()
+            finally:  # stopping: what is decided from now on is not sent
+                self._nursery = None
 
     # ---- the thief ----
     def poke(self) -> None:
@@ -270,6 +305,12 @@ class Mesh:
         elif type(msg) is ActorCalls:
             _check_tasks(msg.tasks, msg.values, ACTOR_CALL)
             self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, {}))
+        elif type(msg) is BorrowObjects:
+            self.service.stimulus(BorrowRequested(node.raw, msg.object_ids))
+        elif type(msg) is LentObjects:
+            for payload in msg.values.values():
+                _check_inline(payload)
+            self.service.stimulus(BorrowAnswered(node.raw, msg.values, msg.large))
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
 
@@ -337,6 +378,20 @@ class Mesh:
         if kind is Forward:
             self._send(instruction.node, ActorCalls(list(instruction.specs),
                                                     instruction.values))
+        elif kind is Borrow:
+            last = self._last_queued(instruction.node, BorrowObjects)
+            if last is not None:  # one message per burst
+                last.object_ids.extend(instruction.object_ids)
+            else:
+                self._send(instruction.node, BorrowObjects(list(instruction.object_ids)))
+        elif kind is Lend:
+            last = self._last_queued(instruction.node, LentObjects)
+            if last is not None:
+                last.values.update(instruction.values)
+                last.large.extend(instruction.large)
+            else:
+                self._send(instruction.node, LentObjects(dict(instruction.values),
+                                                         list(instruction.large)))
         elif kind is Grant:
             self._send(instruction.thief, StealGrant(
                 instruction.request_id, list(instruction.specs), instruction.values,
@@ -345,13 +400,18 @@ class Mesh:
             result = TaskResult(instruction.task_id, list(instruction.object_ids),
                                 instruction.payloads, instruction.contained,
                                 instruction.seconds)
-            outbox = self._outboxes.get(NodeId(instruction.owner))
-            if outbox and type(outbox[-1]) is TaskResults:
-                outbox[-1].results.append(result)  # one message per burst of results
+            last = self._last_queued(instruction.owner, TaskResults)
+            if last is not None:
+                last.results.append(result)  # one message per burst of results
             else:
                 self._send(instruction.owner, TaskResults([result]))
         else:
             self._send(instruction.node, ReleaseObjects(list(instruction.object_ids)))
+
+    def _last_queued(self, node_raw: bytes, kind: type) -> Any:
+        """The message last queued for `node_raw` if it is a `kind` (to add to it)."""
+        outbox = self._outboxes.get(NodeId(node_raw))
+        return outbox[-1] if outbox and type(outbox[-1]) is kind else None
 
     def _send(self, node_raw: bytes, msg: Any) -> None:
         node = NodeId(node_raw)
@@ -374,6 +434,9 @@ class Mesh:
                 if address is None:
                     log.info("dropped %d messages for %s: not a live member",
                              len(messages), node.short)
+                    self._unanswered(node, messages, OwnerDiedError(
+                        f"its owner, node {node.short}, is not a live member of the "
+                        f"cluster"))
                     continue
                 try:
                     await self.rpc.notify_many(address, messages, node=node)
@@ -381,8 +444,20 @@ class Mesh:
                         trio.ClosedResourceError) as exc:
                     log.info("dropped %d messages for %s: %s", len(messages), node.short,
                              exc or type(exc).__name__)
+                    self._unanswered(node, messages, ObjectLostError(
+                        f"its owner, node {node.short}, could not be reached: "
+                        f"{exc or type(exc).__name__}"))
         finally:
             self._outboxes.pop(node, None)
+
+    def _unanswered(self, node: NodeId, dropped: list[Any], error: P2PExecError) -> None:
+        """Borrows that could not be sent will get no answer: give the waiters `error`
+        (a borrow must never hang)."""
+        failed = {object_id: system_error_payload(error)
+                  for msg in dropped if type(msg) is BorrowObjects
+                  for object_id in msg.object_ids}
+        if failed:
+            self.service.stimulus(BorrowAnswered(node.raw, failed, []))
 
     async def _locate(self, instruction: LocateActor) -> None:
         """Which node has the actor: the one that published its record."""

@@ -133,6 +133,11 @@ class ObjectTable:
         that the fetched copy completes (or an error, if it cannot be fetched)."""
         self.entries[object_id] = ObjectEntry(holders={holder}, remote=True)
 
+    def placeholder(self, object_id: bytes) -> None:
+        """Another node's object that a value arriving here contains: its entry, pinned
+        by that value, waits for a copy like `receive`'s."""
+        self.entries[object_id] = ObjectEntry(remote=True)
+
     def remove_holder(self, object_id: bytes, holder: int) -> None:
         entry = self.entries.get(object_id)
         if entry is not None:

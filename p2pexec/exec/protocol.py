@@ -92,9 +92,11 @@ class Put:
 @message(100)
 @dataclass(frozen=True, slots=True)
 class Refs:
-    """Reference count changes: {object_id: +1 taken | -1 dropped}."""
+    """Reference count changes: {object_id: +1 taken | -1 dropped}, and the owners of
+    taken refs the client received from elsewhere (its node borrows those)."""
 
     deltas: dict[bytes, int]
+    owners: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @message(101)

@@ -49,16 +49,21 @@ class RefCounter:
     def __init__(self, report: Callable[[dict[bytes, int]], None] | None) -> None:
         self._counts: dict[bytes, int] = {}
         self._pending: dict[bytes, int] = {}
+        self._owners: dict[bytes, bytes] = {}
+        """Owners of the refs this process received from elsewhere (and still holds): what
+        its node needs to borrow them from the node that owns them."""
         self._report = report
         self._batch = report is None
         self._lock = threading.Lock()
 
-    def incref(self, object_id: bytes, announce: bool) -> None:
+    def incref(self, object_id: bytes, announce: bool, owner: bytes = b"") -> None:
         with self._lock:
             count = self._counts.get(object_id, 0)
             self._counts[object_id] = count + 1
             if count or not announce:
                 return
+            if owner:
+                self._owners[object_id] = owner
             self._add_pending(object_id, 1)
         if not self._batch:
             self.flush()
@@ -70,6 +75,8 @@ class RefCounter:
                 self._counts[object_id] = count
                 return
             self._counts.pop(object_id, None)
+            if self._owners:
+                self._owners.pop(object_id, None)
             self._add_pending(object_id, -1)
         if not self._batch:
             self.flush()
@@ -86,6 +93,14 @@ class RefCounter:
         with self._lock:
             pending, self._pending = self._pending, {}
         return pending
+
+    def owners_of(self, taken: dict[bytes, int]) -> dict[bytes, bytes]:
+        """The owners of the received refs among `taken` (sent along with them)."""
+        if not self._owners:
+            return {}
+        with self._lock:
+            owners = self._owners
+            return {oid: owners[oid] for oid in taken if oid in owners}
 
     def flush(self) -> None:
         pending = self.take_pending()
@@ -122,7 +137,7 @@ class ObjectRef:
         self.id = object_id
         self.owner = owner
         if counter is not None:
-            counter.incref(object_id, announce)
+            counter.incref(object_id, announce, owner)
 
     def __del__(self) -> None:
         current = counter
@@ -153,3 +168,9 @@ class ObjectRef:
 
 def _received_ref(object_id: bytes, owner: bytes = b"") -> ObjectRef:
     return ObjectRef(object_id, owner, announce=True)
+
+
+def owners_of(taken: dict[bytes, int]) -> dict[bytes, bytes]:
+    """The owners of the received refs among `taken`, by this process's counter."""
+    current = counter
+    return {} if current is None else current.owners_of(taken)

@@ -35,10 +35,13 @@ from typing import Any
 from p2pexec import errors
 from p2pexec.exec import protocol as p
 from p2pexec.exec.actors import ActorState, ActorTable
+from p2pexec.exec.borrowing import Loans
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
     ActorLocated,
+    BorrowAnswered,
+    BorrowRequested,
     ClientLeft,
     CodeRegistered,
     Event,
@@ -196,12 +199,14 @@ class Scheduler:
     """Decides what runs where on this node. No I/O, no clock: `now` is passed in."""
 
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
-                 *, in_cluster: bool = False) -> None:
-        """`in_cluster`: other nodes exist, so a ref to an unknown object is fetched from
-        them (`Fetch`) and large values held here are announced (`Holding`); alone, an
-        unknown object is lost for good."""
+                 *, in_cluster: bool = False, node_id: bytes = b"") -> None:
+        """`in_cluster`: other nodes exist, so a ref to an unknown object is borrowed from
+        its owner (`Borrow`) or fetched from its holders (`Fetch`), and large values held
+        here are announced (`Holding`); alone, an unknown object is lost for good.
+        `node_id`: this node's raw id (what refs it owns name as their owner)."""
         self.config = config
         self.in_cluster = in_cluster
+        self.node_id = node_id
         self._out: list[Instruction] = []
         self.resources = Resources({CPU: config.cpus(), **(resources or {})})
         self.objects = ObjectTable(self._unlink, self._object_freed,
@@ -222,6 +227,8 @@ class Scheduler:
         self.parked: dict[bytes, None] = {}
         """Tasks no resources here could ever fit, oldest first: a peer may take them."""
         self._peer_holders: dict[bytes, int] = {}
+        self.loans = Loans(self.objects, self._out, self._peer_holder)
+        """Objects borrowed from peers and lent to them."""
         self.remote_actors: dict[bytes, RemoteActor] = {}
         """Actors other nodes made that tasks here call."""
         self._peer_totals: tuple[dict[str, float], ...] = ()
@@ -259,6 +266,8 @@ class Scheduler:
             PeersResources: self._on_peers_resources,
             ActorLocated: self._on_actor_located,
             PeerGone: self._on_peer_gone,
+            BorrowRequested: self._on_borrow_requested,
+            BorrowAnswered: self._on_borrow_answered,
         }
 
     # ---- the one entry point ----
@@ -477,9 +486,20 @@ class Scheduler:
                 objects.remove_holder(object_id, holder)
             elif objects.known(object_id):
                 objects.add_holder(object_id, holder)
-            elif self.in_cluster:  # a ref from another node: fetch the value once
+            elif self.in_cluster:  # a ref from another node: borrow it (or fetch it) once
                 objects.receive(object_id, holder)
-                self._out.append(Fetch(object_id))
+                owner = event.owners.get(object_id, b"")
+                if owner and owner != self.node_id:
+                    self.loans.borrow(object_id, owner)
+                else:  # no owner named: whoever the DHT says holds a copy
+                    self._out.append(Fetch(object_id))
+
+    def _on_borrow_requested(self, event: BorrowRequested) -> None:
+        self.loans.lend(event.node, event.object_ids)
+
+    def _on_borrow_answered(self, event: BorrowAnswered) -> None:
+        if self.loans.answered(event.node, event.values, event.large):
+            self._dirty = True  # tasks may have waited for them
 
     def _on_fetched(self, event: Fetched) -> None:
         if self._remote_result_fetched(event.object_id, event.payload):
@@ -967,6 +987,7 @@ class Scheduler:
         actor = self.actors.get(task_of(object_id))
         if actor is not None and object_id == actor.creation.return_ids[0]:
             self._unreferenced.append(actor.actor_id)
+        self.loans.freed(object_id)
 
     def _stop_unreferenced_actors(self) -> None:
         """Stop the actors whose last handle is gone, unless named or detached (Ray)."""
@@ -1127,6 +1148,7 @@ class Scheduler:
                     self._unlink(segment)
             return
         holder = self._peer_holder(task.owner)
+        self.loans.lent_with_result(task.owner, contained)
         for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
                                                           strict=True)):
             if payload_segment(payload) is not None:
@@ -1148,8 +1170,9 @@ class Scheduler:
             if task is None or task.node != node:
                 self._out.append(Warn(f"a peer sent the result of task {event.task_id.hex()} "
                                       f"that this node did not give it; dropped"))
-            if large:
-                self._out.append(Release(node, tuple(large)))
+            let_go = large + [oid for inside in event.contained or () for oid in inside]
+            if let_go:  # what the peer keeps or holds for this node
+                self._out.append(Release(node, tuple(let_go)))
             return
         spec = task.spec
         if event.seconds is not None:
@@ -1162,6 +1185,7 @@ class Scheduler:
                                               strict=True):
             if payload_segment(payload) is None:
                 small.append(object_id)
+                self.loans.adopt(node, inside)
                 self.objects.complete(object_id, payload, inside)
             else:  # the value stays at the peer until fetched (its entry waits for it)
                 self.objects.entries[object_id].remote = True
@@ -1192,7 +1216,9 @@ class Scheduler:
         failed = payload[0] == p.SYSTEM_ERROR
         if entry is not None and not failed:
             self._out.append(Completed((object_id,)))
-            self.objects.complete(object_id, payload, result.contained.get(object_id, []))
+            inside = result.contained.get(object_id, [])
+            self.loans.adopt(result.node, inside)
+            self.objects.complete(object_id, payload, inside)
         elif entry is not None:
             entry.remote = False
             if task_of(object_id) not in self.tasks:
@@ -1329,6 +1355,7 @@ class Scheduler:
         holder = self._peer_holders.pop(node, None)
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
+        self.loans.lender_gone(node)
         for actor_id, remote in list(self.remote_actors.items()):
             if remote.node != node:
                 continue
@@ -1388,6 +1415,7 @@ class Scheduler:
         self.resources.validate([t.held for t in self.tasks.values()]
                                 + [a.holds for a in self.actors.actors.values()])
         self.objects.validate()
+        self.loans.validate()
         self.actors.validate()
         places: dict[bytes, list[str]] = {}
         for worker in self.workers.values():

@@ -195,7 +195,7 @@ class ExecService:
         self.node_id = node_id
         self.inline = inline
         """Run workers as trio tasks of this loop (simulations) instead of processes."""
-        self.core = Scheduler(config, resources, in_cluster=in_cluster)
+        self.core = Scheduler(config, resources, in_cluster=in_cluster, node_id=node_id)
         self.transfers: ObjectTransfers | None = None
         """Fetches and serves large objects between nodes (set once the cluster runs)."""
         self.mesh: Mesh | None = None
@@ -305,7 +305,7 @@ class ExecService:
             if kind == "submit":
                 events.append(Submitted(op[1], DRIVER))
             elif kind == "refs":
-                events.append(RefsChanged(DRIVER, op[1]))
+                events.append(RefsChanged(DRIVER, op[1], op[2]))
             elif kind == "put":
                 events.append(Put(op[1], op[2], op[3], DRIVER))
             elif kind == "register":
@@ -585,7 +585,7 @@ class ExecService:
         if kind is p.Submit:
             return Submitted(message.spec, client_id)
         if kind is p.Refs:
-            return RefsChanged(client_id, message.deltas)
+            return RefsChanged(client_id, message.deltas, message.owners)
         if kind is p.Put:
             check_payload(message.payload)
             return Put(message.object_id, message.payload, message.contained, client_id)

@@ -77,10 +77,15 @@ class SimNode:
         self.node.exec.post(("put", object_id, payload, contained))
         return object_id
 
-    def receive_ref(self, object_id: bytes) -> None:
+    def receive_ref(self, object_id: bytes, owner: bytes = b"") -> None:
         """This node's driver got a ref to `object_id` from elsewhere (another node's
-        driver, say): it now holds it, and the node fetches the value if it lacks it."""
-        self.node.exec.post(("refs", {object_id: 1}))
+        driver, say): it now holds it, and the node borrows it from `owner` (a node's raw
+        id, as `ObjectRef.owner`) or, with no owner, fetches it from its holders."""
+        self.node.exec.post(("refs", {object_id: 1}, {object_id: owner} if owner else {}))
+
+    def drop_ref(self, object_id: bytes) -> None:
+        """This node's driver let go of its ref to `object_id`."""
+        self.node.exec.post(("refs", {object_id: -1}, {}))
 
     async def result(self, object_id: bytes) -> Any:
         """The value of an object this node owns, once it has one (raises its error)."""
@@ -89,7 +94,7 @@ class SimNode:
             entry = entries.get(object_id)
             if entry is not None and entry.payload is not None:
                 payload = entry.payload
-                self.node.exec.post(("refs", {object_id: -1}))  # the driver lets go of it
+                self.drop_ref(object_id)  # the driver lets go of it
                 return serialization.from_payload(payload)
             done = trio.Event()
             self.node.exec.register_waiter([object_id], done)

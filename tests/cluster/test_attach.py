@@ -36,13 +36,14 @@ def stats(node: JoinedNode) -> dict:
 
 def driver(code: str, data_dir: Path | None, *args: str) -> subprocess.Popen[str]:
     """A driver script in a fresh interpreter, with $P2PEXEC_DATA_DIR set to `data_dir`
-    (so a bare px.init() finds that node)."""
+    (so a bare px.init() finds that node); the test may write to its stdin."""
     env = dict(os.environ)
     env.pop("P2PEXEC_DATA_DIR", None)
     if data_dir is not None:
         env["P2PEXEC_DATA_DIR"] = str(data_dir)
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def run_driver(code: str, data_dir: Path | None, *args: str, timeout: float = 90) -> dict:

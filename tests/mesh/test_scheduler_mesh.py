@@ -12,11 +12,14 @@ from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorLocated,
+    BorrowAnswered,
+    BorrowRequested,
     CodeRegistered,
     Fetched,
     PeerGone,
     PeersResources,
     Put,
+    RefsChanged,
     Released,
     RemoteFinished,
     Started,
@@ -29,11 +32,13 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     ActorHere,
+    Borrow,
     Completed,
     Fetch,
     Forward,
     Grant,
     Holding,
+    Lend,
     LocateActor,
     Release,
     ReturnResult,
@@ -350,3 +355,108 @@ def test_an_actor_placed_here_stops_when_its_owner_dies():
     out = thief.handle(PeerGone(OWNER))
     assert StopWorker(worker) in out and ActorHere(tid(9), False) in out
     assert not thief.actor_alive(tid(9))
+
+
+# ---- borrowing: refs to objects another node owns ----
+def test_a_ref_from_another_node_is_borrowed_from_its_owner_and_released_when_dropped():
+    borrower = node(1)
+    out = borrower.handle(RefsChanged(DRIVER, {rid(7): 1}, {rid(7): OWNER}))
+    assert out == [Borrow(OWNER, (rid(7),))]
+    out = borrower.handle(BorrowAnswered(OWNER, {rid(7): ok(b"small")}, []))
+    assert out == [Completed((rid(7),))]
+    assert borrower.objects.payload(rid(7)) == ok(b"small")
+    assert borrower.handle(RefsChanged(DRIVER, {rid(7): -1})) == [Release(OWNER, (rid(7),))]
+    assert len(borrower.objects) == 0 and borrower.loans.lenders == {}
+
+
+def test_a_borrowed_large_object_is_fetched_from_its_owner():
+    borrower = node(1)
+    borrower.handle(RefsChanged(DRIVER, {rid(7): 1}, {rid(7): OWNER}))
+    assert borrower.handle(BorrowAnswered(OWNER, {}, [rid(7)])) == [Fetch(rid(7), OWNER)]
+    out = borrower.handle(Fetched(rid(7), shared("p2px-1-copy")))
+    assert out == [Completed((rid(7),)), Holding(rid(7), True)]
+    out = borrower.handle(RefsChanged(DRIVER, {rid(7): -1}))
+    assert out == [Holding(rid(7), False), Unlink("p2px-1-copy"), Release(OWNER, (rid(7),))]
+
+
+def test_answers_a_borrower_did_not_ask_that_node_for_are_ignored():
+    borrower = node(1)
+    borrower.handle(RefsChanged(DRIVER, {rid(7): 1}, {rid(7): OWNER}))
+    assert borrower.handle(BorrowAnswered(THIEF, {rid(7): ok(b"forged")}, [rid(7)])) == []
+    assert borrower.handle(BorrowAnswered(OWNER, {rid(8): ok(b"stray")}, [])) == []
+    assert borrower.objects.payload(rid(7)) is None and not borrower.objects.known(rid(8))
+
+
+def test_the_lender_holds_an_object_for_its_borrower_until_released():
+    lender = node(1)
+    lender.handle(Put(rid(7), ok(b"small"), [], DRIVER))
+    assert lender.handle(BorrowRequested(THIEF, [rid(7)])) == [
+        Lend(THIEF, {rid(7): ok(b"small")}, ())]
+    assert lender.handle(RefsChanged(DRIVER, {rid(7): -1})) == []  # the borrower holds it
+    assert lender.objects.known(rid(7))
+    assert lender.handle(Released(THIEF, [rid(7)])) == []
+    assert not lender.objects.known(rid(7))
+
+
+def test_the_lender_sends_a_value_when_it_arrives_and_large_ones_by_id():
+    lender = node(1, workers_ready=True)
+    lender.handle(Submitted(spec(1), DRIVER), Put(rid(8), shared("p2px-1-big"), [], DRIVER))
+    out = lender.handle(BorrowRequested(THIEF, [rid(1), rid(8)]))
+    assert out == [Lend(THIEF, {}, (rid(8),))]  # rid(1) is still being computed
+    out = lender.handle(TaskFinished(1, tid(1), [ok(b"r")], None, 0.1))
+    assert Lend(THIEF, {rid(1): ok(b"r")}, ()) in out
+
+
+def test_a_borrow_of_an_object_already_freed_answers_object_lost():
+    lender = node(1)
+    (lend,) = lender.handle(BorrowRequested(THIEF, [rid(9)]))
+    assert type(lend) is Lend and "ObjectLostError" in lend.values[rid(9)][1]
+
+
+def test_borrowed_objects_without_a_value_fail_with_owner_died_when_the_owner_dies():
+    borrower = node(1)
+    borrower.handle(RefsChanged(DRIVER, {rid(7): 1, rid(8): 1}, {rid(7): OWNER, rid(8): OWNER}))
+    borrower.handle(BorrowAnswered(OWNER, {rid(8): ok(b"here")}, []))
+    out = borrower.handle(PeerGone(OWNER))
+    assert Completed((rid(7),)) in out
+    assert "OwnerDiedError" in borrower.objects.payload(rid(7))[1]
+    assert borrower.objects.payload(rid(8)) == ok(b"here")  # a copy already here stays
+    out = borrower.handle(RefsChanged(DRIVER, {rid(7): -1, rid(8): -1}))
+    assert not [i for i in out if type(i) is Release]  # nobody left to tell
+    assert len(borrower.objects) == 0
+
+
+def test_refs_inside_a_stolen_tasks_result_are_held_by_the_thief_for_the_owner():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(1)], {}, {CODE: b"code"}))
+    inner = return_id(tid(50), 0)  # a put the task made: the thief owns it
+    thief.handle(Put(inner, ok(b"inner"), [], 1))
+    out = thief.handle(TaskFinished(1, tid(1), [ok(b"[ref]")], [[inner]], 0.1),
+                       RefsChanged(1, {inner: -1}))  # the worker lets go of it
+    assert ReturnResult(OWNER, tid(1), (rid(1),), [ok(b"[ref]")], [[inner]], 0.1) in out
+    assert thief.objects.known(inner)  # held for the owner
+    assert thief.handle(BorrowRequested(OWNER, [inner])) == [
+        Lend(OWNER, {inner: ok(b"inner")}, ())]
+    thief.handle(Released(OWNER, [inner]))
+    assert not thief.objects.known(inner)
+
+
+def test_the_owner_borrows_refs_a_result_from_the_thief_contains():
+    owner = node(1)
+    owner.handle(Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 2.0, CPU2))
+    inner = return_id(tid(50), 0)
+    out = owner.handle(RemoteFinished(THIEF, tid(2), [rid(2)], [ok(b"[ref]")], [[inner]], 0.1))
+    assert out == [Borrow(THIEF, (inner,)), Completed((rid(2),))]
+    owner.handle(BorrowAnswered(THIEF, {inner: ok(b"inner")}, []))
+    assert owner.objects.payload(inner) == ok(b"inner")
+    out = owner.handle(RefsChanged(DRIVER, {rid(2): -1}))  # the result goes, and with it
+    assert Release(THIEF, (inner,)) in out               # the ref it contained
+    assert not owner.objects.known(inner)
+
+
+def test_a_dropped_result_lets_go_of_the_refs_it_contained():
+    owner = node(1)
+    inner = return_id(tid(50), 0)
+    out = owner.handle(RemoteFinished(THIEF, tid(9), [rid(9)], [ok()], [[inner]], 0.1))
+    assert [type(i) for i in out] == [Warn, Release] and out[1] == Release(THIEF, (inner,))

@@ -1,0 +1,149 @@
+"""Objects lent and borrowed between nodes: Ray's borrowing protocol with nodes, not
+worker processes, as owners and borrowers. Sans-IO.
+
+A process that receives a ref to an object another node owns (inside a value, or as a
+task's result from a peer) makes its node a **borrower**: the node keeps a placeholder
+entry for the object, asks the node it got the ref from (the **lender**: the owner named
+in the ref, or the peer whose result contained it) with `Borrow`, and completes the
+placeholder with the value the lender sends (`Lend`: small values inline, large ones by
+fetching from it). When the placeholder is freed here (no local process holds the ref,
+no local object contains it) the borrower says so with `Release`.
+
+The lender counts each borrowing node as one holder of the object (a peer holder), so
+the object lives while any node borrows it; a borrower that dies lets go of it with
+everything else it held. A borrower whose lender dies fails the placeholders still
+waiting with `OwnerDiedError` (Ray's rule); values already here stay usable.
+
+The invariant, modulo messages in flight: a lender holds a peer holder for node B on
+object X exactly while B has an entry for X borrowed from it. Both sides keep one flag
+per (node, object), never a count, so a ref received twice costs one borrow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from p2pexec import errors
+from p2pexec.exec.instructions import Borrow, Completed, Fetch, Instruction, Lend, Release
+from p2pexec.exec.objects import ObjectTable
+from p2pexec.exec.serialization import payload_segment, system_error_payload
+
+
+class Loans:
+    """What this node borrowed from peers and lent to them (see the module doc).
+    Appends instructions to `out`; `holder_of(node)` is a peer's holder id."""
+
+    def __init__(self, objects: ObjectTable, out: list[Instruction],
+                 holder_of: Callable[[bytes], int]) -> None:
+        self.objects = objects
+        self._out = out
+        self._holder_of = holder_of
+        self.lenders: dict[bytes, bytes] = {}
+        """Objects this node has entries for that it borrowed, by the node it asked."""
+
+    # ---- the borrower ----
+    def borrow(self, object_id: bytes, lender: bytes) -> None:
+        """A placeholder for `object_id` was made here: ask `lender` for it."""
+        self.lenders[object_id] = lender
+        self._out.append(Borrow(lender, (object_id,)))
+
+    def adopt(self, lender: bytes, contained: list[bytes]) -> None:
+        """A value `lender` sent contains these refs: the ones this node does not know
+        become placeholders (the value pins them), borrowed from `lender`, which already
+        counts this node as their holder (it added it when it sent the value)."""
+        objects = self.objects
+        for object_id in contained:
+            if not objects.known(object_id):
+                objects.placeholder(object_id)
+                self.borrow(object_id, lender)
+
+    def answered(self, lender: bytes, values: dict[bytes, list], large: list[bytes]
+                 ) -> bool:
+        """The lender's answer: values to complete placeholders with, large objects to
+        fetch from it. True if a placeholder got its value (tasks may be ready)."""
+        completed = []
+        for object_id, payload in values.items():
+            if self._waiting(object_id, lender):
+                completed.append(object_id)
+                self.objects.complete(object_id, payload, [])
+        for object_id in large:
+            if self._waiting(object_id, lender):
+                self._out.append(Fetch(object_id, lender))
+        if completed:
+            self._out.append(Completed(tuple(completed)))
+        return bool(completed)
+
+    def _waiting(self, object_id: bytes, lender: bytes) -> bool:
+        """Borrowed from `lender` and still without a value (else a stray answer)."""
+        entry = self.objects.entries.get(object_id)
+        return (self.lenders.get(object_id) == lender and entry is not None
+                and entry.payload is None)
+
+    def freed(self, object_id: bytes) -> None:
+        """The object table freed `object_id`: if it was borrowed, let the lender know."""
+        lender = self.lenders.pop(object_id, None)
+        if lender is not None:
+            self._out.append(Release(lender, (object_id,)))
+
+    def lender_gone(self, node: bytes) -> bool:
+        """`node` died or left: what this node borrowed from it and has no value for
+        fails with OwnerDiedError. True if any did."""
+        lost = [oid for oid, lender in self.lenders.items() if lender == node]
+        error = system_error_payload(errors.OwnerDiedError(
+            f"the node that owns this object ({node.hex()[:12]}) died or left before "
+            f"its value reached this node"))
+        failed = [oid for oid in lost if self._waiting(oid, node)]
+        for object_id in lost:
+            del self.lenders[object_id]
+        for object_id in failed:
+            self.objects.complete(object_id, error, [])
+        if failed:
+            self._out.append(Completed(tuple(failed)))
+        return bool(failed)
+
+    # ---- the lender ----
+    def lend(self, borrower: bytes, object_ids: list[bytes]) -> None:
+        """`borrower` holds refs to these objects: hold them for it and send their
+        values now or as soon as they arrive."""
+        holder = self._holder_of(borrower)
+        objects = self.objects
+        values: dict[bytes, list] = {}
+        large: list[bytes] = []
+        for object_id in object_ids:
+            entry = objects.entries.get(object_id)
+            if entry is None:
+                values[object_id] = system_error_payload(errors.ObjectLostError(
+                    f"object {object_id.hex()} was freed on the node that owns it before "
+                    f"a borrowing node asked for it"))
+                continue
+            entry.holders.add(holder)
+            if entry.payload is None:
+                objects.when_ready(object_id, partial(self._send_when_ready, borrower))
+            elif payload_segment(entry.payload) is None:
+                values[object_id] = entry.payload
+            else:
+                large.append(object_id)
+        if values or large:
+            self._out.append(Lend(borrower, values, tuple(large)))
+
+    def _send_when_ready(self, borrower: bytes, object_id: bytes) -> None:
+        payload = self.objects.payload(object_id)  # called as the value arrives
+        if payload_segment(payload) is None:
+            self._out.append(Lend(borrower, {object_id: payload}, ()))
+        else:
+            self._out.append(Lend(borrower, {}, (object_id,)))
+
+    def lent_with_result(self, borrower: bytes, contained: list[list[bytes]] | None) -> None:
+        """This node sends `borrower` values that contain these refs: it holds the ones
+        this node knows for `borrower` until it releases them (`adopt` on its side)."""
+        holder = self._holder_of(borrower)
+        for inner in contained or ():
+            for object_id in inner:
+                self.objects.add_holder(object_id, holder)
+
+    def validate(self) -> None:
+        """Every borrowed object still has its entry here (freeing it forgets the loan)."""
+        for object_id in self.lenders:
+            assert self.objects.known(object_id), (
+                f"borrowed object {object_id.hex()} was freed without releasing it")
