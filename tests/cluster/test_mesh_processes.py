@@ -151,14 +151,15 @@ PARAMETER_SERVER = """
     def worker(server, k, steps):
         for _ in range(steps):
             weights = px.get(server.pull.remote())
-            time.sleep(0.02)  # the "gradient" takes a while to compute
+            time.sleep(0.05)  # the "gradient" takes a while (long enough, on a busy
+                              # machine, for every node to steal a share)
             px.get(server.push.remote([1.0] * len(weights)))
         return os.getppid()
 
     server = ParameterServer.remote()
-    nodes = px.get([worker.remote(server, k, 5) for k in range(12)], timeout=120)
+    nodes = px.get([worker.remote(server, k, 8) for k in range(12)], timeout=120)
     weights = px.get(server.pull.remote())
-    assert weights == [60.0] * 4, weights
+    assert weights == [96.0] * 4, weights
     print(json.dumps(sorted(set(nodes))), flush=True)
 """
 
