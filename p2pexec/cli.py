@@ -157,8 +157,17 @@ async def _run_joined(config: NodeConfig, generated: bool) -> None:
                       flush=True)
             async for signum in signals:
                 logging.getLogger("p2pexec.cluster").info(
-                    "%s received: leaving the cluster", signal.Signals(signum).name)
+                    "%s received: leaving the cluster (again to leave at once)",
+                    signal.Signals(signum).name)
                 break
+            async with trio.open_nursery() as leaving:
+                async def cut_short() -> None:  # a second signal: leave at once
+                    async for _signum in signals:
+                        leaving.cancel_scope.cancel()
+
+                leaving.start_soon(cut_short)
+                await node.drain()
+                leaving.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
 
 

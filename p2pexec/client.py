@@ -106,6 +106,7 @@ class DriverRuntime:
             await nursery.start(self.node.run)
             self._started.set()
             await self._stop.wait()
+            await self.node.drain()
             nursery.cancel_scope.cancel()
 
     def shutdown(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 from typing import Any
@@ -22,7 +23,7 @@ from p2pexec.cluster import ClusterService, DiscoveryRunner
 from p2pexec.config import NodeConfig, control_socket_path
 from p2pexec.control import ControlServer
 from p2pexec.errors import LocalUsageError
-from p2pexec.exec.events import PeerGone, PeersResources
+from p2pexec.exec.events import Draining, PeerGone, PeersResources
 from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.mesh import (
     MESH_CODES,
@@ -41,6 +42,8 @@ from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec
 from p2pexec.net.discovery import run_discovery
 from p2pexec.net.transport import Transport
+
+log = logging.getLogger("p2pexec.cluster")
 
 
 class Node:
@@ -141,9 +144,32 @@ class Node:
                 continue
             if event.kind in (EventKind.FAILED, EventKind.LEFT):
                 mesh.forget(event.member.node_id)
-                self.exec.stimulus(PeerGone(event.member.node_id.raw))
+                self.exec.stimulus(PeerGone(event.member.node_id.raw,
+                                            left=event.kind is EventKind.LEFT))
             totals = tuple(dict(peer.resources) for peer in self._peer_loads())
             self.exec.stimulus(PeersResources(totals, trio.current_time()))
+
+    async def drain(self) -> None:
+        """Get ready to leave the cluster gracefully (call it before cancelling `run`):
+        take no more work from peers, hand back to their owners the tasks peers gave this
+        node that have not started, and wait up to `drain_timeout` for the running ones
+        to finish and for their owners to fetch their large results."""
+        mesh = self.exec.mesh
+        if mesh is None:
+            return
+        core = self.exec.core
+        self.exec.stimulus(Draining())
+        running = sum(1 for task in core.tasks.values() if task.owner is not None)
+        timeout = self.config.exec.drain_timeout
+        if running or core.kept:
+            log.info("leaving: waiting up to %g s for %d tasks peers gave this node",
+                     timeout, running)
+        with trio.move_on_after(timeout):
+            while not (core.drained() and mesh.idle()):
+                await trio.sleep(0.05)
+        if not core.drained():
+            log.warning("leaving with tasks of peers unfinished after %g s; their owners "
+                        "run them again", timeout)
 
     async def _status(self, _arg: Any) -> dict[str, Any]:
         """What `p2pexec status` shows: the members, each with its execution figures

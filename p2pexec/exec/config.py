@@ -40,6 +40,12 @@ class ExecConfig:
     """In a cluster, seconds after this node first hears of its peers before a task
     that no live member could ever fit fails with ResourcesUnavailableError (until then
     the membership may still be filling in; alone, such a task waits with a warning)."""
+    drain_timeout: float = 10.0
+    """Seconds a node leaving its cluster gracefully (Ctrl-C, SIGTERM, px.shutdown) waits
+    for the tasks peers gave it to finish and for their large results to be fetched,
+    after handing back those that had not started. Tasks still running then are killed
+    and run again by their owners, with no attempt charged (the leave was not their
+    fault)."""
     steal: StealConfig = field(default_factory=StealConfig)
     """How this node takes work from its peers and gives its own (see exec.stealing)."""
 

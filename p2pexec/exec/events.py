@@ -242,13 +242,21 @@ class BorrowAnswered:
 @dataclass(frozen=True, slots=True)
 class PeerGone:
     """Membership declared peer `node` dead or gone: what it ran for this node runs
-    again here, and what this node ran or kept for it is dropped."""
+    again here, and what this node ran or kept for it is dropped. `left`: it left
+    gracefully, so the tasks it was running are not charged an attempt."""
 
     node: bytes
+    left: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    """This node is leaving its cluster gracefully: it takes no more work from peers
+    and hands back what they gave it that has not started."""
 
 
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | PeersResources | PeerGone
-         | ActorLocated | BorrowRequested | BorrowAnswered)
+         | ActorLocated | BorrowRequested | BorrowAnswered | Draining)

@@ -162,6 +162,15 @@ class Lend:
     large: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HandBack:
+    """This node is leaving: tell `owner` it will not run these tasks of its after all
+    (the owner queues them again, uncharged)."""
+
+    owner: bytes
+    task_ids: tuple[bytes, ...]
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
-               | LocateActor | ActorHere | Forward | Borrow | Lend)
+               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack)

@@ -50,6 +50,7 @@ from p2pexec.exec.instructions import (
     Borrow,
     Forward,
     Grant,
+    HandBack,
     Lend,
     LocateActor,
     Release,
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
-                   | Lend)
+                   | Lend | HandBack)
 
 
 @message(111)
@@ -128,7 +129,7 @@ class ReleaseObjects:
 @dataclass(frozen=True, slots=True)
 class ReturnTasks:
     """The sender will not run these tasks of the receiver's (a grant it did not ask
-    for): the receiver queues them again."""
+    for, or it is leaving): the receiver queues them again."""
 
     task_ids: list[bytes]
 
@@ -378,6 +379,8 @@ class Mesh:
         if kind is Forward:
             self._send(instruction.node, ActorCalls(list(instruction.specs),
                                                     instruction.values))
+        elif kind is HandBack:
+            self._send(instruction.owner, ReturnTasks(list(instruction.task_ids)))
         elif kind is Borrow:
             last = self._last_queued(instruction.node, BorrowObjects)
             if last is not None:  # one message per burst
@@ -479,6 +482,10 @@ class Mesh:
                 await self.dht.withdraw(key)
         except trio.ClosedResourceError:
             pass  # the node is stopping
+
+    def idle(self) -> bool:
+        """Everything queued for peers has been sent (or dropped)."""
+        return not self._outboxes
 
     def forget(self, node: NodeId) -> None:
         """A peer died or left: no request of ours to it will be answered."""

@@ -44,6 +44,7 @@ from p2pexec.exec.events import (
     BorrowRequested,
     ClientLeft,
     CodeRegistered,
+    Draining,
     Event,
     Fetched,
     GaveBack,
@@ -73,6 +74,7 @@ from p2pexec.exec.instructions import (
     Fetch,
     Forward,
     Grant,
+    HandBack,
     Holding,
     Instruction,
     LocateActor,
@@ -237,6 +239,11 @@ class Scheduler:
         """`infeasible_grace` has passed since the first membership news."""
         self._remote_results: dict[bytes, RemoteResult] = {}
         """By object id: large results of tasks peers ran, on their way here."""
+        self.kept: dict[bytes, bytes] = {}
+        """Large results of tasks this node ran for peers, kept until their owner (the
+        value) has fetched them."""
+        self.draining = False
+        """This node is leaving gracefully: it asks peers for no more work."""
         self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0, "steal_requests": 0}
         """Tasks this node finished, took from peers and gave to peers, and the steal
         requests it answered (for status and the figures)."""
@@ -268,6 +275,7 @@ class Scheduler:
             PeerGone: self._on_peer_gone,
             BorrowRequested: self._on_borrow_requested,
             BorrowAnswered: self._on_borrow_answered,
+            Draining: self._on_draining,
         }
 
     # ---- the one entry point ----
@@ -322,6 +330,8 @@ class Scheduler:
     def idle_cpus(self) -> float:
         """CPUs a steal should fill: none while tasks are ready here, else every CPU the
         ready queue leaves short (so a thief asks before its last task ends)."""
+        if self.draining:
+            return 0.0
         ready, tasks = self.ready, self.tasks
         while ready:
             task = tasks.get(ready[0])
@@ -988,6 +998,7 @@ class Scheduler:
         if actor is not None and object_id == actor.creation.return_ids[0]:
             self._unreferenced.append(actor.actor_id)
         self.loans.freed(object_id)
+        self.kept.pop(object_id, None)
 
     def _stop_unreferenced_actors(self) -> None:
         """Stop the actors whose last handle is gone, unless named or detached (Ray)."""
@@ -1152,6 +1163,7 @@ class Scheduler:
         for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
                                                           strict=True)):
             if payload_segment(payload) is not None:
+                self.kept[object_id] = task.owner
                 self.objects.put(object_id, payload, contained[index] if contained else [],
                                  holder)
         self._out.append(ReturnResult(task.owner, spec.task_id, spec.return_ids, payloads,
@@ -1238,6 +1250,8 @@ class Scheduler:
         holder = self._peer_holders.get(event.node)
         if holder is not None:
             for object_id in event.object_ids:
+                if self.kept.get(object_id) == event.node:
+                    del self.kept[object_id]
                 self.objects.remove_holder(object_id, holder)
 
     def _call_remote_actor(self, task: TaskState) -> None:
@@ -1347,6 +1361,28 @@ class Scheduler:
                 self.counts["stolen_out"] -= 1
                 self._make_ready(task, front=True)
 
+    def _on_draining(self, _event: Draining) -> None:
+        """Leaving: tasks peers gave this node that have not started go back to their
+        owners; the running ones finish (`drained` says when all have)."""
+        self.draining = True
+        back: dict[bytes, list[bytes]] = {}
+        for task in list(self.tasks.values()):
+            owner = task.owner
+            if (owner is not None and not task.owner_gone and task.spec.kind == TASK
+                    and task.state in (READY, WAITING)):
+                self._retire(task)
+                self._forget_arguments(task.spec)
+                self.counts["stolen_in"] -= 1
+                back.setdefault(owner, []).append(task.spec.task_id)
+        for owner, task_ids in back.items():
+            self._out.append(HandBack(owner, tuple(task_ids)))
+
+    def drained(self) -> bool:
+        """Nothing peers gave this node is left: their tasks ended or went back, and
+        the large results kept for them have been fetched."""
+        return not self.kept and not any(task.owner is not None and not task.owner_gone
+                                         for task in self.tasks.values())
+
     def _on_peer_gone(self, event: PeerGone) -> None:
         """A peer died or left. Tasks it ran for this node run again here (charged an
         attempt); tasks it gave this node that have not started are dropped, running ones
@@ -1381,7 +1417,8 @@ class Scheduler:
                 self._actor_node_died(task)
             elif task.state is STOLEN and task.node == node:
                 task.node = None
-                task.attempts += 1
+                if not event.left:
+                    task.attempts += 1
                 retries = task.spec.max_retries
                 if retries < 0 or task.attempts <= retries:
                     self._make_ready(task, front=True)
@@ -1416,6 +1453,8 @@ class Scheduler:
                                 + [a.holds for a in self.actors.actors.values()])
         self.objects.validate()
         self.loans.validate()
+        for object_id in self.kept:
+            assert self.objects.known(object_id), f"kept result {object_id.hex()} was freed"
         self.actors.validate()
         places: dict[bytes, list[str]] = {}
         for worker in self.workers.values():

@@ -169,3 +169,41 @@ def test_a_parameter_server_actor_serves_workers_on_every_node(launcher: Launche
     nodes = run_driver(PARAMETER_SERVER, a.data_dir, timeout=180)
     # workers ran on all three, calling the actor on A
     assert nodes == sorted(n.proc.pid for n in (a, b, c)), nodes
+
+
+NO_RETRIES = """
+    import json, os, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote(max_retries=0)
+    def work(i):
+        time.sleep(0.05)
+        return i
+
+    refs = [work.remote(i) for i in range(600)]
+    print(json.dumps("submitted"), flush=True)
+    assert px.get(refs, timeout=180) == list(range(600))
+    print(json.dumps("all back"), flush=True)
+"""
+
+
+def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launcher: Launcher):
+    """With max_retries=0 any task charged for B's departure would fail with
+    NodeDiedError: B hands back what it had not started, finishes what it ran, and the
+    leave charges nothing."""
+    a, b, _c = three_nodes(launcher)
+    proc = driver(NO_RETRIES, a.data_dir)
+    try:
+        assert json.loads(proc.stdout.readline()) == "submitted"
+        assert wait_for(lambda: stats(b)["stolen_in"] >= 20, 60), stats(b)
+        b.proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0 and json.loads(out.splitlines()[-1]) == "all back", err
+        assert b.proc.wait(timeout=30) == 0
+        assert "leaving: waiting up to" in b.log(), b.log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -15,6 +15,7 @@ from p2pexec.exec.events import (
     BorrowAnswered,
     BorrowRequested,
     CodeRegistered,
+    Draining,
     Fetched,
     PeerGone,
     PeersResources,
@@ -37,6 +38,7 @@ from p2pexec.exec.instructions import (
     Fetch,
     Forward,
     Grant,
+    HandBack,
     Holding,
     Lend,
     LocateActor,
@@ -460,3 +462,31 @@ def test_a_dropped_result_lets_go_of_the_refs_it_contained():
     inner = return_id(tid(50), 0)
     out = owner.handle(RemoteFinished(THIEF, tid(9), [rid(9)], [ok()], [[inner]], 0.1))
     assert [type(i) for i in out] == [Warn, Release] and out[1] == Release(THIEF, (inner,))
+
+
+# ---- leaving gracefully ----
+def test_a_leaving_node_hands_back_unstarted_tasks_and_drains_the_running_one():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(1), spec(2), spec(3)], {}, {CODE: b"code"}))
+    # task 1 runs and task 2 is queued behind it at the worker; task 3 is still ready
+    assert thief.handle(Draining()) == [HandBack(OWNER, (tid(3),))]
+    assert thief.idle_cpus() == 0 and not thief.drained()
+    thief.handle(TaskFinished(1, tid(1), [ok(b"r1")], None, 0.1))
+    assert not thief.drained()
+    out = thief.handle(TaskFinished(1, tid(2), [shared("p2px-1-res")], None, 0.1))
+    assert [type(i) for i in out if type(i) is ReturnResult] == [ReturnResult]
+    assert not thief.drained()  # the owner has not fetched the large result yet
+    thief.handle(Released(OWNER, [rid(2)]))
+    assert thief.drained() and thief.counts["stolen_in"] == 2
+
+
+def test_tasks_a_peer_ran_when_it_left_gracefully_run_again_uncharged():
+    owner = node(0)  # it cannot run the task itself
+    owner.handle(Submitted(dataclasses.replace(spec(2), max_retries=0), DRIVER))
+    grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2)))
+    owner.handle(PeerGone(THIEF, left=True))
+    task = owner.tasks[tid(2)]
+    assert task.attempts == 0 and tid(2) in owner.parked  # queued again for a thief
+    owner.handle(StealRequested(b"X" * 32, 2, 2.0, CPU2))
+    owner.handle(PeerGone(b"X" * 32))  # a death is charged: no retry left
+    assert "NodeDiedError" in owner.objects.payload(rid(2))[1]
