@@ -28,7 +28,8 @@ _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
 TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
                 "name"}
-ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "name", "lifetime"}
+ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "max_task_retries", "name",
+                 "lifetime"}
 
 
 # ---- runtime ----
@@ -251,13 +252,14 @@ class ActorClass:
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached"):
             raise LocalUsageError(f"lifetime must be None or 'detached', got {lifetime!r}")
-        runtime.submit(TaskSpec(
+        task_retries = int(options.get("max_task_retries", 0))
+        runtime.submit(TaskSpec(  # a creation's max_retries is its calls' max_task_retries
             actor_id, ACTOR_CREATE, code_hash, None, args_payload, tuple(deps),
             tuple(contained), (created.id,), f"{class_name}.__init__",
-            _demand(options.get("num_cpus", 0), options.get("resources")), 0, False,
-            actor_id, options.get("name"), int(options.get("max_restarts", 0)),
+            _demand(options.get("num_cpus", 0), options.get("resources")), task_retries,
+            False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
             lifetime == "detached"))
-        return ActorHandle(actor_id, class_name, created)
+        return ActorHandle(actor_id, class_name, created, task_retries)
 
 
 class ActorHandle:
@@ -269,10 +271,14 @@ class ActorHandle:
     stops, as in Ray. Handles from `get_actor` carry no such ref: named actors live until
     killed or until their driver leaves."""
 
-    def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None) -> None:
+    def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None,
+                 max_task_retries: int = 0) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._created = created
+        self._max_task_retries = max_task_retries
+        """How often a call is sent again after the actor died running it and restarted
+        (`options(max_task_retries=...)`, -1 unlimited); carried by each call."""
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
@@ -280,7 +286,8 @@ class ActorHandle:
         return ActorMethod(self, name, 1)
 
     def __reduce__(self):
-        return (ActorHandle, (self._actor_id, self._class_name, self._created))
+        return (ActorHandle, (self._actor_id, self._class_name, self._created,
+                              self._max_task_retries))
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
@@ -306,7 +313,8 @@ class ActorMethod:
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
         return _submit(_rt(), f"{handle._class_name}.{self._method}", self._num_returns, args,
-                       kwargs, ACTOR_CALL, None, self._method, {}, 0, False, handle._actor_id)
+                       kwargs, ACTOR_CALL, None, self._method, {}, handle._max_task_retries,
+                       False, handle._actor_id)
 
 
 def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict, kind: int,

@@ -131,7 +131,8 @@ ALLOWED = frozenset({
     (QUEUED, RUNNING),  # the task under it finished
     (QUEUED, READY),  # given back by a blocked worker, or its worker died
     (RUNNING, READY),  # retried, or an outer frame of a dead worker's stack
-    (RUNNING, WAITING),  # an actor's creation runs again after its worker died
+    (RUNNING, WAITING),  # an actor's creation or a call runs again after its worker died
+    (STOLEN, WAITING),  # a call runs again after its actor's node died
     (READY, STOLEN),  # a peer took it
     (WAITING, STOLEN),  # a peer took one no resources here could fit
     (STOLEN, READY),  # the peer died before its result came back
@@ -938,11 +939,19 @@ class Scheduler:
         if actor is None:
             return
         lost, actor.in_flight = actor.in_flight, []
+        retried = []
         for task_id in lost:
             task = self.tasks.get(task_id)
-            if task is not None:
+            if task is None:
+                continue
+            if actor.restarts_left != 0 and actor.dead_reason is None and _retry_call(task):
+                self._transition(task, WAITING)
+                task.worker = None
+                retried.append(task_id)
+            else:
                 self._fail(task, errors.ActorDiedError(
                     f"the actor's process died ({reason}) while running {task.spec.name}"))
+        actor.calls.extendleft(reversed(retried))  # first, in the order they were sent
         if actor.dead_reason is not None:
             return
         creation = self.tasks.get(actor.creation.task_id)
@@ -1361,6 +1370,26 @@ class Scheduler:
                 self.counts["stolen_out"] -= 1
                 self._make_ready(task, front=True)
 
+    def _retry_calls_sent_to(self, node: bytes) -> None:
+        """Calls in flight to actors this node made that lived on `node`, which just died:
+        those their `max_task_retries` allows wait, first in line, for the actor to be
+        placed again (when `max_restarts` allows; the others fail with it)."""
+        retried: dict[bytes, list[bytes]] = {}
+        for task in self.tasks.values():
+            spec = task.spec
+            if task.state is not STOLEN or task.node != node or spec.kind != ACTOR_CALL:
+                continue
+            remote = self.remote_actors.get(spec.actor_id)
+            if remote is None or remote.node != node or remote.creation is None:
+                continue
+            restarts = remote.creation.max_restarts
+            if (restarts < 0 or remote.attempts < restarts) and _retry_call(task):
+                self._transition(task, WAITING)
+                task.node = None
+                retried.setdefault(spec.actor_id, []).append(spec.task_id)
+        for actor_id, calls in retried.items():  # in the order they were sent
+            self.remote_actors[actor_id].calls.extendleft(reversed(calls))
+
     def _on_draining(self, _event: Draining) -> None:
         """Leaving: tasks peers gave this node that have not started go back to their
         owners; the running ones finish (`drained` says when all have)."""
@@ -1392,6 +1421,7 @@ class Scheduler:
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
         self.loans.lender_gone(node)
+        self._retry_calls_sent_to(node)
         for actor_id, remote in list(self.remote_actors.items()):
             if remote.node != node:
                 continue
@@ -1519,6 +1549,15 @@ class Scheduler:
         for worker_id in list(self.workers):
             self._out.append(StopWorker(worker_id))
         self.objects.clear()
+
+
+def _retry_call(task: TaskState) -> bool:
+    """Charge an actor call an attempt for its actor's death: True while its
+    max_task_retries (the call's `max_retries`, from the actor's handle) allows sending
+    it again."""
+    task.attempts += 1
+    retries = task.spec.max_retries
+    return retries < 0 or task.attempts <= retries
 
 
 def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],

@@ -252,3 +252,24 @@ def test_an_unnamed_actor_stops_when_its_last_handle_is_gone():
     assert not pid_alive(pid)
     assert pid_alive(named_pid)  # named actors live until killed
     px.kill(px.get_actor("kept"))
+
+
+def test_calls_in_flight_when_the_actor_dies_run_again_within_max_task_retries(tmp_path):
+    @px.remote
+    class CrashesOnce:
+        def __init__(self, marker):
+            self.marker = marker
+
+        def work(self, x):
+            if not os.path.exists(self.marker):  # the first incarnation dies mid-call
+                open(self.marker, "w").close()
+                os._exit(1)
+            return x * 2
+
+    retried = CrashesOnce.options(max_restarts=1, max_task_retries=1).remote(
+        str(tmp_path / "a"))
+    assert px.get(retried.work.remote(21), timeout=30) == 42  # ran again after the restart
+    plain = CrashesOnce.options(max_restarts=1).remote(str(tmp_path / "b"))
+    with pytest.raises(px.ActorDiedError):  # no retries: the call dies with its actor
+        px.get(plain.work.remote(21), timeout=30)
+    assert px.get(plain.work.remote(4), timeout=30) == 8

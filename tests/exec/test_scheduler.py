@@ -302,3 +302,27 @@ def test_a_batch_of_submissions_costs_one_scheduling_pass(core, monkeypatch):
                       *(Submitted(spec(n), DRIVER) for n in range(1, 10_001)))
     assert passes == [1]
     assert [i.worker for i in out] == [1, 2, 1, 2]  # two run, one queued behind each
+
+
+def test_a_call_in_flight_when_its_actor_dies_runs_again_after_the_restart(core):
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {}, actor_id=actor, max_restarts=1)
+    create_msg = p.Execute(ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {},
+                           [return_id(actor, 1)], "A.__init__", False)
+    core.handle(Submitted(create, DRIVER), WorkerReady(3))
+    core.handle(TaskFinished(3, actor, [[p.INLINE, b"", []]], None, 0.01))
+    core.handle(Submitted(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0, max_retries=1),
+                          DRIVER),
+                Submitted(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0, max_retries=0),
+                          DRIVER))
+    assert core.handle(WorkerDied(3, "pid 9 exit code 1")) == [Completed((rid(2),)),
+                                                               StartWorker(4, actor)]
+    assert core.objects.payload(rid(1)) is None  # kept for the next incarnation
+    assert "ActorDiedError" in core.objects.payload(rid(2))[1]
+    assert core.handle(WorkerReady(4)) == [Send(4, create_msg)]
+    out = core.handle(TaskFinished(4, actor, [[p.INLINE, b"", []]], None, 0.01))
+    assert Send(4, exec_msg(1, kind=ACTOR_CALL, target="m")) in out
+    out = core.handle(WorkerDied(4, "pid 10 exit code 1"))  # out of restarts
+    assert out == [Completed((rid(1),))]
+    assert "ActorDiedError" in core.objects.payload(rid(1))[1]

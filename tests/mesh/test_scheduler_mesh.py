@@ -268,9 +268,11 @@ def test_tasks_a_thief_hands_back_queue_again_uncharged():
     assert owner.counts["stolen_out"] == 0 and owner.queue_length() == 2
 
 
-def call(n: int, actor: bytes, deps=()) -> TaskSpec:
+def call(n: int, actor: bytes, deps=(), retries: int = 0) -> TaskSpec:
+    """A call as a handle makes it: `retries` is its actor's max_task_retries."""
     return TaskSpec(tid(n), ACTOR_CALL, None, "m", ARGS, tuple(deps),
-                    (*deps, return_id(actor, 1)), (rid(n),), f"call{n}", {}, actor_id=actor)
+                    (*deps, return_id(actor, 1)), (rid(n),), f"call{n}", {}, retries,
+                    actor_id=actor)
 
 
 def test_calls_of_an_actor_another_node_made_go_there_in_order():
@@ -490,3 +492,26 @@ def test_tasks_a_peer_ran_when_it_left_gracefully_run_again_uncharged():
     owner.handle(StealRequested(b"X" * 32, 2, 2.0, CPU2))
     owner.handle(PeerGone(b"X" * 32))  # a death is charged: no retry left
     assert "NodeDiedError" in owner.objects.payload(rid(2))[1]
+
+
+def test_calls_in_flight_to_a_dead_actor_node_wait_for_the_restart_within_max_task_retries():
+    owner = node(1)
+    actor = tid(9)
+    create = dataclasses.replace(spec(9, resources={"gpu": 1.0}), kind=ACTOR_CREATE,
+                                 actor_id=actor, max_restarts=1)
+    owner.handle(Submitted(create, DRIVER))
+    gpu_box, other_box = b"G" * 32, b"H" * 32
+    grants(owner.handle(StealRequested(gpu_box, 1, 1.0, {"gpu": 1.0})))
+    owner.handle(RemoteFinished(gpu_box, actor, [rid(9)], [ok()], None, 0.1))
+    owner.handle(Submitted(call(1, actor, retries=1), DRIVER),
+                 Submitted(call(2, actor), DRIVER))
+    owner.handle(Submitted(call(3, actor, retries=1), DRIVER))  # not sent yet: no charge
+    owner.handle(PeerGone(gpu_box))
+    assert owner.objects.payload(rid(1)) is None  # waits for the actor's new home
+    assert "ActorDiedError" in owner.objects.payload(rid(2))[1]  # max_task_retries=0
+    assert owner.tasks[tid(1)].attempts == 1
+    (grant,) = grants(owner.handle(StealRequested(other_box, 2, 1.0, {"gpu": 1.0})))
+    assert grant.specs == (create,)
+    out = owner.handle(RemoteFinished(other_box, actor, [rid(9)], [ok()], None, 0.1))
+    forwards = [i for i in out if type(i) is Forward]
+    assert [s.task_id for f in forwards for s in f.specs] == [tid(1), tid(3)]  # in order
