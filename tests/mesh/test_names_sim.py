@@ -10,6 +10,7 @@ import trio
 
 from p2pexec.errors import ActorDiedError, CodeUnavailableError, LocalUsageError
 from p2pexec.exec.instructions import FetchCode
+from p2pexec.exec.mesh import CodeReply, CodeRequest, KillActor
 from p2pexec.exec.serialization import callable_hash, pickle_callable
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
@@ -124,4 +125,42 @@ async def test_tasks_whose_code_no_node_has_fail_with_a_clear_error(autojump_clo
         assert thief.node.exec.core.counts["stolen_in"] == len(failed)
         assert [o for o in outcomes if not isinstance(o, str)] == [
             i * i for i, o in zip(range(20), outcomes, strict=True) if not isinstance(o, str)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_kills_and_code_requests_from_a_peer_cost_one_line(autojump_clock, caplog):
+    async with trio.open_nursery() as nursery:
+        cluster = await started(2, 15, nursery, cpus=1, duration=0.01)
+        home, bad = cluster.nodes
+        actor = home.create_actor(Counter, 1, name="kept")
+        assert await home.result(home.call_actor(actor, "incr", 1)) == 2
+        rpc, address, node = bad.node.cluster.rpc, home.address, home.node.node_id
+        with caplog.at_level(logging.INFO, logger="p2pexec"):
+            await rpc.notify(address, KillActor(b"\x07" * 16), node=node)  # unknown actor
+            # a race claim against the rule: the "winner" has the larger id
+            await rpc.notify(address, KillActor(actor, "kept", b"\xff" * 16), node=node)
+            reply = await rpc.call(address, CodeRequest(b"\x01" * 16), node=node)
+            await trio.sleep(0.5)
+        assert reply == CodeReply(None)
+        assert "does not live here" in caplog.text and "ignored a name race" in caplog.text
+        assert await home.result(home.call_actor(actor, "incr", 1)) == 3  # still serving
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_operation_waiting_on_the_dht_does_not_hold_up_the_node(autojump_clock):
+    async with trio.open_nursery() as nursery:
+        cluster = await started(2, 16, nursery, cpus=1, duration=0.01)
+        home = cluster.nodes[0]
+        answered = trio.Event()
+
+        async def look_up() -> None:
+            with pytest.raises(LocalUsageError):
+                await home.call("get_actor", "nobody")  # finds nothing, asks again later
+            answered.set()
+
+        nursery.start_soon(look_up)
+        assert await home.result(home.submit(square, 3)) == 9
+        assert not answered.is_set()  # the task ran while the lookup was still out
+        with trio.fail_after(10):
+            await answered.wait()
         nursery.cancel_scope.cancel()
