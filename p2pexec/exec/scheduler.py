@@ -1200,8 +1200,7 @@ class Scheduler:
         for task in waiting:
             reason = (f"the code of {task.spec.name} (hash {event.code_hash.hex()}) could "
                       f"not be had from any node: {event.error}")
-            actor = self.actors.get(task.spec.actor_id) if task.spec.kind == ACTOR_CREATE \
-                else None
+            actor = self.actors.get(task.spec.actor_id)  # a creation's (calls need no code)
             if actor is not None and actor.dead_reason is None:
                 self._stop_actor(actor, reason, reason)
             else:
