@@ -20,6 +20,7 @@ from p2pexec.api import (
 from p2pexec.errors import (
     ActorDiedError,
     AuthenticationError,
+    CodeUnavailableError,
     GetTimeoutError,
     LocalUsageError,
     NodeDiedError,
@@ -54,6 +55,7 @@ __all__ = [
     "ActorHandle",
     "AuthenticationError",
     "ClusterConfig",
+    "CodeUnavailableError",
     "Executor",
     "GetTimeoutError",
     "LocalUsageError",

@@ -251,7 +251,22 @@ class DriverRuntime:
             notifier.set()
 
     def call(self, operation: str, argument: Any) -> Any:
-        return self.in_loop(self.service.call, operation, argument)
+        """A node operation: a plain one is answered inside `in_loop`, so the lock is
+        free at once; an async one (DHT) releases it when its answer comes."""
+        done = threading.Lock()
+        done.acquire()
+        outcome: list[tuple[Any, P2PExecError | None]] = []
+
+        def answer(value: Any, error: P2PExecError | None) -> None:
+            outcome.append((value, error))
+            done.release()
+
+        self.in_loop(self.service.call, operation, argument, answer)
+        done.acquire()
+        value, error = outcome[0]
+        if error is not None:
+            raise error
+        return value
 
 
 class _Notify:

@@ -28,6 +28,7 @@ from p2pexec.exec.inline import InlineWorkers
 from p2pexec.exec.mesh import (
     MESH_CODES,
     MESH_MESSAGES,
+    CodeRequest,
     Mesh,
     NodeStats,
     StatsRequest,
@@ -75,7 +76,7 @@ class Node:
                                 inline=inline, in_cluster=config.cluster is not None,
                                 call_handlers={
             "get_actor": self._get_actor,
-            "actor_exists": lambda name: self.exec.core.lookup_actor(name) is not None,
+            "actor_exists": self._actor_exists,
             "kill": self._kill,
             "nodes": lambda _arg: self.nodes(),
             "cluster_resources": lambda _arg: self._mesh_resources(available=False),
@@ -121,6 +122,7 @@ class Node:
                     random.Random(self._rng.getrandbits(64)))
         cluster.add_message_handler(MESH_MESSAGES, mesh.handle_message)
         cluster.add_request_handler((StatsRequest,), mesh.local_stats)
+        cluster.add_request_handler((CodeRequest,), mesh.serve_code)
         for codes in MESH_CODES:
             cluster.add_stream_service(codes, cluster.rpc.adopt)
         self.exec.mesh = mesh
@@ -271,11 +273,24 @@ class Node:
     def _available(self) -> dict[str, float]:
         return {name: max(0.0, amount) for name, amount in self.exec.core.available.items()}
 
-    def _get_actor(self, name: str) -> bytes:
+    async def _get_actor(self, name: str) -> bytes:
+        """The id of the live actor named `name`: this node's, else the one the cluster's
+        name record points at (async: that is a DHT lookup)."""
         actor_id = self.exec.core.lookup_actor(name)
+        if actor_id is None and self.exec.mesh is not None:
+            actor_id = await self.exec.mesh.find_named(name)
         if actor_id is None:
             raise LocalUsageError(f"no actor named {name!r} is alive on this cluster")
         return actor_id
 
-    def _kill(self, actor_id: bytes) -> bool:
-        return self.exec.kill_actor(actor_id)
+    async def _actor_exists(self, name: str) -> bool:
+        """A live actor has this name, here or on any node of the cluster."""
+        if self.exec.core.lookup_actor(name) is not None:
+            return True
+        return self.exec.mesh is not None and await self.exec.mesh.name_taken(name)
+
+    async def _kill(self, actor_id: bytes) -> bool:
+        """px.kill: here if the actor lives here, else sent to the node it lives on."""
+        if self.exec.kill_actor(actor_id):
+            return True
+        return self.exec.mesh is not None and await self.exec.mesh.kill_remote(actor_id)

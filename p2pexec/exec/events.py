@@ -255,8 +255,37 @@ class Draining:
     and hands back what they gave it that has not started."""
 
 
+@dataclass(frozen=True, slots=True)
+class NameLost:
+    """Two nodes created an actor named `name` at once and the actor `winner` keeps it
+    (the smaller actor id wins): the actor `actor_id` here stops."""
+
+    actor_id: bytes
+    name: str
+    winner: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteActorKilled:
+    """px.kill of an actor on another node was sent there: the calls still queued here
+    for it fail (those already sent fail there)."""
+
+    actor_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CodeFetched:
+    """A `FetchCode` ended: the pickled code (its hash checked), or None and why no
+    holder could give it."""
+
+    code_hash: bytes
+    pickled: bytes | None
+    error: str = ""
+
+
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | PeersResources | PeerGone
-         | ActorLocated | BorrowRequested | BorrowAnswered | Draining)
+         | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
+         | RemoteActorKilled | CodeFetched)

@@ -171,6 +171,37 @@ class HandBack:
     task_ids: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ActorNamed:
+    """A named actor lives here now (`alive`) or no longer: publish (or withdraw) the
+    name's record, so that `px.get_actor` finds it from any node and a second actor of
+    that name anywhere is refused."""
+
+    name: str
+    actor_id: bytes
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CodeHere:
+    """This node holds the pickled function or class with this hash (once per hash for
+    the node's life): tell the cluster, so that a node running a task of it for the
+    first time can fetch it from here."""
+
+    code_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchCode:
+    """Tasks here need code this node has never seen: fetch it from `holder` (the node
+    that granted them) first, then from holders the DHT knows (the answer is a
+    `CodeFetched` event)."""
+
+    code_hash: bytes
+    holder: bytes | None
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
-               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack)
+               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | ActorNamed
+               | CodeHere | FetchCode)

@@ -17,9 +17,11 @@ drops that peer's connection with one log line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,10 +38,14 @@ from p2pexec.errors import (
     RemoteProtocolError,
 )
 from p2pexec.exec.events import (
+    ActorKilled,
     ActorLocated,
     BorrowAnswered,
     BorrowRequested,
+    CodeFetched,
+    NameLost,
     Released,
+    RemoteActorKilled,
     RemoteFinished,
     StealRequested,
     TasksGranted,
@@ -47,7 +53,10 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     ActorHere,
+    ActorNamed,
     Borrow,
+    CodeHere,
+    FetchCode,
     Forward,
     Grant,
     HandBack,
@@ -56,10 +65,15 @@ from p2pexec.exec.instructions import (
     Release,
     ReturnResult,
 )
-from p2pexec.exec.serialization import check_payload, payload_segment, system_error_payload
+from p2pexec.exec.serialization import (
+    callable_hash,
+    check_payload,
+    payload_segment,
+    system_error_payload,
+)
 from p2pexec.exec.stealing import PeerLoad, Thief
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
-from p2pexec.exec.transfer import find_publishers
+from p2pexec.exec.transfer import find_publishers, find_records
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import message
 from p2pexec.net.rpc import RpcNode
@@ -71,7 +85,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
-                   | Lend | HandBack)
+                   | Lend | HandBack | ActorNamed | CodeHere | FetchCode)
 
 
 @message(111)
@@ -176,7 +190,7 @@ class BorrowObjects:
     object_ids: list[bytes]
 
 
-@message(126)
+@message(160)
 @dataclass(frozen=True, slots=True)
 class LentObjects:
     """Values of objects the receiver borrowed: small ones inline (errors among them),
@@ -186,9 +200,38 @@ class LentObjects:
     large: list[bytes]
 
 
+@message(126)
+@dataclass(frozen=True, slots=True)
+class KillActor:
+    """Stop an actor that lives on the receiver: `px.kill` on another node (no `name`),
+    or the sender's actor `winner` took `name` in a race with this one (the receiver
+    checks the rule itself: the smaller actor id wins)."""
+
+    actor_id: bytes
+    name: str | None = None
+    winner: bytes | None = None
+
+
+@message(127)
+@dataclass(frozen=True, slots=True)
+class CodeRequest:
+    """A node given a task of code it never saw asks a holder for the pickled bytes."""
+
+    code_hash: bytes
+
+
+@message(103)
+@dataclass(frozen=True, slots=True)
+class CodeReply:
+    """The pickled code, or None when the node does not hold it (or it would not fit
+    in a frame)."""
+
+    pickled: bytes | None
+
+
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
-                 ActorCalls, BorrowObjects, LentObjects)
-MESH_CODES = (range(111, 112), range(117, 127))
+                 ActorCalls, BorrowObjects, LentObjects, KillActor)
+MESH_CODES = (range(111, 112), range(117, 127), range(160, 161))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -196,6 +239,12 @@ STEAL_REQUESTS_PER_SECOND = 200.0
 a time and waits at least a round trip, so even on loopback it stays well under this."""
 STEAL_REQUEST_BURST = 10.0
 """Requests a peer may send at once before that rate applies."""
+ACTOR_ID_SIZE = 16
+"""Actor ids are task ids: 12 random bytes and a counter (`refs.IdGenerator`)."""
+CODE_REQUEST_TIMEOUT = 5.0
+"""Seconds one holder has to send a pickled function: a frame, even a large one."""
+CODE_REPLY_OVERHEAD = 64
+"""Bytes of a `CodeReply` frame besides the pickled code (type code, length headers)."""
 
 
 class Mesh:
@@ -222,11 +271,16 @@ class Mesh:
         self._buckets: dict[NodeId, tuple[float, float]] = {}
         """Per asking peer: (tokens left, when last counted) of its request allowance."""
         self._warned: dict[NodeId, float] = {}
+        self._rng = rng
+        self._names_in, self._names_out = trio.open_memory_channel[ActorNamed](math.inf)
+        """Name records to publish or withdraw, in the order the scheduler decided them
+        (a name withdrawn and taken again on this node must end published)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._name_loop)
             task_status.started()
             try:
                 await self._steal_loop()
@@ -312,8 +366,34 @@ class Mesh:
             for payload in msg.values.values():
                 _check_inline(payload)
             self.service.stimulus(BorrowAnswered(node.raw, msg.values, msg.large))
+        elif type(msg) is KillActor:
+            self._take_kill(node, msg)
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
+
+    def _take_kill(self, node: NodeId, msg: KillActor) -> None:
+        """A peer stops an actor of this node (px.kill, or a name race it won)."""
+        if not self.service.core.actor_alive(msg.actor_id):
+            log.info("node %s asked to stop actor %s, which does not live here; ignored",
+                     node.short, msg.actor_id.hex()[:12])
+        elif msg.name is not None and msg.winner is not None:
+            self.service.stimulus(NameLost(msg.actor_id, msg.name, msg.winner))
+        else:
+            log.info("actor %s killed at the request of node %s", msg.actor_id.hex()[:12],
+                     node.short)
+            self.service.stimulus(ActorKilled(msg.actor_id))
+
+    def serve_code(self, peer: Peer, request: Any) -> CodeReply:
+        """A peer's `CodeRequest`: the pickled code if this node holds it and it fits in
+        a reply frame (the codec's limits: a larger one could not be sent anyway)."""
+        pickled = self.service.core.pool.code.get(request.code_hash)
+        limits = self.rpc.codec.limits
+        if pickled is not None and (len(pickled) + CODE_REPLY_OVERHEAD
+                                    > min(limits.max_frame_size, limits.max_bin_len)):
+            log.warning("code %s (%d bytes) is too large to send to %s", request.code_hash.hex(),
+                        len(pickled), peer.node_id.short)
+            pickled = None
+        return CodeReply(pickled)
 
     def _serve_steal(self, node: NodeId, msg: StealRequest) -> None:
         if not self._allowed(node):
@@ -371,10 +451,12 @@ class Mesh:
     def apply(self, instruction: MeshInstruction) -> None:
         """Do what the scheduler decided peers must hear (or the DHT must say)."""
         kind = type(instruction)
-        if kind is LocateActor or kind is ActorHere:
+        if kind is ActorNamed:
+            self._names_in.send_nowait(instruction)
+            return
+        if kind in (LocateActor, ActorHere, CodeHere, FetchCode):
             if self._nursery is not None:
-                task = self._locate if kind is LocateActor else self._announce
-                self._nursery.start_soon(task, instruction)
+                self._nursery.start_soon(self._dht_tasks[kind], self, instruction)
             return
         if kind is Forward:
             self._send(instruction.node, ActorCalls(list(instruction.specs),
@@ -487,6 +569,137 @@ class Mesh:
         """Everything queued for peers has been sent (or dropped)."""
         return not self._outboxes
 
+    async def _publish_code(self, instruction: CodeHere) -> None:
+        """This node holds the code for its life: one record per hash, never withdrawn."""
+        with contextlib.suppress(trio.ClosedResourceError):  # the node is stopping
+            await self.dht.publish(code_key(instruction.code_hash), b"code")
+
+    async def _fetch_code(self, instruction: FetchCode) -> None:
+        """Get code this node never saw: from the node that granted the task first, then
+        from the holders the DHT knows (in random order); bytes that do not hash to the
+        code hash are refused. The answer is one `CodeFetched`."""
+        code_hash, me = instruction.code_hash, self.rpc.local.node_id
+        failures: list[str] = []
+        tried: set[NodeId] = set()
+        first = [NodeId(instruction.holder)] if instruction.holder is not None else []
+        for phase in (first, None):
+            if phase is None:
+                try:
+                    phase = await find_publishers(self.dht, code_key(code_hash), me)
+                except DhtLookupError as exc:
+                    failures.append(f"no holder in the DHT ({exc})")
+                    break
+                self._rng.shuffle(phase)
+            for node in phase:
+                if node in tried:
+                    continue
+                tried.add(node)
+                pickled = await self._ask_code(node, code_hash, failures)
+                if pickled is not None:
+                    self.service.stimulus(CodeFetched(code_hash, pickled))
+                    return
+        self.service.stimulus(CodeFetched(code_hash, None, "; ".join(failures)))
+
+    async def _ask_code(self, node: NodeId, code_hash: bytes, failures: list[str]
+                        ) -> bytes | None:
+        """One holder's copy of the code, checked against its hash; None (and the reason
+        in `failures`) if it has none, cannot be reached or sends other bytes."""
+        address = self.address_of(node)
+        if address is None:
+            failures.append(f"{node.short} is not a live member")
+            return None
+        try:
+            reply = await self.rpc.call(address, CodeRequest(code_hash), node=node,
+                                        timeout=CODE_REQUEST_TIMEOUT)
+        except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            failures.append(f"{node.short}: {exc or type(exc).__name__}")
+            return None
+        if type(reply) is not CodeReply or reply.pickled is None:
+            failures.append(f"{node.short} does not have it")
+            return None
+        if callable_hash(reply.pickled) != code_hash:
+            log.warning("node %s sent code that does not match hash %s; refused", node.short,
+                        code_hash.hex())
+            failures.append(f"{node.short} sent bytes of another hash")
+            return None
+        return reply.pickled
+
+    async def _name_loop(self) -> None:
+        """Publish and withdraw name records one at a time, in order; after each publish
+        the name is checked for a race (in its own task)."""
+        async for instruction in self._names_out:
+            key = name_key(instruction.name)
+            try:
+                if not instruction.alive:
+                    await self.dht.withdraw(key)
+                    continue
+                await self.dht.publish(key, instruction.actor_id)
+            except trio.ClosedResourceError:
+                return  # the node is stopping
+            self._nursery.start_soon(self._check_name, instruction)
+
+    async def _check_name(self, instruction: ActorNamed) -> None:
+        """Two nodes may create an actor of one name within a DHT round trip: once its
+        record is stored, each looks the name up again. The smaller actor id keeps the
+        name: a larger one here stops; a larger one elsewhere is told (it may not have
+        seen this record yet: the later publisher always sees the earlier one, so at
+        least one side of every race sees the other)."""
+        name, mine = instruction.name, instruction.actor_id
+        try:
+            records = await self.dht.find_value(name_key(name))
+        except DhtLookupError:
+            return
+        me = self.rpc.local.node_id
+        rivals = [(r.value, r.publisher) for r in records
+                  if r.publisher != me and len(r.value) == ACTOR_ID_SIZE and r.value != mine]
+        for actor_id, node in rivals:
+            if actor_id > mine:
+                self._send(node.raw, KillActor(actor_id, name, mine))
+        smaller = [actor_id for actor_id, _node in rivals if actor_id < mine]
+        if smaller:
+            self.service.stimulus(NameLost(mine, name, min(smaller)))
+
+    async def find_named(self, name: str) -> bytes | None:
+        """The id of the live actor named `name` anywhere in the cluster (the race
+        winner, should two records exist); None if no node has one. A name is looked
+        for a few times (`find_records`), since a creation may be a moment old."""
+        try:
+            records = await find_records(self.dht, name_key(name))
+        except DhtLookupError:
+            return None
+        ids = [r.value for r in records if len(r.value) == ACTOR_ID_SIZE]
+        return min(ids) if ids else None
+
+    async def name_taken(self, name: str) -> bool:
+        """Some node published a record for `name` (one lookup, no retries: this is on
+        the path of every named creation)."""
+        try:
+            return bool(await self.dht.find_value(name_key(name)))
+        except DhtLookupError:
+            return False
+
+    async def kill_remote(self, actor_id: bytes) -> bool:
+        """px.kill of an actor that lives on another node: the kill goes there (where
+        its calls fail), calls queued here fail now. False if no node has it."""
+        node = self.service.core.actor_node(actor_id)
+        if node is None:
+            try:
+                found = await find_publishers(self.dht, actor_key(actor_id),
+                                              self.rpc.local.node_id)
+            except DhtLookupError:
+                return False
+            if not found:
+                return False
+            node = found[0].raw
+        self._send(node, KillActor(actor_id))
+        self.service.stimulus(RemoteActorKilled(actor_id))
+        return True
+
+    _dht_tasks = {LocateActor: _locate, ActorHere: _announce, CodeHere: _publish_code,
+                  FetchCode: _fetch_code}
+    """What runs (as a task of the mesh) for each instruction that waits on the DHT."""
+
     def forget(self, node: NodeId) -> None:
         """A peer died or left: no request of ours to it will be answered."""
         self.thief.forget(node)
@@ -500,6 +713,16 @@ class Mesh:
 def actor_key(actor_id: bytes) -> bytes:
     """The DHT key under which the node that has an actor says so."""
     return hashlib.sha256(b"p2pexec actor\0" + actor_id).digest()
+
+
+def name_key(name: str) -> bytes:
+    """The DHT key under which the node that has the actor named `name` publishes its id."""
+    return hashlib.sha256(b"p2pexec actor name\0" + name.encode()).digest()
+
+
+def code_key(code_hash: bytes) -> bytes:
+    """The DHT key under which the nodes that hold a pickled function or class say so."""
+    return hashlib.sha256(b"p2pexec code\0" + code_hash).digest()
 
 
 def _check_tasks(tasks: list[TaskSpec], values: dict[bytes, Any], *kinds: int) -> None:

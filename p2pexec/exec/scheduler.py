@@ -43,17 +43,20 @@ from p2pexec.exec.events import (
     BorrowAnswered,
     BorrowRequested,
     ClientLeft,
+    CodeFetched,
     CodeRegistered,
     Draining,
     Event,
     Fetched,
     GaveBack,
     GetRequested,
+    NameLost,
     PeerGone,
     PeersResources,
     Put,
     RefsChanged,
     Released,
+    RemoteActorKilled,
     RemoteFinished,
     ShutDown,
     SpillEnded,
@@ -69,9 +72,12 @@ from p2pexec.exec.events import (
 )
 from p2pexec.exec.instructions import (
     ActorHere,
+    ActorNamed,
+    CodeHere,
     Completed,
     DeleteSpilled,
     Fetch,
+    FetchCode,
     Forward,
     Grant,
     HandBack,
@@ -104,8 +110,9 @@ a peer holds the arguments of tasks it gave this node and the large results kept
 
 class TaskStatus(Enum):
     WAITING = "waiting"
-    """Arguments missing, resources no node here could ever offer, an actor creation
-    waiting for its worker or resources, or an actor call not yet sent."""
+    """Arguments missing, code not fetched yet (a task a peer gave), resources no node
+    here could ever offer, an actor creation waiting for its worker or resources, or an
+    actor call not yet sent."""
     READY = "ready"
     """Runnable: in the ready deque, waiting for resources and an idle worker."""
     QUEUED = "queued"
@@ -234,6 +241,11 @@ class Scheduler:
         """Objects borrowed from peers and lent to them."""
         self.remote_actors: dict[bytes, RemoteActor] = {}
         """Actors other nodes made that tasks here call."""
+        self._code_sent: dict[bytes, set[bytes]] = {}
+        """Per peer, the code hashes this node's grants have carried to it: a grant
+        carries each only once (forgotten when the peer goes)."""
+        self._code_waiting: dict[bytes, list[TaskState]] = {}
+        """Per code hash this node lacks, the granted tasks waiting for its fetch."""
         self._peer_totals: tuple[dict[str, float], ...] = ()
         self._members_since: float | None = None
         self._membership_settled = False
@@ -277,6 +289,9 @@ class Scheduler:
             BorrowRequested: self._on_borrow_requested,
             BorrowAnswered: self._on_borrow_answered,
             Draining: self._on_draining,
+            NameLost: self._on_name_lost,
+            RemoteActorKilled: self._on_remote_actor_killed,
+            CodeFetched: self._on_code_fetched,
         }
 
     # ---- the one entry point ----
@@ -319,6 +334,11 @@ class Scheduler:
     def actor_alive(self, actor_id: bytes) -> bool:
         """Known here and not dead: what px.kill reports it stopped."""
         return self.actors.alive(actor_id)
+
+    def actor_node(self, actor_id: bytes) -> bytes | None:
+        """The peer an actor this node calls lives on, if known here."""
+        remote = self.remote_actors.get(actor_id)
+        return remote.node if remote is not None else None
 
     def lookup_actor(self, name: str) -> bytes | None:
         return self.actors.lookup(name)
@@ -421,7 +441,16 @@ class Scheduler:
         self.pool.replace_lost()
 
     def _on_code_registered(self, event: CodeRegistered) -> None:
-        self.pool.register_code(event.code_hash, event.pickled)
+        self._register_code(event.code_hash, event.pickled)
+
+    def _register_code(self, code_hash: bytes, pickled: bytes) -> None:
+        """Code this node holds from now on; in a cluster its holder record is published
+        once, so that nodes that never saw it can fetch it here."""
+        if code_hash in self.pool.code:
+            return
+        self.pool.register_code(code_hash, pickled)
+        if self.in_cluster:
+            self._out.append(CodeHere(code_hash))
 
     # ---- submission ----
     def _on_submitted(self, event: Submitted) -> None:
@@ -847,6 +876,8 @@ class Scheduler:
                                 creator=task.submitter)
         if self.in_cluster:
             self._out.append(ActorHere(spec.actor_id, True))
+            if spec.actor_name is not None:
+                self._out.append(ActorNamed(spec.actor_name, spec.actor_id, True))
         remote = self.remote_actors.pop(spec.actor_id, None)
         if remote is not None:  # it ran on a peer that died, and restarts here
             actor.calls.extend(remote.calls)
@@ -988,16 +1019,39 @@ class Scheduler:
         self._forget_arguments(actor.creation)
         if self.in_cluster:
             self._out.append(ActorHere(actor.actor_id, False))
+            if actor.name is not None:
+                self._out.append(ActorNamed(actor.name, actor.actor_id, False))
+
+    def _stop_actor(self, actor: ActorState, constructor_error: str, reason: str) -> None:
+        """Stop a live actor for good: a constructor still running fails with
+        `constructor_error`, pending calls with `reason`."""
+        creation = self.tasks.get(actor.creation.task_id)
+        if creation is not None:
+            self._fail(creation, errors.ActorDiedError(constructor_error))
+        self._actor_dead(actor, reason, stop=True)
 
     def _on_actor_killed(self, event: ActorKilled) -> None:
         """Its pending calls fail with ActorDiedError; a dead or unknown actor is left be."""
         actor = self.actors.get(event.actor_id)
         if actor is None or actor.dead_reason is not None:
             return
-        creation = self.tasks.get(actor.creation.task_id)
-        if creation is not None:
-            self._fail(creation, errors.ActorDiedError("the actor was killed"))
-        self._actor_dead(actor, "it was killed with px.kill", stop=True)
+        self._stop_actor(actor, "the actor was killed", "it was killed with px.kill")
+
+    def _on_name_lost(self, event: NameLost) -> None:
+        """A name race (two nodes created an actor of one name within a DHT round trip):
+        the smaller actor id keeps the name, so this node's actor stops if its id is the
+        larger; anything else (unknown actor, another name, a claim against the rule) is
+        ignored with one line."""
+        actor = self.actors.get(event.actor_id)
+        if (actor is None or actor.dead_reason is not None or actor.name != event.name
+                or not event.winner < event.actor_id):
+            self._out.append(Warn(f"ignored a name race for {event.name!r} that no live "
+                                  f"actor here lost"))
+            return
+        reason = (f"another node created an actor named {event.name!r} at the same time, "
+                  f"and that one kept the name (the smaller actor id wins a name race); "
+                  f"use px.get_actor({event.name!r})")
+        self._stop_actor(actor, reason, reason)
 
     def _object_freed(self, object_id: bytes) -> None:
         """Called by the object table as it frees an object. An actor's creation object is
@@ -1089,11 +1143,13 @@ class Scheduler:
                 given.append(task)
         values: dict[bytes, list] = {}
         code: dict[bytes, bytes] = {}
+        sent = self._code_sent.setdefault(thief, set())
         for task in given:
             self._transition(task, STOLEN)
             task.node = thief
             spec = task.spec
-            if spec.callable_hash is not None:
+            if spec.callable_hash is not None and spec.callable_hash not in sent:
+                sent.add(spec.callable_hash)
                 code[spec.callable_hash] = self.pool.code[spec.callable_hash]
             self._inline_values(spec, values)
         self.counts["stolen_out"] += len(given)
@@ -1134,7 +1190,7 @@ class Scheduler:
         owner = event.owner
         holder = self._peer_holder(owner)
         for code_hash, pickled in event.code.items():
-            self.pool.register_code(code_hash, pickled)
+            self._register_code(code_hash, pickled)
         objects = self.objects
         for spec in event.specs:
             if spec.task_id in self.tasks:
@@ -1152,9 +1208,44 @@ class Scheduler:
                     self._out.append(Fetch(object_id, owner))
             if spec.kind == TASK:
                 self.counts["stolen_in"] += 1
-            self._admit(TaskState(spec, owner=owner, submitter=holder))
+            task = TaskState(spec, owner=owner, submitter=holder)
+            self._await_code(task, owner)
+            self._admit(task)
             for object_id in created:  # pinned by the task now
                 objects.remove_holder(object_id, holder)
+
+    def _await_code(self, task: TaskState, holder: bytes) -> None:
+        """A task a peer gave needs code this node lacks (the peer sent it before, to a
+        node that has since forgotten it, or another node has it): it waits for it as
+        for an argument, and the first task to wait asks for a fetch."""
+        code_hash = task.spec.callable_hash
+        if code_hash is None or code_hash in self.pool.code:
+            return
+        task.missing += 1
+        waiting = self._code_waiting.get(code_hash)
+        if waiting is None:
+            waiting = self._code_waiting[code_hash] = []
+            self._out.append(FetchCode(code_hash, holder))
+        waiting.append(task)
+
+    def _on_code_fetched(self, event: CodeFetched) -> None:
+        """The code came (its tasks go on) or could not be had (they fail, and an actor
+        whose class it is dies)."""
+        waiting = [task for task in self._code_waiting.pop(event.code_hash, [])
+                   if self.tasks.get(task.spec.task_id) is task]
+        if event.pickled is not None:
+            self._register_code(event.code_hash, event.pickled)
+            for task in waiting:
+                self._dep_arrived(task)
+            return
+        for task in waiting:
+            reason = (f"the code of {task.spec.name} (hash {event.code_hash.hex()}) could "
+                      f"not be had from any node: {event.error}")
+            actor = self.actors.get(task.spec.actor_id)  # a creation's (calls need no code)
+            if actor is not None and actor.dead_reason is None:
+                self._stop_actor(actor, reason, reason)
+            else:
+                self._fail(task, errors.CodeUnavailableError(reason))
 
     def _return_to_owner(self, task: TaskState, payloads: list[list],
                          contained: list[list[bytes]] | None) -> None:
@@ -1304,12 +1395,21 @@ class Scheduler:
             self._pump_remote(remote)
             return
         del self.remote_actors[spec.actor_id]
-        for task_id in remote.calls:
+        self._fail_calls(remote.calls, f"the actor's constructor {spec.name} failed")
+
+    def _fail_calls(self, calls: deque[bytes], why: str) -> None:
+        """Calls queued here for an actor that will never run them."""
+        for task_id in calls:
             task = self.tasks.get(task_id)
             if task is not None:
-                self._fail(task, errors.ActorDiedError(
-                    f"cannot call {task.spec.name}: the actor's constructor {spec.name} "
-                    f"failed"))
+                self._fail(task, errors.ActorDiedError(f"cannot call {task.spec.name}: {why}"))
+
+    def _on_remote_actor_killed(self, event: RemoteActorKilled) -> None:
+        """px.kill went to the actor's node: calls queued here fail now; those already
+        sent there fail there; a later call finds no node that has the actor."""
+        remote = self.remote_actors.pop(event.actor_id, None)
+        if remote is not None:
+            self._fail_calls(remote.calls, "the actor is dead (it was killed with px.kill)")
 
     def _on_actor_located(self, event: ActorLocated) -> None:
         remote = self.remote_actors.get(event.actor_id)
@@ -1320,11 +1420,7 @@ class Scheduler:
             self._pump_remote(remote)
             return
         del self.remote_actors[event.actor_id]
-        for task_id in remote.calls:
-            task = self.tasks.get(task_id)
-            if task is not None:
-                self._fail(task, errors.ActorDiedError(
-                    f"cannot call {task.spec.name}: no node of the cluster has the actor"))
+        self._fail_calls(remote.calls, "no node of the cluster has the actor")
 
     def _on_peers_resources(self, event: PeersResources) -> None:
         self._peer_totals = event.totals
@@ -1417,6 +1513,7 @@ class Scheduler:
         attempt); tasks it gave this node that have not started are dropped, running ones
         finish with nowhere to send their result; what it held here is let go."""
         node = event.node
+        self._code_sent.pop(node, None)
         holder = self._peer_holders.pop(node, None)
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
@@ -1434,11 +1531,7 @@ class Scheduler:
                 self._admit(TaskState(remote.creation, attempts=remote.attempts))
             else:  # its actor died with it
                 del self.remote_actors[actor_id]
-                for task_id in remote.calls:
-                    task = self.tasks.get(task_id)
-                    if task is not None:
-                        self._fail(task, errors.ActorDiedError(
-                            f"cannot call {task.spec.name}: the actor's node died"))
+                self._fail_calls(remote.calls, "the actor's node died")
         for task in list(self.tasks.values()):
             if task.state is STOLEN and task.node == node and task.spec.kind == ACTOR_CALL:
                 self._fail(task, errors.ActorDiedError(
@@ -1464,10 +1557,8 @@ class Scheduler:
         if holder is not None:  # actors it placed here have no owner left: they stop
             for actor in list(self.actors.actors.values()):
                 if actor.creator == holder and actor.dead_reason is None:
-                    creation = self.tasks.get(actor.creation.task_id)
-                    if creation is not None:
-                        self._fail(creation, errors.ActorDiedError("its owner's node died"))
-                    self._actor_dead(actor, "the node that owns it died", stop=True)
+                    self._stop_actor(actor, "its owner's node died",
+                                     "the node that owns it died")
         self._dirty = True  # (a result being fetched from it fails, and its task reruns)
 
     # ---- invariants ----
@@ -1477,8 +1568,9 @@ class Scheduler:
         Resources are never negative or over the total and `available` is the total minus
         what tasks and actors hold; every task is in exactly one state and where that state
         says (the ready deque, one worker's queue, one worker's stack or actor's in-flight
-        list, waiting for a named reason); every object a live task names is still here;
-        an object without a value belongs to a task that will produce it."""
+        list, waiting for a named reason: arguments or code); every object a live task
+        names is still here; an object without a value belongs to a task that will
+        produce it."""
         self.resources.validate([t.held for t in self.tasks.values()]
                                 + [a.holds for a in self.actors.actors.values()])
         self.objects.validate()
@@ -1504,8 +1596,14 @@ class Scheduler:
         owned_ready = sum(1 for t in self.tasks.values() if t.state is READY and t.owner is None)
         assert self._owned_ready == owned_ready, (self._owned_ready, owned_ready)
         requests = {id(r) for r in self.requests.values()}
+        awaiting_code = set()
+        for code_hash, waiting in self._code_waiting.items():
+            assert code_hash not in self.pool.code, f"tasks wait for code {code_hash.hex()} held"
+            awaiting_code.update(t.spec.task_id for t in waiting
+                                 if self.tasks.get(t.spec.task_id) is t)
         for task_id, task in self.tasks.items():
-            self._validate_task(task_id, task, places.get(task_id, []), task_id in ready)
+            self._validate_task(task_id, task, places.get(task_id, []), task_id in ready,
+                                task_id in awaiting_code)
             assert task.request is None or id(task.request) in requests, (
                 f"{task.spec.name} waits for a request nobody will answer")
         for worker_id, _request_id in self.requests:
@@ -1516,7 +1614,7 @@ class Scheduler:
                 f"object {object_id.hex()} has no value and no task or fetch to make one")
 
     def _validate_task(self, task_id: bytes, task: TaskState, places: list[str],
-                       in_ready: bool) -> None:
+                       in_ready: bool, awaits_code: bool) -> None:
         spec, state = task.spec, task.state
         name = f"{spec.name} ({state.value})"
         assert spec.task_id == task_id and state is not DONE, name
@@ -1524,7 +1622,7 @@ class Scheduler:
             assert self.objects.known(object_id), f"{name}: argument {object_id.hex()} freed"
         # an actor's restart makes its creation result pending again, under tasks that
         # already had it: more may be pending than a task waits for, never fewer
-        pending = sum(1 for dep in spec.deps if self._pending(dep))
+        pending = sum(1 for dep in spec.deps if self._pending(dep)) + awaits_code
         assert task.missing <= pending, f"{name}: waits for {task.missing}, pending {pending}"
         assert state is WAITING or not task.missing, f"{name} waits for {task.missing}"
         if state is RUNNING:

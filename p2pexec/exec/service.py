@@ -8,6 +8,7 @@ leaves in one `send_all`, because trio pays per call and tiny tasks come in floo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -69,6 +70,9 @@ from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec, FrameDecoder
 
 log = logging.getLogger("p2pexec.exec")
+
+Answer = Callable[[Any, P2PExecError | None], None]
+"""Receives a node operation's outcome: (value, None) or (None, the error)."""
 
 MESH_INSTRUCTIONS = MeshInstruction.__args__
 """What the mesh driver carries out: messages to peers, actor records in the DHT."""
@@ -680,12 +684,44 @@ class ExecService:
         wait.link.flush()
         return True
 
-    def call(self, operation: str, argument: Any) -> Any:
-        """Run a named node operation (get_actor, kill, nodes...) on the loop's thread."""
+    def call(self, operation: str, argument: Any, answer: Answer) -> None:
+        """Run a named node operation (get_actor, kill, nodes...) on the loop's thread and
+        hand its outcome to `answer(value, error)`. A plain handler answers at once; an
+        async one (it needs the DHT or a peer) runs in the service's nursery and answers
+        when done, so the loop never waits for the network."""
         handler = self.call_handlers.get(operation)
         if handler is None:
-            raise LocalUsageError(f"unknown node operation {operation!r}")
-        return handler(argument)
+            answer(None, LocalUsageError(f"unknown node operation {operation!r}"))
+            return
+        if not inspect.iscoroutinefunction(handler):
+            try:
+                value = handler(argument)
+            except P2PExecError as exc:
+                answer(None, exc)
+                return
+            answer(value, None)
+            return
+        if self._closed:
+            answer(None, P2PExecError("the node is stopping"))
+            return
+        self._nursery.start_soon(self._call_async, operation, handler, argument, answer)
+
+    @staticmethod
+    async def _call_async(operation: str, handler: Callable[[Any], Any], argument: Any,
+                          answer: Answer) -> None:
+        """An async node operation; its caller is answered even if the node stops first
+        (a driver must never wait for an answer that will not come)."""
+        outcome: tuple[Any, P2PExecError | None] = (
+            None, P2PExecError(f"the node stopped during {operation}"))
+        try:
+            outcome = (await handler(argument), None)
+        except P2PExecError as exc:
+            outcome = (None, exc)
+        except Exception as exc:  # a bug in a handler costs its caller, never the node
+            log.exception("node operation %s failed", operation)
+            outcome = (None, P2PExecError(f"{operation} failed on the node: {exc!r}"))
+        finally:
+            answer(*outcome)
 
     def kill_actor(self, actor_id: bytes) -> bool:
         """px.kill: True if the actor was alive here (and is now stopped)."""
@@ -694,15 +730,18 @@ class ExecService:
         return alive
 
     def _answer_call(self, client_id: int, request: p.Call) -> None:
-        try:
-            reply = p.Reply(request.request_id, True, self.call(request.operation,
-                                                                request.argument))
-        except P2PExecError as exc:
-            reply = p.Reply(request.request_id, False, None, type(exc).__name__, str(exc))
-        link = self.links.get(client_id)
-        if link is not None:
-            link.queue(self.codec.frame(reply))
-            link.flush()
+        def answer(value: Any, error: P2PExecError | None) -> None:
+            if error is None:
+                reply = p.Reply(request.request_id, True, value)
+            else:
+                reply = p.Reply(request.request_id, False, None, type(error).__name__,
+                                str(error))
+            link = self.links.get(client_id)
+            if link is not None:
+                link.queue(self.codec.frame(reply))
+                link.flush()
+
+        self.call(request.operation, request.argument, answer)
 
     async def _timer_loop(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import trio
 
 from p2pexec.dht.driver import DhtDriver
+from p2pexec.dht.messages import Record
 from p2pexec.errors import DhtLookupError, ObjectLostError, ProtocolError, RemoteProtocolError
 from p2pexec.exec import shm
 from p2pexec.exec.protocol import SHARED
@@ -102,18 +103,22 @@ def object_key(object_id: bytes) -> bytes:
 
 
 async def find_publishers(dht: DhtDriver, key: bytes, exclude: NodeId) -> list[NodeId]:
-    """The nodes other than `exclude` that published a record under `key`. A ref can
-    outrun its maker's announcement (made a moment ago), so a lookup that finds none is
-    repeated after each of HOLDER_RETRIES; `DhtLookupError` after the last."""
+    """The nodes other than `exclude` that published a record under `key` (see
+    `find_records`)."""
+    return [r.publisher for r in await find_records(dht, key) if r.publisher != exclude]
+
+
+async def find_records(dht: DhtDriver, key: bytes) -> list[Record]:
+    """The records under `key`. A ref can outrun its maker's announcement (made a moment
+    ago), so a lookup that finds none is repeated after each of HOLDER_RETRIES;
+    `DhtLookupError` after the last."""
     for pause in (*HOLDER_RETRIES, None):
         try:
-            records = await dht.find_value(key)
+            return await dht.find_value(key)
         except DhtLookupError:
             if pause is None:
                 raise
             await trio.sleep(pause)
-            continue
-        return [r.publisher for r in records if r.publisher != exclude]
     raise AssertionError("unreachable: the last pass returns or raises")
 
 

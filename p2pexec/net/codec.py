@@ -12,7 +12,8 @@ A message is a frozen dataclass registered under a numeric type code::
         target: NodeId | None = None
 
 Code ranges, one per package, so packages never collide: net 0-31, gossip 32-63,
-dht 64-95, exec 96-127, node/client 128-159, tests 900-999.
+dht 64-95, exec 96-127 and (once that filled up) 160-191, node/client 128-159,
+tests 900-999.
 
 Field types a message may use (checked on decode, so a peer cannot smuggle anything else):
 `int`, `float`, `bool`, `str`, `bytes`, `None`, `NodeId`, `X | None`, `tuple[X, ...]`,

@@ -23,7 +23,7 @@ from p2pexec.exec import serialization, shm
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.inline import Duration, InlineWorkers
 from p2pexec.exec.refs import IdGenerator, return_id
-from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.discovery import DiscoveryConfig
 from p2pexec.net.security import new_token
@@ -53,20 +53,62 @@ class SimNode:
                ) -> bytes:
         """Submit `function(*args)` as a task owned by this node, as its embedded driver
         would; returns the result's object id."""
-        pickled = serialization.pickle_callable(function, repr(function))
+        return self._submit(TASK, self._register(function), None, args,
+                            name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})
+
+    def create_actor(self, cls: type, *args: Any, name: str | None = None) -> bytes:
+        """Create an actor of `cls` here (named `name` if given), as
+        `Cls.options(name=name).remote(*args)` would; returns its actor id."""
+        task_id = self.ids.task_id()
+        self._submit(ACTOR_CREATE, self._register(cls), None, args, f"{cls.__name__}.__init__",
+                     {}, task_id=task_id, actor_id=task_id, actor_name=name)
+        return task_id
+
+    def call_actor(self, actor_id: bytes, method: str, *args: Any) -> bytes:
+        """Call `method(*args)` of the actor (wherever it lives), as a handle's
+        `.remote()` would; returns the result's object id."""
+        return self._submit(ACTOR_CALL, None, method, args, method, {}, actor_id=actor_id,
+                            pins=(return_id(actor_id, 1),))
+
+    async def call(self, operation: str, argument: Any) -> Any:
+        """A node operation (get_actor, kill, ...) as a driver's `runtime.call`; raises
+        the operation's error."""
+        done = trio.Event()
+        outcome: list[tuple[Any, Exception | None]] = []
+
+        def answer(value: Any, error: Exception | None) -> None:
+            outcome.append((value, error))
+            done.set()
+
+        self.node.exec.call(operation, argument, answer)
+        await done.wait()
+        value, error = outcome[0]
+        if error is not None:
+            raise error
+        return value
+
+    def _register(self, target: Any) -> bytes:
+        """Make a function or class known to the node once, as a driver does."""
+        pickled = serialization.pickle_callable(target, repr(target))
         code_hash = serialization.callable_hash(pickled)
-        service = self.node.exec
         if code_hash not in self.registered:
             self.registered.add(code_hash)
-            service.post(("register", code_hash, pickled))
-        task_id = self.ids.task_id()
+            self.node.exec.post(("register", code_hash, pickled))
+        return code_hash
+
+    def _submit(self, kind: int, code_hash: bytes | None, method: str | None,
+                args: tuple, name: str, resources: dict[str, float], *,
+                task_id: bytes | None = None, actor_id: bytes | None = None,
+                actor_name: str | None = None, pins: tuple[bytes, ...] = ()) -> bytes:
+        service = self.node.exec
+        task_id = task_id or self.ids.task_id()
         payload, contained = serialization.to_payload((args, {}), service.config.inline_limit,
                                                       shm.segment_name(os.getpid(),
                                                                        task_id + b"args"))
         result = return_id(task_id, 1)
         service.post(("submit", TaskSpec(
-            task_id, TASK, code_hash, None, payload, (), tuple(contained), (result,),
-            name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})))
+            task_id, kind, code_hash, method, payload, (), (*contained, *pins), (result,),
+            name, resources, actor_id=actor_id, actor_name=actor_name)))
         return result
 
     def put(self, value: Any) -> bytes:

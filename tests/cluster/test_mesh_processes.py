@@ -171,6 +171,77 @@ def test_a_parameter_server_actor_serves_workers_on_every_node(launcher: Launche
     assert nodes == sorted(n.proc.pid for n in (a, b, c)), nodes
 
 
+NAMED_CREATE = """
+    import json, os
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    class Counter:
+        def __init__(self, start):
+            self.value = start
+
+        def incr(self, by):
+            self.value += by
+            return self.value, os.getppid()  # the parent of an actor's worker is its node
+
+    counter = Counter.options(name="shared", lifetime="detached").remote(5)
+    print(json.dumps(px.get(counter.incr.remote(1), timeout=60)), flush=True)
+"""
+
+NAMED_USE = """
+    import json
+    import p2pexec as px
+
+    px.init()
+    counter = px.get_actor("shared")
+    print(json.dumps(px.get(counter.incr.remote(10), timeout=60)), flush=True)
+"""
+
+NAMED_CLASH = """
+    import json
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    class Other:
+        pass
+
+    try:
+        Other.options(name="shared").remote()
+        print(json.dumps("created"), flush=True)
+    except px.LocalUsageError as exc:
+        print(json.dumps(str(exc)), flush=True)
+"""
+
+NAMED_KILL = """
+    import json
+    import p2pexec as px
+
+    px.init()
+    counter = px.get_actor("shared")
+    px.kill(counter)
+    try:
+        px.get(counter.incr.remote(1), timeout=60)
+        print(json.dumps("still alive"), flush=True)
+    except px.ActorDiedError as exc:
+        print(json.dumps(str(exc)), flush=True)
+"""
+
+
+def test_a_named_actor_is_found_refused_and_killed_from_other_nodes(launcher: Launcher):
+    a, b, c = three_nodes(launcher)
+    assert run_driver(NAMED_CREATE, a.data_dir) == [6, a.proc.pid]
+    assert run_driver(NAMED_USE, b.data_dir) == [16, a.proc.pid]  # ran on A's actor
+    clash = run_driver(NAMED_CLASH, c.data_dir)
+    assert "already exists" in clash and "px.get_actor('shared')" in clash, clash
+    died = run_driver(NAMED_KILL, b.data_dir)
+    assert "killed with px.kill" in died or "no node of the cluster" in died, died
+    assert wait_for(lambda: "shared" not in stats(a)["actors"], 30), stats(a)
+
+
 NO_RETRIES = """
     import json, os, time
     import p2pexec as px
