@@ -153,13 +153,15 @@ class SpillEnded:
 
 @dataclass(frozen=True, slots=True)
 class StealRequested:
-    """Peer `thief` (raw node id) asks for work: it has `cpus` CPUs with nothing to run
-    and these total `resources`. The answer is one `Grant` (possibly empty)."""
+    """Peer `thief` (raw node id) asks for work: it has `cpus` CPUs with nothing to run,
+    these total `resources` and, of them, `free` unheld now (None: not said). The
+    answer is one `Grant` (possibly empty)."""
 
     thief: bytes
     request_id: int
     cpus: float
     resources: dict[str, float]
+    free: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,7 +201,16 @@ class FetchCode:
     holder: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class StopRemoteActor:
+    """The last handle of an actor this node made is gone and the actor lives on `node`:
+    stop it there (Ray's rule, across nodes)."""
+
+    node: bytes
+    actor_id: bytes
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
                | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | ActorNamed
-               | CodeHere | FetchCode)
+               | CodeHere | FetchCode | StopRemoteActor)

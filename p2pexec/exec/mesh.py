@@ -64,6 +64,7 @@ from p2pexec.exec.instructions import (
     LocateActor,
     Release,
     ReturnResult,
+    StopRemoteActor,
 )
 from p2pexec.exec.serialization import (
     callable_hash,
@@ -85,17 +86,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
-                   | Lend | HandBack | ActorNamed | CodeHere | FetchCode)
+                   | Lend | HandBack | ActorNamed | CodeHere | FetchCode | StopRemoteActor)
 
 
 @message(111)
 @dataclass(frozen=True, slots=True)
 class StealRequest:
-    """A thief with `cpus` CPUs to fill and these total `resources` asks for work."""
+    """A thief with `cpus` CPUs to fill, these total `resources` and, of them, `free`
+    not held by anything now (what an actor needs to start there) asks for work."""
 
     request_id: int
     cpus: float
     resources: dict[str, float]
+    free: dict[str, float]
 
 
 @message(117)
@@ -323,10 +326,11 @@ class Mesh:
         done = trio.Event()
         count: list[int] = []
         self._outstanding[request_id] = (victim.node, done, count)
-        resources = dict(self.service.core.total)
+        core = self.service.core
+        request = StealRequest(request_id, float(cpus), dict(core.total),
+                               {name: max(0.0, free) for name, free in core.available.items()})
         try:
-            await self.rpc.notify(victim.address, StealRequest(request_id, float(cpus),
-                                                               resources), node=victim.node)
+            await self.rpc.notify(victim.address, request, node=victim.node)
         except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
             log.debug("steal request to %s failed: %s", victim.node.short, exc)
@@ -398,10 +402,10 @@ class Mesh:
     def _serve_steal(self, node: NodeId, msg: StealRequest) -> None:
         if not self._allowed(node):
             return
-        if msg.cpus < 0 or any(v < 0 for v in msg.resources.values()):
+        if msg.cpus < 0 or any(v < 0 for v in (*msg.resources.values(), *msg.free.values())):
             raise RemoteProtocolError("a steal request with negative resources")
         self.service.stimulus(StealRequested(node.raw, msg.request_id, msg.cpus,
-                                             msg.resources))
+                                             msg.resources, msg.free))
 
     def _allowed(self, node: NodeId) -> bool:
         """A token bucket per peer; a peer over it is refused (one log line per 10 s)."""
@@ -461,6 +465,8 @@ class Mesh:
         if kind is Forward:
             self._send(instruction.node, ActorCalls(list(instruction.specs),
                                                     instruction.values))
+        elif kind is StopRemoteActor:
+            self._send(instruction.node, KillActor(instruction.actor_id))
         elif kind is HandBack:
             self._send(instruction.owner, ReturnTasks(list(instruction.task_ids)))
         elif kind is Borrow:

@@ -89,6 +89,7 @@ from p2pexec.exec.instructions import (
     ReturnResult,
     Send,
     Spill,
+    StopRemoteActor,
     StopWorker,
     Unlink,
     Warn,
@@ -235,7 +236,11 @@ class Scheduler:
         self._owned_ready = 0
         """Tasks this node owns in the READY state: what peers may steal."""
         self.parked: dict[bytes, None] = {}
-        """Tasks no resources here could ever fit, oldest first: a peer may take them."""
+        """Tasks no resources here could ever fit, and actor creations whose resources
+        are held here now, oldest first: a peer may take them."""
+        self._busy_actors: dict[bytes, None] = {}
+        """The parked actor creations that could start here once their resources are
+        free again (created here if that comes before a peer takes them)."""
         self._peer_holders: dict[bytes, int] = {}
         self.loans = Loans(self.objects, self._out, self._peer_holder)
         """Objects borrowed from peers and lent to them."""
@@ -354,12 +359,15 @@ class Scheduler:
         if self.draining:
             return 0.0
         ready, tasks = self.ready, self.tasks
+        cpus = self.total.get(CPU, 0.0) - sum(  # CPUs actors hold (or will) stay held
+            actor.creation.resources.get(CPU, 0.0) for actor in self.actors.actors.values()
+            if actor.dead_reason is None)
         while ready:
             task = tasks.get(ready[0])
             if task is not None and task.state is READY:
                 break
             ready.popleft()
-        return max(0.0, self.total.get(CPU, 0.0) - len(ready))
+        return max(0.0, cpus - len(ready))
 
     # ---- task states ----
     def _transition(self, task: TaskState, to: TaskStatus) -> None:
@@ -562,6 +570,8 @@ class Scheduler:
 
     # ---- scheduling ----
     def _schedule(self) -> None:
+        if self._busy_actors:
+            self._place_busy_actors()
         for actor in self.actors.take_waiting():
             self._try_create_actor(actor)
         resources = self.resources
@@ -587,6 +597,28 @@ class Scheduler:
             self._run_on(worker, task, nested=False)
         if ready:
             self._prefetch()
+
+    def _place_busy_actors(self) -> None:
+        """Parked actor creations whose resources are free here again start here (no
+        peer took them first)."""
+        for task_id in list(self._busy_actors):
+            task = self.tasks.get(task_id)
+            if task is None or task_id not in self.parked:
+                del self._busy_actors[task_id]
+            elif not task.missing and self._actor_fits_now(task.spec.resources):
+                del self._busy_actors[task_id]
+                del self.parked[task_id]
+                self._place_actor_here(task)
+
+    def _actor_fits_now(self, demand: dict[str, float]) -> bool:
+        """What is free here covers `demand` once the actors placed here that have not
+        started yet take what they need."""
+        free = dict(self.resources.available)
+        for actor in self.actors.actors.values():
+            if actor.dead_reason is None and not actor.holds:
+                for name, amount in actor.creation.resources.items():
+                    free[name] = free.get(name, 0.0) - amount
+        return _covers(free, demand)
 
     def _park_infeasible(self, task: TaskState) -> None:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
@@ -729,6 +761,7 @@ class Scheduler:
         self._transition(task, DONE)
         del self.tasks[task.spec.task_id]
         self.parked.pop(task.spec.task_id, None)
+        self._busy_actors.pop(task.spec.task_id, None)
 
     def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
@@ -872,6 +905,18 @@ class Scheduler:
             self.parked[spec.task_id] = None
             self._fail_if_unsatisfiable(task)
             return
+        if (self.in_cluster and task.owner is None and self._peer_totals
+                and not self._actor_fits_now(spec.resources)):
+            # what it holds for its life is taken here now: offered to a peer where it is
+            # free, created here if it frees up here first (`_place_busy_actors`)
+            self.parked[spec.task_id] = None
+            self._busy_actors[spec.task_id] = None
+            return
+        self._place_actor_here(task)
+
+    def _place_actor_here(self, task: TaskState) -> None:
+        """The actor lives on this node: its worker starts, and the cluster hears of it."""
+        spec = task.spec
         actor = self.actors.add(spec, self.pool.start_worker(spec.actor_id),
                                 creator=task.submitter)
         if self.in_cluster:
@@ -1016,6 +1061,7 @@ class Scheduler:
                 self._fail(task, errors.ActorDiedError(
                     f"cannot run {task.spec.name}: the actor is dead ({reason})"))
         self.resources.release(actor.holds)
+        self._dirty = True  # what it held may start something else
         self._forget_arguments(actor.creation)
         if self.in_cluster:
             self._out.append(ActorHere(actor.actor_id, False))
@@ -1057,18 +1103,31 @@ class Scheduler:
         """Called by the object table as it frees an object. An actor's creation object is
         held by its handles and pinned by its pending calls, so when it goes the actor
         has no handle left; it is stopped after the event (not from inside the table)."""
-        actor = self.actors.get(task_of(object_id))
-        if actor is not None and object_id == actor.creation.return_ids[0]:
-            self._unreferenced.append(actor.actor_id)
+        actor_id = task_of(object_id)
+        actor = self.actors.get(actor_id)
+        remote = self.remote_actors.get(actor_id)
+        if ((actor is not None and object_id == actor.creation.return_ids[0])
+                or (remote is not None and remote.creation is not None
+                    and object_id == remote.creation.return_ids[0])):
+            self._unreferenced.append(actor_id)
         self.loans.freed(object_id)
         self.kept.pop(object_id, None)
 
     def _stop_unreferenced_actors(self) -> None:
-        """Stop the actors whose last handle is gone, unless named or detached (Ray)."""
+        """Stop the actors whose last handle is gone, unless named or detached (Ray). The
+        handles of an actor a peer placed here live at that peer, which says when to
+        stop it; an actor this node placed on a peer is stopped there."""
         for actor_id in self._unreferenced:
+            remote = self.remote_actors.get(actor_id)
+            if (remote is not None and remote.creation is not None
+                    and remote.creation.actor_name is None and not remote.creation.detached):
+                del self.remote_actors[actor_id]
+                if remote.node is not None:
+                    self._out.append(StopRemoteActor(remote.node, actor_id))
+                continue
             actor = self.actors.get(actor_id)
             if (actor is not None and actor.dead_reason is None and actor.name is None
-                    and not actor.creation.detached):
+                    and not actor.creation.detached and actor.creator < PEER_HOLDERS):
                 creation = self.tasks.get(actor.creation.task_id)
                 if creation is not None:
                     self._fail(creation, errors.ActorDiedError("its last handle was dropped"))
@@ -1109,6 +1168,8 @@ class Scheduler:
         config = self.config.steal
         self.counts["steal_requests"] += 1
         thief, fits_thief = event.thief, event.resources
+        # what the thief has free for actors, less what the actors given so far take
+        free = dict(event.free if event.free is not None else fits_thief)
         budget = max(1.0, event.cpus) * config.batch_seconds
         limit = batch_size(self.queue_length())
         given: list[TaskState] = []
@@ -1119,7 +1180,7 @@ class Scheduler:
             task = self.tasks.get(task_id)
             if task is None or task.state is not READY:
                 continue
-            if not self._stealable(task, fits_thief):
+            if not self._stealable(task, fits_thief, free):
                 kept.append(task_id)
                 continue
             seconds = self.pool.expected_seconds(task.spec.callable_hash)
@@ -1138,9 +1199,14 @@ class Scheduler:
             if len(given) >= limit:
                 break
             task = self.tasks.get(task_id)
-            if task is not None and not task.missing and self._stealable(task, fits_thief):
+            if task is not None and not task.missing and self._stealable(task, fits_thief,
+                                                                         free):
                 del self.parked[task_id]
+                self._busy_actors.pop(task_id, None)
                 given.append(task)
+                if task.spec.kind == ACTOR_CREATE:
+                    for name, amount in task.spec.resources.items():
+                        free[name] = free.get(name, 0.0) - amount
         values: dict[bytes, list] = {}
         code: dict[bytes, bytes] = {}
         sent = self._code_sent.setdefault(thief, set())
@@ -1165,14 +1231,18 @@ class Scheduler:
         busy = 1 if self.resources.available.get(CPU, 0.0) < 1 else 0
         return (ahead / cpus + busy) * seconds
 
-    def _stealable(self, task: TaskState, fits_thief: dict[str, float]) -> bool:
+    def _stealable(self, task: TaskState, fits_thief: dict[str, float],
+                   free: dict[str, float]) -> bool:
         """Plain tasks this node owns, with inline arguments whose values are all here,
-        that the thief has the resources for."""
+        that the thief has the resources for (a task may queue there; an actor, which
+        holds what it needs for its life, must find it free)."""
         spec = task.spec
-        return ((spec.kind == TASK or (spec.kind == ACTOR_CREATE and spec.task_id in self.parked))
-                and task.owner is None
-                and payload_segment(spec.args) is None
-                and _covers(fits_thief, spec.resources)
+        if spec.kind == TASK:
+            fits = _covers(fits_thief, spec.resources)
+        else:
+            fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
+                    and _covers(free, spec.resources))
+        return (fits and task.owner is None and payload_segment(spec.args) is None
                 and all(self.objects.is_ready(oid) for oid in spec.contained))
 
     def _input_bytes(self, spec: TaskSpec) -> int:
@@ -1577,6 +1647,8 @@ class Scheduler:
         self.loans.validate()
         for object_id in self.kept:
             assert self.objects.known(object_id), f"kept result {object_id.hex()} was freed"
+        for task_id in self._busy_actors:
+            assert task_id in self.parked, "an actor offered to peers is not parked"
         self.actors.validate()
         places: dict[bytes, list[str]] = {}
         for worker in self.workers.values():

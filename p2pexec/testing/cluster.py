@@ -56,12 +56,13 @@ class SimNode:
         return self._submit(TASK, self._register(function), None, args,
                             name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})
 
-    def create_actor(self, cls: type, *args: Any, name: str | None = None) -> bytes:
-        """Create an actor of `cls` here (named `name` if given), as
-        `Cls.options(name=name).remote(*args)` would; returns its actor id."""
+    def create_actor(self, cls: type, *args: Any, name: str | None = None,
+                     resources: dict[str, float] | None = None) -> bytes:
+        """Create an actor of `cls` here (named `name` if given, holding `resources` for
+        its life), as `Cls.options(name=name, ...).remote(*args)` would; its actor id."""
         task_id = self.ids.task_id()
         self._submit(ACTOR_CREATE, self._register(cls), None, args, f"{cls.__name__}.__init__",
-                     {}, task_id=task_id, actor_id=task_id, actor_name=name)
+                     resources or {}, task_id=task_id, actor_id=task_id, actor_name=name)
         return task_id
 
     def call_actor(self, actor_id: bytes, method: str, *args: Any) -> bytes:

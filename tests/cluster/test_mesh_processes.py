@@ -278,3 +278,38 @@ def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launche
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+ONE_CPU_ACTORS = """
+    import json, os
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote(num_cpus=1)
+    class Simulator:
+        def __init__(self):
+            self.steps = 0
+
+        def step(self):
+            self.steps += 1
+            return os.getppid(), self.steps
+
+    actors = [Simulator.remote() for _ in range(3)]
+    first = px.get([a.step.remote() for a in actors], timeout=60)
+    second = px.get([a.step.remote() for a in actors], timeout=60)
+    print(json.dumps({"first": first, "second": second}))
+"""
+
+
+def test_actors_that_hold_a_cpu_go_where_one_is_free_and_keep_their_state(
+        launcher: Launcher):
+    """Three nodes of one CPU: three one-CPU actors made on A cannot all start there;
+    the two A cannot hold go to the peers with a free CPU (instead of waiting for ever),
+    and live there as long as their handles do (a later call finds the same state)."""
+    a, b, c = three_nodes(launcher)
+    answer = run_driver(ONE_CPU_ACTORS, a.data_dir, timeout=120)
+    nodes = sorted(pid for pid, _steps in answer["first"])
+    assert nodes == sorted(n.proc.pid for n in (a, b, c)), answer
+    assert [steps for _pid, steps in answer["second"]] == [2, 2, 2], answer
+    assert [pid for pid, _ in answer["second"]] == [pid for pid, _ in answer["first"]]

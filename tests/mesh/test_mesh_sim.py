@@ -70,7 +70,7 @@ async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_
         fake = mesh.TaskResult(b"\x01" * 16, [b"\x01" * 20], [[p.INLINE, b"x", []]], None,
                                None)
         await bad.rpc.notify(address, mesh.TaskResults([fake]), node=node)
-        await bad.rpc.notify_many(address, [mesh.StealRequest(i, 2.0, {"CPU": 2.0})
+        await bad.rpc.notify_many(address, [mesh.StealRequest(i, 2.0, {"CPU": 2.0}, {"CPU": 2.0})
                                             for i in range(1000)], node=node)
         for message in (mesh.StealGrant(999, [], {}, {}, [], 0),
                         mesh.TaskResults([dataclasses.replace(fake, object_ids=[])])):

@@ -11,6 +11,7 @@ from p2pexec import errors
 from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
+    ActorKilled,
     ActorLocated,
     BorrowAnswered,
     BorrowRequested,
@@ -45,6 +46,8 @@ from p2pexec.exec.instructions import (
     Release,
     ReturnResult,
     Send,
+    StartWorker,
+    StopRemoteActor,
     StopWorker,
     Unlink,
     Warn,
@@ -515,3 +518,68 @@ def test_calls_in_flight_to_a_dead_actor_node_wait_for_the_restart_within_max_ta
     out = owner.handle(RemoteFinished(other_box, actor, [rid(9)], [ok()], None, 0.1))
     forwards = [i for i in out if type(i) is Forward]
     assert [s.task_id for f in forwards for s in f.specs] == [tid(1), tid(3)]  # in order
+
+
+# ---- actor placement ----
+def creation(n: int, cpus: float = 1.0) -> TaskSpec:
+    return dataclasses.replace(spec(n, resources={"CPU": cpus}), kind=ACTOR_CREATE,
+                               actor_id=tid(n))
+
+
+def test_an_actor_whose_cpu_is_taken_here_goes_to_a_peer_where_one_is_free():
+    owner = node(1, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    owner.handle(Submitted(creation(1), DRIVER))  # it fits: created here
+    assert owner.actors.get(tid(1)) is not None
+    owner.handle(Submitted(creation(2), DRIVER))
+    assert not owner.actors.get(tid(2)) and owner.queue_length() == 1  # offered to peers
+    assert owner.idle_cpus() == 0  # the actor's CPU will not come back
+    full = owner.handle(StealRequested(THIEF, 1, 2.0, CPU2, {"CPU": 0.0}))
+    assert grants(full)[0].specs == ()  # its CPUs are held too: it cannot start there
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 2, 2.0, CPU2, {"CPU": 1.0})))
+    assert grant.specs == (creation(2),)
+
+
+def test_an_offered_actor_starts_here_when_its_cpu_frees_up_first():
+    owner = node(1, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    owner.handle(Submitted(creation(1), DRIVER), Submitted(creation(2), DRIVER))
+    assert tid(2) in owner.parked and owner.actors.get(tid(2)) is None
+    out = owner.handle(ActorKilled(tid(1)))
+    assert tid(2) not in owner.parked and owner.actors.get(tid(2)) is not None
+    assert next(i for i in out if type(i) is StartWorker).actor_id == tid(2)
+
+
+def test_alone_an_actor_waits_for_its_cpu_here():
+    owner = node(1, workers_ready=True)  # no peers known: nowhere else to go
+    owner.handle(Submitted(creation(1), DRIVER), Submitted(creation(2), DRIVER))
+    assert owner.actors.get(tid(2)) is not None and not owner.parked
+
+
+def test_one_grant_gives_a_thief_no_more_actors_than_its_free_cpus_hold():
+    owner = node(1, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    for n in range(1, 6):
+        owner.handle(Submitted(creation(n), DRIVER))
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 1, 2.0, CPU2, {"CPU": 2.0})))
+    assert [s.task_id for s in grant.specs] == [tid(2), tid(3)]
+
+
+def test_an_actor_placed_on_a_peer_lives_while_its_owner_holds_a_handle():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [creation(9)], {}, {CODE: b"code"}))
+    (worker,) = [w for w, state in thief.workers.items() if state.actor_id == tid(9)]
+    thief.handle(WorkerReady(worker), TaskFinished(worker, tid(9), [ok()], None, 0.1))
+    # a forwarded call carries the creation object (its pin); the call ends, the pin goes
+    out = thief.handle(TasksGranted(OWNER, [call(1, tid(9))], {rid(9): ok()}, {}))
+    out = thief.handle(TaskFinished(worker, tid(1), [ok(b"r")], None, 0.01))
+    assert not [i for i in out if type(i) is StopWorker] and thief.actors.alive(tid(9))
+    # the owner's last handle goes: it stops the actor where it lives
+    owner = node(1)
+    owner.handle(PeersResources(({"gpu": 1.0},), now=0.0))
+    gpu = dataclasses.replace(creation(9), resources={"gpu": 1.0})
+    owner.handle(Submitted(gpu, DRIVER))
+    grants(owner.handle(StealRequested(THIEF, 1, 1.0, {"gpu": 1.0}, {"gpu": 1.0})))
+    owner.handle(RemoteFinished(THIEF, tid(9), [rid(9)], [ok()], None, 0.1))
+    out = owner.handle(RefsChanged(DRIVER, {rid(9): -1}))
+    assert StopRemoteActor(THIEF, tid(9)) in out and tid(9) not in owner.remote_actors
