@@ -253,8 +253,9 @@ def test_a_killed_driver_leaves_the_node_as_it_found_it(launcher: Launcher):
     node = start_node(launcher)
     baseline = wait_for(lambda: (s := stats(node))["pool_workers"] == 2 and s, 20)
     assert baseline["objects"] == 0 and baseline["tasks"] == 0 and baseline["actors"] == []
-    segments_before = _segments()
+    segments_before = _segments((node.proc.pid,))  # named after the process that made them
     proc = driver(WORKLOAD, node.data_dir)
+    pids = (node.proc.pid, proc.pid)  # (not other runs' on this machine)
     assert json.loads(proc.stdout.readline()) == "busy", proc.stderr.read()
     busy = stats(node)
     assert busy["drivers"] == 1 and busy["tasks"] > 0 and len(busy["actors"]) == 3
@@ -271,12 +272,14 @@ def test_a_killed_driver_leaves_the_node_as_it_found_it(launcher: Launcher):
     assert after["pool_workers"] == 2 and after["actor_workers"] == 1
     assert after["available"] == {"CPU": 2.0}  # the detached actor holds no CPU (num_cpus=0)
     assert after["objects"] == 0  # the detached actor lives on without any of them
-    assert wait_for(lambda: _segments() == segments_before, 10), _segments()
+    assert wait_for(lambda: _segments(pids) == segments_before, 10), _segments(pids)
     assert "driver pid" in node.log() and "detached" in node.log()
 
 
-def _segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("p2px_")}
+def _segments(pids: tuple[int, ...]) -> set[str]:
+    """The shared-memory segments of these processes (not of other runs on the machine)."""
+    prefixes = tuple(f"p2px_{pid}_" for pid in pids)
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefixes)}
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
