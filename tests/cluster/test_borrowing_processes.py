@@ -5,8 +5,10 @@ when the owner is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+from collections.abc import Iterator
 
 from join_helpers import Launcher, wait_for
 from test_attach import driver, stats
@@ -54,18 +56,32 @@ BORROWER = """
 """
 
 
-def test_small_objects_and_pending_results_are_borrowed_across_nodes(launcher: Launcher):
+@contextlib.contextmanager
+def owner_and_borrower(launcher: Launcher, task_seconds: str) -> Iterator[tuple]:
+    """Three join nodes; the OWNER driver on A (its pending task sleeps `task_seconds`)
+    and the BORROWER driver on B, which has read its first values; both killed after."""
     a, b, _c = three_nodes(launcher)
-    owner = driver(OWNER, a.data_dir, "2")
+    owner = driver(OWNER, a.data_dir, task_seconds)
     borrower = None
     try:
         refs = owner.stdout.readline()
         assert refs, owner.communicate(timeout=10)
         borrower = driver(BORROWER, b.data_dir, refs)
-        first = borrower.stdout.readline()
-        assert json.loads(first) == {"small": {"weights": list(range(10))},
-                                     "inner": {"weights": list(range(10))},
-                                     "label": "a ref inside a value:"}, borrower.stderr.read()
+        first = json.loads(borrower.stdout.readline() or "null")
+        assert first, borrower.stderr.read()
+        yield a, b, owner, borrower, first
+    finally:
+        for proc in (owner, borrower):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_small_objects_and_pending_results_are_borrowed_across_nodes(launcher: Launcher):
+    with owner_and_borrower(launcher, "2") as (a, b, owner, borrower, first):
+        assert first == {"small": {"weights": list(range(10))},
+                         "inner": {"weights": list(range(10))},
+                         "label": "a ref inside a value:"}
         owner.stdin.write("\n")
         owner.stdin.flush()
         assert json.loads(owner.stdout.readline()) == "dropped"
@@ -81,22 +97,11 @@ def test_small_objects_and_pending_results_are_borrowed_across_nodes(launcher: L
             assert wait_for(lambda node=node: {k: stats(node)[k] for k in empty} == empty,
                             10), (node.name, stats(node))
         assert owner.poll() is None
-    finally:
-        for proc in (owner, borrower):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_a_killed_owners_pending_result_fails_with_owner_died(launcher: Launcher):
-    a, b, _c = three_nodes(launcher)
-    owner = driver(OWNER, a.data_dir, "120")
-    borrower = None
-    try:
-        refs = owner.stdout.readline()
-        assert refs, owner.communicate(timeout=10)
-        borrower = driver(BORROWER, b.data_dir, refs)
-        assert "small" in json.loads(borrower.stdout.readline())
+    with owner_and_borrower(launcher, "120") as (a, _b, _owner, borrower, first):
+        assert "small" in first
         a.proc.send_signal(signal.SIGKILL)
         borrower.stdin.write("\n")
         borrower.stdin.flush()
@@ -105,8 +110,3 @@ def test_a_killed_owners_pending_result_fails_with_owner_died(launcher: Launcher
         # the pending result, whose owner died, fails instead of waiting
         assert answer["error"] == "OwnerDiedError", (answer, err)
         assert "died or left" in answer["text"]
-    finally:
-        for proc in (owner, borrower):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()

@@ -326,12 +326,17 @@ def test_a_task_no_member_can_fit_fails_once_the_membership_has_settled():
     assert owner.objects.payload(rid(3))[0] == p.SYSTEM_ERROR
 
 
+def gpu_actor(owner: Checked) -> tuple[bytes, TaskSpec]:
+    """A restartable actor needing a gpu, submitted to `owner` (which has none)."""
+    create = dataclasses.replace(spec(9, resources={"gpu": 1.0}), kind=ACTOR_CREATE,
+                                 actor_id=tid(9), max_restarts=1)
+    owner.handle(Submitted(create, DRIVER))
+    return tid(9), create
+
+
 def test_an_actor_needing_what_only_a_peer_has_is_placed_there_and_restarts_elsewhere():
     owner = node(1)
-    actor = tid(9)
-    create = dataclasses.replace(spec(9, resources={"gpu": 1.0}), kind=ACTOR_CREATE,
-                                 actor_id=actor, max_restarts=1)
-    owner.handle(Submitted(create, DRIVER))
+    actor, create = gpu_actor(owner)
     assert owner.queue_length() == 1 and not owner.actors.actors  # parked, not started
     gpu_box, other_box = b"G" * 32, b"H" * 32
     (grant,) = grants(owner.handle(StealRequested(gpu_box, 1, 1.0, {"gpu": 1.0})))
@@ -499,10 +504,7 @@ def test_tasks_a_peer_ran_when_it_left_gracefully_run_again_uncharged():
 
 def test_calls_in_flight_to_a_dead_actor_node_wait_for_the_restart_within_max_task_retries():
     owner = node(1)
-    actor = tid(9)
-    create = dataclasses.replace(spec(9, resources={"gpu": 1.0}), kind=ACTOR_CREATE,
-                                 actor_id=actor, max_restarts=1)
-    owner.handle(Submitted(create, DRIVER))
+    actor, create = gpu_actor(owner)
     gpu_box, other_box = b"G" * 32, b"H" * 32
     grants(owner.handle(StealRequested(gpu_box, 1, 1.0, {"gpu": 1.0})))
     owner.handle(RemoteFinished(gpu_box, actor, [rid(9)], [ok()], None, 0.1))
