@@ -449,10 +449,13 @@ class Membership:
 
     # ---- internals: sending ------------------------------------------------------------
 
-    def _send(self, to: Address, msgs: list[Message]) -> None:
-        """A datagram: `msgs` first, then as many pending updates as fit."""
-        budget = self.cfg.max_packet_size - PACKET_OVERHEAD - sum(encoded_size(m) for m in msgs)
-        msgs += self._queue.take(budget, 0, self.cfg.retransmit_limit(self.num_live()))
+    def _send(self, to: Address, msgs: list[Message], piggyback: bool = True) -> None:
+        """A datagram: `msgs` first, then (with `piggyback`) as many pending updates as
+        fit."""
+        if piggyback:
+            budget = (self.cfg.max_packet_size - PACKET_OVERHEAD
+                      - sum(encoded_size(m) for m in msgs))
+            msgs += self._queue.take(budget, 0, self.cfg.retransmit_limit(self.num_live()))
         self._outbox.append(Send(to, tuple(msgs)))
 
     def _check_fits(self, name: str, address: Address, resources: dict[str, float]) -> None:
@@ -476,8 +479,9 @@ class Membership:
 
     def _gossip(self, now: float) -> None:
         horizon = now - self.cfg.gossip_to_the_dead_time
-        targets = list(self._live) + [n for n in self._dead
-                                      if self._changed_at.get(n, -math.inf) >= horizon]
+        # not suspects (they hear their suspicion in every probe of them, see _start_probe)
+        targets = [n for n in self._live if self._table.get(n).state != State.SUSPECT] + [
+            n for n in self._dead if self._changed_at.get(n, -math.inf) >= horizon]
         chosen = self._rng.sample(targets, min(self.cfg.gossip_nodes, len(targets)))
         limit = self.cfg.retransmit_limit(self.num_live())
         budget = self.cfg.max_packet_size - PACKET_OVERHEAD
@@ -531,10 +535,14 @@ class Membership:
         self._probe = _Probe(target, row.identity.address, seq,
                              now + self._awareness.scale(self.cfg.probe_timeout), self._t.probe)
         msgs: list[Message] = [Ping(seq, target, self.me)]
-        if row.state == State.SUSPECT:
+        suspect = row.state == State.SUSPECT
+        if suspect:
             # give it the news first, so that the ack it sends back carries its refutation
             msgs.insert(0, Suspect(target, row.incarnation, self.me))
-        self._send(row.identity.address, msgs)
+        # a suspect is likely dead: pending updates sent there would use up their few
+        # retransmits unheard (with three members, a suspicion and its confirmation could
+        # both be spent on the dead one, so no timer ever shortened)
+        self._send(row.identity.address, msgs, piggyback=not suspect)
 
     def _send_indirect(self, p: _Probe) -> None:
         p.indirect_sent = True

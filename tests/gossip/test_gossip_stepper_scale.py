@@ -51,7 +51,9 @@ def test_partition_halves_mark_each_other_dead_and_reconverge_after_healing():
     sim = converged(seed=3)
     left, right = list(range(N // 2)), list(range(N // 2, N))
     sim.partition([left, right])
-    sim.run_for(120.0)
+    # every member of the other half is dead everywhere after 85-125 s (seeds 1-5): half
+    # of each node's probes fail, so Lifeguard stretches its probe interval up to 8x
+    sim.run_for(180.0)
     for i in range(N):
         mine, other = (left, right) if i in left else (right, left)
         states = sim.states(i)
@@ -114,3 +116,23 @@ def test_a_seeded_run_replays_exactly():
     for i in range(12):  # simulated time never runs backwards for any node
         times = [t for n, _, _, t in first if n == i]
         assert times == sorted(times)
+
+
+def test_with_three_members_a_crash_is_confirmed_and_detected_at_the_minimum_timeout():
+    """The two survivors confirm each other's suspicion, so neither waits out the
+    unconfirmed maximum (18 s here): a suspicion gossiped to the dead member alone, or
+    piggybacked on probes of it, once used up every retransmit in 1 run of 8."""
+    local = GossipConfig.local()
+    bound = 3 * local.probe_interval + local.suspicion_min(3) + 1.0
+    slowest = 0.0
+    for seed in range(30):
+        sim = Stepper(3, local, seed=seed)
+        sim.join_all()
+        sim.run_until(10.0)
+        sim.crash(2)
+        t0 = sim.now
+        sim.run_for(local.suspicion_max(3) + 5)
+        seen = {i: t - t0 for i, _node, t in failures(sim, sim.nodes[2].node_id)}
+        assert sorted(seen) == [0, 1], seed
+        slowest = max(slowest, *seen.values())
+    assert slowest <= bound, (slowest, bound)
