@@ -2,14 +2,18 @@
 
 A node that holds a value in shared memory publishes a holder record for it in the DHT
 (`announce`). A node that needs a copy (`fetch`) finds the holders there and asks one
-over a connection of its own: the holder streams the segment in chunks, each send
-waiting on the connection's back-pressure, so neither side buffers more than a few
-chunks; the fetcher writes each chunk straight into a segment of its own (local workers
-then map it: no other copy) and hashes as it goes. The holder sends the SHA-256 of the
-whole segment after the last chunk (hashed while streaming the first time, remembered
-after), so no pass over the data precedes the first byte. If the holder fails mid-way,
-the fetch resumes at the same offset from the next holder; the final hash must match,
-or the copy is discarded.
+over a connection of its own. Where the transport offers bulk channels (TCP,
+`net.bulk`), the holder answers with a header holding a fresh ticket and AES-256-GCM
+key, the fetcher opens the bulk connection, and the segment flows as sealed 1 MiB
+frames read with a few large `recv_into`s (TLS through trio would cost a pass per 16 KiB
+record); elsewhere (SimNetwork) the chunks travel as messages on the connection. Either
+way each send waits for the peer to take the previous data, so neither side holds more
+than a chunk or two; the fetcher writes each chunk straight into a segment of its own
+(local workers then map it: no other copy) and hashes as it goes. The holder sends
+the SHA-256 of the whole segment after the last chunk (hashed while streaming the first
+time, remembered after), so no pass over the data precedes the first byte. If the
+holder fails mid-way, the fetch resumes at the same offset from the next holder; the
+final hash must match, or the copy is discarded.
 
 Values under the inline limit never come here: they travel inside task and result
 messages, and nothing about them is published.
@@ -22,7 +26,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -32,6 +36,14 @@ from p2pexec.errors import DhtLookupError, ObjectLostError, ProtocolError, Remot
 from p2pexec.exec import shm
 from p2pexec.exec.protocol import SHARED
 from p2pexec.ids import NodeId
+from p2pexec.net.bulk import (
+    TAG_SIZE,
+    BulkCipher,
+    BulkOffer,
+    BulkStream,
+    BulkTransport,
+    receive_exactly,
+)
 from p2pexec.net.codec import Codec, log_dropped, message
 from p2pexec.net.transport import Connection, Transport
 
@@ -56,22 +68,30 @@ TRANSFER_CODES = range(112, 117)
 @message(112)
 @dataclass(frozen=True, slots=True)
 class FetchObject:
-    """Send me object `object_id` from byte `offset` on."""
+    """Send me object `object_id` from byte `offset` on (on a bulk channel if you can and
+    `bulk`: my transport takes one)."""
 
     object_id: bytes
     offset: int
+    bulk: bool
 
 
 @message(113)
 @dataclass(frozen=True, slots=True)
 class ObjectHeader:
     """What follows: the whole segment is `size` bytes, laid out as a pickle stream of
-    `main_size` bytes and buffers of `buffer_sizes`; chunks from the offset asked for,
-    then an ObjectEnd."""
+    `main_size` bytes and buffers of `buffer_sizes`; the bytes from the offset asked for
+    (as ObjectChunks, or on the bulk channel of `bulk`), then an ObjectEnd."""
 
     size: int
     main_size: int
     buffer_sizes: list[int]
+    bulk: BulkOffer | None
+
+    @property
+    def layout(self) -> tuple[int, int, list[int]]:
+        """What every holder of one object must agree on (offers differ per transfer)."""
+        return self.size, self.main_size, self.buffer_sizes
 
 
 @message(114)
@@ -179,23 +199,28 @@ class ObjectTransfers:
                 if not 0 <= first.offset <= size:
                     raise RemoteProtocolError(f"asked for offset {first.offset} of a "
                                               f"{size}-byte object")
-                await conn.send(self.codec.encode(ObjectHeader(size, main_size,
-                                                               list(sizes))))
+                offer = (BulkOffer.new(self.chunk_size)
+                         if first.bulk and isinstance(self.transport, BulkTransport) else None)
+                header = ObjectHeader(size, main_size, list(sizes), offer)
                 known = self._digests.get(first.object_id)
                 hasher = None if known is not None else hashlib.sha256()
-                if hasher is not None:  # the digest covers the bytes before the offset too
-                    for start in range(0, first.offset, self.chunk_size):
-                        hasher.update(os.pread(fd, min(self.chunk_size, first.offset - start),
-                                               start))
-                        await trio.lowlevel.checkpoint()
-                offset = first.offset
-                while offset < size:
-                    data = os.pread(fd, min(self.chunk_size, size - offset), offset)
-                    if hasher is not None:
-                        hasher.update(data)
-                    await conn.send(self.codec.encode(ObjectChunk(data)))
-                    offset += len(data)
-                    self.bytes_served += len(data)
+                buffer = bytearray(self.chunk_size)
+                if offer is None:
+                    await conn.send(self.codec.encode(header))
+                    await self._hash_prefix(fd, first.offset, hasher, buffer)
+                    for data in _read_chunks(fd, first.offset, size, buffer):
+                        if hasher is not None:
+                            hasher.update(data)
+                        await conn.send(self.codec.encode(ObjectChunk(bytes(data))))
+                        self.bytes_served += len(data)
+                else:
+                    stream = await self._bulk_arrival(conn, header)
+                    try:
+                        await self._hash_prefix(fd, first.offset, hasher, buffer)
+                        await self._send_bulk(stream, offer, fd, first.offset, size, hasher,
+                                              buffer)
+                    finally:
+                        await stream.aclose()
                 if hasher is not None:
                     known = self._digests[first.object_id] = hasher.digest()
                 await conn.send(self.codec.encode(ObjectEnd(known)))
@@ -203,11 +228,46 @@ class ObjectTransfers:
                 os.close(fd)
         except ProtocolError as exc:
             log_dropped(peer.address, f"bad transfer request: {exc}", peer.node_id)
+        except TimeoutError as exc:
+            log_dropped(peer.address, f"transfer stalled: {exc}", peer.node_id)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the fetcher went away; it resumes elsewhere
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
+
+    async def _hash_prefix(self, fd: int, offset: int, hasher: hashlib._Hash | None,
+                           buffer: bytearray) -> None:
+        """The digest covers the bytes before a resumed fetch's offset too."""
+        if hasher is not None:
+            for data in _read_chunks(fd, 0, offset, buffer):
+                hasher.update(data)
+                await trio.lowlevel.checkpoint()
+
+    async def _bulk_arrival(self, conn: Connection, header: ObjectHeader) -> BulkStream:
+        """Send `header` (its offer) and wait for the fetcher's bulk connection."""
+        assert isinstance(self.transport, BulkTransport) and header.bulk is not None
+        with self.transport.expect_bulk(header.bulk.ticket) as arrivals:
+            await conn.send(self.codec.encode(header))
+            with trio.move_on_after(self.stall_timeout):
+                return await arrivals.receive()
+        raise TimeoutError(f"no bulk connection within {self.stall_timeout:g} s")
+
+    async def _send_bulk(self, stream: BulkStream, offer: BulkOffer, fd: int, offset: int,
+                         size: int, hasher: hashlib._Hash | None, buffer: bytearray) -> None:
+        """Seal the segment from `offset` on into frames of `offer.frame_size` bytes."""
+        cipher = BulkCipher(offer)
+        sealed = bytearray(offer.frame_size + TAG_SIZE)
+        for data in _read_chunks(fd, offset, size, buffer):
+            if hasher is not None:
+                hasher.update(data)
+            frame = cipher.seal_into(offset, data, sealed)
+            with trio.move_on_after(self.stall_timeout) as scope:
+                await stream.send_all(frame)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"the fetcher took no frame for {self.stall_timeout:g} s")
+            offset += len(data)
+            self.bytes_served += len(data)
 
     # ---- fetcher side ------------------------------------------------------------------
 
@@ -293,7 +353,8 @@ class ObjectTransfers:
         if conn is None:
             raise TimeoutError(f"no connection within {self.stall_timeout:g} s")
         try:
-            await conn.send(self.codec.encode(FetchObject(object_id, copy.offset)))
+            bulk = isinstance(self.transport, BulkTransport)
+            await conn.send(self.codec.encode(FetchObject(object_id, copy.offset, bulk)))
             header = self.codec.decode(await self._next(conn))
             if type(header) is ObjectMissing:
                 raise ObjectLostError(header.reason)
@@ -301,13 +362,18 @@ class ObjectTransfers:
                 raise RemoteProtocolError(f"expected an ObjectHeader, got "
                                           f"{type(header).__name__}")
             copy.start(header)
-            while copy.offset < header.size:
-                chunk = self.codec.decode(await self._next(conn))
-                if type(chunk) is not ObjectChunk:
-                    raise RemoteProtocolError(f"expected an ObjectChunk, got "
-                                              f"{type(chunk).__name__}")
-                copy.write(chunk.data)
-                self.bytes_fetched += len(chunk.data)
+            if header.bulk is None:
+                while copy.offset < header.size:
+                    chunk = self.codec.decode(await self._next(conn))
+                    if type(chunk) is not ObjectChunk:
+                        raise RemoteProtocolError(f"expected an ObjectChunk, got "
+                                                  f"{type(chunk).__name__}")
+                    copy.write(chunk.data)
+                    self.bytes_fetched += len(chunk.data)
+            elif not bulk:
+                raise RemoteProtocolError("offered a bulk channel that was not asked for")
+            else:
+                await self._receive_bulk(address, header.bulk, copy)
             end = self.codec.decode(await self._next(conn))
             if type(end) is not ObjectEnd or len(end.digest) != 32:
                 raise RemoteProtocolError(f"expected an ObjectEnd, got {type(end).__name__}")
@@ -317,11 +383,49 @@ class ObjectTransfers:
                 await conn.aclose()
 
 
+    async def _receive_bulk(self, address: tuple[str, int], offer: BulkOffer,
+                            copy: _Copy) -> None:
+        """Fill `copy` from the bulk channel of `offer`: each frame is read whole into
+        one buffer, checked and decrypted into another, and written to the segment."""
+        assert isinstance(self.transport, BulkTransport) and copy.header is not None
+        offer.check()
+        size = copy.header.size
+        cipher = BulkCipher(offer)
+        sealed = bytearray(offer.frame_size + TAG_SIZE)
+        plain = bytearray(offer.frame_size)
+        stream = await self.transport.connect_bulk(address, offer.ticket)
+        try:
+            while copy.offset < size:
+                n = min(offer.frame_size, size - copy.offset)
+                frame = memoryview(sealed)[:n + TAG_SIZE]
+                with trio.move_on_after(self.stall_timeout):
+                    await receive_exactly(stream, frame)
+                    data = memoryview(plain)[:n]
+                    cipher.open_into(copy.offset, frame, data)
+                    copy.write(data)
+                    self.bytes_fetched += n
+                    continue
+                raise TimeoutError(f"the holder sent no whole frame within "
+                                   f"{self.stall_timeout:g} s")
+        finally:
+            await stream.aclose()
+
     async def _next(self, conn: Connection) -> bytes:
         """The holder's next message; `TimeoutError` if it stalls."""
         with trio.move_on_after(self.stall_timeout):
             return await conn.receive()
         raise TimeoutError(f"the holder sent nothing for {self.stall_timeout:g} s")
+
+
+def _read_chunks(fd: int, start: int, end: int, buffer: bytearray) -> Iterator[memoryview]:
+    """Bytes `start..end` of the file, read into `buffer` a buffer's worth at a time (each
+    view is valid until the next is read)."""
+    while start < end:
+        view = memoryview(buffer)[:min(len(buffer), end - start)]
+        if os.preadv(fd, [view], start) != len(view):
+            raise OSError(f"the segment ends before byte {end}")
+        yield view
+        start += len(view)
 
 
 class _Copy:
@@ -350,10 +454,10 @@ class _Copy:
                               os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             os.ftruncate(self.fd, max(header.size, 1))
             self.header = header
-        elif header != self.header:
+        elif header.layout != self.header.layout:
             raise RemoteProtocolError("this holder's copy differs from the first holder's")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self.header is not None and self.fd is not None
         if self.offset + len(data) > self.header.size:
             raise RemoteProtocolError("the holder sent more bytes than it announced")
