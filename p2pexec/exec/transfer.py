@@ -317,7 +317,10 @@ class ObjectTransfers:
             return None
         try:
             await self._fetch_from(holder, address, object_id, copy)
-        except (OSError, ProtocolError, ObjectLostError, trio.BrokenResourceError,
+        except ProtocolError as exc:  # logged where it was seen
+            reasons.append(f"{holder.short}: {exc}")
+            return None
+        except (OSError, ObjectLostError, trio.BrokenResourceError,
                 trio.ClosedResourceError, trio.EndOfChannel) as exc:
             reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
             log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
@@ -378,10 +381,12 @@ class ObjectTransfers:
             if type(end) is not ObjectEnd or len(end.digest) != 32:
                 raise RemoteProtocolError(f"expected an ObjectEnd, got {type(end).__name__}")
             copy.digest = end.digest
+        except ProtocolError as exc:
+            log_dropped(address, f"transfer of object {object_id.hex()[:12]}: {exc}", holder)
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
-
 
     async def _receive_bulk(self, address: tuple[str, int], offer: BulkOffer,
                             copy: _Copy) -> None:

@@ -152,10 +152,11 @@ class BulkTransport(Transport, Protocol):
 
 
 async def receive_exactly(stream: BulkStream, view: memoryview) -> None:
-    """Fill `view` from `stream`; `RemoteProtocolError` if the stream ends first."""
+    """Fill `view` from `stream`; `trio.BrokenResourceError` if the stream ends first (a
+    peer that died looks the same as one that hung up)."""
     got = 0
     while got < len(view):
         n = await stream.receive_into(view[got:])
         if not n:
-            raise RemoteProtocolError("closed the bulk connection in the middle of a frame")
+            raise trio.BrokenResourceError("the bulk connection ended before a whole frame")
         got += n
