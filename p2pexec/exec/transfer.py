@@ -403,15 +403,15 @@ class ObjectTransfers:
             while copy.offset < size:
                 n = min(offer.frame_size, size - copy.offset)
                 frame = memoryview(sealed)[:n + TAG_SIZE]
-                with trio.move_on_after(self.stall_timeout):
+                with trio.move_on_after(self.stall_timeout) as scope:
                     await receive_exactly(stream, frame)
-                    data = memoryview(plain)[:n]
-                    cipher.open_into(copy.offset, frame, data)
-                    copy.write(data)
-                    self.bytes_fetched += n
-                    continue
-                raise TimeoutError(f"the holder sent no whole frame within "
-                                   f"{self.stall_timeout:g} s")
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"the holder sent no whole frame within "
+                                       f"{self.stall_timeout:g} s")
+                data = memoryview(plain)[:n]
+                cipher.open_into(copy.offset, frame, data)
+                copy.write(data)
+                self.bytes_fetched += n
         finally:
             await stream.aclose()
 
