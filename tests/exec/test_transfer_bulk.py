@@ -12,6 +12,7 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -226,13 +227,25 @@ async def test_a_holder_stalling_on_the_bulk_path_costs_the_stall_timeout():
         assert c.transfers.bytes_served == SIZE - 3 * CHUNK
 
 
+def more_than_socket_buffers() -> int:
+    """Bytes a holder cannot hand to the kernel while the fetcher reads nothing: more than
+    the largest receive and send buffers TCP may grow to here."""
+    most = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            most += int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[-1])
+        except OSError:
+            most += 32 << 20
+    return most + (16 << 20)
+
+
 @pytest.mark.parametrize("fetcher", ["never connects", "never reads"])
 async def test_a_fetcher_that_stalls_is_dropped_by_the_holder(
         caplog: pytest.LogCaptureFixture, fetcher: str):
     """The holder gives up after its stall timeout with one line and keeps serving."""
     async with cluster(2, chunk_size=1 << 20) as (dht, (a, b)):
-        data = os.urandom(64 << 20 if fetcher == "never reads" else SIZE)  # over the
-        a.hold(dht, b"obj6", data)                                         # socket buffers
+        data = os.urandom(more_than_socket_buffers() if fetcher == "never reads" else SIZE)
+        a.hold(dht, b"obj6", data)
         codec = Codec()
         conn = await b.transport.connect(dht.addresses[a.node_id], expected=a.node_id)
         await conn.send(codec.encode(FetchObject(b"obj6", 0, True)))
