@@ -2,18 +2,19 @@
 
 A node that holds a value in shared memory publishes a holder record for it in the DHT
 (`announce`). A node that needs a copy (`fetch`) finds the holders there and asks one
-over a connection of its own. Where the transport offers bulk channels (TCP,
-`net.bulk`), the holder answers with a header holding a fresh ticket and AES-256-GCM
-key, the fetcher opens the bulk connection, and the segment flows as sealed 1 MiB
-frames read with a few large `recv_into`s (TLS through trio would cost a pass per 16 KiB
-record); elsewhere (SimNetwork) the chunks travel as messages on the connection. Either
-way each send waits for the peer to take the previous data, so neither side holds more
-than a chunk or two; the fetcher writes each chunk straight into a segment of its own
-(local workers then map it: no other copy) and hashes as it goes. The holder sends
-the SHA-256 of the whole segment after the last chunk (hashed while streaming the first
-time, remembered after), so no pass over the data precedes the first byte. If the
-holder fails mid-way, the fetch resumes at the same offset from the next holder; the
-final hash must match, or the copy is discarded.
+over a connection of its own (kept for the next fetch from that holder, IDLE_TIMEOUT).
+Where the transport offers bulk channels (TCP, `net.bulk`), the holder answers with a
+header holding a fresh ticket and AES-256-GCM key, the fetcher opens the bulk
+connection, and the segment flows as sealed 1 MiB frames read with a few large
+`recv_into`s (TLS through trio would cost a pass per 16 KiB record); elsewhere
+(SimNetwork) the chunks travel as messages on the connection. Either way each send
+waits for the peer to take the previous data, so neither side holds more than a chunk
+or two; the fetcher writes each chunk straight into a segment of its own (local workers
+then map it: no other copy) and hashes as it goes. The holder sends the SHA-256 of the
+whole segment after the last chunk (hashed while streaming the first time, remembered
+after), so no pass over the data precedes the first byte. If the holder fails mid-way,
+the fetch resumes at the same offset from the next holder; the final hash must match,
+or the copy is discarded.
 
 Values under the inline limit never come here: they travel inside task and result
 messages, and nothing about them is published.
@@ -56,6 +57,15 @@ against the 16 MiB frame limit, so a window of a few chunks is all either side h
 STALL_TIMEOUT = 10.0
 """Seconds a holder may go without sending the next message of a transfer before the
 fetch moves on to the next holder (a holder that stalls costs this, never a hang)."""
+
+IDLE_TIMEOUT = 30.0
+"""Seconds a holder keeps a transfer connection open for the fetcher's next request. The
+fetcher reuses one for half that long (never one the holder is about to close): a node
+fetching several objects from another pays its TLS handshake (~5 ms) once."""
+
+IDLE_PER_HOLDER = 2
+"""Idle transfer connections a fetcher keeps per holder (one per concurrent fetch from it
+is what saves handshakes; more would only hold sockets)."""
 
 HOLDER_RETRIES = (0.05, 0.25, 1.0)
 """Seconds to wait before asking the DHT again for the holders of an object none was
@@ -142,12 +152,14 @@ class ObjectTransfers:
 
     def __init__(self, transport: Transport, dht: DhtDriver, codec: Codec,
                  payload_of: Callable[[bytes], list | None], rng: random.Random,
-                 chunk_size: int = CHUNK_SIZE, stall_timeout: float = STALL_TIMEOUT) -> None:
+                 chunk_size: int = CHUNK_SIZE, stall_timeout: float = STALL_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         """`payload_of(object_id)` is the local payload of an object, if held; `rng`
         spreads fetchers over holders."""
         self.transport = transport
         self.rng = rng
         self.stall_timeout = stall_timeout
+        self.idle_timeout = idle_timeout
         self.dht = dht
         self.codec = codec
         self.payload_of = payload_of
@@ -159,6 +171,9 @@ class ObjectTransfers:
         self.bytes_served = 0
         self.bytes_fetched = 0
         self._fetches = itertools.count()
+        self._idle: dict[NodeId, list[tuple[float, Connection]]] = {}
+        """Transfer connections to holders whose last request completed, with the time it
+        did (reused for the next fetch from that holder, see IDLE_TIMEOUT)."""
 
     # ---- holder side -------------------------------------------------------------------
 
@@ -176,65 +191,74 @@ class ObjectTransfers:
             self._digests.pop(object_id, None)
 
     async def serve(self, conn: Connection, first: FetchObject) -> None:
-        """Stream the requested object to the peer that opened `conn` (a stream service
-        for TRANSFER_CODES)."""
+        """Stream each requested object to the peer that opened `conn` (a stream service
+        for TRANSFER_CODES), until it closes or sends nothing for IDLE_TIMEOUT."""
         peer = conn.peer
+        request = first
         try:
-            if type(first) is not FetchObject:
-                raise RemoteProtocolError(f"a transfer opens with FetchObject, not "
-                                          f"{type(first).__name__}")
-            payload = self.payload_of(first.object_id)
-            if payload is None or payload[0] != SHARED:
-                await conn.send(self.codec.encode(ObjectMissing(
-                    "no copy of that object here")))
+            while True:
+                if type(request) is not FetchObject:
+                    raise RemoteProtocolError(f"a transfer request is a FetchObject, not "
+                                              f"{type(request).__name__}")
+                await self._serve_one(conn, request)
+                with trio.move_on_after(self.idle_timeout):
+                    request = self.codec.decode(await conn.receive())
+                    continue
                 return
-            segment, main_size, sizes = payload[1], payload[2], payload[3]
-            try:
-                fd = shm.open_segment(segment)  # in memory, or spilled to disk
-            except FileNotFoundError:
-                await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
-                return
-            try:  # an open descriptor keeps the data even if the object is freed now
-                size = os.fstat(fd).st_size
-                if not 0 <= first.offset <= size:
-                    raise RemoteProtocolError(f"asked for offset {first.offset} of a "
-                                              f"{size}-byte object")
-                offer = (BulkOffer.new(self.chunk_size)
-                         if first.bulk and isinstance(self.transport, BulkTransport) else None)
-                header = ObjectHeader(size, main_size, list(sizes), offer)
-                known = self._digests.get(first.object_id)
-                hasher = None if known is not None else hashlib.sha256()
-                buffer = bytearray(self.chunk_size)
-                if offer is None:
-                    await conn.send(self.codec.encode(header))
-                    await self._hash_prefix(fd, first.offset, hasher, buffer)
-                    for data in _read_chunks(fd, first.offset, size, buffer):
-                        if hasher is not None:
-                            hasher.update(data)
-                        await conn.send(self.codec.encode(ObjectChunk(bytes(data))))
-                        self.bytes_served += len(data)
-                else:
-                    stream = await self._bulk_arrival(conn, header)
-                    try:
-                        await self._hash_prefix(fd, first.offset, hasher, buffer)
-                        await self._send_bulk(stream, offer, fd, first.offset, size, hasher,
-                                              buffer)
-                    finally:
-                        await stream.aclose()
-                if hasher is not None:
-                    known = self._digests[first.object_id] = hasher.digest()
-                await conn.send(self.codec.encode(ObjectEnd(known)))
-            finally:
-                os.close(fd)
         except ProtocolError as exc:
             log_dropped(peer.address, f"bad transfer request: {exc}", peer.node_id)
         except TimeoutError as exc:
             log_dropped(peer.address, f"transfer stalled: {exc}", peer.node_id)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass  # the fetcher went away; it resumes elsewhere
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
+
+    async def _serve_one(self, conn: Connection, request: FetchObject) -> None:
+        """Send one object (or ObjectMissing) on `conn`."""
+        payload = self.payload_of(request.object_id)
+        if payload is None or payload[0] != SHARED:
+            await conn.send(self.codec.encode(ObjectMissing("no copy of that object here")))
+            return
+        segment, main_size, sizes = payload[1], payload[2], payload[3]
+        try:
+            fd = shm.open_segment(segment)  # in memory, or spilled to disk
+        except FileNotFoundError:
+            await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
+            return
+        try:  # an open descriptor keeps the data even if the object is freed now
+            size = os.fstat(fd).st_size
+            if not 0 <= request.offset <= size:
+                raise RemoteProtocolError(f"asked for offset {request.offset} of a "
+                                          f"{size}-byte object")
+            offer = (BulkOffer.new(self.chunk_size)
+                     if request.bulk and isinstance(self.transport, BulkTransport) else None)
+            header = ObjectHeader(size, main_size, list(sizes), offer)
+            known = self._digests.get(request.object_id)
+            hasher = None if known is not None else hashlib.sha256()
+            buffer = bytearray(self.chunk_size)
+            if offer is None:
+                await conn.send(self.codec.encode(header))
+                await self._hash_prefix(fd, request.offset, hasher, buffer)
+                for data in _read_chunks(fd, request.offset, size, buffer):
+                    if hasher is not None:
+                        hasher.update(data)
+                    await conn.send(self.codec.encode(ObjectChunk(bytes(data))))
+                    self.bytes_served += len(data)
+            else:
+                stream = await self._bulk_arrival(conn, header)
+                try:
+                    await self._hash_prefix(fd, request.offset, hasher, buffer)
+                    await self._send_bulk(stream, offer, fd, request.offset, size, hasher,
+                                          buffer)
+                finally:
+                    await stream.aclose()
+            if hasher is not None:
+                known = self._digests[request.object_id] = hasher.digest()
+            await conn.send(self.codec.encode(ObjectEnd(known)))
+        finally:
+            os.close(fd)
 
     async def _hash_prefix(self, fd: int, offset: int, hasher: hashlib._Hash | None,
                            buffer: bytearray) -> None:
@@ -350,15 +374,34 @@ class ObjectTransfers:
 
     async def _fetch_from(self, holder: NodeId, address: tuple[str, int], object_id: bytes,
                           copy: _Copy) -> None:
+        """Fill `copy` from `holder`, on an idle connection to it if one is kept (a fresh
+        one if that turns out closed before answering)."""
+        conn = await self._take_idle(holder)
+        if conn is not None and await self._request(conn, holder, address, object_id, copy,
+                                                     pooled=True):
+            return
         conn = None
         with trio.move_on_after(self.stall_timeout):
             conn = await self.transport.connect(address, expected=holder)
         if conn is None:
             raise TimeoutError(f"no connection within {self.stall_timeout:g} s")
+        await self._request(conn, holder, address, object_id, copy, pooled=False)
+
+    async def _request(self, conn: Connection, holder: NodeId, address: tuple[str, int],
+                       object_id: bytes, copy: _Copy, pooled: bool) -> bool:
+        """Ask for the object on `conn` and fill `copy`; kept idle for the next fetch
+        once complete, else closed. False if a `pooled` connection was closed by the
+        holder before it answered (it had been idle too long): nothing was received."""
+        done = False
         try:
             bulk = isinstance(self.transport, BulkTransport)
-            await conn.send(self.codec.encode(FetchObject(object_id, copy.offset, bulk)))
-            header = self.codec.decode(await self._next(conn))
+            try:
+                await conn.send(self.codec.encode(FetchObject(object_id, copy.offset, bulk)))
+                header = self.codec.decode(await self._next(conn))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                if pooled:
+                    return False
+                raise
             if type(header) is ObjectMissing:
                 raise ObjectLostError(header.reason)
             if type(header) is not ObjectHeader:
@@ -381,12 +424,39 @@ class ObjectTransfers:
             if type(end) is not ObjectEnd or len(end.digest) != 32:
                 raise RemoteProtocolError(f"expected an ObjectEnd, got {type(end).__name__}")
             copy.digest = end.digest
+            done = True
         except ProtocolError as exc:
             log_dropped(address, f"transfer of object {object_id.hex()[:12]}: {exc}", holder)
             raise
         finally:
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
+            if not (done and self._keep_idle(holder, conn)):
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+        return True
+
+    async def _take_idle(self, holder: NodeId) -> Connection | None:
+        """A kept connection to `holder` still well inside the holder's idle timeout;
+        expired ones (to any holder) are closed on the way."""
+        fresh_after = trio.current_time() - self.idle_timeout / 2
+        for node in list(self._idle):
+            kept = self._idle[node]
+            expired = [conn for since, conn in kept if since < fresh_after]
+            kept[:] = [(since, conn) for since, conn in kept if since >= fresh_after]
+            if not kept:
+                del self._idle[node]
+            for conn in expired:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+        kept = self._idle.get(holder)
+        return kept.pop()[1] if kept else None
+
+    def _keep_idle(self, holder: NodeId, conn: Connection) -> bool:
+        """Keep `conn` for the next fetch from `holder`, unless enough are kept."""
+        kept = self._idle.setdefault(holder, [])
+        if len(kept) >= IDLE_PER_HOLDER:
+            return False
+        kept.append((trio.current_time(), conn))
+        return True
 
     async def _receive_bulk(self, address: tuple[str, int], offer: BulkOffer,
                             copy: _Copy) -> None:

@@ -70,7 +70,10 @@ class Node:
 
 
 @asynccontextmanager
-async def cluster(n: int, chunk_size: int = CHUNK) -> AsyncIterator[tuple[StubDht, list[Node]]]:
+async def cluster(n: int, chunk_size: int = CHUNK, idle_timeouts: tuple[float, ...] = ()
+                  ) -> AsyncIterator[tuple[StubDht, list[Node]]]:
+    """`n` nodes on 127.0.0.1; node i keeps idle transfer connections `idle_timeouts[i]`
+    seconds (the default when not given)."""
     dht = StubDht()
     codec = Codec()
     nodes: list[Node] = []
@@ -80,7 +83,8 @@ async def cluster(n: int, chunk_size: int = CHUNK) -> AsyncIterator[tuple[StubDh
                                      NetConfig.local())
             payloads: dict[bytes, list] = {}
             transfers = ObjectTransfers(transport, dht, codec, payloads.get,
-                                        random.Random(i), chunk_size, STALL)
+                                        random.Random(i), chunk_size, STALL,
+                                        *idle_timeouts[i:i + 1])
             node = Node(transport, transfers, payloads)
 
             async def handle(conn, transfers=transfers):
@@ -122,6 +126,19 @@ def bulk_connections(node: Node) -> list[int]:
     return opened
 
 
+def tls_connections(node: Node) -> list[int]:
+    """Counts the transfer connections `node` opens as a fetcher."""
+    opened = [0]
+    original = node.transport.connect
+
+    async def counting(address, expected=None):
+        opened[0] += 1
+        return await original(address, expected)
+
+    node.transport.connect = counting
+    return opened
+
+
 def dropped(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.getMessage().startswith("dropped peer")]
@@ -145,6 +162,36 @@ async def test_an_object_crosses_on_a_sealed_bulk_channel_and_hashes_clean():
         # the holder hashed while sending; the fetcher checked and kept the digest
         sha = hashlib.sha256(data).digest()
         assert a.transfers._digests[b"obj1"] == b.transfers._digests[b"obj1"] == sha
+
+
+async def test_fetches_from_one_holder_share_one_connection(
+        caplog: pytest.LogCaptureFixture):
+    async with cluster(2) as (dht, (a, b)):
+        objects = {f"obj{i}".encode(): os.urandom(SIZE) for i in range(3)}
+        for object_id, data in objects.items():
+            a.hold(dht, object_id, data)
+        opened = tls_connections(b)
+        for object_id, data in objects.items():
+            assert content(await b.transfers.fetch(object_id, holder=a.node_id)) == data
+        assert opened == [1]
+        assert dropped(caplog) == []
+
+
+async def test_a_kept_connection_the_holder_closed_is_replaced_unseen(
+        caplog: pytest.LogCaptureFixture):
+    """The holder closes idle connections after 0.2 s, the fetcher would keep them for
+    30 s: the second fetch finds its kept connection closed and opens another."""
+    async with cluster(2, idle_timeouts=(0.2, 60.0)) as (dht, (a, b)):
+        first, second = os.urandom(SIZE), os.urandom(SIZE)
+        a.hold(dht, b"first", first)
+        a.hold(dht, b"second", second)
+        opened = tls_connections(b)
+        assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
+        await trio.sleep(0.5)
+        assert content(await b.transfers.fetch(b"second", holder=a.node_id)) == second
+        assert opened == [2]
+        assert a.transfers.bytes_served == 2 * SIZE
+        assert dropped(caplog) == []
 
 
 async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
