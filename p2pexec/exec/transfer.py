@@ -201,10 +201,10 @@ class ObjectTransfers:
                     raise RemoteProtocolError(f"a transfer request is a FetchObject, not "
                                               f"{type(request).__name__}")
                 await self._serve_one(conn, request)
-                with trio.move_on_after(self.idle_timeout):
+                with trio.move_on_after(self.idle_timeout) as idle:
                     request = self.codec.decode(await conn.receive())
-                    continue
-                return
+                if idle.cancelled_caught:
+                    return  # idle too long: closed (the fetcher asks on a fresh one)
         except ProtocolError as exc:
             log_dropped(peer.address, f"bad transfer request: {exc}", peer.node_id)
         except TimeoutError as exc:
@@ -438,17 +438,18 @@ class ObjectTransfers:
         """A kept connection to `holder` still well inside the holder's idle timeout;
         expired ones (to any holder) are closed on the way."""
         fresh_after = trio.current_time() - self.idle_timeout / 2
-        for node in list(self._idle):
-            kept = self._idle[node]
-            expired = [conn for since, conn in kept if since < fresh_after]
+        expired = []
+        for node, kept in list(self._idle.items()):
+            expired += [conn for since, conn in kept if since < fresh_after]
             kept[:] = [(since, conn) for since, conn in kept if since >= fresh_after]
             if not kept:
                 del self._idle[node]
-            for conn in expired:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
         kept = self._idle.get(holder)
-        return kept.pop()[1] if kept else None
+        conn = kept.pop()[1] if kept else None
+        with trio.CancelScope(shield=True):
+            for old in expired:
+                await old.aclose()
+        return conn
 
     def _keep_idle(self, holder: NodeId, conn: Connection) -> bool:
         """Keep `conn` for the next fetch from `holder`, unless enough are kept."""
