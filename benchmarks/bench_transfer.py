@@ -3,11 +3,12 @@
 Run: `python benchmarks/bench_transfer.py [--sizes 16,128] [--repeats 3]`. For each size
 (MiB) and repeat, in one run:
 
-* p2pexec: two `p2pexec join` processes on 127.0.0.1 (TLS between them). A driver on
-  node A puts a random uint8 array; a driver on node B gets it through a pickled ref:
-  B finds A's holder record in the DHT and streams the segment. Timed from `get` to the
-  array in hand. Also the receiving node's peak RSS growth (VmHWM), which must stay
-  within the chunk window: the bytes go straight to shared memory.
+* p2pexec: two `p2pexec join` processes on 127.0.0.1. A driver on node A puts a random
+  uint8 array; a driver on node B gets it through a pickled ref: B asks A over TLS and
+  receives the segment on a bulk channel (AES-256-GCM frames on a second TCP connection,
+  `net.bulk`). Timed from `get` to the array in hand. Also the receiving node's peak
+  RSS growth (VmHWM), which must stay within the chunk window: the bytes go straight to
+  shared memory.
 * raw TCP: the same number of bytes over one loopback TCP connection between two
   processes (`sendall` of the buffer, `recv_into` a preallocated one): the ceiling.
 * Ray (when installed): `ray.cluster_utils.Cluster` with two raylets; a task pinned to
@@ -232,7 +233,8 @@ def main() -> None:
     print(render_table(["object", "raw TCP MiB/s", "p2pexec MiB/s", "Ray MiB/s",
                         "receiver node peak RSS growth, MiB"], rows))
     print(f"median (min-max) of {args.repeats} repeats; p2pexec: get of a ref to an object "
-          f"put on the other node (DHT lookup + TLS stream into shared memory); Ray: a "
+          f"put on the other node (TLS request + sealed bulk channel into shared memory); "
+          f"Ray: a "
           f"task on the second raylet taking the first raylet's object as its argument.")
     print("\nTargets:")
     print("\n".join(verdicts))

@@ -2,9 +2,14 @@
 
 A node that holds a value in shared memory publishes a holder record for it in the DHT
 (`announce`). A node that needs a copy (`fetch`) finds the holders there and asks one
-over a connection of its own: the holder streams the segment in chunks, each send
-waiting on the connection's back-pressure, so neither side buffers more than a few
-chunks; the fetcher writes each chunk straight into a segment of its own (local workers
+over a connection of its own (kept for the next fetch from that holder, IDLE_TIMEOUT).
+Where the transport offers bulk channels (TCP, `net.bulk`), the holder answers with a
+header holding a fresh ticket and AES-256-GCM key, the fetcher opens the bulk
+connection, and the segment flows as sealed 1 MiB frames read with a few large
+`recv_into`s (TLS through trio would cost a pass per 16 KiB record); elsewhere
+(SimNetwork) the chunks travel as messages on the connection. Either way each send
+waits for the peer to take the previous data, so neither side holds more than a chunk
+or two; the fetcher writes each chunk straight into a segment of its own (local workers
 then map it: no other copy) and hashes as it goes. The holder sends the SHA-256 of the
 whole segment after the last chunk (hashed while streaming the first time, remembered
 after), so no pass over the data precedes the first byte. If the holder fails mid-way,
@@ -22,7 +27,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -33,6 +38,14 @@ from p2pexec.errors import DhtLookupError, ObjectLostError, ProtocolError, Remot
 from p2pexec.exec import shm
 from p2pexec.exec.protocol import SHARED
 from p2pexec.ids import NodeId
+from p2pexec.net.bulk import (
+    TAG_SIZE,
+    BulkCipher,
+    BulkOffer,
+    BulkStream,
+    BulkTransport,
+    receive_exactly,
+)
 from p2pexec.net.codec import Codec, log_dropped, message
 from p2pexec.net.transport import Connection, Transport
 
@@ -46,6 +59,15 @@ STALL_TIMEOUT = 10.0
 """Seconds a holder may go without sending the next message of a transfer before the
 fetch moves on to the next holder (a holder that stalls costs this, never a hang)."""
 
+IDLE_TIMEOUT = 30.0
+"""Seconds a holder keeps a transfer connection open for the fetcher's next request. The
+fetcher reuses one for half that long (never one the holder is about to close): a node
+fetching several objects from another pays its TLS handshake (~5 ms) once."""
+
+IDLE_PER_HOLDER = 2
+"""Idle transfer connections a fetcher keeps per holder (one per concurrent fetch from it
+is what saves handshakes; more would only hold sockets)."""
+
 HOLDER_RETRIES = (0.05, 0.25, 1.0)
 """Seconds to wait before asking the DHT again for the holders of an object none was
 found for (an announcement takes one lookup and a store: milliseconds on a LAN)."""
@@ -57,22 +79,30 @@ TRANSFER_CODES = range(112, 117)
 @message(112)
 @dataclass(frozen=True, slots=True)
 class FetchObject:
-    """Send me object `object_id` from byte `offset` on."""
+    """Send me object `object_id` from byte `offset` on (on a bulk channel if you can and
+    `bulk`: my transport takes one)."""
 
     object_id: bytes
     offset: int
+    bulk: bool
 
 
 @message(113)
 @dataclass(frozen=True, slots=True)
 class ObjectHeader:
     """What follows: the whole segment is `size` bytes, laid out as a pickle stream of
-    `main_size` bytes and buffers of `buffer_sizes`; chunks from the offset asked for,
-    then an ObjectEnd."""
+    `main_size` bytes and buffers of `buffer_sizes`; the bytes from the offset asked for
+    (as ObjectChunks, or on the bulk channel of `bulk`), then an ObjectEnd."""
 
     size: int
     main_size: int
     buffer_sizes: list[int]
+    bulk: BulkOffer | None
+
+    @property
+    def layout(self) -> tuple[int, int, list[int]]:
+        """What every holder of one object must agree on (offers differ per transfer)."""
+        return self.size, self.main_size, self.buffer_sizes
 
 
 @message(114)
@@ -127,12 +157,14 @@ class ObjectTransfers:
 
     def __init__(self, transport: Transport, dht: DhtDriver, codec: Codec,
                  payload_of: Callable[[bytes], list | None], rng: random.Random,
-                 chunk_size: int = CHUNK_SIZE, stall_timeout: float = STALL_TIMEOUT) -> None:
+                 chunk_size: int = CHUNK_SIZE, stall_timeout: float = STALL_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         """`payload_of(object_id)` is the local payload of an object, if held; `rng`
         spreads fetchers over holders."""
         self.transport = transport
         self.rng = rng
         self.stall_timeout = stall_timeout
+        self.idle_timeout = idle_timeout
         self.dht = dht
         self.codec = codec
         self.payload_of = payload_of
@@ -144,6 +176,9 @@ class ObjectTransfers:
         self.bytes_served = 0
         self.bytes_fetched = 0
         self._fetches = itertools.count()
+        self._idle: dict[NodeId, list[tuple[float, Connection]]] = {}
+        """Transfer connections to holders whose last request completed, with the time it
+        did (reused for the next fetch from that holder, see IDLE_TIMEOUT)."""
 
     # ---- holder side -------------------------------------------------------------------
 
@@ -161,58 +196,107 @@ class ObjectTransfers:
             self._digests.pop(object_id, None)
 
     async def serve(self, conn: Connection, first: FetchObject) -> None:
-        """Stream the requested object to the peer that opened `conn` (a stream service
-        for TRANSFER_CODES)."""
+        """Stream each requested object to the peer that opened `conn` (a stream service
+        for TRANSFER_CODES), until it closes or sends nothing for IDLE_TIMEOUT."""
         peer = conn.peer
+        request = first
         try:
-            if type(first) is not FetchObject:
-                raise RemoteProtocolError(f"a transfer opens with FetchObject, not "
-                                          f"{type(first).__name__}")
-            payload = self.payload_of(first.object_id)
-            if payload is None or payload[0] != SHARED:
-                await conn.send(self.codec.encode(ObjectMissing(
-                    "no copy of that object here")))
-                return
-            segment, main_size, sizes = payload[1], payload[2], payload[3]
-            try:
-                fd = shm.open_segment(segment)  # in memory, or spilled to disk
-            except FileNotFoundError:
-                await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
-                return
-            try:  # an open descriptor keeps the data even if the object is freed now
-                size = os.fstat(fd).st_size
-                if not 0 <= first.offset <= size:
-                    raise RemoteProtocolError(f"asked for offset {first.offset} of a "
-                                              f"{size}-byte object")
-                await conn.send(self.codec.encode(ObjectHeader(size, main_size,
-                                                               list(sizes))))
-                known = self._digests.get(first.object_id)
-                hasher = None if known is not None else hashlib.sha256()
-                if hasher is not None:  # the digest covers the bytes before the offset too
-                    for start in range(0, first.offset, self.chunk_size):
-                        hasher.update(os.pread(fd, min(self.chunk_size, first.offset - start),
-                                               start))
-                        await trio.lowlevel.checkpoint()
-                offset = first.offset
-                while offset < size:
-                    data = os.pread(fd, min(self.chunk_size, size - offset), offset)
-                    if hasher is not None:
-                        hasher.update(data)
-                    await conn.send(self.codec.encode(ObjectChunk(data)))
-                    offset += len(data)
-                    self.bytes_served += len(data)
-                if hasher is not None:
-                    known = self._digests[first.object_id] = hasher.digest()
-                await conn.send(self.codec.encode(ObjectEnd(known)))
-            finally:
-                os.close(fd)
+            while True:
+                if type(request) is not FetchObject:
+                    raise RemoteProtocolError(f"a transfer request is a FetchObject, not "
+                                              f"{type(request).__name__}")
+                await self._serve_one(conn, request)
+                with trio.move_on_after(self.idle_timeout) as idle:
+                    request = self.codec.decode(await conn.receive())
+                if idle.cancelled_caught:
+                    return  # idle too long: closed (the fetcher asks on a fresh one)
         except ProtocolError as exc:
             log_dropped(peer.address, f"bad transfer request: {exc}", peer.node_id)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except TimeoutError as exc:
+            log_dropped(peer.address, f"transfer stalled: {exc}", peer.node_id)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass  # the fetcher went away; it resumes elsewhere
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
+
+    async def _serve_one(self, conn: Connection, request: FetchObject) -> None:
+        """Send one object (or ObjectMissing) on `conn`."""
+        payload = self.payload_of(request.object_id)
+        if payload is None or payload[0] != SHARED:
+            await conn.send(self.codec.encode(ObjectMissing("no copy of that object here")))
+            return
+        segment, main_size, sizes = payload[1], payload[2], payload[3]
+        try:
+            fd = shm.open_segment(segment)  # in memory, or spilled to disk
+        except FileNotFoundError:
+            await conn.send(self.codec.encode(ObjectMissing("the copy was just freed")))
+            return
+        try:  # an open descriptor keeps the data even if the object is freed now
+            size = os.fstat(fd).st_size
+            if not 0 <= request.offset <= size:
+                raise RemoteProtocolError(f"asked for offset {request.offset} of a "
+                                          f"{size}-byte object")
+            offer = (BulkOffer.new(self.chunk_size)
+                     if request.bulk and isinstance(self.transport, BulkTransport) else None)
+            header = ObjectHeader(size, main_size, list(sizes), offer)
+            known = self._digests.get(request.object_id)
+            hasher = None if known is not None else hashlib.sha256()
+            buffer = bytearray(self.chunk_size)
+            if offer is None:
+                await conn.send(self.codec.encode(header))
+                await self._hash_prefix(fd, request.offset, hasher, buffer)
+                for data in _read_chunks(fd, request.offset, size, buffer):
+                    if hasher is not None:
+                        hasher.update(data)
+                    await conn.send(self.codec.encode(ObjectChunk(bytes(data))))
+                    self.bytes_served += len(data)
+            else:
+                stream = await self._bulk_arrival(conn, header)
+                try:
+                    await self._hash_prefix(fd, request.offset, hasher, buffer)
+                    await self._send_bulk(stream, offer, fd, request.offset, size, hasher,
+                                          buffer)
+                finally:
+                    await stream.aclose()
+            if hasher is not None:
+                known = self._digests[request.object_id] = hasher.digest()
+            await conn.send(self.codec.encode(ObjectEnd(known)))
+        finally:
+            os.close(fd)
+
+    async def _hash_prefix(self, fd: int, offset: int, hasher: hashlib._Hash | None,
+                           buffer: bytearray) -> None:
+        """The digest covers the bytes before a resumed fetch's offset too."""
+        if hasher is not None:
+            for data in _read_chunks(fd, 0, offset, buffer):
+                hasher.update(data)
+                await trio.lowlevel.checkpoint()
+
+    async def _bulk_arrival(self, conn: Connection, header: ObjectHeader) -> BulkStream:
+        """Send `header` (its offer) and wait for the fetcher's bulk connection."""
+        assert isinstance(self.transport, BulkTransport) and header.bulk is not None
+        with self.transport.expect_bulk(header.bulk.ticket) as arrivals:
+            await conn.send(self.codec.encode(header))
+            with trio.move_on_after(self.stall_timeout):
+                return await arrivals.receive()
+        raise TimeoutError(f"no bulk connection within {self.stall_timeout:g} s")
+
+    async def _send_bulk(self, stream: BulkStream, offer: BulkOffer, fd: int, offset: int,
+                         size: int, hasher: hashlib._Hash | None, buffer: bytearray) -> None:
+        """Seal the segment from `offset` on into frames of `offer.frame_size` bytes."""
+        cipher = BulkCipher(offer)
+        sealed = bytearray(offer.frame_size + TAG_SIZE)
+        for data in _read_chunks(fd, offset, size, buffer):
+            if hasher is not None:
+                hasher.update(data)
+            frame = cipher.seal_into(offset, data, sealed)
+            with trio.move_on_after(self.stall_timeout) as scope:
+                await stream.send_all(frame)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"the fetcher took no frame for {self.stall_timeout:g} s")
+            offset += len(data)
+            self.bytes_served += len(data)
 
     # ---- fetcher side ------------------------------------------------------------------
 
@@ -262,7 +346,10 @@ class ObjectTransfers:
             return None
         try:
             await self._fetch_from(holder, address, object_id, copy)
-        except (OSError, ProtocolError, ObjectLostError, trio.BrokenResourceError,
+        except ProtocolError as exc:  # logged where it was seen
+            reasons.append(f"{holder.short}: {exc}")
+            return None
+        except (OSError, ObjectLostError, trio.BrokenResourceError,
                 trio.ClosedResourceError, trio.EndOfChannel) as exc:
             reasons.append(f"{holder.short}: {exc or type(exc).__name__}")
             log.info("fetch of object %s from %s stopped at byte %d (%s); trying "
@@ -292,41 +379,134 @@ class ObjectTransfers:
 
     async def _fetch_from(self, holder: NodeId, address: tuple[str, int], object_id: bytes,
                           copy: _Copy) -> None:
+        """Fill `copy` from `holder`, on an idle connection to it if one is kept (a fresh
+        one if that turns out closed before answering)."""
+        conn = await self._take_idle(holder)
+        if conn is not None and await self._request(conn, holder, address, object_id, copy,
+                                                     pooled=True):
+            return
         conn = None
         with trio.move_on_after(self.stall_timeout):
             conn = await self.transport.connect(address, expected=holder)
         if conn is None:
             raise TimeoutError(f"no connection within {self.stall_timeout:g} s")
+        await self._request(conn, holder, address, object_id, copy, pooled=False)
+
+    async def _request(self, conn: Connection, holder: NodeId, address: tuple[str, int],
+                       object_id: bytes, copy: _Copy, pooled: bool) -> bool:
+        """Ask for the object on `conn` and fill `copy`; kept idle for the next fetch
+        once complete, else closed. False if a `pooled` connection was closed by the
+        holder before it answered (it had been idle too long): nothing was received."""
+        done = False
         try:
-            await conn.send(self.codec.encode(FetchObject(object_id, copy.offset)))
-            header = self.codec.decode(await self._next(conn))
+            bulk = isinstance(self.transport, BulkTransport)
+            try:
+                await conn.send(self.codec.encode(FetchObject(object_id, copy.offset, bulk)))
+                header = self.codec.decode(await self._next(conn))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+                if pooled:
+                    return False
+                raise
             if type(header) is ObjectMissing:
                 raise ObjectLostError(header.reason)
             if type(header) is not ObjectHeader:
                 raise RemoteProtocolError(f"expected an ObjectHeader, got "
                                           f"{type(header).__name__}")
             copy.start(header)
-            while copy.offset < header.size:
-                chunk = self.codec.decode(await self._next(conn))
-                if type(chunk) is not ObjectChunk:
-                    raise RemoteProtocolError(f"expected an ObjectChunk, got "
-                                              f"{type(chunk).__name__}")
-                copy.write(chunk.data)
-                self.bytes_fetched += len(chunk.data)
+            if header.bulk is None:
+                while copy.offset < header.size:
+                    chunk = self.codec.decode(await self._next(conn))
+                    if type(chunk) is not ObjectChunk:
+                        raise RemoteProtocolError(f"expected an ObjectChunk, got "
+                                                  f"{type(chunk).__name__}")
+                    copy.write(chunk.data)
+                    self.bytes_fetched += len(chunk.data)
+            elif not bulk:
+                raise RemoteProtocolError("offered a bulk channel that was not asked for")
+            else:
+                await self._receive_bulk(address, header.bulk, copy)
             end = self.codec.decode(await self._next(conn))
             if type(end) is not ObjectEnd or len(end.digest) != 32:
                 raise RemoteProtocolError(f"expected an ObjectEnd, got {type(end).__name__}")
             copy.digest = end.digest
+            done = True
+        except ProtocolError as exc:
+            log_dropped(address, f"transfer of object {object_id.hex()[:12]}: {exc}", holder)
+            raise
         finally:
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
+            if not (done and self._keep_idle(holder, conn)):
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+        return True
 
+    async def _take_idle(self, holder: NodeId) -> Connection | None:
+        """A kept connection to `holder` still well inside the holder's idle timeout;
+        expired ones (to any holder) are closed on the way."""
+        fresh_after = trio.current_time() - self.idle_timeout / 2
+        expired = []
+        for node, kept in list(self._idle.items()):
+            expired += [conn for since, conn in kept if since < fresh_after]
+            kept[:] = [(since, conn) for since, conn in kept if since >= fresh_after]
+            if not kept:
+                del self._idle[node]
+        kept = self._idle.get(holder)
+        conn = kept.pop()[1] if kept else None
+        with trio.CancelScope(shield=True):
+            for old in expired:
+                await old.aclose()
+        return conn
+
+    def _keep_idle(self, holder: NodeId, conn: Connection) -> bool:
+        """Keep `conn` for the next fetch from `holder`, unless enough are kept."""
+        kept = self._idle.setdefault(holder, [])
+        if len(kept) >= IDLE_PER_HOLDER:
+            return False
+        kept.append((trio.current_time(), conn))
+        return True
+
+    async def _receive_bulk(self, address: tuple[str, int], offer: BulkOffer,
+                            copy: _Copy) -> None:
+        """Fill `copy` from the bulk channel of `offer`: each frame is read whole into
+        one buffer, checked and decrypted into another, and written to the segment."""
+        assert isinstance(self.transport, BulkTransport) and copy.header is not None
+        offer.check()
+        size = copy.header.size
+        cipher = BulkCipher(offer)
+        sealed = bytearray(offer.frame_size + TAG_SIZE)
+        plain = bytearray(offer.frame_size)
+        stream = await self.transport.connect_bulk(address, offer.ticket)
+        try:
+            while copy.offset < size:
+                n = min(offer.frame_size, size - copy.offset)
+                frame = memoryview(sealed)[:n + TAG_SIZE]
+                with trio.move_on_after(self.stall_timeout) as scope:
+                    await receive_exactly(stream, frame)
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"the holder sent no whole frame within "
+                                       f"{self.stall_timeout:g} s")
+                data = memoryview(plain)[:n]
+                cipher.open_into(copy.offset, frame, data)
+                copy.write(data)
+                self.bytes_fetched += n
+        finally:
+            await stream.aclose()
 
     async def _next(self, conn: Connection) -> bytes:
         """The holder's next message; `TimeoutError` if it stalls."""
         with trio.move_on_after(self.stall_timeout):
             return await conn.receive()
         raise TimeoutError(f"the holder sent nothing for {self.stall_timeout:g} s")
+
+
+def _read_chunks(fd: int, start: int, end: int, buffer: bytearray) -> Iterator[memoryview]:
+    """Bytes `start..end` of the file, read into `buffer` a buffer's worth at a time (each
+    view is valid until the next is read)."""
+    while start < end:
+        view = memoryview(buffer)[:min(len(buffer), end - start)]
+        if os.preadv(fd, [view], start) != len(view):
+            raise OSError(f"the segment ends before byte {end}")
+        yield view
+        start += len(view)
 
 
 class _Copy:
@@ -355,10 +535,10 @@ class _Copy:
                               os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             os.ftruncate(self.fd, max(header.size, 1))
             self.header = header
-        elif header != self.header:
+        elif header.layout != self.header.layout:
             raise RemoteProtocolError("this holder's copy differs from the first holder's")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self.header is not None and self.fd is not None
         if self.offset + len(data) > self.header.size:
             raise RemoteProtocolError("the holder sent more bytes than it announced")

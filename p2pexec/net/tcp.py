@@ -14,17 +14,24 @@ AES-256-GCM under a key derived from the token (`security.DatagramSealer`), at m
 `max_datagram_size` bytes on the wire. Nothing in a datagram is decoded before it
 authenticated; others are dropped with a rate-limited log line.
 
-Defences: at most `max_handshakes` connections in the handshake at once (more are closed
-at accept), each handshake under `handshake_timeout`, a started frame must finish within
-`frame_timeout`, and a frame header over the limit is refused before its body is read.
+Bulk channels (`net.bulk`) share the listening port: an accepted connection that opens
+with the bulk magic is read as a bulk hello, and handed over when its ticket was offered
+(`expect_bulk`), else dropped with a log line.
+
+Defences: at most `max_handshakes` connections in the handshake (or the bulk hello) at
+once (more are closed at accept), each under `handshake_timeout`, a started frame must
+finish within `frame_timeout`, and a frame header over the limit is refused before its
+body is read.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +42,10 @@ from p2pexec.errors import (
     LocalProtocolError,
     LocalUsageError,
     ProtocolError,
+    RemoteProtocolError,
 )
 from p2pexec.ids import NodeId
+from p2pexec.net import bulk
 from p2pexec.net.codec import Codec, frame_bytes, log_dropped
 from p2pexec.net.config import NetConfig
 from p2pexec.net.security import ClusterKeys, DatagramSealer, NodeIdentity
@@ -252,6 +261,31 @@ class TcpConnection:
             await trio.aclose_forcefully(self._stream)
 
 
+class TcpBulkStream:
+    """A bulk connection: the plain socket stream, read with `recv_into` so a frame lands
+    in the caller's buffer in a few large reads (see `net.bulk`)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        try:
+            return await self._stream.socket.recv_into(buffer)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"bulk connection broke: {exc}") from exc
+
+    def close(self) -> None:
+        """Close at once: nothing is buffered on our side to flush."""
+        self._stream.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
 class TcpTransport:
     """TCP + TLS streams and sealed UDP datagrams on one port (see the module docstring).
 
@@ -271,6 +305,7 @@ class TcpTransport:
         self._sealer = DatagramSealer(credentials.keys, credentials.node_id)
         self._connections: set[TcpConnection] = set()
         self._handshakes = 0
+        self._bulk_waiting: dict[bytes, trio.MemorySendChannel[TcpBulkStream]] = {}
         self._serve_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._ratelimit = RateLimitedLog(self.config.log_interval)
@@ -403,13 +438,76 @@ class TcpTransport:
         finally:
             await conn.aclose()
 
+    async def _is_bulk(self, stream: trio.SocketStream) -> bool:
+        """Whether a fresh connection opens with (the start of) a bulk hello rather than a
+        TLS record. Peeks, so the TLS handshake still sees every byte, and anything else
+        (random bytes, HTTP) still fails the handshake with its own reason."""
+        first = await stream.socket.recv(len(bulk.BULK_MAGIC), socket.MSG_PEEK)
+        return bool(first) and bulk.BULK_MAGIC.startswith(first)
+
+    async def _accept_bulk(self, stream: trio.SocketStream) -> None:
+        """Read a bulk hello and hand the connection to whoever offered its ticket."""
+        data = b""
+        while len(data) < bulk.HELLO_SIZE:
+            chunk = await stream.receive_some(bulk.HELLO_SIZE - len(data))
+            if not chunk:
+                raise RemoteProtocolError("closed the connection inside its bulk hello")
+            data += chunk
+        waiting = self._bulk_waiting.pop(bulk.ticket_of(data), None)
+        if waiting is None:
+            raise RemoteProtocolError("presented a bulk ticket nobody offered (or offered "
+                                      "before)")
+        waiting.send_nowait(TcpBulkStream(stream))
+
+    @contextlib.contextmanager
+    def expect_bulk(self, ticket: bytes) -> Iterator[trio.MemoryReceiveChannel[TcpBulkStream]]:
+        """Hand the bulk connection presenting `ticket` to the channel yielded, once,
+        while the context lasts (see `net.bulk.BulkTransport`)."""
+        if ticket in self._bulk_waiting:
+            raise LocalUsageError("a bulk ticket is offered once")
+        send, receive = trio.open_memory_channel[TcpBulkStream](1)
+        self._bulk_waiting[ticket] = send
+        try:
+            yield receive
+        finally:
+            self._bulk_waiting.pop(ticket, None)
+            send.close()
+            try:  # it came but nobody took it
+                unclaimed = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                pass
+            else:
+                unclaimed.close()
+            receive.close()
+
+    async def connect_bulk(self, address: Address, ticket: bytes) -> TcpBulkStream:
+        """Open a bulk connection and present `ticket` (`TimeoutError` after
+        `connect_timeout`)."""
+        self._check_open()
+        host, port = address
+        with trio.move_on_after(self.config.connect_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                await stream.send_all(bulk.hello(ticket))
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            return TcpBulkStream(stream)
+        raise TimeoutError(f"no bulk connection to {host}:{port} within "
+                           f"{self.config.connect_timeout:g} s")
+
     async def _handshake(self, stream: trio.SocketStream, remote: Address, *, server: bool,
                          expected: NodeId | None) -> SecureChannel | None:
-        """Run `tls.secure` under the timeout; on failure log one line, close, return None."""
+        """Run `tls.secure` under the timeout; on failure log one line, close, return None.
+        A server first tells a bulk hello from TLS (under the same deadline) and hands a
+        bulk connection over: None as well, the stream is no longer ours."""
         timeout = self.config.handshake_timeout
         reason: str | Exception
         try:
             with trio.fail_after(timeout):
+                if server and await self._is_bulk(stream):
+                    await self._accept_bulk(stream)
+                    return None
                 return await secure(stream, self.credentials, self.codec, server=server,
                                     expected=expected)
         except trio.TooSlowError:
