@@ -605,7 +605,7 @@ class Scheduler:
             task = self.tasks.get(task_id)
             if task is None or task_id not in self.parked:
                 del self._busy_actors[task_id]
-            elif not task.missing and self._actor_fits_now(task.spec.resources):
+            elif not task.missing and self._actor_fits_now(_placement_demand(task.spec)):
                 del self._busy_actors[task_id]
                 del self.parked[task_id]
                 self._place_actor_here(task)
@@ -906,9 +906,10 @@ class Scheduler:
             self._fail_if_unsatisfiable(task)
             return
         if (self.in_cluster and task.owner is None and self._peer_totals
-                and not self._actor_fits_now(spec.resources)):
-            # what it holds for its life is taken here now: offered to a peer where it is
-            # free, created here if it frees up here first (`_place_busy_actors`)
+                and not self._actor_fits_now(_placement_demand(spec))):
+            # no CPU free here to place it on, or what it holds for its life is taken:
+            # offered to a peer that has it free, created here if it frees up here first
+            # (`_place_busy_actors`)
             self.parked[spec.task_id] = None
             self._busy_actors[spec.task_id] = None
             return
@@ -1241,7 +1242,7 @@ class Scheduler:
             fits = _covers(fits_thief, spec.resources)
         else:
             fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
-                    and _covers(free, spec.resources))
+                    and _covers(free, _placement_demand(spec)))
         return (fits and task.owner is None and payload_segment(spec.args) is None
                 and all(self.objects.is_ready(oid) for oid in spec.contained))
 
@@ -1743,6 +1744,16 @@ def values_message(request_id: int, body: dict[bytes, list] | list[bytes],
     if isinstance(body, dict):
         return p.Values(request_id, body, [], timed_out)
     return p.Values(request_id, {}, body, timed_out)
+
+
+def _placement_demand(spec: TaskSpec) -> dict[str, float]:
+    """What must be free on a node of a cluster to place an actor there: what it holds
+    for its life; an actor that asks for nothing needs one CPU free to be placed (Ray:
+    1 CPU to place, 0 to run), so such actors go where a CPU is idle rather than pile up
+    on a busy node."""
+    if any(spec.resources.values()):
+        return spec.resources
+    return {**spec.resources, CPU: 1.0}
 
 
 def _covers(held: dict[str, float], demand: dict[str, float]) -> bool:

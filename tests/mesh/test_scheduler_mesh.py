@@ -585,3 +585,19 @@ def test_an_actor_placed_on_a_peer_lives_while_its_owner_holds_a_handle():
     owner.handle(RemoteFinished(THIEF, tid(9), [rid(9)], [ok()], None, 0.1))
     out = owner.handle(RefsChanged(DRIVER, {rid(9): -1}))
     assert StopRemoteActor(THIEF, tid(9)) in out and tid(9) not in owner.remote_actors
+
+
+def test_an_actor_is_placed_where_a_cpu_is_free_as_in_ray_one_to_place_none_to_run():
+    owner = node(1, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    owner.handle(Submitted(spec(1), DRIVER))  # runs: no CPU is free here now
+    owner.handle(Submitted(creation(2, cpus=0.0), DRIVER))
+    assert tid(2) in owner.parked and owner.actors.get(tid(2)) is None
+    busy = owner.handle(StealRequested(THIEF, 1, 2.0, CPU2, {"CPU": 0.0}))
+    assert grants(busy)[0].specs == ()  # no CPU free there either
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 2, 2.0, CPU2, {"CPU": 1.0})))
+    assert grant.specs == (creation(2, cpus=0.0),)
+    owner.handle(Submitted(creation(3, cpus=0.0), DRIVER))  # parked too, until...
+    worker = owner.tasks[tid(1)].worker
+    owner.handle(TaskFinished(worker, tid(1), [ok()], None, 0.1))  # ...a CPU is free here
+    assert tid(3) not in owner.parked and owner.actors.get(tid(3)) is not None
