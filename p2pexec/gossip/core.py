@@ -479,9 +479,8 @@ class Membership:
 
     def _gossip(self, now: float) -> None:
         horizon = now - self.cfg.gossip_to_the_dead_time
-        # not suspects (they hear their suspicion in every probe of them, see _start_probe)
-        targets = [n for n in self._live if self._table.get(n).state != State.SUSPECT] + [
-            n for n in self._dead if self._changed_at.get(n, -math.inf) >= horizon]
+        targets = list(self._live) + [n for n in self._dead
+                                      if self._changed_at.get(n, -math.inf) >= horizon]
         chosen = self._rng.sample(targets, min(self.cfg.gossip_nodes, len(targets)))
         limit = self.cfg.retransmit_limit(self.num_live())
         budget = self.cfg.max_packet_size - PACKET_OVERHEAD
