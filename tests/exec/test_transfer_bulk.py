@@ -9,11 +9,12 @@ import logging
 import os
 import random
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -67,6 +68,25 @@ class Node:
         self.segments.append(name)
         self.payloads[object_id] = [SHARED, name, len(data), []]
         dht.holders.setdefault(object_key(object_id), []).append(self.node_id)
+
+
+def held_by_both(dht: StubDht, a: Node, c: Node, object_id: bytes) -> bytes:
+    """SIZE random bytes that nodes `a` and `c` both hold as `object_id`."""
+    data = os.urandom(SIZE)
+    a.hold(dht, object_id, data)
+    c.hold(dht, object_id, data)
+    return data
+
+
+def serve_bulk_with(node: Node, sender: Callable[..., Awaitable[None]]) -> None:
+    """`node` streams bulk frames with `sender(send_bulk, stream, offer, fd, offset, size,
+    hasher, buffer)`, handed the honest `send_bulk` to misbehave around."""
+    honest = node.transfers._send_bulk
+
+    async def send(*args: Any) -> None:
+        await sender(honest, *args)
+
+    node.transfers._send_bulk = send
 
 
 @asynccontextmanager
@@ -197,17 +217,15 @@ async def test_a_kept_connection_the_holder_closed_is_replaced_unseen(
 async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         caplog: pytest.LogCaptureFixture):
     async with cluster(3) as (dht, (a, b, c)):
-        data = os.urandom(SIZE)
-        a.hold(dht, b"obj2", data)
-        c.hold(dht, b"obj2", data)
-        send_bulk = a.transfers._send_bulk
+        data = held_by_both(dht, a, c, b"obj2")
 
-        async def dies_after_five_frames(stream, offer, fd, offset, size, hasher, buffer):
+        async def dies_after_five_frames(send_bulk, stream, offer, fd, offset, size, hasher,
+                                         buffer):
             await send_bulk(stream, offer, fd, offset, offset + 5 * CHUNK, hasher, buffer)
             await a.transport.aclose()  # the whole node goes away
             raise trio.BrokenResourceError("killed")
 
-        a.transfers._send_bulk = dies_after_five_frames
+        serve_bulk_with(a, dies_after_five_frames)
         opened = bulk_connections(b)
         payload = await b.transfers.fetch(b"obj2", holder=a.node_id)
         assert content(payload) == data
@@ -233,19 +251,16 @@ async def test_a_copy_that_fails_its_content_hash_is_deleted():
 async def test_a_holder_sending_bad_frames_is_dropped_and_another_serves(
         caplog: pytest.LogCaptureFixture, attack: str):
     async with cluster(3) as (dht, (a, b, c)):
-        data = os.urandom(SIZE)
-        a.hold(dht, b"obj4", data)
-        c.hold(dht, b"obj4", data)
-        send_bulk = a.transfers._send_bulk
+        data = held_by_both(dht, a, c, b"obj4")
 
-        async def lies(stream, offer, fd, offset, size, hasher, buffer):
+        async def lies(send_bulk, stream, offer, fd, offset, size, hasher, buffer):
             if attack == "garbage frames":
                 await stream.send_all(os.urandom(size - offset + 16))
             else:  # frames sealed for other offsets than they hold
                 skew = 1 if attack == "offset forged" else CHUNK
                 await send_bulk(stream, offer, fd, offset + skew, size, hasher, buffer)
 
-        a.transfers._send_bulk = lies
+        serve_bulk_with(a, lies)
         payload = await b.transfers.fetch(b"obj4", holder=a.node_id)
         assert content(payload) == data
         assert c.transfers.bytes_served == SIZE  # nothing unauthenticated was kept
@@ -256,17 +271,14 @@ async def test_a_holder_sending_bad_frames_is_dropped_and_another_serves(
 
 async def test_a_holder_stalling_on_the_bulk_path_costs_the_stall_timeout():
     async with cluster(3) as (dht, (a, b, c)):
-        data = os.urandom(SIZE)
-        a.hold(dht, b"obj5", data)
-        c.hold(dht, b"obj5", data)
-        send_bulk = a.transfers._send_bulk
+        data = held_by_both(dht, a, c, b"obj5")
 
-        async def stalls(stream, offer, fd, offset, size, hasher, buffer):
+        async def stalls(send_bulk, stream, offer, fd, offset, size, hasher, buffer):
             await send_bulk(stream, offer, fd, offset, offset + 3 * CHUNK, hasher, buffer)
             await stream.send_all(b"x" * 100)  # part of a frame, then nothing
             await trio.sleep_forever()
 
-        a.transfers._send_bulk = stalls
+        serve_bulk_with(a, stalls)
         started = trio.current_time()
         payload = await b.transfers.fetch(b"obj5", holder=a.node_id)
         assert content(payload) == data

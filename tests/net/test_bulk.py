@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -14,6 +15,7 @@ from p2pexec.net import bulk
 from p2pexec.net.bulk import TAG_SIZE, BulkCipher, BulkOffer, BulkTransport, receive_exactly
 from p2pexec.net.codec import Codec
 from p2pexec.net.tcp import TcpTransport
+from p2pexec.net.transport import Address
 
 FRAME = 8192
 
@@ -100,6 +102,18 @@ async def idle(conn) -> None:
     await conn.receive()
 
 
+@asynccontextmanager
+async def serving(make_transport: Callable[..., TcpTransport]
+                  ) -> AsyncIterator[tuple[TcpTransport, TcpTransport, Address]]:
+    """A server transport listening on 127.0.0.1, a client transport and the server's
+    address; the server stops after."""
+    server, client = make_transport(), make_transport()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.serve, idle)
+        yield server, client, address
+        nursery.cancel_scope.cancel()
+
+
 def dropped(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.getMessage().startswith("dropped peer")]
@@ -107,10 +121,8 @@ def dropped(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def test_a_bulk_connection_reaches_whoever_offered_its_ticket(
         make_transport: Callable[..., TcpTransport]):
-    server, client = make_transport(), make_transport()
-    assert isinstance(server, BulkTransport)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(server.serve, idle)
+    async with serving(make_transport) as (server, client, address):
+        assert isinstance(server, BulkTransport)
         ticket = os.urandom(16)
         with server.expect_bulk(ticket) as arrivals:
             sending = await client.connect_bulk(address, ticket)
@@ -126,7 +138,6 @@ async def test_a_bulk_connection_reaches_whoever_offered_its_ticket(
         assert await receiving.receive_into(memoryview(bytearray(1))) == 0  # end of stream
         await receiving.aclose()
         assert server.connection_count == 0  # a bulk connection is not a peer connection
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("case", ["unknown ticket", "ticket used twice", "offer withdrawn"])
@@ -162,9 +173,7 @@ async def test_a_bulk_hello_nobody_expects_is_dropped_with_one_line(
 
 async def test_a_bulk_connection_that_arrives_unclaimed_is_closed(
         make_transport: Callable[..., TcpTransport]):
-    server, client = make_transport(), make_transport()
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(server.serve, idle)
+    async with serving(make_transport) as (server, client, address):
         ticket = os.urandom(16)
         with server.expect_bulk(ticket) as arrivals:
             stream = await client.connect_bulk(address, ticket)
@@ -174,4 +183,3 @@ async def test_a_bulk_connection_that_arrives_unclaimed_is_closed(
         with trio.fail_after(5):
             assert await stream.receive_into(memoryview(bytearray(16))) == 0
         await stream.aclose()
-        nursery.cancel_scope.cancel()
