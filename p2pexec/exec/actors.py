@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from p2pexec.exec.resources import CPU
 from p2pexec.exec.task import TaskSpec
 
 
@@ -41,6 +42,9 @@ class ActorTable:
         self.named: dict[str, bytes] = {}
         self.waiting: list[bytes] = []
         """Actors whose creation did not fit: retried at the next scheduling pass."""
+        self.cpus_for_life = 0.0
+        """CPUs the live actors here hold, or will once started, for their whole lives
+        (kept as actors come and go: stealing asks for it often)."""
 
     def get(self, actor_id: bytes | None) -> ActorState | None:
         return self.actors.get(actor_id) if actor_id is not None else None
@@ -59,18 +63,23 @@ class ActorTable:
     def add(self, spec: TaskSpec, worker_id: int, creator: int) -> ActorState:
         actor = ActorState(spec.actor_id, spec, worker_id, spec.actor_name, spec.max_restarts,
                            creator=creator)
-        self.actors[spec.actor_id] = actor
+        self._replace(actor)
         if spec.actor_name is not None:
             self.named[spec.actor_name] = spec.actor_id
         return actor
 
     def add_dead(self, spec: TaskSpec, reason: str) -> None:
         """An actor that never started: remember why, so its calls fail saying so."""
-        self.actors[spec.actor_id] = ActorState(spec.actor_id, spec, 0, None, 0,
-                                                dead_reason=reason)
+        self._replace(ActorState(spec.actor_id, spec, 0, None, 0, dead_reason=reason))
+
+    def _replace(self, actor: ActorState) -> None:
+        self.cpus_for_life -= _life_cpus(self.actors.get(actor.actor_id))
+        self.actors[actor.actor_id] = actor
+        self.cpus_for_life += _life_cpus(actor)
 
     def mark_dead(self, actor: ActorState, reason: str) -> list[bytes]:
         """The actor is dead for good; returns the calls it will never run."""
+        self.cpus_for_life -= _life_cpus(actor)
         actor.alive = False
         actor.dead_reason = reason
         pending = list(actor.calls) + actor.in_flight
@@ -88,6 +97,8 @@ class ActorTable:
                     f"dead actor {actor.creation.name} still has calls or resources")
         for name, actor_id in self.named.items():
             assert self.alive(actor_id), f"the name {name!r} points at a dead actor"
+        expected = sum(_life_cpus(actor) for actor in self.actors.values())
+        assert abs(self.cpus_for_life - expected) < 1e-9, (self.cpus_for_life, expected)
 
     def take_waiting(self) -> list[ActorState]:
         """Actors whose creation waited for resources and are still worth trying."""
@@ -95,3 +106,10 @@ class ActorTable:
         return [actor for actor_id in waiting
                 if (actor := self.actors.get(actor_id)) is not None
                 and actor.dead_reason is None]
+
+
+def _life_cpus(actor: ActorState | None) -> float:
+    """CPUs a live actor holds (or will) for its life; none for a dead or absent one."""
+    if actor is None or actor.dead_reason is not None:
+        return 0.0
+    return actor.creation.resources.get(CPU, 0.0)

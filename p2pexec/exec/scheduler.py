@@ -359,9 +359,7 @@ class Scheduler:
         if self.draining:
             return 0.0
         ready, tasks = self.ready, self.tasks
-        cpus = self.total.get(CPU, 0.0) - sum(  # CPUs actors hold (or will) stay held
-            actor.creation.resources.get(CPU, 0.0) for actor in self.actors.actors.values()
-            if actor.dead_reason is None)
+        cpus = self.total.get(CPU, 0.0) - self.actors.cpus_for_life  # held for good
         while ready:
             task = tasks.get(ready[0])
             if task is not None and task.state is READY:
