@@ -147,11 +147,12 @@ class DriverRuntime:
         """Hand `op` to the loop with the reference changes since the last one (refs
         taken before it, refs dropped after it)."""
         taken, dropped = split_changes(self._refs.take())
+        ops = [op]
         if taken:
-            self.service.post(("refs", taken, owners_of(taken)))
-        self.service.post(op)
+            ops.insert(0, ("refs", taken, owners_of(taken)))
         if dropped:
-            self.service.post(("refs", dropped, {}))
+            ops.append(("refs", dropped, {}))
+        self.service.post_all(ops)
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._pid, object_id)
