@@ -63,6 +63,12 @@ log = logging.getLogger("p2pexec")
 class DriverRuntime:
     """What the public API calls when it runs in the user's own process."""
 
+    STEP_PATIENCE = 0.0005
+    """Seconds a thread the node loop has just woken (a sync get) waits, at its next
+    submit, for the loop to go back to sleep so that it can step the scheduler itself
+    (`ExecService.post_all`): the loop is then a few microseconds from its I/O wait.
+    Other submits never wait (a burst of them would pay it each time)."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.node = Node(config)
         self.node_id = self.node.node_id.raw
@@ -77,6 +83,8 @@ class DriverRuntime:
         self._failure: BaseException | None = None
         self._running = False
         self._pid = os.getpid()
+        self._woken = threading.local()
+        """`by_loop`: this thread's last wait ended with the loop waking it."""
         self._thread = threading.Thread(target=self._run, name="p2pexec-node", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -152,7 +160,8 @@ class DriverRuntime:
             ops.insert(0, ("refs", taken, owners_of(taken)))
         if dropped:
             ops.append(("refs", dropped, {}))
-        self.service.post_all(ops)
+        woken, self._woken.by_loop = getattr(self._woken, "by_loop", False), False
+        self.service.post_all(ops, self.STEP_PATIENCE if woken else 0.0)
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._pid, object_id)
@@ -221,7 +230,9 @@ class DriverRuntime:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return True
-                if not event.wait(1.0 if remaining is None else min(remaining, 1.0)):
+                if event.wait(1.0 if remaining is None else min(remaining, 1.0)):
+                    self._woken.by_loop = True
+                else:
                     self._check()
                     got += self._mark_lost(pending, found)
         finally:

@@ -314,18 +314,22 @@ class ExecService:
             self._drain_scheduled = True
             self._token.run_sync_soon(self._drain)
 
-    def post_all(self, ops: list[tuple]) -> None:
+    def post_all(self, ops: list[tuple], patience: float = 0.0) -> None:
         """Hand operations to the node from any thread, in order. While the loop sleeps
         (and this node is standalone), the calling thread steps the scheduler itself and
         writes the frames to the workers: a sync round trip then wakes the loop once (for
-        the result) instead of twice, which is a quarter of its CPU on two cores."""
-        if not self._step_here(ops):
+        the result) instead of twice, which is a quarter of its CPU on two cores.
+        `patience`: seconds to wait for the loop to fall asleep (a thread the loop has
+        just woken usually runs again before the loop is back in its I/O wait)."""
+        if not self._step_here(ops, patience):
             for op in ops:
                 self.post(op)
 
-    def _step_here(self, ops: list[tuple]) -> bool:
+    def _step_here(self, ops: list[tuple], patience: float) -> bool:
         """`post_all`'s fast path; False when it does not apply (the caller posts)."""
-        if not self._loop_asleep.acquire(blocking=False):
+        asleep = self._loop_asleep
+        if not (asleep.acquire(timeout=patience) if patience > 0 else
+                asleep.acquire(blocking=False)):
             return False  # the loop is awake (or stopped): it takes the ops itself
         try:
             if (self._closed or self._ops or self._drain_scheduled or self.mesh is not None

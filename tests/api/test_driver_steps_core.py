@@ -48,8 +48,8 @@ def fast_paths(monkeypatch):
     counts = {True: 0, False: 0}
     original = service_module.ExecService._step_here
 
-    def counted(self, ops):
-        taken = original(self, ops)
+    def counted(self, ops, patience):
+        taken = original(self, ops, patience)
         counts[taken] += 1
         return taken
 
