@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 from typing import Any
@@ -133,7 +134,7 @@ class Node:
     def _peer_loads(self) -> list[PeerLoad]:
         assert self.cluster is not None and self.cluster.gossip is not None
         return [PeerLoad(m.node_id, m.address, m.load.queue_length, m.load.version,
-                         m.resources)
+                         m.resources, m.load.running_tasks)
                 for m in self.cluster.gossip.view().values()
                 if not m.is_self and m.state in LIVE]
 
@@ -251,9 +252,11 @@ class Node:
         }
 
     def _load(self) -> tuple[int, int]:
-        """(tasks ready to run and waiting for a worker, tasks on the workers' stacks)."""
+        """(tasks ready to run and waiting for a worker, CPUs in use: by running tasks
+        and by actors). Gossip carries the second as the node's "running" count; peers
+        read it as CPUs taken (placing actors, estimating what is free)."""
         core = self.exec.core
-        return core.queue_length(), sum(len(w.stack) for w in core.workers.values())
+        return core.queue_length(), math.ceil(core.cpus_in_use() - 1e-9)
 
     def _mesh_resources(self, available: bool) -> dict[str, float]:
         """Totals (or what is free) over this node and every live member. A peer's free

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from p2pexec.exec.stealing import PeerLoad
 from p2pexec.exec.task import TaskSpec
 
 
@@ -173,6 +174,9 @@ class TasksGranted:
     specs: list[TaskSpec]
     values: dict[bytes, list]
     code: dict[bytes, bytes]
+    placed: bool = False
+    """Actor creations the owner placed here unasked (least loaded): handed back if
+    they no longer fit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,13 @@ class ActorLocated:
 
     actor_id: bytes
     node: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLoads:
+    """The live peers' gossiped loads changed (where new actors are placed)."""
+
+    peers: tuple[PeerLoad, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +299,6 @@ class CodeFetched:
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | TasksReturned | PeersResources | PeerGone
+         | Released | TasksReturned | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
          | RemoteActorKilled | CodeFetched)

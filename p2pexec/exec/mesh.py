@@ -44,6 +44,7 @@ from p2pexec.exec.events import (
     BorrowRequested,
     CodeFetched,
     NameLost,
+    PeerLoads,
     Released,
     RemoteActorKilled,
     RemoteFinished,
@@ -72,7 +73,7 @@ from p2pexec.exec.serialization import (
     payload_segment,
     system_error_payload,
 )
-from p2pexec.exec.stealing import PeerLoad, Thief
+from p2pexec.exec.stealing import LOAD_FEED_INTERVAL, PLACEMENT, PeerLoad, Thief
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.exec.transfer import find_publishers, find_records
 from p2pexec.ids import NodeId
@@ -105,7 +106,8 @@ class StealRequest:
 @dataclass(frozen=True, slots=True)
 class StealGrant:
     """The victim's answer: tasks it gives, the small argument values and code they
-    need, the thief's workers' import path additions, and its queue length after."""
+    need, the thief's workers' import path additions, and its queue length after. With
+    `request_id` `PLACEMENT` nobody asked: actor creations their owner placed here."""
 
     request_id: int
     tasks: list[TaskSpec]
@@ -284,6 +286,7 @@ class Mesh:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._name_loop)
+            nursery.start_soon(self._feed_loads)
             task_status.started()
             try:
                 await self._steal_loop()
@@ -313,6 +316,18 @@ class Mesh:
             self.thief.granted(victim, tasks, trio.current_time())
             if not tasks:
                 await self._pause()
+
+    async def _feed_loads(self) -> None:
+        """New actors go to the least loaded node: the scheduler hears the peers'
+        gossiped loads whenever a sample changes."""
+        seen: tuple | None = None
+        while True:
+            peers = tuple(self.peers())
+            versions = tuple((peer.node, peer.version) for peer in peers)
+            if versions != seen:
+                seen = versions
+                self.service.stimulus(PeerLoads(peers))
+            await trio.sleep(LOAD_FEED_INTERVAL)
 
     async def _pause(self) -> None:
         """Wait out the back-off; local work finishing does not end it (it makes no
@@ -404,6 +419,10 @@ class Mesh:
             return
         if msg.cpus < 0 or any(v < 0 for v in (*msg.resources.values(), *msg.free.values())):
             raise RemoteProtocolError("a steal request with negative resources")
+        if msg.request_id == PLACEMENT:  # its grant would read as a placement there
+            log.warning("node %s sent a steal request numbered %d, which only placements "
+                        "use; ignored", node.short, PLACEMENT)
+            return
         self.service.stimulus(StealRequested(node.raw, msg.request_id, msg.cpus,
                                              msg.resources, msg.free))
 
@@ -423,6 +442,12 @@ class Mesh:
         return True
 
     def _take_grant(self, node: NodeId, msg: StealGrant) -> None:
+        if msg.request_id == PLACEMENT:  # actors its owner chose this node for
+            _check_tasks(msg.tasks, msg.values, ACTOR_CREATE)
+            self.service.learn_paths(msg.paths)
+            self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, msg.code,
+                                               placed=True))
+            return
         waiting = self._outstanding.pop(msg.request_id, None)
         if waiting is None or waiting[0] != node:
             if msg.tasks:  # hand them back, so that they are not lost at their owner

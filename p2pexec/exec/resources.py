@@ -14,6 +14,11 @@ LENT = "_lent"
 """Key in a holding: CPUs a task blocked in get/wait lent back to the node."""
 
 
+def covers(amounts: dict[str, float], demand: dict[str, float]) -> bool:
+    """`amounts` has at least what `demand` asks for, resource by resource."""
+    return all(amounts.get(name, 0.0) >= amount for name, amount in demand.items())
+
+
 class Resources:
     """Totals and free amounts by name ("CPU", "gpu", ...)."""
 
@@ -23,13 +28,11 @@ class Resources:
 
     def fits(self, demand: dict[str, float]) -> bool:
         """Free right now."""
-        available = self.available
-        return all(available.get(name, 0.0) >= amount for name, amount in demand.items())
+        return covers(self.available, demand)
 
     def feasible(self, demand: dict[str, float]) -> bool:
         """Could ever fit on this node, once everything else is done."""
-        total = self.total
-        return all(total.get(name, 0.0) >= amount for name, amount in demand.items())
+        return covers(self.total, demand)
 
     def acquire(self, demand: dict[str, float]) -> dict[str, float]:
         """Take `demand` and return it as a holding (callers check `fits` first)."""

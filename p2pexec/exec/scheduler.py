@@ -52,6 +52,7 @@ from p2pexec.exec.events import (
     GetRequested,
     NameLost,
     PeerGone,
+    PeerLoads,
     PeersResources,
     Put,
     RefsChanged,
@@ -97,9 +98,9 @@ from p2pexec.exec.instructions import (
 from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import task_of
-from p2pexec.exec.resources import CPU, Resources
+from p2pexec.exec.resources import CPU, Resources, covers
 from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
-from p2pexec.exec.stealing import batch_size, worth_moving
+from p2pexec.exec.stealing import PLACEMENT, Placement, batch_size, worth_moving
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
 DRIVER = 0
@@ -144,7 +145,7 @@ ALLOWED = frozenset({
     (READY, STOLEN),  # a peer took it
     (WAITING, STOLEN),  # a peer took one no resources here could fit
     (STOLEN, READY),  # the peer died before its result came back
-    (STOLEN, WAITING),  # the peer running an actor died: it may restart elsewhere
+    (STOLEN, WAITING),  # an actor's node died (it may restart elsewhere) or handed it back
     *((state, DONE) for state in (WAITING, READY, QUEUED, RUNNING, STOLEN)),
 })
 
@@ -170,6 +171,9 @@ class TaskState:
     """The peer running it, while STOLEN."""
     seconds: float | None = None
     """How long its last run took (what its owner learns the function's cost from)."""
+    handed_back: bool = False
+    """An actor creation the peer it was placed on handed back: it stays here (or is
+    parked for any peer that asks), never pushed again."""
 
 
 @dataclass(slots=True)
@@ -252,6 +256,8 @@ class Scheduler:
         self._code_waiting: dict[bytes, list[TaskState]] = {}
         """Per code hash this node lacks, the granted tasks waiting for its fetch."""
         self._peer_totals: tuple[dict[str, float], ...] = ()
+        self.placement = Placement()
+        """The peers' gossiped loads: where a new actor goes."""
         self._members_since: float | None = None
         self._membership_settled = False
         """`infeasible_grace` has passed since the first membership news."""
@@ -289,6 +295,7 @@ class Scheduler:
             Released: self._on_released,
             TasksReturned: self._on_tasks_returned,
             PeersResources: self._on_peers_resources,
+            PeerLoads: self._on_peer_loads,
             ActorLocated: self._on_actor_located,
             PeerGone: self._on_peer_gone,
             BorrowRequested: self._on_borrow_requested,
@@ -352,6 +359,15 @@ class Scheduler:
         """Tasks this node owns waiting for a CPU or for resources it lacks: the load
         peers see, and what a steal may take (tasks stolen from a peer are not given on)."""
         return self._owned_ready + len(self.parked)
+
+    def cpus_in_use(self) -> float:
+        """CPUs taken here: by running tasks and actors, and by the actors placed here
+        that have not started yet (what this node's load counts, for placement)."""
+        free = self.resources.available.get(CPU, 0.0)
+        for actor in self.actors.actors.values():
+            if actor.dead_reason is None and not actor.holds:
+                free -= actor.creation.resources.get(CPU, 0.0)
+        return max(0.0, self.total.get(CPU, 0.0) - free)
 
     def idle_cpus(self) -> float:
         """CPUs a steal should fill: none while tasks are ready here, else every CPU the
@@ -616,7 +632,7 @@ class Scheduler:
             if actor.dead_reason is None and not actor.holds:
                 for name, amount in actor.creation.resources.items():
                     free[name] = free.get(name, 0.0) - amount
-        return _covers(free, demand)
+        return covers(free, demand)
 
     def _park_infeasible(self, task: TaskState) -> None:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
@@ -653,7 +669,7 @@ class Scheduler:
                     ready.popleft()
                     continue
                 if (len(worker.queued) >= depth(task.spec.callable_hash)
-                        or not _covers(inherited, task.spec.resources)):
+                        or not covers(inherited, task.spec.resources)):
                     break
                 inherited = task.spec.resources
                 ready.popleft()
@@ -911,6 +927,14 @@ class Scheduler:
             self.parked[spec.task_id] = None
             self._busy_actors[spec.task_id] = None
             return
+        if self.in_cluster and task.owner is None and not task.handed_back:
+            demand = _placement_demand(spec)
+            peer = self.placement.choose(demand, self.total.get(CPU, 0.0),
+                                         self.cpus_in_use(), self.queue_length())
+            if peer is not None:  # less loaded than here with it: pushed there
+                self.placement.placed(peer, demand.get(CPU, 0.0))
+                self._grant(peer, PLACEMENT, [task])
+                return
         self._place_actor_here(task)
 
     def _place_actor_here(self, task: TaskState) -> None:
@@ -1206,6 +1230,11 @@ class Scheduler:
                 if task.spec.kind == ACTOR_CREATE:
                     for name, amount in task.spec.resources.items():
                         free[name] = free.get(name, 0.0) - amount
+        self._grant(thief, event.request_id, given)
+
+    def _grant(self, thief: bytes, request_id: int, given: list[TaskState]) -> None:
+        """`given` go to `thief` (for steal request `request_id`, or `PLACEMENT`: actors
+        placed there unasked), with the small values and the code it lacks."""
         values: dict[bytes, list] = {}
         code: dict[bytes, bytes] = {}
         sent = self._code_sent.setdefault(thief, set())
@@ -1218,7 +1247,7 @@ class Scheduler:
                 code[spec.callable_hash] = self.pool.code[spec.callable_hash]
             self._inline_values(spec, values)
         self.counts["stolen_out"] += len(given)
-        self._out.append(Grant(thief, event.request_id, tuple(task.spec for task in given),
+        self._out.append(Grant(thief, request_id, tuple(task.spec for task in given),
                                values, code, self.queue_length()))
 
     def _expected_wait(self, ahead: int, seconds: float) -> float:
@@ -1237,10 +1266,10 @@ class Scheduler:
         holds what it needs for its life, must find it free)."""
         spec = task.spec
         if spec.kind == TASK:
-            fits = _covers(fits_thief, spec.resources)
+            fits = covers(fits_thief, spec.resources)
         else:
             fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
-                    and _covers(free, _placement_demand(spec)))
+                    and covers(free, _placement_demand(spec)))
         return (fits and task.owner is None and payload_segment(spec.args) is None
                 and all(self.objects.is_ready(oid) for oid in spec.contained))
 
@@ -1264,6 +1293,10 @@ class Scheduler:
         for spec in event.specs:
             if spec.task_id in self.tasks:
                 continue  # the same task granted twice: it runs once here
+            if event.placed and (self.draining or not self._actor_fits_now(
+                    _placement_demand(spec))):  # taken since its owner heard: back
+                self._out.append(HandBack(owner, (spec.task_id,)))
+                continue
             created = []
             for object_id in spec.contained:
                 if objects.known(object_id):
@@ -1491,6 +1524,9 @@ class Scheduler:
         del self.remote_actors[event.actor_id]
         self._fail_calls(remote.calls, "no node of the cluster has the actor")
 
+    def _on_peer_loads(self, event: PeerLoads) -> None:
+        self.placement.update(event.peers)
+
     def _on_peers_resources(self, event: PeersResources) -> None:
         self._peer_totals = event.totals
         if self._members_since is None:
@@ -1507,7 +1543,7 @@ class Scheduler:
         node included) has the resources it asks for."""
         demand = task.spec.resources
         if not self._membership_settled or self.resources.feasible(demand) or any(
-                _covers(total, demand) for total in self._peer_totals):
+                covers(total, demand) for total in self._peer_totals):
             return
         self._fail(task, errors.ResourcesUnavailableError(
             f"task {task.spec.name} needs {demand}, which no live member of the cluster "
@@ -1533,7 +1569,12 @@ class Scheduler:
             if task is not None and task.state is STOLEN and task.node == event.node:
                 task.node = None
                 self.counts["stolen_out"] -= 1
-                self._make_ready(task, front=True)
+                if task.spec.kind == ACTOR_CREATE:  # here after all, or to any peer
+                    task.handed_back = True
+                    self._transition(task, WAITING)
+                    self._create_actor(task)
+                else:
+                    self._make_ready(task, front=True)
 
     def _retry_calls_sent_to(self, node: bytes) -> None:
         """Calls in flight to actors this node made that lived on `node`, which just died:
@@ -1752,7 +1793,3 @@ def _placement_demand(spec: TaskSpec) -> dict[str, float]:
     if any(spec.resources.values()):
         return spec.resources
     return {**spec.resources, CPU: 1.0}
-
-
-def _covers(held: dict[str, float], demand: dict[str, float]) -> bool:
-    return all(held.get(name, 0.0) >= amount for name, amount in demand.items())

@@ -10,6 +10,10 @@ view: a thief knows its peers' last gossiped queue lengths, a victim knows its o
 `Thief` chooses victims (two random choices, the more loaded wins) and backs off from
 victims that had nothing to give until their load changes; `batch_size` is the victim's
 rule. Time and randomness are passed in.
+
+Actors are the exception to pulling: an actor holds its node for its whole life, so its
+owner places it at creation, on the least loaded node that fits (`Placement`), and pushes
+it there; a node that finds it no longer fits hands it back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from p2pexec.exec.resources import CPU, covers
 from p2pexec.ids import NodeId
 
 
@@ -55,6 +60,15 @@ class StealConfig:
     """How long a thief waits for a grant before giving up on that victim."""
 
 
+PLACEMENT = 0
+"""The request id of a grant nobody asked for: actors their owner placed on the thief
+(steal requests count from 1)."""
+
+LOAD_FEED_INTERVAL = 0.1
+"""Seconds between two looks at the peers' gossiped loads for placing actors: well under
+the gossip interval, so a placement uses the newest sample this node has."""
+
+
 @dataclass(frozen=True, slots=True)
 class PeerLoad:
     """A peer as gossip shows it: where it is, what it runs and how much waits there."""
@@ -64,6 +78,8 @@ class PeerLoad:
     queue_length: int
     version: int
     resources: dict[str, float] = field(default_factory=dict)
+    cpus_in_use: int = 0
+    """CPUs its running tasks and its actors hold (rounded up)."""
 
 
 def batch_size(stealable: int) -> int:
@@ -125,3 +141,46 @@ class Thief:
     def forget(self, node: NodeId) -> None:
         """A peer left or died."""
         self._quiet.pop(node, None)
+
+
+class Placement:
+    """Where a new actor goes: the node that would be least loaded with it (CPUs in use
+    plus queued tasks, per CPU) among this one and the peers whose gossiped load shows
+    room for it; this node on a tie. Gossip lags, so the actors placed on a peer since
+    its last load sample count as its load until a newer sample arrives."""
+
+    def __init__(self) -> None:
+        self._peers: dict[bytes, PeerLoad] = {}
+        self._placed: dict[bytes, float] = {}
+        """Per peer: CPUs of the actors pushed to it since its last load sample."""
+
+    def update(self, peers: Iterable[PeerLoad]) -> None:
+        """The live peers' loads as gossip has them now."""
+        fresh = {peer.node.raw: peer for peer in peers}
+        for node in list(self._placed):
+            old, new = self._peers.get(node), fresh.get(node)
+            if new is None or old is None or new.version != old.version:
+                del self._placed[node]  # a newer sample counts them already
+        self._peers = fresh
+
+    def placed(self, node: bytes, cpus: float) -> None:
+        self._placed[node] = self._placed.get(node, 0.0) + cpus
+
+    def choose(self, demand: dict[str, float], cpus: float, in_use: float,
+               queued: int) -> bytes | None:
+        """The peer (raw id) to push an actor needing `demand` (`CPU` included, what it
+        needs to be placed) to, or None to create it here, where `cpus` CPUs exist,
+        `in_use` of them are taken and `queued` tasks wait."""
+        need = demand.get(CPU, 0.0)
+        if cpus <= 0:
+            return None
+        best, best_load = None, (in_use + queued + need) / cpus
+        for node, peer in sorted(self._peers.items()):
+            total = peer.resources.get(CPU, 0.0)
+            taken = peer.cpus_in_use + self._placed.get(node, 0.0)
+            if total <= 0 or taken + need > total or not covers(peer.resources, demand):
+                continue
+            load = (taken + peer.queue_length + need) / total
+            if load < best_load:
+                best, best_load = node, load
+        return best

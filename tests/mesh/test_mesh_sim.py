@@ -85,3 +85,40 @@ async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_
     assert "asks for work faster than" in text
     assert "which this node did not send it; refused" in text
     assert "payload count unlike its ids" in text
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def step(self) -> int:
+        self.steps += 1
+        return self.steps
+
+
+async def test_actors_go_to_the_least_loaded_node_and_their_calls_follow(autojump_clock):
+    """Three nodes of two CPUs: one-CPU actors made one after another at the same node
+    spread over all three (each lands where it leaves the most room), a long task
+    there counts as load too, and calls reach each actor wherever it went."""
+    net = SimNetwork(seed=8, default_link=LinkSpec(latency=0.001, jitter=0.0005))
+    cluster = SimCluster(net, 3, cpus=2, duration=0.01, seed=8)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        assert await cluster.wait_converged(30)
+        await trio.sleep(2)  # loads gossiped
+        home = cluster.nodes[0]
+
+        def where(actor: bytes) -> int:
+            (index,) = [i for i, sim in enumerate(cluster.nodes)
+                        if sim.node.exec.core.actors.alive(actor)]
+            return index
+
+        actors = []
+        for _ in range(3):
+            actor = home.create_actor(Worker, resources={"CPU": 1.0})
+            assert await home.result(home.call_actor(actor, "step")) == 1
+            actors.append(actor)
+            await trio.sleep(1)  # the new load gossiped before the next one
+        assert sorted(where(actor) for actor in actors) == [0, 1, 2]
+        assert [await home.result(home.call_actor(a, "step")) for a in actors] == [2, 2, 2]
+        nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from p2pexec.exec.events import (
     Draining,
     Fetched,
     PeerGone,
+    PeerLoads,
     PeersResources,
     Put,
     RefsChanged,
@@ -55,8 +56,9 @@ from p2pexec.exec.instructions import (
 from p2pexec.exec.refs import return_id
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import system_error_payload
-from p2pexec.exec.stealing import StealConfig
+from p2pexec.exec.stealing import PLACEMENT, PeerLoad, StealConfig
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.ids import NodeId
 
 ARGS = [p.INLINE, b"args", []]
 CODE = b"h" * 16
@@ -601,3 +603,53 @@ def test_an_actor_is_placed_where_a_cpu_is_free_as_in_ray_one_to_place_none_to_r
     worker = owner.tasks[tid(1)].worker
     owner.handle(TaskFinished(worker, tid(1), [ok()], None, 0.1))  # ...a CPU is free here
     assert tid(3) not in owner.parked and owner.actors.get(tid(3)) is not None
+
+
+def peer_load(raw: bytes, cpus: float = 2.0, in_use: int = 0, queued: int = 0,
+              version: int = 1) -> PeerLoad:
+    return PeerLoad(NodeId(raw), ("10.0.0.9", 7946), queued, version, {"CPU": cpus}, in_use)
+
+
+def test_an_actor_goes_to_the_least_loaded_node_that_fits():
+    owner = node(2, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0}, {"CPU": 2.0}), now=0.0))
+    busier, idle = b"B" * 32, THIEF
+    owner.handle(PeerLoads((peer_load(busier, in_use=1), peer_load(idle))))
+    # no peer would be less loaded with it than this node: it stays here
+    assert not grants(owner.handle(Submitted(creation(1), DRIVER)))
+    assert owner.actors.get(tid(1)) is not None
+    # now this node has a CPU taken: the idle peer is the least loaded, pushed there
+    out = owner.handle(Submitted(creation(2), DRIVER))
+    (grant,) = grants(out)
+    assert (grant.thief, grant.request_id, grant.specs) == (idle, PLACEMENT, (creation(2),))
+    assert grant.code == {CODE: b"code"} and owner.tasks[tid(2)].node == idle
+    # its gossiped sample is older than that push: the push counts as its load, so the
+    # next one ties with this node and stays here (the busier peer would be worse)
+    owner.handle(Submitted(creation(3), DRIVER))
+    assert owner.actors.get(tid(3)) is not None
+    # a peer whose CPUs are all taken never gets one, however short its queue
+    owner.handle(PeerLoads((peer_load(busier, in_use=2, version=2),
+                            peer_load(idle, in_use=2, version=2))))
+    owner.handle(Submitted(spec(4), DRIVER))
+    assert not grants(owner.handle(Submitted(creation(5, cpus=0.0), DRIVER)))
+
+
+def test_a_placed_actor_that_no_longer_fits_comes_back_and_starts_at_its_owner():
+    thief = node(1, workers_ready=True)
+    thief.handle(Submitted(spec(1), DRIVER))  # its one CPU is taken since its last sample
+    out = thief.handle(TasksGranted(OWNER, [creation(9)], {}, {CODE: b"code"},
+                                    placed=True))
+    assert HandBack(OWNER, (tid(9),)) in out and tid(9) not in thief.tasks
+    owner = node(2, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    owner.handle(PeerLoads((peer_load(THIEF),)))
+    owner.handle(Submitted(spec(2), DRIVER))
+    assert grants(owner.handle(Submitted(creation(9), DRIVER)))[0].thief == THIEF
+    out = owner.handle(TasksReturned(THIEF, [tid(9)]))
+    assert owner.actors.get(tid(9)) is not None  # created here, not pushed again
+    assert not grants(out) and owner.counts["stolen_out"] == 0
+    # a placed actor that fits is created there, with its owner as the task's owner
+    fits = node(2, workers_ready=True)
+    out = fits.handle(TasksGranted(OWNER, [creation(8)], {}, {CODE: b"code"},
+                                   placed=True))
+    assert fits.actors.get(tid(8)) is not None and fits.tasks[tid(8)].owner == OWNER
