@@ -280,6 +280,55 @@ def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launche
             proc.wait()
 
 
+
+LARGE_RESULTS = """
+    import json, os, sys, time
+    import numpy as np
+    import p2pexec as px
+
+    px.init()
+    log = sys.argv[1]
+
+    @px.remote(max_retries=0)
+    def block(i):
+        with open(log, "a") as f:  # one line per run: a task that runs twice shows
+            f.write(f"{i}\\n")
+        time.sleep(0.1)
+        return np.full(2**21, i, dtype=np.float64)  # 16 MiB: kept where it ran
+
+    refs = [block.remote(i) for i in range(60)]
+    print(json.dumps("submitted"), flush=True)
+    for i in range(60):
+        value = px.get(refs[i], timeout=180)
+        assert float(value[0]) == i and value.size == 2**21
+        refs[i] = value = None  # freed as it goes: 60 x 16 MiB need not fit at once
+    print(json.dumps("all back"), flush=True)
+"""
+
+
+def test_a_node_leaving_gracefully_hands_its_large_results_over_first(launcher: Launcher,
+                                                                      tmp_path):
+    """B's 16 MiB results stay in its shared memory until their owner fetches them:
+    before it leaves, B waits for A to have every one, so no task runs twice (each run
+    is logged) and none fails (max_retries=0)."""
+    a, b, _c = three_nodes(launcher)
+    runs = tmp_path / "runs"
+    proc = driver(LARGE_RESULTS, a.data_dir, str(runs))
+    try:
+        assert json.loads(proc.stdout.readline()) == "submitted"
+        assert wait_for(lambda: stats(b)["done"] >= 4, 60, 0.02), stats(b)
+        b.proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0 and json.loads(out.splitlines()[-1]) == "all back", err
+        assert b.proc.wait(timeout=30) == 0
+        assert "leaving: waiting up to" in b.log(), b.log()
+        ran = runs.read_text().split()
+        assert sorted(map(int, ran)) == list(range(60))  # each exactly once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 ONE_CPU_ACTORS = """
     import json, os
     import p2pexec as px
