@@ -14,9 +14,13 @@ the object lives while any node borrows it; a borrower that dies lets go of it w
 everything else it held. A borrower whose lender dies fails the placeholders still
 waiting with `OwnerDiedError` (Ray's rule); values already here stay usable.
 
-The invariant, modulo messages in flight: a lender holds a peer holder for node B on
-object X exactly while B has an entry for X borrowed from it. Both sides keep one flag
-per (node, object), never a count, so a ref received twice costs one borrow.
+Both sides count lends per (borrower, object): the lender each time it holds the object
+for B (answering a borrow, or sending B a value that contains a ref to it), the borrower
+each time it asks or receives such a value. A release says how many lends it gives back,
+and the lender lets go only when none is left. So a release that crosses a new value
+containing the same ref (B let go while the lender was sending it again) does not free
+the object under the new ref. The invariant, modulo messages in flight: the lender's
+count for (B, X) is the borrower's, and it holds X for B exactly while that is not zero.
 """
 
 from __future__ import annotations
@@ -41,22 +45,40 @@ class Loans:
         self._holder_of = holder_of
         self.lenders: dict[bytes, bytes] = {}
         """Objects this node has entries for that it borrowed, by the node it asked."""
+        self.received: dict[bytes, dict[bytes, int]] = {}
+        """Per borrowed object, per node that lent it here: lends to give back on free."""
+        self.lent: dict[tuple[bytes, bytes], int] = {}
+        """Per (borrower, object) this node holds for a peer: lends not given back yet."""
 
     # ---- the borrower ----
     def borrow(self, object_id: bytes, lender: bytes) -> None:
         """A placeholder for `object_id` was made here: ask `lender` for it."""
         self.lenders[object_id] = lender
+        self._count(object_id, lender)
         self._out.append(Borrow(lender, (object_id,)))
 
+    def _count(self, object_id: bytes, lender: bytes) -> None:
+        per_lender = self.received.setdefault(object_id, {})
+        per_lender[lender] = per_lender.get(lender, 0) + 1
+
     def adopt(self, lender: bytes, contained: list[bytes]) -> None:
-        """A value `lender` sent contains these refs: the ones this node does not know
-        become placeholders (the value pins them), borrowed from `lender`, which already
-        counts this node as their holder (it added it when it sent the value)."""
+        """A value `lender` sent contains these refs, which it holds for this node (one
+        lend each). Unknown ones become placeholders (the value pins them), borrowed from
+        `lender`; a borrowed one counts the lend, to give back when it is freed. One this
+        node has for another reason (it owns it, or holds a copy) gives the lend back now."""
         objects = self.objects
+        back = []
         for object_id in contained:
             if not objects.known(object_id):
                 objects.placeholder(object_id)
+                self._count(object_id, lender)
                 self.borrow(object_id, lender)
+            elif object_id in self.lenders:
+                self._count(object_id, lender)
+            else:
+                back.append(object_id)
+        if back:
+            self._out.append(Release(lender, tuple(back)))
 
     def answered(self, lender: bytes, values: dict[bytes, list], large: list[bytes]
                  ) -> bool:
@@ -81,10 +103,10 @@ class Loans:
                 and entry.payload is None)
 
     def freed(self, object_id: bytes) -> None:
-        """The object table freed `object_id`: if it was borrowed, let the lender know."""
-        lender = self.lenders.pop(object_id, None)
-        if lender is not None:
-            self._out.append(Release(lender, (object_id,)))
+        """The object table freed `object_id`: if it was borrowed, give every lend back."""
+        self.lenders.pop(object_id, None)
+        for lender, count in self.received.pop(object_id, {}).items():
+            self._out.append(Release(lender, (object_id,), () if count == 1 else (count,)))
 
     def lender_gone(self, node: bytes) -> bool:
         """`node` died or left: what this node borrowed from it and has no value for
@@ -96,6 +118,8 @@ class Loans:
         failed = [oid for oid in lost if self._waiting(oid, node)]
         for object_id in lost:
             del self.lenders[object_id]
+        for per_lender in self.received.values():
+            per_lender.pop(node, None)
         for object_id in failed:
             self.objects.complete(object_id, error, [])
         if failed:
@@ -118,6 +142,7 @@ class Loans:
                     f"a borrowing node asked for it"))
                 continue
             entry.holders.add(holder)
+            self._lent_once(borrower, object_id)
             if entry.payload is None:
                 objects.when_ready(object_id, partial(self._send_when_ready, borrower))
             elif payload_segment(entry.payload) is None:
@@ -140,10 +165,37 @@ class Loans:
         holder = self._holder_of(borrower)
         for inner in contained or ():
             for object_id in inner:
-                self.objects.add_holder(object_id, holder)
+                if self.objects.known(object_id):
+                    self.objects.add_holder(object_id, holder)
+                    self._lent_once(borrower, object_id)
+
+    def _lent_once(self, borrower: bytes, object_id: bytes) -> None:
+        key = (borrower, object_id)
+        self.lent[key] = self.lent.get(key, 0) + 1
+
+    def given_back(self, borrower: bytes, object_id: bytes, count: int) -> bool:
+        """`borrower` gave back `count` lends of `object_id`: True when none is left (its
+        hold may go). A hold that was never a lend (a large result kept for its owner)
+        goes at once."""
+        key = (borrower, object_id)
+        left = self.lent.pop(key, 0) - count
+        if left > 0:
+            self.lent[key] = left
+            return False
+        return True
+
+    def borrower_gone(self, borrower: bytes) -> None:
+        """`borrower` died or left: what it borrowed is let go with its holds."""
+        for key in [key for key in self.lent if key[0] == borrower]:
+            del self.lent[key]
 
     def validate(self) -> None:
-        """Every borrowed object still has its entry here (freeing it forgets the loan)."""
+        """Every borrowed object still has its entry here (freeing it forgets the loan),
+        and every lend counted here is of an object still held for that borrower."""
         for object_id in self.lenders:
             assert self.objects.known(object_id), (
                 f"borrowed object {object_id.hex()} was freed without releasing it")
+        for (borrower, object_id), count in self.lent.items():
+            entry = self.objects.entries.get(object_id)
+            assert count > 0 and entry is not None and self._holder_of(borrower) in \
+                entry.holders, f"lent object {object_id.hex()} is not held for its borrower"

@@ -194,10 +194,13 @@ class RemoteFinished:
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """Peer `node` has its own copies of these results now: this node's may go."""
+    """Peer `node` has its own copies of these results now, or let go of what it
+    borrowed: this node's holds for it may go (a lent one after `counts` lends, as in
+    `Release`)."""
 
     node: bytes
     object_ids: list[bytes]
+    counts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

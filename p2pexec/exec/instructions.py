@@ -114,6 +114,9 @@ class Release:
 
     node: bytes
     object_ids: tuple[bytes, ...]
+    counts: tuple[int, ...] = ()
+    """For each object, how many times `node` lent it to this node (empty: once each);
+    it holds the object for this node until as many have come back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,9 +139,11 @@ class TaskResults:
 @dataclass(frozen=True, slots=True)
 class ReleaseObjects:
     """The sender no longer needs the receiver's copies of these objects: it has its
-    own copies of these large results now, or it let go of what it borrowed."""
+    own copies of these large results now, or it let go of what it borrowed (`counts`:
+    how many times each was lent to it; empty: once each)."""
 
     object_ids: list[bytes]
+    counts: list[int]
 
 
 @message(121)
@@ -373,7 +375,10 @@ class Mesh:
                                                    r.payloads, r.contained, r.seconds)
                                     for r in msg.results))
         elif type(msg) is ReleaseObjects:
-            self.service.stimulus(Released(node.raw, msg.object_ids))
+            if msg.counts and (len(msg.counts) != len(msg.object_ids)
+                               or min(msg.counts) < 1):
+                raise RemoteProtocolError("a release with counts unlike its objects")
+            self.service.stimulus(Released(node.raw, msg.object_ids, msg.counts))
         elif type(msg) is ReturnTasks:
             self.service.stimulus(TasksReturned(node.raw, msg.task_ids))
         elif type(msg) is ActorCalls:
@@ -522,7 +527,8 @@ class Mesh:
             else:
                 self._send(instruction.owner, TaskResults([result]))
         else:
-            self._send(instruction.node, ReleaseObjects(list(instruction.object_ids)))
+            self._send(instruction.node, ReleaseObjects(list(instruction.object_ids),
+                                                        list(instruction.counts)))
 
     def _last_queued(self, node_raw: bytes, kind: type) -> Any:
         """The message last queued for `node_raw` if it is a `kind` (to add to it)."""

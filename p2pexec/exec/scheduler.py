@@ -25,6 +25,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable
@@ -246,6 +247,8 @@ class Scheduler:
         """The parked actor creations that could start here once their resources are
         free again (created here if that comes before a peer takes them)."""
         self._peer_holders: dict[bytes, int] = {}
+        self._holder_ids = itertools.count(PEER_HOLDERS)
+        """Never reused: a peer that comes back must not inherit another's holds."""
         self.loans = Loans(self.objects, self._out, self._peer_holder)
         """Objects borrowed from peers and lent to them."""
         self.remote_actors: dict[bytes, RemoteActor] = {}
@@ -1181,7 +1184,7 @@ class Scheduler:
     def _peer_holder(self, node: bytes) -> int:
         holder = self._peer_holders.get(node)
         if holder is None:
-            holder = self._peer_holders[node] = PEER_HOLDERS + len(self._peer_holders)
+            holder = self._peer_holders[node] = next(self._holder_ids)
         return holder
 
     def _on_steal_requested(self, event: StealRequested) -> None:
@@ -1451,10 +1454,12 @@ class Scheduler:
     def _on_released(self, event: Released) -> None:
         holder = self._peer_holders.get(event.node)
         if holder is not None:
-            for object_id in event.object_ids:
+            counts = event.counts or [1] * len(event.object_ids)
+            for object_id, count in zip(event.object_ids, counts, strict=True):
                 if self.kept.get(object_id) == event.node:
                     del self.kept[object_id]
-                self.objects.remove_holder(object_id, holder)
+                if self.loans.given_back(event.node, object_id, count):
+                    self.objects.remove_holder(object_id, holder)
 
     def _call_remote_actor(self, task: TaskState) -> None:
         """A call of an actor this node does not have: queue it for the actor's node,
@@ -1627,6 +1632,7 @@ class Scheduler:
         holder = self._peer_holders.pop(node, None)
         if holder is not None:
             self.objects.drop_holder_everywhere(holder)
+        self.loans.borrower_gone(node)
         self.loans.lender_gone(node)
         self._retry_calls_sent_to(node)
         for actor_id, remote in list(self.remote_actors.items()):

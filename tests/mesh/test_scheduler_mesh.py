@@ -451,6 +451,9 @@ def test_refs_inside_a_stolen_tasks_result_are_held_by_the_thief_for_the_owner()
     assert thief.objects.known(inner)  # held for the owner
     assert thief.handle(BorrowRequested(OWNER, [inner])) == [
         Lend(OWNER, {inner: ok(b"inner")}, ())]
+    # lent twice (inside the result, then for the borrow): held until both come back
+    thief.handle(Released(OWNER, [inner]))
+    assert thief.objects.known(inner)
     thief.handle(Released(OWNER, [inner]))
     assert not thief.objects.known(inner)
 
@@ -465,8 +468,8 @@ def test_the_owner_borrows_refs_a_result_from_the_thief_contains():
     owner.handle(BorrowAnswered(THIEF, {inner: ok(b"inner")}, []))
     assert owner.objects.payload(inner) == ok(b"inner")
     out = owner.handle(RefsChanged(DRIVER, {rid(2): -1}))  # the result goes, and with it
-    assert Release(THIEF, (inner,)) in out               # the ref it contained
-    assert not owner.objects.known(inner)
+    assert Release(THIEF, (inner,), (2,)) in out         # the ref it contained (lent in
+    assert not owner.objects.known(inner)                # the result, then for the borrow)
 
 
 def test_a_dropped_result_lets_go_of_the_refs_it_contained():
@@ -653,3 +656,42 @@ def test_a_placed_actor_that_no_longer_fits_comes_back_and_starts_at_its_owner()
     out = fits.handle(TasksGranted(OWNER, [creation(8)], {}, {CODE: b"code"},
                                    placed=True))
     assert fits.actors.get(tid(8)) is not None and fits.tasks[tid(8)].owner == OWNER
+
+
+def test_a_release_crossing_a_new_lend_of_the_same_object_does_not_free_it():
+    """The owner lets go of a ref it borrowed while the thief sends it a new result
+    holding the same ref: the thief counts two lends, the release gives one back, so
+    the object lives for the new ref (with a flag per borrower it was freed under it)."""
+    owner_side = node(1)
+    owner_side.handle(*(Submitted(spec(n), DRIVER) for n in range(1, 5)))
+    granted = [s.task_id for req in (1, 2) for s in grants(owner_side.handle(
+        StealRequested(THIEF, req, 2.0, CPU2)))[0].specs]
+    first, second = [int.from_bytes(t, "big") for t in granted[:2]]
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(first), spec(second)], {}, {CODE: b"code"}))
+    inner = return_id(tid(50), 0)
+    thief.handle(Put(inner, ok(b"inner"), [], 1))
+    thief.handle(TaskFinished(1, tid(first), [ok(b"[ref]")], [[inner]], 0.1))
+    owner_side.handle(RemoteFinished(THIEF, tid(first), [rid(first)], [ok(b"[ref]")],
+                                     [[inner]], 0.1))
+    thief.handle(BorrowRequested(OWNER, [inner]))  # the owner's borrow, answered
+    owner_side.handle(BorrowAnswered(THIEF, {inner: ok(b"inner")}, []))
+    (release,) = [i for i in owner_side.handle(RefsChanged(DRIVER, {rid(first): -1}))
+                  if type(i) is Release]
+    # the thief sends the second result, with the same ref, before the release arrives
+    out = thief.handle(TaskFinished(1, tid(second), [ok(b"[ref]")], [[inner]], 0.1),
+                       RefsChanged(1, {inner: -1}))
+    assert ReturnResult(OWNER, tid(second), (rid(second),), [ok(b"[ref]")], [[inner]],
+                        0.1) in out
+    thief.handle(Released(OWNER, list(release.object_ids), list(release.counts)))
+    assert thief.objects.payload(inner) == ok(b"inner")  # held for the new result's ref
+    # the owner gets the second result, borrows the ref again, and later lets go: freed
+    out = owner_side.handle(RemoteFinished(THIEF, tid(second), [rid(second)],
+                                           [ok(b"[ref]")], [[inner]], 0.1))
+    assert Borrow(THIEF, (inner,)) in out
+    thief.handle(BorrowRequested(OWNER, [inner]))
+    owner_side.handle(BorrowAnswered(THIEF, {inner: ok(b"inner")}, []))
+    (release,) = [i for i in owner_side.handle(RefsChanged(DRIVER, {rid(second): -1}))
+                  if type(i) is Release]
+    thief.handle(Released(OWNER, list(release.object_ids), list(release.counts)))
+    assert not thief.objects.known(inner) and not thief.loans.lent
