@@ -468,13 +468,16 @@ class Scheduler:
     def _on_code_registered(self, event: CodeRegistered) -> None:
         self._register_code(event.code_hash, event.pickled)
 
-    def _register_code(self, code_hash: bytes, pickled: bytes) -> None:
+    def _register_code(self, code_hash: bytes, pickled: bytes, publish: bool = True
+                       ) -> None:
         """Code this node holds from now on; in a cluster its holder record is published
-        once, so that nodes that never saw it can fetch it here."""
+        once, so that nodes that never saw it can fetch it here. Code a peer gave or a
+        holder sent (`publish` False) is not: the node that grants a task is the one a
+        thief lacking its code asks first, and it made the code's record itself."""
         if code_hash in self.pool.code:
             return
         self.pool.register_code(code_hash, pickled)
-        if self.in_cluster:
+        if self.in_cluster and publish:
             self._out.append(CodeHere(code_hash))
 
     # ---- submission ----
@@ -1291,7 +1294,7 @@ class Scheduler:
         owner = event.owner
         holder = self._peer_holder(owner)
         for code_hash, pickled in event.code.items():
-            self._register_code(code_hash, pickled)
+            self._register_code(code_hash, pickled, publish=False)
         objects = self.objects
         for spec in event.specs:
             if spec.task_id in self.tasks:
@@ -1339,7 +1342,7 @@ class Scheduler:
         waiting = [task for task in self._code_waiting.pop(event.code_hash, [])
                    if self.tasks.get(task.spec.task_id) is task]
         if event.pickled is not None:
-            self._register_code(event.code_hash, event.pickled)
+            self._register_code(event.code_hash, event.pickled, publish=False)
             for task in waiting:
                 self._dep_arrived(task)
             return

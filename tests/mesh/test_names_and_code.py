@@ -117,7 +117,9 @@ def test_tasks_of_code_the_thief_lacks_wait_for_one_fetch_then_run():
     assert out == [FetchCode(OTHER, OWNER)]  # asked once, of the granting node first
     assert [thief.tasks[tid(n)].state.value for n in (1, 2)] == ["waiting", "waiting"]
     out = thief.handle(CodeFetched(OTHER, b"other"))
-    assert out[0] == CodeHere(OTHER)  # now a holder itself
+    # no record of its own: the granting node has one, and is asked first (a record per
+    # thief made messages per task grow with the cluster, simulations/mesh_figures.py)
+    assert CodeHere(OTHER) not in out
     sends = [i.message for i in out if type(i) is Send]  # one runs, one queues behind
     assert [(m.task_id, m.code) for m in sends] == [(tid(1), b"other"), (tid(2), None)]
     out = thief.handle(TaskFinished(1, tid(1), [ok(b"r")], None, 0.01))
