@@ -21,15 +21,21 @@ _spec.loader.exec_module(figures)
 triple = figures.triple
 
 
+async def three_nodes(nursery: trio.Nursery, seed: int, duration: float) -> SimCluster:
+    """Three converged nodes of two CPUs whose loads have been gossiped."""
+    net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
+    cluster = SimCluster(net, 3, cpus=2, duration=duration, seed=seed)
+    await cluster.start(nursery)
+    assert await cluster.wait_converged(30)
+    await trio.sleep(2)  # loads gossiped
+    return cluster
+
+
 async def test_idle_nodes_steal_from_the_one_that_has_the_work(autojump_clock):
     """120 tasks of 0.1 s at one node of three: the other two take a share, and the
     120 x 0.1 s / 6 CPUs = 2 s of work takes about that (a steal is a round trip)."""
-    net = SimNetwork(seed=3, default_link=LinkSpec(latency=0.001, jitter=0.0005))
-    cluster = SimCluster(net, 3, cpus=2, duration=0.1, seed=3)
     async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        assert await cluster.wait_converged(30)
-        await trio.sleep(2)  # loads gossiped
+        cluster = await three_nodes(nursery, seed=3, duration=0.1)
         owner = cluster.nodes[0]
         started = trio.current_time()
         ids = [owner.submit(triple, i) for i in range(120)]
@@ -98,14 +104,10 @@ class Worker:
 
 async def test_actors_go_to_the_least_loaded_node_and_their_calls_follow(autojump_clock):
     """Three nodes of two CPUs: one-CPU actors made one after another at the same node
-    spread over all three (each lands where it leaves the most room), a long task
-    there counts as load too, and calls reach each actor wherever it went."""
-    net = SimNetwork(seed=8, default_link=LinkSpec(latency=0.001, jitter=0.0005))
-    cluster = SimCluster(net, 3, cpus=2, duration=0.01, seed=8)
+    spread over all three (each lands where it leaves the most room), and calls reach
+    each actor wherever it went."""
     async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        assert await cluster.wait_converged(30)
-        await trio.sleep(2)  # loads gossiped
+        cluster = await three_nodes(nursery, seed=8, duration=0.01)
         home = cluster.nodes[0]
 
         def where(actor: bytes) -> int:
