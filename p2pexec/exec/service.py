@@ -334,8 +334,8 @@ class ExecService:
         try:
             if (self._closed or self._ops or self._drain_scheduled or self.mesh is not None
                     or self.inline is not None):
-                return False  # ops posted earlier go first; peers and inline workers
-            instructions = self.core.handle(*map(_event_of_op, ops))  # need the loop
+                return False  # ops posted earlier go first; a mesh and inline workers
+            instructions = self.core.handle(*map(_event_of_op, ops))  # need the loop's steps
             links = self.links
             if not all(type(instruction) is Send and instruction.worker in links
                        for instruction in instructions):
