@@ -246,7 +246,8 @@ class ExecService:
         if self.inline is not None:
             self.inline.configure(self.config.inline_limit, os.getpid())
         awake = _HeldWhileAwake(self._loop_asleep)
-        if self.inline is None:  # simulations step nothing from threads
+        steps_here = self.inline is None and not self.core.in_cluster
+        if steps_here:  # else no thread may step the core: the lock stays held
             trio.lowlevel.add_instrument(awake)
         try:
             async with trio.open_nursery() as nursery:
@@ -260,7 +261,7 @@ class ExecService:
                     self._closed = True  # (a driver's last drops): what they ask dies here
         finally:
             self._closed = True
-            if self.inline is None:  # awake now, so the lock stays held: no more steps
+            if steps_here:  # awake now, so the lock stays held: no more steps
                 trio.lowlevel.remove_instrument(awake)
             self._stop_everything()
 
@@ -316,7 +317,8 @@ class ExecService:
 
     def post_all(self, ops: list[tuple], patience: float = 0.0) -> None:
         """Hand operations to the node from any thread, in order. While the loop sleeps
-        (and this node is standalone), the calling thread steps the scheduler itself and
+        (on a standalone node with worker processes: a mesh and in-process workers must
+        see every step on the loop), the calling thread steps the scheduler itself and
         writes the frames to the workers: a sync round trip then wakes the loop once (for
         the result) instead of twice, which is a quarter of its CPU on two cores.
         `patience`: seconds to wait for the loop to fall asleep (a thread the loop has
@@ -332,10 +334,9 @@ class ExecService:
                 asleep.acquire(blocking=False)):
             return False  # the loop is awake (or stopped): it takes the ops itself
         try:
-            if (self._closed or self._ops or self._drain_scheduled or self.mesh is not None
-                    or self.inline is not None):
-                return False  # ops posted earlier go first; a mesh and inline workers
-            instructions = self.core.handle(*map(_event_of_op, ops))  # need the loop's steps
+            if self._closed or self._ops or self._drain_scheduled:
+                return False  # ops posted earlier go first
+            instructions = self.core.handle(*map(_event_of_op, ops))
             links = self.links
             if not all(type(instruction) is Send and instruction.worker in links
                        for instruction in instructions):
