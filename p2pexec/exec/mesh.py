@@ -574,12 +574,17 @@ class Mesh:
 
     def _unanswered(self, node: NodeId, dropped: list[Any], error: P2PExecError) -> None:
         """Borrows that could not be sent will get no answer: give the waiters `error`
-        (a borrow must never hang)."""
+        (a borrow must never hang). Tasks and actors a grant could not take there queue
+        here again (their owner is this node: else they would wait on it for ever)."""
         failed = {object_id: system_error_payload(error)
                   for msg in dropped if type(msg) is BorrowObjects
                   for object_id in msg.object_ids}
         if failed:
             self.service.stimulus(BorrowAnswered(node.raw, failed, []))
+        given = [spec.task_id for msg in dropped if type(msg) is StealGrant
+                 for spec in msg.tasks]
+        if given:
+            self.service.stimulus(TasksReturned(node.raw, given))
 
     async def _locate(self, instruction: LocateActor) -> None:
         """Which node has the actor: the one that published its record."""

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import trio
 
+from p2pexec.errors import ObjectLostError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
+from p2pexec.exec.events import TasksReturned
+from p2pexec.exec.inline import Duration
+from p2pexec.exec.stealing import PLACEMENT
+from p2pexec.exec.task import ACTOR_CREATE, TaskSpec
+from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
 
@@ -21,7 +27,8 @@ _spec.loader.exec_module(figures)
 triple = figures.triple
 
 
-async def three_nodes(nursery: trio.Nursery, seed: int, duration: float) -> SimCluster:
+async def three_nodes(nursery: trio.Nursery, seed: int, duration: float | Duration
+                      ) -> SimCluster:
     """Three converged nodes of two CPUs whose loads have been gossiped."""
     net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
     cluster = SimCluster(net, 3, cpus=2, duration=duration, seed=seed)
@@ -124,3 +131,20 @@ async def test_actors_go_to_the_least_loaded_node_and_their_calls_follow(autojum
         assert sorted(where(actor) for actor in actors) == [0, 1, 2]
         assert [await home.result(home.call_actor(a, "step")) for a in actors] == [2, 2, 2]
         nursery.cancel_scope.cancel()
+
+
+
+def test_a_grant_that_cannot_be_sent_queues_its_tasks_at_the_owner_again():
+    """A peer that cannot be reached gets no grant (a steal's, or an actor pushed to
+    it): its tasks come back here at once (`TasksReturned`), instead of waiting on a node
+    that never heard of them until the membership declares it dead."""
+    heard = []
+    service = type("Service", (), {"stimulus": lambda self, *events: heard.extend(events)})
+    mesher = mesh.Mesh.__new__(mesh.Mesh)
+    mesher.service = service()
+    peer = NodeId(b"P" * 32)
+    spec = TaskSpec(b"t" * 16, ACTOR_CREATE, b"h" * 16, None,
+                                   [p.INLINE, b"a", []], (), (), (b"r" * 20,), "A", {})
+    grant = mesh.StealGrant(PLACEMENT, [spec], {}, {}, [], 0)
+    mesher._unanswered(peer, [grant], ObjectLostError("unreachable"))
+    assert heard == [TasksReturned(peer.raw, [spec.task_id])]
