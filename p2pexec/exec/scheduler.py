@@ -366,11 +366,17 @@ class Scheduler:
     def cpus_in_use(self) -> float:
         """CPUs taken here: by running tasks and actors, and by the actors placed here
         that have not started yet (what this node's load counts, for placement)."""
-        free = self.resources.available.get(CPU, 0.0)
+        return max(0.0, self.total.get(CPU, 0.0) - self._free_for_actors().get(CPU, 0.0))
+
+    def _free_for_actors(self) -> dict[str, float]:
+        """What is free here once the actors placed here that have not started yet take
+        what they need."""
+        free = dict(self.resources.available)
         for actor in self.actors.actors.values():
             if actor.dead_reason is None and not actor.holds:
-                free -= actor.creation.resources.get(CPU, 0.0)
-        return max(0.0, self.total.get(CPU, 0.0) - free)
+                for name, amount in actor.creation.resources.items():
+                    free[name] = free.get(name, 0.0) - amount
+        return free
 
     def idle_cpus(self) -> float:
         """CPUs a steal should fill: none while tasks are ready here, else every CPU the
@@ -631,14 +637,7 @@ class Scheduler:
                 self._place_actor_here(task)
 
     def _actor_fits_now(self, demand: dict[str, float]) -> bool:
-        """What is free here covers `demand` once the actors placed here that have not
-        started yet take what they need."""
-        free = dict(self.resources.available)
-        for actor in self.actors.actors.values():
-            if actor.dead_reason is None and not actor.holds:
-                for name, amount in actor.creation.resources.items():
-                    free[name] = free.get(name, 0.0) - amount
-        return covers(free, demand)
+        return covers(self._free_for_actors(), demand)
 
     def _park_infeasible(self, task: TaskState) -> None:
         """No node we know can ever run it; keep it (a bigger node may join) and say so."""
