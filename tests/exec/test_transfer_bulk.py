@@ -4,11 +4,11 @@ on it costing one log line and that peer, never the fetch or the node."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +22,13 @@ import trio
 from p2pexec.errors import ObjectLostError
 from p2pexec.exec import shm
 from p2pexec.exec.protocol import SHARED
-from p2pexec.exec.transfer import FetchObject, ObjectHeader, ObjectTransfers, object_key
+from p2pexec.exec.transfer import (
+    CHECKSUM_SIZE,
+    FetchObject,
+    ObjectHeader,
+    ObjectTransfers,
+    object_key,
+)
 from p2pexec.ids import NodeId
 from p2pexec.net.bulk import receive_exactly
 from p2pexec.net.codec import Codec
@@ -179,9 +185,9 @@ async def test_an_object_crosses_on_a_sealed_bulk_channel_and_hashes_clean():
         assert content(payload) == data
         assert opened == [1]
         assert a.transfers.bytes_served == b.transfers.bytes_fetched == SIZE
-        # the holder hashed while sending; the fetcher checked and kept the digest
-        sha = hashlib.sha256(data).digest()
-        assert a.transfers._digests[b"obj1"] == b.transfers._digests[b"obj1"] == sha
+        # the holder summed while sending; the fetcher checked and kept the checksum
+        crc = zlib.crc32(data).to_bytes(CHECKSUM_SIZE, "big")
+        assert a.transfers._digests[b"obj1"] == b.transfers._digests[b"obj1"] == crc
 
 
 async def test_fetches_from_one_holder_share_one_connection(
@@ -236,12 +242,12 @@ async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         assert dropped(caplog) == []  # a holder dying is not its fault
 
 
-async def test_a_copy_that_fails_its_content_hash_is_deleted():
+async def test_a_copy_that_fails_its_content_checksum_is_deleted():
     async with cluster(2) as (dht, (a, b)):
         a.hold(dht, b"obj3", os.urandom(SIZE))
-        a.transfers._digests[b"obj3"] = bytes(32)  # a holder that lies
+        a.transfers._digests[b"obj3"] = bytes(CHECKSUM_SIZE)  # a holder that lies
         before = set(os.listdir(shm.segment_dir()))
-        with pytest.raises(ObjectLostError, match="content hash"):
+        with pytest.raises(ObjectLostError, match="content checksum"):
             await b.transfers.fetch(b"obj3", holder=a.node_id)
         assert b.transfers.bytes_fetched == SIZE
         assert set(os.listdir(shm.segment_dir())) == before

@@ -9,7 +9,7 @@ import trio
 
 from p2pexec.errors import DhtLookupError, ObjectLostError
 from p2pexec.exec import shm
-from p2pexec.exec.transfer import CHUNK_SIZE, object_key
+from p2pexec.exec.transfer import CHECKSUM_SIZE, CHUNK_SIZE, object_key
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
 
@@ -116,19 +116,19 @@ async def test_an_object_nobody_holds_fails_with_object_lost(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-async def test_a_copy_that_fails_its_content_hash_is_refused(autojump_clock):
+async def test_a_copy_that_fails_its_content_checksum_is_refused(autojump_clock):
     async with trio.open_nursery() as nursery:
         _, cluster = await start(nursery, n=3)
         a, b = cluster.nodes[0], cluster.nodes[1]
         oid = a.put(blob(9))
         await announced(cluster, oid, [0])
-        a.node.exec.transfers._digests[oid] = b"\0" * 32  # a holder that lies
+        a.node.exec.transfers._digests[oid] = bytes(CHECKSUM_SIZE)  # a holder that lies
         before = set(os.listdir(shm.segment_dir()))
         b.receive_ref(oid)
         try:
             await b.result(oid)
         except ObjectLostError as exc:
-            assert "content hash" in str(exc)
+            assert "content checksum" in str(exc)
         else:
             raise AssertionError("a corrupt copy was accepted")
         assert b.node.exec.transfers.bytes_fetched >= SIZE  # it was fetched, then refused
