@@ -183,8 +183,8 @@ class ObjectTransfers:
         self.payload_of = payload_of
         self.chunk_size = chunk_size
         self._digests: dict[bytes, bytes] = {}
-        """SHA-256 per object held, once known: hashed while first streamed (or checked
-        when fetched), so later requests stream without hashing; forgotten when freed."""
+        """Checksum per object held, once known: computed while first streamed (or checked
+        when fetched), so later requests stream without it; forgotten when freed."""
         self.node_id = transport.local.node_id
         self.bytes_served = 0
         self.bytes_fetched = 0
