@@ -1558,13 +1558,14 @@ class Scheduler:
 
     def _actor_node_died(self, task: TaskState) -> None:
         """The peer running an actor this node made (still being created there) died:
-        it is placed again while `max_restarts` allows, else it is dead."""
+        it is placed again (here, on the least loaded peer, or parked for one that fits)
+        while `max_restarts` allows, else it is dead."""
         task.node = None
         task.attempts += 1
         restarts = task.spec.max_restarts
         if restarts < 0 or task.attempts <= restarts:
             self._transition(task, WAITING)
-            self.parked[task.spec.task_id] = None
+            self._create_actor(task)
             self._dirty = True
             return
         self._fail(task, errors.ActorDiedError(

@@ -695,3 +695,22 @@ def test_a_release_crossing_a_new_lend_of_the_same_object_does_not_free_it():
                   if type(i) is Release]
     thief.handle(Released(OWNER, list(release.object_ids), list(release.counts)))
     assert not thief.objects.known(inner) and not thief.loans.lent
+
+
+def test_an_actor_whose_node_dies_while_creating_it_is_placed_again_at_once():
+    owner = node(2, workers_ready=True)
+    owner.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    owner.handle(PeerLoads((peer_load(THIEF),)))
+    owner.handle(Submitted(spec(1), DRIVER))  # a CPU taken here: the idle peer gets it
+    create = dataclasses.replace(creation(9), max_restarts=1)
+    assert grants(owner.handle(Submitted(create, DRIVER)))[0].thief == THIEF
+    owner.handle(PeerLoads(()))
+    owner.handle(PeerGone(THIEF))  # before its creation result came
+    assert owner.actors.get(tid(9)) is not None  # made here now, not left parked
+    other = node(2, workers_ready=True)  # without restarts left, it is dead
+    other.handle(PeersResources(({"CPU": 2.0},), now=0.0))
+    other.handle(PeerLoads((peer_load(THIEF),)))
+    other.handle(Submitted(spec(1), DRIVER))
+    assert grants(other.handle(Submitted(creation(8), DRIVER)))[0].thief == THIEF
+    other.handle(PeerGone(THIEF))
+    assert "ActorDiedError" in other.objects.payload(rid(8))[1]
