@@ -254,6 +254,12 @@ CODE_REPLY_OVERHEAD = 64
 """Bytes of a `CodeReply` frame besides the pickled code (type code, length headers)."""
 
 
+LEND_RETRIES = 5
+LEND_RETRY_SECONDS = 0.5
+"""Answers to borrows lost with a broken connection go again after 0.5, 1, 2, 4 and 8 s
+(15.5 s in all: longer than failure detection takes to declare a dead borrower)."""
+
+
 class Mesh:
     """Steals work for an idle node and serves its peers' steals and results (see the
     module doc). `peers()` is the gossiped view of the other members; `address_of(node)`
@@ -585,6 +591,28 @@ class Mesh:
                  for spec in msg.tasks]
         if given:
             self.service.stimulus(TasksReturned(node.raw, given))
+        lent = [msg for msg in dropped if type(msg) is LentObjects]
+        if lent and self._nursery is not None:
+            self._nursery.start_soon(self._lend_again, node, lent)
+
+    async def _lend_again(self, node: NodeId, lent: list[LentObjects]) -> None:
+        """Answers to borrows that a broken connection lost go again while the borrower is
+        a live member (else its gets would wait for its owner to leave): a few tries,
+        further apart each time. A copy that did arrive after all is ignored there."""
+        for attempt in range(LEND_RETRIES):
+            await trio.sleep(LEND_RETRY_SECONDS * 2**attempt)
+            address = self.address_of(node)
+            if address is None:
+                return
+            try:
+                await self.rpc.notify_many(address, lent, node=node)
+                return
+            except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as exc:
+                log.info("answers to %s's borrows failed again: %s", node.short,
+                         exc or type(exc).__name__)
+        log.warning("gave up sending answers to %d borrows of node %s", sum(
+            len(msg.values) + len(msg.large) for msg in lent), node.short)
 
     async def _locate(self, instruction: LocateActor) -> None:
         """Which node has the actor: the one that published its record."""

@@ -13,7 +13,6 @@ from p2pexec.errors import ObjectLostError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import TasksReturned
-from p2pexec.exec.inline import Duration
 from p2pexec.exec.stealing import PLACEMENT
 from p2pexec.exec.task import ACTOR_CREATE, TaskSpec
 from p2pexec.ids import NodeId
@@ -27,8 +26,7 @@ _spec.loader.exec_module(figures)
 triple = figures.triple
 
 
-async def three_nodes(nursery: trio.Nursery, seed: int, duration: float | Duration
-                      ) -> SimCluster:
+async def three_nodes(nursery: trio.Nursery, seed: int, duration: float) -> SimCluster:
     """Three converged nodes of two CPUs whose loads have been gossiped."""
     net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
     cluster = SimCluster(net, 3, cpus=2, duration=duration, seed=seed)
@@ -148,3 +146,31 @@ def test_a_grant_that_cannot_be_sent_queues_its_tasks_at_the_owner_again():
     grant = mesh.StealGrant(PLACEMENT, [spec], {}, {}, [], 0)
     mesher._unanswered(peer, [grant], ObjectLostError("unreachable"))
     assert heard == [TasksReturned(peer.raw, [spec.task_id])]
+
+
+async def test_answers_to_borrows_lost_with_a_connection_go_again(autojump_clock):
+    """A `LentObjects` the connection lost is sent again while the borrower is a live
+    member (its gets would wait for ever otherwise); a duplicate is harmless there."""
+    sent, failures = [], [OSError("connection reset")]
+
+    class Rpc:
+        async def notify_many(self, address, messages, node=None):
+            if failures:
+                raise failures.pop()
+            sent.append((address, list(messages)))
+
+    mesher = mesh.Mesh.__new__(mesh.Mesh)
+    mesher.service = type("Service", (), {"stimulus": lambda self, *events: None})()
+    mesher.rpc, mesher.address_of = Rpc(), lambda node: ("10.0.0.9", 7946)
+    peer = NodeId(b"P" * 32)
+    lent = mesh.LentObjects({b"o" * 20: [p.INLINE, b"v", []]}, [])
+    async with trio.open_nursery() as nursery:
+        mesher._nursery = nursery
+        mesher._unanswered(peer, [lent], ObjectLostError("connection reset"))
+    assert sent == [(("10.0.0.9", 7946), [lent])]  # the second try got through
+    mesher.address_of = lambda node: None  # a borrower that left: nothing more is sent
+    sent.clear()
+    async with trio.open_nursery() as nursery:
+        mesher._nursery = nursery
+        mesher._unanswered(peer, [lent], ObjectLostError("connection reset"))
+    assert sent == []
