@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 
 from join_helpers import Launcher, status_cli, wait_for
 from test_attach import driver, run_driver, stats
@@ -260,15 +261,16 @@ NO_RETRIES = """
 """
 
 
-def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launcher: Launcher):
-    """With max_retries=0 any task charged for B's departure would fail with
-    NodeDiedError: B hands back what it had not started, finishes what it ran, and the
-    leave charges nothing."""
+def leave_mid_run(launcher: Launcher, script: str, started: Callable[[dict], bool],
+                  *args: str) -> None:
+    """Three nodes; a driver on A runs `script` (which prints "submitted", then "all
+    back"); once B's stats satisfy `started`, B gets SIGTERM. The driver must still
+    get everything, and B must leave cleanly, after its drain."""
     a, b, _c = three_nodes(launcher)
-    proc = driver(NO_RETRIES, a.data_dir)
+    proc = driver(script, a.data_dir, *args)
     try:
         assert json.loads(proc.stdout.readline()) == "submitted"
-        assert wait_for(lambda: stats(b)["stolen_in"] >= 20, 60), stats(b)
+        assert wait_for(lambda: started(stats(b)), 60, 0.02), stats(b)
         b.proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0 and json.loads(out.splitlines()[-1]) == "all back", err
@@ -279,6 +281,12 @@ def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launche
             proc.kill()
             proc.wait()
 
+
+def test_a_node_leaving_gracefully_hands_back_its_work_and_no_task_fails(launcher: Launcher):
+    """With max_retries=0 any task charged for B's departure would fail with
+    NodeDiedError: B hands back what it had not started, finishes what it ran, and the
+    leave charges nothing."""
+    leave_mid_run(launcher, NO_RETRIES, lambda b: b["stolen_in"] >= 20)
 
 
 LARGE_RESULTS = """
@@ -311,23 +319,11 @@ def test_a_node_leaving_gracefully_hands_its_large_results_over_first(launcher: 
     """B's 16 MiB results stay in its shared memory until their owner fetches them:
     before it leaves, B waits for A to have every one, so no task runs twice (each run
     is logged) and none fails (max_retries=0)."""
-    a, b, _c = three_nodes(launcher)
     runs = tmp_path / "runs"
-    proc = driver(LARGE_RESULTS, a.data_dir, str(runs))
-    try:
-        assert json.loads(proc.stdout.readline()) == "submitted"
-        assert wait_for(lambda: stats(b)["done"] >= 4, 60, 0.02), stats(b)
-        b.proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0 and json.loads(out.splitlines()[-1]) == "all back", err
-        assert b.proc.wait(timeout=30) == 0
-        assert "leaving: waiting up to" in b.log(), b.log()
-        ran = runs.read_text().split()
-        assert sorted(map(int, ran)) == list(range(60))  # each exactly once
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    leave_mid_run(launcher, LARGE_RESULTS, lambda b: b["done"] >= 4, str(runs))
+    ran = runs.read_text().split()
+    assert sorted(map(int, ran)) == list(range(60))  # each exactly once
+
 
 ONE_CPU_ACTORS = """
     import json, os
