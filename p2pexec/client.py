@@ -147,19 +147,13 @@ class DriverRuntime:
     # ---- the runtime interface used by api.py ----
     def _post_refs(self, changes: dict[bytes, int]) -> None:
         if self._running:
-            for part in split_changes(changes):
-                if part:
-                    self.service.post(("refs", part, owners_of(part)))
+            for op in _around(changes, []):
+                self.service.post(op)
 
     def _post(self, op: tuple) -> None:
         """Hand `op` to the loop with the reference changes since the last one (refs
         taken before it, refs dropped after it)."""
-        taken, dropped = split_changes(self._refs.take())
-        ops = [op]
-        if taken:
-            ops.insert(0, ("refs", taken, owners_of(taken)))
-        if dropped:
-            ops.append(("refs", dropped, {}))
+        ops = _around(self._refs.take(), [op])
         woken, self._woken.by_loop = getattr(self._woken, "by_loop", False), False
         self.service.post_all(ops, self.STEP_PATIENCE if woken else 0.0)
 
@@ -279,6 +273,14 @@ class DriverRuntime:
         if error is not None:
             raise error
         return value
+
+
+def _around(changes: dict[bytes, int], ops: list[tuple]) -> list[tuple]:
+    """`ops` with the reference changes around them: refs taken first (with the owners
+    of those received from elsewhere), refs dropped last."""
+    taken, dropped = split_changes(changes)
+    return ([("refs", taken, owners_of(taken))] if taken else []) + ops + (
+        [("refs", dropped, {})] if dropped else [])
 
 
 class _Notify:
