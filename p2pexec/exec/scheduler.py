@@ -370,10 +370,14 @@ class Scheduler:
 
     def _free_for_actors(self) -> dict[str, float]:
         """What is free here once the actors placed here that have not started yet take
-        what they need."""
+        what they need (one whose constructor runs holds it already, in its creation
+        task)."""
         free = dict(self.resources.available)
         for actor in self.actors.actors.values():
             if actor.dead_reason is None and not actor.holds:
+                creation = self.tasks.get(actor.creation.task_id)
+                if creation is not None and creation.held:
+                    continue
                 for name, amount in actor.creation.resources.items():
                     free[name] = free.get(name, 0.0) - amount
         return free
@@ -627,14 +631,17 @@ class Scheduler:
     def _place_busy_actors(self) -> None:
         """Parked actor creations whose resources are free here again start here (no
         peer took them first)."""
+        free = self._free_for_actors()
         for task_id in list(self._busy_actors):
             task = self.tasks.get(task_id)
             if task is None or task_id not in self.parked:
                 del self._busy_actors[task_id]
-            elif not task.missing and self._actor_fits_now(_placement_demand(task.spec)):
+            elif not task.missing and covers(free, _placement_demand(task.spec)):
                 del self._busy_actors[task_id]
                 del self.parked[task_id]
                 self._place_actor_here(task)
+                for name, amount in task.spec.resources.items():  # it takes them
+                    free[name] = free.get(name, 0.0) - amount
 
     def _actor_fits_now(self, demand: dict[str, float]) -> bool:
         return covers(self._free_for_actors(), demand)
@@ -924,18 +931,18 @@ class Scheduler:
             self.parked[spec.task_id] = None
             self._fail_if_unsatisfiable(task)
             return
-        if (self.in_cluster and task.owner is None and self._peer_totals
-                and not self._actor_fits_now(_placement_demand(spec))):
-            # no CPU free here to place it on, or what it holds for its life is taken:
-            # offered to a peer that has it free, created here if it frees up here first
-            # (`_place_busy_actors`)
-            self.parked[spec.task_id] = None
-            self._busy_actors[spec.task_id] = None
-            return
-        if self.in_cluster and task.owner is None and not task.handed_back:
-            demand = _placement_demand(spec)
-            peer = self.placement.choose(demand, self.total.get(CPU, 0.0),
-                                         self.cpus_in_use(), self.queue_length())
+        if self.in_cluster and task.owner is None and self._peer_totals:
+            demand, free = _placement_demand(spec), self._free_for_actors()
+            if not covers(free, demand):
+                # no CPU free here to place it on, or what it holds for its life is
+                # taken: offered to a peer that has it free, created here if it frees up
+                # here first (`_place_busy_actors`)
+                self.parked[spec.task_id] = None
+                self._busy_actors[spec.task_id] = None
+                return
+            total = self.total.get(CPU, 0.0)
+            peer = None if task.handed_back else self.placement.choose(
+                demand, total, max(0.0, total - free.get(CPU, 0.0)), self.queue_length())
             if peer is not None:  # less loaded than here with it: pushed there
                 self.placement.placed(peer, demand.get(CPU, 0.0))
                 self._grant(peer, PLACEMENT, [task])

@@ -161,7 +161,7 @@ class Placement:
             old, new = self._peers.get(node), fresh.get(node)
             if new is None or old is None or new.version != old.version:
                 del self._placed[node]  # a newer sample counts them already
-        self._peers = fresh
+        self._peers = dict(sorted(fresh.items()))  # ties go to the smallest id
 
     def placed(self, node: bytes, cpus: float) -> None:
         self._placed[node] = self._placed.get(node, 0.0) + cpus
@@ -175,7 +175,7 @@ class Placement:
         if cpus <= 0:
             return None
         best, best_load = None, (in_use + queued + need) / cpus
-        for node, peer in sorted(self._peers.items()):
+        for node, peer in self._peers.items():
             total = peer.resources.get(CPU, 0.0)
             taken = peer.cpus_in_use + self._placed.get(node, 0.0)
             if total <= 0 or taken + need > total or not covers(peer.resources, demand):

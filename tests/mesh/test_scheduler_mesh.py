@@ -714,3 +714,14 @@ def test_an_actor_whose_node_dies_while_creating_it_is_placed_again_at_once():
     assert grants(other.handle(Submitted(creation(8), DRIVER)))[0].thief == THIEF
     other.handle(PeerGone(THIEF))
     assert "ActorDiedError" in other.objects.payload(rid(8))[1]
+
+
+def test_an_actor_whose_constructor_runs_counts_its_cpu_once():
+    owner = node(2)
+    owner.handle(Submitted(creation(9), DRIVER))
+    assert owner.cpus_in_use() == 1.0  # placed, not started: its CPU is spoken for
+    (worker,) = [w for w, state in owner.workers.items() if state.actor_id == tid(9)]
+    owner.handle(WorkerReady(worker))  # the constructor runs, holding the CPU
+    assert owner.tasks[tid(9)].held and owner.cpus_in_use() == 1.0
+    owner.handle(TaskFinished(worker, tid(9), [ok()], None, 0.1))
+    assert owner.cpus_in_use() == 1.0
