@@ -254,6 +254,10 @@ CODE_REPLY_OVERHEAD = 64
 """Bytes of a `CodeReply` frame besides the pickled code (type code, length headers)."""
 
 
+SEND_ERRORS = (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
+               trio.ClosedResourceError)
+"""What sending to a peer may raise when the peer or the connection is gone."""
+
 LEND_RETRIES = 5
 LEND_RETRY_SECONDS = 0.5
 """Answers to borrows lost with a broken connection go again after 0.5, 1, 2, 4 and 8 s
@@ -354,8 +358,7 @@ class Mesh:
                                {name: max(0.0, free) for name, free in core.available.items()})
         try:
             await self.rpc.notify(victim.address, request, node=victim.node)
-        except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
+        except SEND_ERRORS as exc:
             log.debug("steal request to %s failed: %s", victim.node.short, exc)
             self._outstanding.pop(request_id, None)
             return 0
@@ -568,8 +571,7 @@ class Mesh:
                     continue
                 try:
                     await self.rpc.notify_many(address, messages, node=node)
-                except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
-                        trio.ClosedResourceError) as exc:
+                except SEND_ERRORS as exc:
                     log.info("dropped %d messages for %s: %s", len(messages), node.short,
                              exc or type(exc).__name__)
                     self._unanswered(node, messages, ObjectLostError(
@@ -607,23 +609,25 @@ class Mesh:
             try:
                 await self.rpc.notify_many(address, lent, node=node)
                 return
-            except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
-                    trio.ClosedResourceError) as exc:
+            except SEND_ERRORS as exc:
                 log.info("answers to %s's borrows failed again: %s", node.short,
                          exc or type(exc).__name__)
         log.warning("gave up sending answers to %d borrows of node %s", sum(
             len(msg.values) + len(msg.large) for msg in lent), node.short)
 
     async def _locate(self, instruction: LocateActor) -> None:
-        """Which node has the actor: the one that published its record."""
-        node = None
+        self.service.stimulus(ActorLocated(instruction.actor_id,
+                                           await self._actor_home(instruction.actor_id)))
+
+    async def _actor_home(self, actor_id: bytes) -> bytes | None:
+        """Which node has the actor: the one that published its record (None: none)."""
         try:
-            found = await find_publishers(self.dht, actor_key(instruction.actor_id),
+            found = await find_publishers(self.dht, actor_key(actor_id),
                                           self.rpc.local.node_id)
-            node = found[0].raw if found else None
         except DhtLookupError as exc:
-            log.info("actor %s is on no node: %s", instruction.actor_id.hex()[:12], exc)
-        self.service.stimulus(ActorLocated(instruction.actor_id, node))
+            log.info("actor %s is on no node: %s", actor_id.hex()[:12], exc)
+            return None
+        return found[0].raw if found else None
 
     async def _announce(self, instruction: ActorHere) -> None:
         key = actor_key(instruction.actor_id)
@@ -681,8 +685,7 @@ class Mesh:
         try:
             reply = await self.rpc.call(address, CodeRequest(code_hash), node=node,
                                         timeout=CODE_REQUEST_TIMEOUT)
-        except (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
+        except SEND_ERRORS as exc:
             failures.append(f"{node.short}: {exc or type(exc).__name__}")
             return None
         if type(reply) is not CodeReply or reply.pickled is None:
@@ -752,16 +755,9 @@ class Mesh:
     async def kill_remote(self, actor_id: bytes) -> bool:
         """px.kill of an actor that lives on another node: the kill goes there (where
         its calls fail), calls queued here fail now. False if no node has it."""
-        node = self.service.core.actor_node(actor_id)
+        node = self.service.core.actor_node(actor_id) or await self._actor_home(actor_id)
         if node is None:
-            try:
-                found = await find_publishers(self.dht, actor_key(actor_id),
-                                              self.rpc.local.node_id)
-            except DhtLookupError:
-                return False
-            if not found:
-                return False
-            node = found[0].raw
+            return False
         self._send(node, KillActor(actor_id))
         self.service.stimulus(RemoteActorKilled(actor_id))
         return True
