@@ -182,6 +182,8 @@ class ObjectTransfers:
         self.codec = codec
         self.payload_of = payload_of
         self.chunk_size = chunk_size
+        self._bulk = isinstance(transport, BulkTransport)
+        """The transport offers bulk channels (checked once: a Protocol check is slow)."""
         self._digests: dict[bytes, bytes] = {}
         """Checksum per object held, once known: computed while first streamed (or checked
         when fetched), so later requests stream without it; forgotten when freed."""
@@ -251,11 +253,11 @@ class ObjectTransfers:
                 raise RemoteProtocolError(f"asked for offset {request.offset} of a "
                                           f"{size}-byte object")
             offer = (BulkOffer.new(self.chunk_size)
-                     if request.bulk and isinstance(self.transport, BulkTransport) else None)
+                     if request.bulk and self._bulk else None)
             header = ObjectHeader(size, main_size, list(sizes), offer)
             known = self._digests.get(request.object_id)
             hasher = None if known is not None else Checksum()
-            buffer = bytearray(self.chunk_size)
+            buffer = bytearray(min(self.chunk_size, max(1, size)))  # small ones: small
             if offer is None:
                 await conn.send(self.codec.encode(header))
                 await self._hash_prefix(fd, request.offset, hasher, buffer)
@@ -299,7 +301,7 @@ class ObjectTransfers:
                          size: int, hasher: Checksum | None, buffer: bytearray) -> None:
         """Seal the segment from `offset` on into frames of `offer.frame_size` bytes."""
         cipher = BulkCipher(offer)
-        sealed = bytearray(offer.frame_size + TAG_SIZE)
+        sealed = bytearray(len(buffer) + TAG_SIZE)  # frames are at most a buffer's worth
         for data in _read_chunks(fd, offset, size, buffer):
             if hasher is not None:
                 hasher.update(data)
@@ -412,7 +414,7 @@ class ObjectTransfers:
         holder before it answered (it had been idle too long): nothing was received."""
         done = False
         try:
-            bulk = isinstance(self.transport, BulkTransport)
+            bulk = self._bulk
             try:
                 await conn.send(self.codec.encode(FetchObject(object_id, copy.offset, bulk)))
                 header = self.codec.decode(await self._next(conn))
@@ -485,8 +487,9 @@ class ObjectTransfers:
         offer.check()
         size = copy.header.size
         cipher = BulkCipher(offer)
-        sealed = bytearray(offer.frame_size + TAG_SIZE)
-        plain = bytearray(offer.frame_size)
+        most = min(offer.frame_size, max(1, size - copy.offset))  # the largest frame
+        sealed = bytearray(most + TAG_SIZE)
+        plain = bytearray(most)
         stream = await self.transport.connect_bulk(address, offer.ticket)
         try:
             while copy.offset < size:
