@@ -224,7 +224,7 @@ class Node:
             "incarnation": 0,
         }
         return {**own, "load": {"queue_length": queue_length, "running_tasks": running_tasks},
-                "available": self._available(), "workers": self.exec.pool_ready()}
+                "available": self.exec.core.free(), "workers": self.exec.pool_ready()}
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every known member, this node first (with its local keys, see `info`); only this
@@ -245,7 +245,7 @@ class Node:
             "pool_workers": sum(1 for w in core.workers.values() if w.actor_id is None),
             "actor_workers": sum(1 for w in core.workers.values() if w.actor_id is not None),
             "drivers": self.exec.drivers(),
-            "available": self._available(),
+            "available": self.exec.core.free(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,
             **dataclasses.asdict(node_stats(self.exec)),
@@ -261,7 +261,7 @@ class Node:
     def _mesh_resources(self, available: bool) -> dict[str, float]:
         """Totals (or what is free) over this node and every live member. A peer's free
         amount is an estimate from gossip: its totals less one CPU per running task."""
-        own = self._available() if available else dict(self.exec.core.total)
+        own = self.exec.core.free() if available else dict(self.exec.core.total)
         if self.cluster is None or self.cluster.gossip is None:
             return own
         for member in self.cluster.gossip.view().values():
@@ -273,8 +273,6 @@ class Node:
                 own[name] = own.get(name, 0.0) + amount
         return own
 
-    def _available(self) -> dict[str, float]:
-        return {name: max(0.0, amount) for name, amount in self.exec.core.available.items()}
 
     async def _get_actor(self, name: str) -> bytes:
         """The id of the live actor named `name`: this node's, else the one the cluster's

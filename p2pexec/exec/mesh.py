@@ -354,8 +354,7 @@ class Mesh:
         count: list[int] = []
         self._outstanding[request_id] = (victim.node, done, count)
         core = self.service.core
-        request = StealRequest(request_id, float(cpus), dict(core.total),
-                               {name: max(0.0, free) for name, free in core.available.items()})
+        request = StealRequest(request_id, float(cpus), dict(core.total), core.free())
         try:
             await self.rpc.notify(victim.address, request, node=victim.node)
         except SEND_ERRORS as exc:

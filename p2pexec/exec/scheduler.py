@@ -338,6 +338,11 @@ class Scheduler:
     def available(self) -> dict[str, float]:
         return self.resources.available
 
+    def free(self) -> dict[str, float]:
+        """What is free here, as peers and users see it (CPUs that blocked tasks took
+        back count as none, never below)."""
+        return {name: max(0.0, amount) for name, amount in self.resources.available.items()}
+
     @property
     def workers(self) -> dict[int, WorkerState]:
         return self.pool.workers
