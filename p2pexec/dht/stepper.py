@@ -7,14 +7,12 @@ travels back to the asker's `reply`; a query to a crashed node is simply never a
 each node starts knowing `view` random others, joins with a lookup of its own id, and
 learns of a crash `detect_after` seconds later (or never, with None). Every random
 choice comes from one seeded `random.Random`, and the trace digest hashes every
-delivery, so a run replays exactly. Used by the tests and `simulations/dht_figures.py`.
+delivery (`p2pexec.stepping.EventLoop`), so a run replays exactly. Used by the tests,
+`simulations/dht_figures.py` and the cluster stepper of `p2pexec.testing`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ from p2pexec.dht.messages import Contact
 from p2pexec.dht.records import RecordSigner
 from p2pexec.net.codec import Codec
 from p2pexec.net.config import CodecLimits
+from p2pexec.stepping import EventLoop
 
 
 @dataclass
@@ -40,26 +39,23 @@ class StepNode:
     bytes_sent: int = 0
 
 
-_WAKE, _REQUEST, _REPLY, _GONE = range(4)
-
-
 class DhtStepper:
-    """N DHT cores on a simulated LAN. Times are seconds from 0."""
+    """N DHT cores on a simulated LAN. Times are seconds from 0.
+
+    With `loop`, the cores share another stepper's event loop; with `view=0` they start
+    knowing no one, and whoever drives membership calls `member_alive` and `member_gone`
+    (as gossip does in a node)."""
 
     def __init__(self, n: int, config: DhtConfig | None = None, *, seed: int = 0,
                  view: int = 30, latency: float = 0.0005, jitter: float = 0.0005,
                  loss: float = 0.0, detect_after: float | None = 2.0,
-                 count_bytes: bool = False) -> None:
+                 count_bytes: bool = False, loop: EventLoop | None = None) -> None:
         self.config = config or DhtConfig()
-        self.rng = random.Random(seed)
-        self.now = 0.0
-        self.latency, self.jitter, self.loss = latency, jitter, loss
+        self.loop = loop or EventLoop(seed, latency=latency, jitter=jitter, loss=loss)
+        self.rng = self.loop.rng
         self.detect_after = detect_after
         self.codec = Codec(CodecLimits()) if count_bytes else None
         self.messages = 0
-        self._trace = hashlib.sha256()
-        self._heap: list[tuple[float, int, int, tuple]] = []
-        self._counter = itertools.count()
         self.nodes: list[StepNode] = []
         for index in range(n):
             key = ed25519.Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
@@ -68,6 +64,8 @@ class DhtStepper:
             core = Dht(contact, self.config, random.Random(self.rng.getrandbits(64)), signer)
             self.nodes.append(StepNode(index, contact, core))
         self.by_node = {node.contact.node: node for node in self.nodes}
+        if view == 0:
+            return
         for node in self.nodes:
             # The same draws as sampling the list of the others, without building that
             # list for every node (quadratic: 10^8 steps at 10,000 nodes).
@@ -77,14 +75,35 @@ class DhtStepper:
             node.core.find_node(node.contact.node.raw, 0.0)
             self._after(node)
 
-    # ---- faults ------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.loop.now
+
+    @property
+    def digest(self) -> str:
+        """Hash of every delivery so far: equal for equal seeds and parameters."""
+        return self.loop.digest
+
+    # ---- membership and faults ---------------------------------------------------------
+
+    def member_alive(self, index: int, other: int) -> None:
+        """Node `index` learns that node `other` is a live member."""
+        node = self.nodes[index]
+        node.core.member_alive(self.nodes[other].contact, self.now)
+        self._after(node)
+
+    def member_gone(self, index: int, other: int) -> None:
+        """Node `index` learns that node `other` died or left."""
+        node = self.nodes[index]
+        node.core.member_gone(self.nodes[other].contact.node, self.now)
+        self._after(node)
 
     def crash(self, index: int) -> None:
         """Node `index` stops answering; the others learn it after `detect_after`."""
         node = self.nodes[index]
         node.up = False
         if self.detect_after is not None:
-            self._schedule(self.now + self.detect_after, _GONE, (node,))
+            self.loop.call_at(self.now + self.detect_after, self._gone, node)
 
     # ---- operations --------------------------------------------------------------------
 
@@ -110,76 +129,62 @@ class DhtStepper:
         """Run until node `index` finished `op_id` (at most `limit` simulated seconds)."""
         node = self.nodes[index]
         end = self.now + limit
+        loop = self.loop
         while op_id not in node.finished:
-            if not self._heap or self._heap[0][0] > end:
+            due = loop.next_time()
+            if due is None or due > end:
                 raise TimeoutError(f"operation {op_id} of node {index} did not finish "
                                    f"within {limit} simulated seconds")
-            self._step()
+            loop.step()
         return node.finished.pop(op_id)
 
     # ---- running -----------------------------------------------------------------------
 
     def run_until(self, t: float) -> None:
-        while self._heap and self._heap[0][0] <= t:
-            self._step()
-        self.now = max(self.now, t)
+        self.loop.run_until(t)
 
     def run_for(self, dt: float) -> None:
-        self.run_until(self.now + dt)
+        self.loop.run_for(dt)
 
     def live(self) -> list[StepNode]:
         return [node for node in self.nodes if node.up]
 
-    @property
-    def digest(self) -> str:
-        """Hash of every delivery so far: equal for equal seeds and parameters."""
-        return self._trace.hexdigest()[:16]
+    # ---- deliveries --------------------------------------------------------------------
 
-    def _step(self) -> None:
-        at, _, kind, payload = heapq.heappop(self._heap)
-        self.now = at
-        if kind == _WAKE:
-            node, due = payload
-            if node.wake == due and node.up:
-                node.wake = None
-                node.core.tick(at)
-                self._after(node)
-        elif kind == _REQUEST:
-            sender, target, query_id, message = payload
-            if not target.up:
-                return
-            self._note(at, sender, target, message)
-            answer = target.core.handle_request(sender.contact, message, at)
-            # Answering moves none of the target's deadlines unless it queued a query of
-            # its own (a ping of a full bucket's oldest contact): skip recomputing it then.
-            self._after(target, deadline_moved=bool(target.core.outbox))
-            self._send(target, _REPLY, (sender, query_id, answer))
-        elif kind == _REPLY:
-            asker, query_id, answer = payload
-            if asker.up:
-                asker.core.reply(query_id, answer, at)
-                self._after(asker)
-        else:
-            (gone,) = payload
-            for node in self.live():
-                node.core.member_gone(gone.contact.node, at)
-                self._after(node)
+    def _wake(self, node: StepNode, due: float) -> None:
+        if node.wake == due and node.up:
+            node.wake = None
+            node.core.tick(self.now)
+            self._after(node)
 
-    def _note(self, at: float, sender: StepNode, target: StepNode, message: Any) -> None:
+    def _request(self, sender: StepNode, target: StepNode, query_id: int, message: Any
+                 ) -> None:
+        if not target.up or not self.loop.reachable(sender.index, target.index):
+            return
         self.messages += 1
-        self._trace.update(f"{at:.9f} {sender.index} {target.index} "
-                           f"{type(message).__name__};".encode())
+        self.loop.note(sender.index, target.index, message)
+        answer = target.core.handle_request(sender.contact, message, self.now)
+        # Answering moves none of the target's deadlines unless it queued a query of its
+        # own (a ping of a full bucket's oldest contact): skip recomputing it then.
+        self._after(target, deadline_moved=bool(target.core.outbox))
+        self._send(target, self._reply, sender, query_id, answer)
 
-    def _send(self, sender: StepNode, kind: int, payload: tuple) -> None:
+    def _reply(self, asker: StepNode, query_id: int, answer: Any) -> None:
+        if asker.up:
+            asker.core.reply(query_id, answer, self.now)
+            self._after(asker)
+
+    def _gone(self, gone: StepNode) -> None:
+        for node in self.live():
+            node.core.member_gone(gone.contact.node, self.now)
+            self._after(node)
+
+    def _send(self, sender: StepNode, deliver: Any, *payload: Any) -> None:
         if self.codec is not None:
             sender.bytes_sent += len(self.codec.encode(payload[-1]))
-        if self.rng.random() < self.loss:
+        if self.loop.lost():
             return
-        delay = self.latency + self.rng.random() * self.jitter
-        self._schedule(self.now + delay, kind, payload)
-
-    def _schedule(self, at: float, kind: int, payload: tuple) -> None:
-        heapq.heappush(self._heap, (at, next(self._counter), kind, payload))
+        self.loop.call_later(deliver, *payload)
 
     def _after(self, node: StepNode, deadline_moved: bool = True) -> None:
         """Drain a core after it ran: its queries go in flight, finished ops are kept,
@@ -187,8 +192,8 @@ class DhtStepper:
         core's timers did not move: `next_deadline` is the costliest call per delivery)."""
         core = node.core
         for out in core.outbox:
-            self._send(node, _REQUEST, (node, self.by_node[out.contact.node], out.query_id,
-                                        out.message))
+            self._send(node, self._request, node, self.by_node[out.contact.node],
+                       out.query_id, out.message)
         core.outbox.clear()
         for done in core.finished:
             node.finished[done.op_id] = done
@@ -198,4 +203,4 @@ class DhtStepper:
         due = core.next_deadline()
         if due != node.wake:
             node.wake = due
-            self._schedule(max(due, self.now), _WAKE, (node, due))
+            self.loop.call_at(due, self._wake, node, due)

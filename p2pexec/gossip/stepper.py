@@ -3,25 +3,25 @@
 It plays the driver's role for N cores at once: delivers datagrams after a latency (with
 jitter and random loss), runs push-pull exchanges as request and reply, wakes each core at
 its deadline, and crashes, restarts, partitions or heals nodes on command. Every random
-choice comes from one seeded `random.Random`, so a run replays exactly. It is what the
-property tests and `simulations/gossip_figures.py` use; the trio driver over
+choice comes from one seeded `random.Random` (`p2pexec.stepping.EventLoop`), so a run
+replays exactly. It is what the property tests, `simulations/gossip_figures.py` and the
+cluster stepper of `p2pexec.testing` use; the trio driver over
 `p2pexec.testing.SimNetwork` covers the real I/O path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import random
 from dataclasses import dataclass, field
 
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import MemberEvent, Membership
-from p2pexec.gossip.messages import PushPull, State
+from p2pexec.gossip.messages import Message, PushPull, State
 from p2pexec.gossip.wire import encode_packet, encode_stream
 from p2pexec.ids import NodeId
 from p2pexec.net.transport import Address
+from p2pexec.stepping import EventLoop
 
 
 @dataclass
@@ -38,31 +38,40 @@ class SimNode:
     wake: float | None = None
 
 
-_WAKE, _DGRAM, _STREAM_REQ, _STREAM_REP = range(4)
-
-
 class Stepper:
-    """N cores on a simulated LAN. Times are seconds from 0."""
+    """N cores on a simulated LAN. Times are seconds from 0.
+
+    With `loop`, the cores share another stepper's event loop (and its RNG, links and
+    trace), so several protocols of the same nodes run on one simulated clock;
+    `on_events` then sees what each node's core reported after every step."""
 
     def __init__(self, n: int, cfg: GossipConfig, *, seed: int = 0, latency: float = 0.0005,
                  jitter: float = 0.0005, loss: float = 0.0, count_bytes: bool = True,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None, loop: EventLoop | None = None
+                 ) -> None:
         self.cfg = cfg
-        self.rng = random.Random(seed)
-        self.now = 0.0
-        self.latency = latency
-        self.jitter = jitter
-        self.loss = loss
+        self.loop = loop or EventLoop(seed, latency=latency, jitter=jitter, loss=loss)
+        self.rng = self.loop.rng
         self.count_bytes = count_bytes
         self._resources = dict(resources if resources is not None else {"CPU": 2.0})
-        self._heap: list[tuple[float, int, int, tuple]] = []
-        self._counter = itertools.count()
-        self._group: dict[int, int] = {}
         self.nodes: list[SimNode] = []
         self.by_address: dict[Address, SimNode] = {}
         self.messages_delivered = 0
+        self.on_events = self._keep_events
         for _ in range(n):
             self.add_node()
+
+    @property
+    def now(self) -> float:
+        return self.loop.now
+
+    @property
+    def loss(self) -> float:
+        return self.loop.loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self.loop.loss = value
 
     # ---- building the cluster ----------------------------------------------------------
 
@@ -70,10 +79,10 @@ class Stepper:
         return Membership(node_id, address, self.cfg, random.Random(self.rng.getrandbits(64)),
                           name=address[0], resources=self._resources, incarnation=incarnation)
 
-    def add_node(self) -> SimNode:
+    def add_node(self, node_id: NodeId | None = None) -> SimNode:
         """A new machine, not yet joined to anyone."""
         i = len(self.nodes)
-        node_id = NodeId(hashlib.sha256(f"sim-node-{i}".encode()).digest())
+        node_id = node_id or NodeId(hashlib.sha256(f"sim-node-{i}".encode()).digest())
         address = (f"sim{i}", 7946)
         node = SimNode(i, node_id, address, self._new_core(node_id, address))
         self.nodes.append(node)
@@ -115,52 +124,18 @@ class Stepper:
 
     def partition(self, groups: list[list[int]]) -> None:
         """Messages flow only within a group; nodes in no group keep group 0."""
-        self._group = {i: g + 1 for g, members in enumerate(groups) for i in members}
+        self.loop.partition(groups)
 
     def heal(self) -> None:
-        self._group = {}
+        self.loop.heal()
 
     # ---- running -----------------------------------------------------------------------
 
     def run_until(self, t: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= t:
-            at, _, kind, payload = heapq.heappop(heap)
-            self.now = at
-            if kind == _WAKE:
-                node, due = payload
-                if node.wake != due or not node.up:
-                    continue
-                node.wake = None
-                node.core.tick(at)
-                self._after(node)
-            elif kind == _DGRAM:
-                node, src, msgs = payload
-                if not node.up or not self._reachable(self.by_address[src], node):
-                    continue
-                self.messages_delivered += 1
-                for msg in msgs:
-                    node.core.receive(src, msg, at)
-                self._after(node)
-            elif kind == _STREAM_REQ:
-                node, src, msg = payload
-                if not node.up or not self._reachable(self.by_address[src], node):
-                    continue
-                reply = node.core.handle_push_pull(src, msg, at)
-                self._after(node)
-                self._count(node, encode_stream(reply))
-                self._schedule(at + self._delay(), _STREAM_REP,
-                               (self.by_address[src], node.address, reply))
-            else:
-                node, src, msg = payload
-                if not node.up or not self._reachable(self.by_address[src], node):
-                    continue
-                node.core.receive(src, msg, at)
-                self._after(node)
-        self.now = max(self.now, t)
+        self.loop.run_until(t)
 
     def run_for(self, dt: float) -> None:
-        self.run_until(self.now + dt)
+        self.loop.run_for(dt)
 
     # ---- inspection --------------------------------------------------------------------
 
@@ -171,30 +146,69 @@ class Stepper:
     def live_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes if n.up]
 
+    # ---- deliveries --------------------------------------------------------------------
+
+    def _wake(self, node: SimNode, due: float) -> None:
+        if node.wake != due or not node.up:
+            return
+        node.wake = None
+        node.core.tick(self.loop.now)
+        self._after(node)
+
+    def _arrives(self, node: SimNode, source: SimNode) -> bool:
+        """Whether a message from `source` reaches `node` now (and count it if so)."""
+        if not node.up or not self.loop.reachable(source.index, node.index):
+            return False
+        self.messages_delivered += 1
+        return True
+
+    def _datagram(self, node: SimNode, source: SimNode, msgs: tuple[Message, ...]) -> None:
+        if not self._arrives(node, source):
+            return
+        now = self.loop.now
+        self.loop.note(source.index, node.index, msgs[0])
+        for msg in msgs:
+            node.core.receive(source.address, msg, now)
+        self._after(node)
+
+    def _push_pull(self, node: SimNode, source: SimNode, msg: PushPull) -> None:
+        if not self._arrives(node, source):
+            return
+        self.loop.note(source.index, node.index, msg)
+        reply = node.core.handle_push_pull(source.address, msg, self.loop.now)
+        self._after(node)
+        if self.count_bytes:
+            self._count(node, encode_stream(reply))
+        self.loop.call_later(self._push_pull_reply, source, node, reply)
+
+    def _push_pull_reply(self, node: SimNode, source: SimNode, msg: PushPull) -> None:
+        if not self._arrives(node, source):
+            return
+        self.loop.note(source.index, node.index, msg)
+        node.core.receive(source.address, msg, self.loop.now)
+        self._after(node)
+
     # ---- internals ---------------------------------------------------------------------
-
-    def _reachable(self, a: SimNode, b: SimNode) -> bool:
-        return self._group.get(a.index, 0) == self._group.get(b.index, 0)
-
-    def _delay(self) -> float:
-        return self.latency + self.rng.random() * self.jitter
-
-    def _schedule(self, at: float, kind: int, payload: tuple) -> None:
-        heapq.heappush(self._heap, (at, next(self._counter), kind, payload))
 
     def _count(self, node: SimNode, data: bytes) -> None:
         node.bytes_sent += len(data)
 
+    def _keep_events(self, node: SimNode, events: list[MemberEvent]) -> None:
+        node.events.extend(events)
+
     def _poke(self, node: SimNode) -> None:
         """Make sure the core gets a first tick (it then reports real deadlines)."""
         node.wake = self.now
-        self._schedule(self.now, _WAKE, (node, self.now))
+        self.loop.call_at(self.now, self._wake, node, self.now)
 
     def _after(self, node: SimNode) -> None:
-        """Drain a core after it ran: record events, put its sends in flight, re-arm it."""
+        """Drain a core after it ran: report its events, put its sends in flight, re-arm
+        it."""
         core = node.core
-        for ev in core.events():
-            node.events.append(ev)
+        events = core.events()
+        if events:
+            self.on_events(node, events)
+        loop = self.loop
         for send in core.outbox():
             target = self.by_address.get(send.to)
             if send.stream:
@@ -203,17 +217,16 @@ class Stepper:
                 if self.count_bytes:
                     self._count(node, encode_stream(msg))
                 if target is not None:
-                    self._schedule(self.now + self._delay(), _STREAM_REQ,
-                                   (target, node.address, msg))
+                    loop.call_later(self._push_pull, target, node, msg)
                 continue
             if self.count_bytes:
                 self._count(node, encode_packet(send.msgs))
-            if target is None or self.rng.random() < self.loss:
+            if target is None or loop.lost():
                 continue
-            self._schedule(self.now + self._delay(), _DGRAM, (target, node.address, send.msgs))
+            loop.call_later(self._datagram, target, node, send.msgs)
         due = core.next_deadline()
         if due is not None and due != node.wake:
             node.wake = due
             # a deadline already past (e.g. a gossip round due since a quiet spell) runs now:
             # simulated time never goes backwards
-            self._schedule(max(due, self.now), _WAKE, (node, due))
+            loop.call_at(due, self._wake, node, due)
