@@ -23,6 +23,7 @@ from p2pexec.dht.config import DhtConfig
 from p2pexec.dht.core import Dht, Finished
 from p2pexec.dht.messages import Contact
 from p2pexec.dht.records import RecordSigner
+from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec
 from p2pexec.net.config import CodecLimits
 from p2pexec.stepping import EventLoop
@@ -57,13 +58,10 @@ class DhtStepper:
         self.codec = Codec(CodecLimits()) if count_bytes else None
         self.messages = 0
         self.nodes: list[StepNode] = []
-        for index in range(n):
-            key = ed25519.Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
-            signer = RecordSigner(key)
-            contact = Contact(signer.node_id, (f"node{index}", 7946))
-            core = Dht(contact, self.config, random.Random(self.rng.getrandbits(64)), signer)
-            self.nodes.append(StepNode(index, contact, core))
-        self.by_node = {node.contact.node: node for node in self.nodes}
+        self.by_node: dict[NodeId, StepNode] = {}
+        self._signers: list[RecordSigner] = []
+        for _ in range(n):
+            self.add_node()
         if view == 0:
             return
         for node in self.nodes:
@@ -84,7 +82,35 @@ class DhtStepper:
         """Hash of every delivery so far: equal for equal seeds and parameters."""
         return self.loop.digest
 
+    def add_node(self) -> StepNode:
+        """A new node with its own key, knowing no one yet."""
+        index = len(self.nodes)
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        signer = RecordSigner(key)
+        self._signers.append(signer)
+        contact = Contact(signer.node_id, (f"node{index}", 7946))
+        node = StepNode(index, contact, self._new_core(index))
+        self.nodes.append(node)
+        self.by_node[contact.node] = node
+        return node
+
+    def _new_core(self, index: int) -> Dht:
+        signer = self._signers[index]
+        contact = Contact(signer.node_id, (f"node{index}", 7946))
+        return Dht(contact, self.config, random.Random(self.rng.getrandbits(64)), signer,
+                   now=self.now)
+
     # ---- membership and faults ---------------------------------------------------------
+
+    def restart(self, index: int) -> None:
+        """Node `index` comes back as a fresh process with the same key: an empty table
+        and store, and answering again. It learns members through `member_alive`."""
+        node = self.nodes[index]
+        node.core = self._new_core(index)
+        node.up = True
+        node.wake = None
+        node.finished.clear()
+        self._after(node)
 
     def member_alive(self, index: int, other: int) -> None:
         """Node `index` learns that node `other` is a live member."""
@@ -157,8 +183,8 @@ class DhtStepper:
             node.core.tick(self.now)
             self._after(node)
 
-    def _request(self, sender: StepNode, target: StepNode, query_id: int, message: Any
-                 ) -> None:
+    def _request(self, sender: StepNode, asker: Dht, target: StepNode, query_id: int,
+                 message: Any) -> None:
         if not target.up or not self.loop.reachable(sender.index, target.index):
             return
         self.messages += 1
@@ -167,12 +193,13 @@ class DhtStepper:
         # Answering moves none of the target's deadlines unless it queued a query of its
         # own (a ping of a full bucket's oldest contact): skip recomputing it then.
         self._after(target, deadline_moved=bool(target.core.outbox))
-        self._send(target, self._reply, sender, query_id, answer)
+        self._send(target, self._reply, sender, asker, query_id, answer)
 
-    def _reply(self, asker: StepNode, query_id: int, answer: Any) -> None:
-        if asker.up:
-            asker.core.reply(query_id, answer, self.now)
-            self._after(asker)
+    def _reply(self, node: StepNode, asker: Dht, query_id: int, answer: Any) -> None:
+        # only to the process that asked: a node restarted since has other queries
+        if node.up and node.core is asker:
+            asker.reply(query_id, answer, self.now)
+            self._after(node)
 
     def _gone(self, gone: StepNode) -> None:
         for node in self.live():
@@ -192,7 +219,7 @@ class DhtStepper:
         core's timers did not move: `next_deadline` is the costliest call per delivery)."""
         core = node.core
         for out in core.outbox:
-            self._send(node, self._request, node, self.by_node[out.contact.node],
+            self._send(node, self._request, node, core, self.by_node[out.contact.node],
                        out.query_id, out.message)
         core.outbox.clear()
         for done in core.finished:
