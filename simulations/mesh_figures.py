@@ -24,7 +24,6 @@ the owner exactly once.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import random
 import sys
@@ -74,15 +73,7 @@ async def burst(n: int, tasks: int, crash: int = 0, seed: int = 11) -> BurstRow:
     cluster = SimCluster(net, n, cpus=CPUS, duration=lambda work: task_seconds(work.task_id),
                          seed=seed)
     owner = cluster.nodes[0]
-    completions: collections.Counter[bytes] = collections.Counter()
-    table = owner.node.exec.core.objects
-    complete = table.complete
-
-    def counted(object_id: bytes, payload: list, contained: list[bytes]) -> None:
-        completions[object_id] += 1
-        complete(object_id, payload, contained)
-
-    table.complete = counted  # type: ignore[method-assign]
+    completions = owner.count_completions()
     victims = random.Random(seed).sample(range(1, n), crash)
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -222,6 +222,11 @@ class Membership:
     def num_live(self) -> int:
         """Alive or suspect members, this node included: the n of the config formulas."""
         return len(self._live) + 1
+
+    def live_members(self) -> KeysView[NodeId]:
+        """The other members this node sees alive or suspect (no copy: for simulations
+        that check thousands of views)."""
+        return self._live.keys()
 
     def view(self) -> dict[NodeId, Member]:
         """Every known member (this node included), whatever its state."""

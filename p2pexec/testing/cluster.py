@@ -10,6 +10,7 @@ same code as in production.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import random
@@ -28,7 +29,7 @@ from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.discovery import DiscoveryConfig
 from p2pexec.net.security import new_token
 from p2pexec.node import Node
-from p2pexec.testing.simnet import NodeCrashedError, SimNetwork
+from p2pexec.testing.simnet import NodeCrashedError, SimNetwork, SimTransport
 
 
 @dataclasses.dataclass
@@ -39,7 +40,9 @@ class SimNode:
     ids: IdGenerator
     registered: set[bytes] = dataclasses.field(default_factory=set)
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
-    """Cancelled when the node is crashed (`SimCluster.crash`)."""
+    """Cancelled when the node is crashed or leaves (`SimCluster.crash`, `.leave`)."""
+    stopped: trio.Event = dataclasses.field(default_factory=trio.Event)
+    """Set once the node has stopped running (crashed, left, or its nursery ended)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -48,6 +51,20 @@ class SimNode:
 
     def alive_members(self) -> int:
         return sum(1 for m in self.node.nodes() if m["state"] == "alive")
+
+    def count_completions(self) -> collections.Counter[bytes]:
+        """From now on, how many times each object this node owns got its value: a
+        result that reaches its owner twice (or never) shows here."""
+        completions: collections.Counter[bytes] = collections.Counter()
+        table = self.node.exec.core.objects
+        complete = table.complete
+
+        def counted(object_id: bytes, payload: list, contained: list[bytes]) -> None:
+            completions[object_id] += 1
+            complete(object_id, payload, contained)
+
+        table.complete = counted  # type: ignore[method-assign]
+        return completions
 
     def submit(self, function: Callable[..., Any], *args: Any, name: str | None = None
                ) -> bytes:
@@ -163,17 +180,31 @@ class SimCluster:
         transports = [net.add_node() for _ in range(n)]
         seed_addresses = tuple(t.local.address for t in transports[:seeds])
         gossip = gossip or GossipConfig.local()
+        self._duration = duration
+        self._seed = seed
+        self._configs: list[NodeConfig] = []
+        self._lives: list[int] = []
         self.nodes: list[SimNode] = []
         for i, transport in enumerate(transports):
             cluster = ClusterConfig(token=token, mdns=False, gossip=gossip,
                                     discovery=DiscoveryConfig.local(),
                                     peers=tuple(a for a in seed_addresses
                                                 if a != transport.local.address))
-            config = NodeConfig(exec=ExecConfig(num_cpus=cpus), name=f"sim{i}",
-                                cluster=cluster)
-            node = Node(config, transport=transport, inline=InlineWorkers(duration),
-                        rng=random.Random(seed * 100_003 + i), control_socket=False)
-            self.nodes.append(SimNode(node, IdGenerator(i.to_bytes(12, "big"))))
+            self._configs.append(NodeConfig(exec=ExecConfig(num_cpus=cpus), name=f"sim{i}",
+                                            cluster=cluster))
+            self._lives.append(0)
+            self.nodes.append(self._new_node(i, transport))
+
+    def _new_node(self, index: int, transport: SimTransport) -> SimNode:
+        """The node at `index` in its current life (a revived node is a new process:
+        fresh RNG, and task ids of its own)."""
+        life = self._lives[index]
+        node = Node(self._configs[index], transport=transport,
+                    inline=InlineWorkers(self._duration),
+                    rng=random.Random(self._seed * 100_003 + index + (life << 40)),
+                    control_socket=False)
+        prefix = (index + (life << 32)).to_bytes(12, "big")
+        return SimNode(node, IdGenerator(prefix))
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every node in `nursery` (cancel it to stop them all)."""
@@ -182,20 +213,38 @@ class SimCluster:
 
     @staticmethod
     async def _run(sim: SimNode, *, task_status: trio.TaskStatus[None]) -> None:
-        with sim.scope:
-            try:
-                await sim.node.run(task_status=task_status)
-            except BaseException as exc:  # a group on Python 3.10 too (no except*)
-                crashed = (NodeCrashedError, trio.Cancelled)
-                if not sim.scope.cancel_called or not all(
-                        isinstance(leaf, crashed) for leaf in _leaves(exc)):
-                    raise
+        try:
+            with sim.scope:
+                try:
+                    await sim.node.run(task_status=task_status)
+                except BaseException as exc:  # a group on Python 3.10 too (no except*)
+                    crashed = (NodeCrashedError, trio.Cancelled)
+                    if not sim.scope.cancel_called or not all(
+                            isinstance(leaf, crashed) for leaf in _leaves(exc)):
+                        raise
+        finally:
+            sim.stopped.set()
 
     def crash(self, index: int) -> None:
         """Node `index` stops at once, as if unplugged: no leave, nothing more sent."""
         sim = self.nodes[index]
         self.net.crash(sim.address)
         sim.scope.cancel()
+
+    def leave(self, index: int) -> None:
+        """Node `index` shuts down as on Ctrl-C: a graceful leave, then it stops
+        (`nodes[index].stopped` is set then)."""
+        self.nodes[index].scope.cancel()
+
+    async def revive(self, index: int, nursery: trio.Nursery) -> SimNode:
+        """Node `index`, stopped (crashed or left), starts again as a fresh process with
+        the same key and address, and joins through the seeds."""
+        old = self.nodes[index]
+        await old.stopped.wait()
+        self._lives[index] += 1
+        sim = self.nodes[index] = self._new_node(index, self.net.restart(old.address))
+        await nursery.start(self._run, sim)
+        return sim
 
     def converged(self) -> bool:
         """Every node sees every node alive."""
