@@ -274,6 +274,19 @@ def add_status_command(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(run=_status)
 
 
+def add_simulate_command(subparsers: argparse._SubParsersAction) -> None:
+    """`p2pexec simulate SCENARIO ...`: the seeded fault-injection scenarios of
+    `simulations` (the same as `python -m simulations`; `--list` names them)."""
+    subparsers.add_parser("simulate", add_help=False,
+                          help="run a fault-injection simulation (p2pexec simulate --help)")
+
+
+def _simulate(argv: list[str]) -> int:
+    from simulations.cli import main as simulate
+
+    return simulate(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one `add_*_command` per subcommand."""
     parser = argparse.ArgumentParser(prog="p2pexec",
@@ -283,11 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(subparsers)
     add_join_command(subparsers)
     add_status_command(subparsers)
+    add_simulate_command(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; usage errors print one line and return 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        return _simulate(argv[1:])  # its options are its own (simulations.cli)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

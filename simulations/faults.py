@@ -118,17 +118,39 @@ def to_json(schedule: list[Event]) -> str:
     return json.dumps(rows, indent=1)
 
 
+_NUMBERS = {"at", "loss", "latency"}
+_COUNTS = {"node", "key", "tasks"}
+
+
+def _checked(event: Event) -> Event:
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if f.name in _NUMBERS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value >= 0
+        elif f.name in _COUNTS:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:  # groups
+            ok = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                     for group in value for i in group)
+        if not ok:
+            raise ValueError(f"{event.kind} has a bad {f.name}: {value!r}")
+    return event
+
+
 def from_json(text: str) -> list[Event]:
     """A schedule from `to_json`'s output; a clear error for anything else."""
     try:
         rows = json.loads(text)
+        if not isinstance(rows, list):
+            raise TypeError(f"a {type(rows).__name__}, not a list")
         schedule: list[Event] = []
         for row in rows:
             row = dict(row)
             cls = KINDS[row.pop("kind")]
             if "groups" in row:
                 row["groups"] = tuple(tuple(group) for group in row["groups"])
-            schedule.append(cls(**row))
+            schedule.append(_checked(cls(**row)))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a schedule (a JSON list of events with a known kind): "
                          f"{exc!r}") from None

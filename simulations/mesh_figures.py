@@ -35,17 +35,9 @@ import trio.testing
 from p2pexec.exec.refs import task_of
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
+from simulations.engines import task_seconds, triple
 
 CPUS = 2
-
-
-def triple(x: int) -> int:
-    return 3 * x
-
-
-def task_seconds(task_id: bytes) -> float:
-    """A task's simulated run time, 50-500 ms, fixed by its id."""
-    return random.Random(task_id).uniform(0.05, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,8 +45,8 @@ class Recorder:
     def __init__(self, nodes: int, grace: float) -> None:
         self.nodes = nodes
         self.grace = grace
-        """After a heal, failures declared within this long may come from suspicions
-        the partition started: they are not counted as false positives."""
+        """After a heal, failures declared within this long between nodes it had split
+        may come from suspicions the partition started: not false positives."""
         self.up: set[int] = set()
         self.leaving: set[int] = set()
         self.last_down: dict[int, float] = {}
@@ -57,7 +57,8 @@ class Recorder:
         self.groups: dict[int, int] = {}
         self.heals: list[tuple[float, float | None]] = []
         """(heal time, when every view was exact again: None if not by the end)."""
-        self._last_heal = -math.inf
+        self._healed: list[tuple[float, dict[int, int]]] = []
+        """(heal time, the groups it ended), to excuse verdicts the split started."""
         self.series: list[dict[str, float]] = []
         self.lookups: list[bool] = []
         self.tasks_submitted: dict[bytes, Any] = {}
@@ -108,8 +109,13 @@ class Recorder:
     def healed(self, t: float) -> None:
         if self.groups:
             self.heals.append((t, None))
+            self._healed.append((t, self.groups))
         self.groups = {}
-        self._last_heal = t
+
+    def _split_lately(self, a: int, b: int, t: float) -> bool:
+        """Whether a partition that ended less than `grace` ago separated a and b."""
+        return any(t - healed < self.grace and groups.get(a, 0) != groups.get(b, 0)
+                   for healed, groups in self._healed)
 
     # ---- observations, from the engine -------------------------------------------------
 
@@ -124,7 +130,8 @@ class Recorder:
                 record.detected[observer] = t - record.at
             return
         if subject in self.up and subject not in self.leaving \
-                and self.reachable(observer, subject) and t - self._last_heal > self.grace:
+                and self.reachable(observer, subject) \
+                and not self._split_lately(observer, subject, t):
             self.false_positives.append((t, observer, subject))
 
     def sample(self, t: float, row: dict[str, float]) -> None:

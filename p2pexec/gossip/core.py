@@ -346,8 +346,15 @@ class Membership:
             if relay is not None:
                 self._send(relay.requester, [Ack(relay.seq, msg.sender)])
             elif self._probe is not None and msg.seq == self._probe.seq:
-                self._probe = None
+                probe, self._probe = self._probe, None
                 self._awareness.apply(-1)
+                row = self._table.get(probe.target)
+                if probe.indirect_sent and row is not None and row.state == State.SUSPECT:
+                    # It answered through a helper, so our direct ping (which carried the
+                    # suspicion) may never have reached it, nor our gossip if we were the
+                    # one cut off: tell it straight, so it refutes before our timer ends.
+                    self._send(probe.address, [Suspect(probe.target, row.incarnation,
+                                                       self.me)], piggyback=False)
         elif isinstance(msg, Nack):
             if self._probe is not None and msg.seq == self._probe.seq:
                 self._probe.nacks += 1
