@@ -36,6 +36,16 @@ class NodeId:
         text = base64.b32encode(self.raw[:10]).decode("ascii")
         return "-".join(text[i:i + 4] for i in range(0, len(text), 4))
 
+    def __hash__(self) -> int:
+        # node ids key every membership and routing table: hash the bytes (their hash is
+        # cached) rather than the generated hash of a fresh (raw,) tuple at every lookup
+        return hash(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is NodeId:
+            return self.raw == other.raw  # type: ignore[attr-defined]
+        return NotImplemented
+
     def __str__(self) -> str:
         return self.short
 

@@ -57,6 +57,9 @@ class Recorder:
         self.groups: dict[int, int] = {}
         self.heals: list[tuple[float, float | None]] = []
         """(heal time, when every view was exact again: None if not by the end)."""
+        self._restarted: dict[int, float] = {}
+        """Node -> when it last came back: verdicts within `grace` of that may be about
+        its previous life (a suspicion that began before it crashed)."""
         self._healed: list[tuple[float, dict[int, int]]] = []
         """(heal time, the groups it ended), to excuse verdicts the split started."""
         self.series: list[dict[str, float]] = []
@@ -74,6 +77,8 @@ class Recorder:
         return self.groups.get(a, 0) == self.groups.get(b, 0)
 
     def came_up(self, node: int, t: float) -> None:
+        if node in self.last_down:
+            self._restarted[node] = t
         self.up.add(node)
         self.leaving.discard(node)
         record = self._open.pop(node, None)
@@ -131,7 +136,8 @@ class Recorder:
             return
         if subject in self.up and subject not in self.leaving \
                 and self.reachable(observer, subject) \
-                and not self._split_lately(observer, subject, t):
+                and not self._split_lately(observer, subject, t) \
+                and t - self._restarted.get(subject, -math.inf) >= self.grace:
             self.false_positives.append((t, observer, subject))
 
     def sample(self, t: float, row: dict[str, float]) -> None:

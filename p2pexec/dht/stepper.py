@@ -62,15 +62,20 @@ class DhtStepper:
         self._signers: list[RecordSigner] = []
         for _ in range(n):
             self.add_node()
-        if view == 0:
-            return
+        if view:
+            self.know_random(view)
+
+    def know_random(self, view: int) -> None:
+        """Each node learns `view` random others, then looks up its own id (a Kademlia
+        join): a partial view, as a node fed by gossip of a partial membership has."""
+        n = len(self.nodes)
         for node in self.nodes:
             # The same draws as sampling the list of the others, without building that
             # list for every node (quadratic: 10^8 steps at 10,000 nodes).
             for j in self.rng.sample(range(n - 1), min(view, n - 1)):
                 other = self.nodes[j + (j >= node.index)]
-                node.core.member_alive(other.contact, 0.0)
-            node.core.find_node(node.contact.node.raw, 0.0)
+                node.core.member_alive(other.contact, self.now)
+            node.core.find_node(node.contact.node.raw, self.now)
             self._after(node)
 
     @property

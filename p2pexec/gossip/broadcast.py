@@ -48,6 +48,10 @@ class BroadcastQueue:
         self._entries[key] = _Entry(msg, size, self._counter)
         return True
 
+    def discard(self, key: Hashable) -> None:
+        """Forget the pending update with this key, if any."""
+        self._entries.pop(key, None)
+
     def take(self, budget: int, per_message_overhead: int, limit: int) -> list[MemberUpdate]:
         """Updates fitting in `budget` bytes, least-sent first; counts one send for each and
         drops those sent `limit` times."""

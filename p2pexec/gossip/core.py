@@ -39,13 +39,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, KeysView
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.broadcast import BroadcastQueue
 from p2pexec.gossip.config import GossipConfig
+from p2pexec.gossip.liveset import LiveSet
 from p2pexec.gossip.messages import (
     MAX_COUNTER,
     Ack,
@@ -190,7 +191,7 @@ class Membership:
         self._suspicions: dict[NodeId, Suspicion] = {}
         self._last_heard: dict[NodeId, float] = {}
         self._changed_at: dict[NodeId, float] = {}
-        self._live: dict[NodeId, None] = {}   # other visible alive/suspect members, ordered
+        self._live = LiveSet()                # other visible alive/suspect members
         self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
@@ -223,10 +224,10 @@ class Membership:
         """Alive or suspect members, this node included: the n of the config formulas."""
         return len(self._live) + 1
 
-    def live_members(self) -> KeysView[NodeId]:
+    def live_members(self) -> Collection[NodeId]:
         """The other members this node sees alive or suspect (no copy: for simulations
         that check thousands of views)."""
-        return self._live.keys()
+        return self._live
 
     def view(self) -> dict[NodeId, Member]:
         """Every known member (this node included), whatever its state."""
@@ -285,6 +286,28 @@ class Membership:
             if seed not in self._t.seeds:
                 self._t.seeds.append(seed)
             self._outbox.append(Send(seed, (self._local_state(join=True),), stream=True))
+
+    def adopt(self, rows: Iterable[Row], now: float) -> None:
+        """Start from a table that members converged to (rows with identity; ours is
+        skipped) instead of learning it by joining: O(n), no events, nothing sent. A
+        simulation starts thousands of converged nodes this way; a node restoring a saved
+        member list could too. When the table has us, our own first Alive is not
+        gossiped: the members know it already."""
+        self._start(now)
+        for row in rows:
+            if row.node == self.me:
+                if row.identity is not None and row.status == (self._incarnation, State.ALIVE):
+                    self._queue.discard((self.me, "m"))
+                continue
+            if row.identity is None:
+                continue
+            self._table.adopt(row)
+            self._live.discard(row.node)
+            self._dead.pop(row.node, None)
+            if row.state in LIVE:
+                self._live.add(row.node)
+            elif row.state == State.DEAD:
+                self._dead[row.node] = None
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave; keep gossiping until `leave_complete()`."""
@@ -457,7 +480,7 @@ class Membership:
     def _random_live_address(self) -> Address | None:
         if not self._live:
             return None
-        return self._address_of(self._rng.choice(list(self._live)))
+        return self._address_of(self._live.choice(self._rng))
 
     # ---- internals: sending ------------------------------------------------------------
 
@@ -491,9 +514,11 @@ class Membership:
 
     def _gossip(self, now: float) -> None:
         horizon = now - self.cfg.gossip_to_the_dead_time
-        targets = list(self._live) + [n for n in self._dead
-                                      if self._changed_at.get(n, -math.inf) >= horizon]
-        chosen = self._rng.sample(targets, min(self.cfg.gossip_nodes, len(targets)))
+        live = self._live
+        dead = [n for n in self._dead if self._changed_at.get(n, -math.inf) >= horizon]
+        total = len(live) + len(dead)
+        chosen = [live[i] if i < len(live) else dead[i - len(live)]
+                  for i in self._rng.sample(range(total), min(self.cfg.gossip_nodes, total))]
         limit = self.cfg.retransmit_limit(self.num_live())
         budget = self.cfg.max_packet_size - PACKET_OVERHEAD
         for node in chosen:
@@ -505,15 +530,8 @@ class Membership:
                 self._outbox.append(Send(address, tuple(msgs)))
 
     def _local_state(self, join: bool) -> PushPull:
-        records = []
-        for row in self._table:
-            ident = row.identity
-            if ident is None:
-                continue
-            records.append(MemberRecord(row.node, ident.name, ident.address, row.incarnation,
-                                        row.state, dict(ident.resources), row.load.version,
-                                        row.load.queue_length, row.load.running_tasks))
-        return PushPull(self.me, join, tuple(records))
+        return PushPull(self.me, join, tuple(_record(row) for row in self._table
+                                             if row.identity is not None))
 
     # ---- internals: probing ------------------------------------------------------------
 
@@ -557,9 +575,10 @@ class Membership:
 
     def _send_indirect(self, p: _Probe) -> None:
         p.indirect_sent = True
-        helpers = [n for n in self._live if n != p.target
-                   and self._table.get(n).state == State.ALIVE]  # type: ignore[union-attr]
-        chosen = self._rng.sample(helpers, min(self.cfg.indirect_checks, len(helpers)))
+        table = self._table
+        chosen = self._live.sample(
+            self._rng, self.cfg.indirect_checks,
+            lambda n: n != p.target and table.get(n).state == State.ALIVE)  # type: ignore[union-attr]
         for node in chosen:
             address = self._address_of(node)
             assert address is not None
@@ -658,10 +677,10 @@ class Membership:
             self._suspicions.pop(node, None)
         if new.identity is None:
             return
-        self._live.pop(node, None)
+        self._live.discard(node)
         self._dead.pop(node, None)
         if new.state in LIVE:
-            self._live[node] = None
+            self._live.add(node)
         elif new.state == State.DEAD:
             self._dead[node] = None
         kind = _event_kind(old if old is not None and old.identity is not None else None, new)
@@ -672,12 +691,14 @@ class Membership:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
         the member gets a chance to refute before we believe it."""
         for r in pp.members:
+            known = self._table.get(r.node)
+            if known is not None and r.state == State.ALIVE and _knows(known, r):
+                continue  # nothing new (most rows of most exchanges): skip the merge
             alive = Alive(r.node, r.incarnation, r.name, r.address, r.resources)
             if r.node == self.me:
                 self._about_me(alive if r.state == State.ALIVE else
                                Suspect(self.me, r.incarnation, pp.sender))
                 continue
-            known = self._table.get(r.node)
             if r.state != State.ALIVE and (known is None or known.identity is None):
                 continue  # do not learn of members through their obituaries
             self._apply(alive, now)
@@ -703,6 +724,41 @@ class Membership:
                 for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
                           self._probe_soon):
                     d.pop(row.node, None)
+
+
+_RECORDS: dict[int, tuple[Row, MemberRecord]] = {}
+_MAX_RECORDS = 1 << 17
+
+
+def _record(row: Row) -> MemberRecord:
+    """A row as push-pull sends it. Rows are immutable and change rarely, so each is
+    built (and checked) once, not at every exchange: cached by identity (hashing a row
+    by value costs as much as building it), dropped wholesale when the cache is full."""
+    cached = _RECORDS.get(id(row))
+    if cached is not None and cached[0] is row:
+        return cached[1]
+    ident = row.identity
+    assert ident is not None
+    record = MemberRecord(row.node, ident.name, ident.address, row.incarnation, row.state,
+                          dict(ident.resources), row.load.version, row.load.queue_length,
+                          row.load.running_tasks)
+    if len(_RECORDS) >= _MAX_RECORDS:
+        _RECORDS.clear()
+    _RECORDS[id(row)] = (row, record)
+    return record
+
+
+def _knows(row: Row, record: MemberRecord) -> bool:
+    """Whether merging the alive `record` would leave `row` as it is: same alive status,
+    same identity, a load sample at least as new."""
+    ident = row.identity
+    return (row.state == State.ALIVE and row.incarnation == record.incarnation
+            and ident is not None and ident.incarnation == record.incarnation
+            and ident.name == record.name and ident.address == record.address
+            and len(ident.resources) == len(record.resources)
+            and all(record.resources.get(k) == v for k, v in ident.resources)
+            and row.load.key() >= (record.load_version, record.queue_length,
+                                   record.running_tasks))
 
 
 def _event_kind(old: Row | None, new: Row) -> EventKind | None:

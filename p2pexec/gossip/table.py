@@ -116,6 +116,11 @@ class MemberTable:
     def get(self, node: NodeId) -> Row | None:
         return self._rows.get(node)
 
+    def adopt(self, row: Row) -> None:
+        """Take `row` as it is, over anything known: for starting from a table another
+        node converged to (`Membership.adopt`), never for news from the network."""
+        self._rows[row.node] = row
+
     def remove(self, node: NodeId) -> None:
         self._rows.pop(node, None)
 

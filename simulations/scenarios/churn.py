@@ -1,9 +1,9 @@
 """Steady churn: nodes join, leave gracefully and crash at a steady rate.
 
 Every `60 / rate` seconds on average (a Poisson process; rate = a tenth of the nodes per
-minute), one node changes: a down node comes back, or an up node leaves or crashes, so
-that about a fifth of the nodes are down at any time. Churn stops a detection bound
-before the end, so the run ends on a settled cluster.
+minute), one node changes: a down node comes back (a crashed one after 5 s at least), or
+an up node leaves or crashes, so that about a fifth of the nodes are down at any time.
+Churn stops a detection bound before the end, so the run ends on a settled cluster.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import random
 from simulations.faults import Crash, Event, Join, Leave
 from simulations.invariants import Converges, DetectsCrashes, FalsePositives, Invariant
 from simulations.scenario import Params, Scenario, false_positive_budget
+
+RESTART_SECONDS = 5.0
+"""A crashed machine comes back no sooner than this (a process or service restart)."""
 
 
 class Churn(Scenario):
@@ -43,7 +46,7 @@ class Churn(Scenario):
                     down[node] = t + gossip.leave_timeout
                 else:
                     events.append(Crash(t, node))
-                    down[node] = t
+                    down[node] = t + RESTART_SECONDS
             t += rng.expovariate(rate)
         return events
 
