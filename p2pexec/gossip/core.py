@@ -275,6 +275,27 @@ class Membership:
         times += [s.deadline for s in self._suspicions.values()]
         return min(times)
 
+    def validate(self) -> None:
+        """Invariants of the whole core (tests call it after every step)."""
+        mine = self._table.get(self.me)
+        assert mine is not None and mine.identity is not None, "we always know ourselves"
+        assert self.me not in self._live and self.me not in self._dead
+        shown = 0
+        for row in self._table:
+            if row.node == self.me:
+                continue
+            visible = row.identity is not None
+            assert (row.node in self._live) == (visible and row.state in LIVE), row
+            assert (row.node in self._dead) == (visible and row.state == State.DEAD), row
+            shown += visible and row.state in LIVE
+        assert shown == len(self._live) == self.num_live() - 1
+        for node, suspicion in self._suspicions.items():
+            row = self._table.get(node)
+            assert row is not None and row.status == (suspicion.incarnation, State.SUSPECT), \
+                f"a suspicion timer for {node.short} whose row is {row}"
+        if self._probe is not None:
+            assert not self._leaving and self._probe.target != self.me
+
     # ---- commands from the node --------------------------------------------------------
 
     def join(self, seeds: Iterable[Address], now: float) -> None:
