@@ -90,8 +90,10 @@ class StepperEngine:
         sim.watchers.append(self._member_changed)
 
     def _member_changed(self, observer: int, event: MemberEvent) -> None:
-        subject = self.sim.index[event.member.node_id]
-        self.rec.member(observer, subject, event.kind, self.sim.now - self.t0)
+        index = self.sim.index
+        subject = index[event.member.node_id]
+        origin = None if event.origin is None else index.get(event.origin)
+        self.rec.member(observer, subject, event.kind, self.sim.now - self.t0, origin)
 
     async def advance_to(self, t: float) -> None:
         self.sim.run_until(self.t0 + t)
@@ -234,7 +236,8 @@ class NodeEngine:
                 continue
             t = event.time - self.t0
             self._trace.update(f"{t:.6f} {observer} {subject} {event.kind.value};".encode())
-            self.rec.member(observer, subject, event.kind, t)
+            origin = None if event.origin is None else self.index.get(event.origin)
+            self.rec.member(observer, subject, event.kind, t, origin)
 
     async def advance_to(self, t: float) -> None:
         await trio.sleep_until(self.t0 + t)

@@ -45,8 +45,10 @@ class Recorder:
     def __init__(self, nodes: int, grace: float) -> None:
         self.nodes = nodes
         self.grace = grace
-        """After a heal, failures declared within this long between nodes it had split
-        may come from suspicions the partition started: not false positives."""
+        """How long a live member needs to refute a suspicion once it can be reached
+        (hear of it, then outbid it): a verdict made by a node that could not reach the
+        member for part of that time (a partition, the member restarting) is not a
+        false positive."""
         self.up: set[int] = set()
         self.leaving: set[int] = set()
         self.last_down: dict[int, float] = {}
@@ -60,8 +62,10 @@ class Recorder:
         self._restarted: dict[int, float] = {}
         """Node -> when it last came back: verdicts within `grace` of that may be about
         its previous life (a suspicion that began before it crashed)."""
-        self._healed: list[tuple[float, dict[int, int]]] = []
-        """(heal time, the groups it ended), to excuse verdicts the split started."""
+        self._splits: list[tuple[float, float, dict[int, int]]] = []
+        """(start, end, groups) of every partition so far (end inf while it lasts)."""
+        self._declared: dict[tuple[int, int], float] = {}
+        """(origin, subject) -> when the origin itself declared the subject failed."""
         self.series: list[dict[str, float]] = []
         self.lookups: list[bool] = []
         self.tasks_submitted: dict[bytes, Any] = {}
@@ -108,36 +112,53 @@ class Recorder:
         self.leaving.discard(node)
         self.last_down[node] = t
 
-    def partitioned(self, groups: tuple[tuple[int, ...], ...]) -> None:
+    def partitioned(self, groups: tuple[tuple[int, ...], ...], t: float) -> None:
+        self._end_split(t)
         self.groups = {i: g + 1 for g, members in enumerate(groups) for i in members}
+        self._splits.append((t, math.inf, self.groups))
 
     def healed(self, t: float) -> None:
         if self.groups:
             self.heals.append((t, None))
-            self._healed.append((t, self.groups))
+        self._end_split(t)
         self.groups = {}
 
-    def _split_lately(self, a: int, b: int, t: float) -> bool:
-        """Whether a partition that ended less than `grace` ago separated a and b."""
-        return any(t - healed < self.grace and groups.get(a, 0) != groups.get(b, 0)
-                   for healed, groups in self._healed)
+    def _end_split(self, t: float) -> None:
+        if self._splits and self._splits[-1][1] == math.inf:
+            start, _, groups = self._splits[-1]
+            self._splits[-1] = (start, t, groups)
+
+    def _excused(self, origin: int, subject: int, t: float) -> bool:
+        """Whether `subject` may not have been able to refute a verdict `origin` made at
+        `t`: within `grace` before it, a partition separated them, or the subject was
+        restarting (the suspicion may be about its previous life)."""
+        since = t - self.grace
+        if self._restarted.get(subject, -math.inf) > since:
+            return True
+        return any(start <= t and end > since and groups.get(origin, 0) != groups.get(subject, 0)
+                   for start, end, groups in self._splits)
 
     # ---- observations, from the engine -------------------------------------------------
 
-    def member(self, observer: int, subject: int, kind: EventKind, t: float) -> None:
-        """Node `observer` changed its mind about node `subject`."""
+    def member(self, observer: int, subject: int, kind: EventKind, t: float,
+               origin: int | None = None) -> None:
+        """Node `observer` changed its mind about node `subject` (on the word of node
+        `origin`, for a suspicion or failure heard from another)."""
         self.counts[kind.value] += 1
         if kind != EventKind.FAILED:
             return
+        origin = observer if origin is None else origin
+        if origin == observer:
+            self._declared[(origin, subject)] = t
         record = self._open.get(subject)
         if record is not None:
             if observer in record.observers and observer not in record.detected:
                 record.detected[observer] = t - record.at
             return
+        made = self._declared.get((origin, subject), t)
         if subject in self.up and subject not in self.leaving \
                 and self.reachable(observer, subject) \
-                and not self._split_lately(observer, subject, t) \
-                and t - self._restarted.get(subject, -math.inf) >= self.grace:
+                and not self._excused(origin, subject, made):
             self.false_positives.append((t, observer, subject))
 
     def sample(self, t: float, row: dict[str, float]) -> None:

@@ -80,7 +80,9 @@ def run(scenario: Scenario, params: Params, schedule: list[Event] | None = None,
 async def _execute(scenario: Scenario, params: Params, schedule: list[Event],
                    progress: TextIO | None) -> Outcome:
     gossip = scenario.gossip_config(params)
-    grace = gossip.suspicion_max(params.nodes) + 3 * gossip.probe_interval
+    # a live member needs about a probe interval to hear of a suspicion and one more for
+    # its refutation to spread, within the shortest suspicion timeout
+    grace = gossip.suspicion_min(params.nodes) + 2 * gossip.probe_interval
     rec = Recorder(params.nodes, grace)
     engine = ENGINE_TYPES[params.engine](params, scenario, rec)
     started = time.monotonic()
@@ -134,7 +136,7 @@ async def _apply(engine: Engine, rec: Recorder, event: Event) -> None:
             await engine.join(event.node)
             rec.came_up(event.node, t)
     elif isinstance(event, Partition):
-        rec.partitioned(event.groups)
+        rec.partitioned(event.groups, t)
         await engine.partition(event.groups)
     elif isinstance(event, Heal):
         rec.healed(t)

@@ -39,14 +39,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.broadcast import BroadcastQueue
 from p2pexec.gossip.config import GossipConfig
-from p2pexec.gossip.liveset import LiveSet
+from p2pexec.gossip.liveset import Lap, LiveSet, Snapshot
 from p2pexec.gossip.messages import (
     MAX_COUNTER,
     Ack,
@@ -126,6 +126,9 @@ class MemberEvent:
     kind: EventKind
     member: Member
     time: float
+    origin: NodeId | None = None
+    """For a suspicion or failure: the node that first declared it (this one, when its
+    own probe or timer did)."""
 
 
 @dataclass(slots=True)
@@ -193,9 +196,10 @@ class Membership:
         self._changed_at: dict[NodeId, float] = {}
         self._live = LiveSet()                # other visible alive/suspect members
         self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
+        self._reapable: dict[NodeId, None] = {}  # tombstones and rows without identity
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
-        self._probe_order: list[NodeId] = []
+        self._lap: Lap | None = None          # this lap of round-robin probing
         self._probe_soon: dict[NodeId, None] = {}  # newly suspected: probe them next
         self._seq = 0
         self._t = _Timers()
@@ -287,6 +291,8 @@ class Membership:
             visible = row.identity is not None
             assert (row.node in self._live) == (visible and row.state in LIVE), row
             assert (row.node in self._dead) == (visible and row.state == State.DEAD), row
+            assert (row.node in self._reapable) == \
+                (not visible or row.state in (State.DEAD, State.LEFT)), row
             shown += visible and row.state in LIVE
         assert shown == len(self._live) == self.num_live() - 1
         for node, suspicion in self._suspicions.items():
@@ -308,27 +314,24 @@ class Membership:
                 self._t.seeds.append(seed)
             self._outbox.append(Send(seed, (self._local_state(join=True),), stream=True))
 
-    def adopt(self, rows: Iterable[Row], now: float) -> None:
-        """Start from a table that members converged to (rows with identity; ours is
-        skipped) instead of learning it by joining: O(n), no events, nothing sent. A
-        simulation starts thousands of converged nodes this way; a node restoring a saved
-        member list could too. When the table has us, our own first Alive is not
-        gossiped: the members know it already."""
+    def adopt(self, rows: Mapping[NodeId, Row], members: Snapshot, now: float) -> None:
+        """Start from the table a cluster converged to instead of learning it by joining:
+        `rows` by node (ours included) and `members`, the live ones among them. Both are
+        read, never changed, so thousands of cores (a simulation) share one copy and set
+        up in O(1) each; this core keeps only what changes from then on. The rows must
+        all be alive (a converged table). Only for a fresh core; no events, nothing
+        sent, and our own first Alive is not gossiped when the table has it (the members
+        know it already)."""
+        if len(self._table) > 1 or self._live:
+            raise LocalUsageError("adopt() is for a fresh core that knows only itself")
         self._start(now)
-        for row in rows:
-            if row.node == self.me:
-                if row.identity is not None and row.status == (self._incarnation, State.ALIVE):
-                    self._queue.discard((self.me, "m"))
-                continue
-            if row.identity is None:
-                continue
-            self._table.adopt(row)
-            self._live.discard(row.node)
-            self._dead.pop(row.node, None)
-            if row.state in LIVE:
-                self._live.add(row.node)
-            elif row.state == State.DEAD:
-                self._dead[row.node] = None
+        self._table.share(rows)
+        self._live = LiveSet(members)
+        self._live.discard(self.me)
+        mine = rows.get(self.me)
+        if mine is not None and mine.identity is not None \
+                and mine.status == (self._incarnation, State.ALIVE):
+            self._queue.discard((self.me, "m"))
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave; keep gossiping until `leave_complete()`."""
@@ -406,7 +409,13 @@ class Membership:
             self._heard(msg.sender, now)
             self._merge_remote(msg, now)
         else:
+            incarnation = self._incarnation
             self._apply(msg, now)
+            if self._incarnation != incarnation:
+                # We outbid a suspicion or death that `src` passed on: tell it straight,
+                # so its timer stops even if our gossip of it is lost among many updates
+                # (after a partition heals, every node suspects dozens at once).
+                self._send(src, [self._alive()], piggyback=False)
 
     def handle_push_pull(self, src: Address, msg: PushPull, now: float) -> PushPull:
         """Serve an incoming push-pull: merge the remote table, answer with ours."""
@@ -538,8 +547,11 @@ class Membership:
         live = self._live
         dead = [n for n in self._dead if self._changed_at.get(n, -math.inf) >= horizon]
         total = len(live) + len(dead)
-        chosen = [live[i] if i < len(live) else dead[i - len(live)]
-                  for i in self._rng.sample(range(total), min(self.cfg.gossip_nodes, total))]
+        # uniform over live and recently dead members: draw positions, then as many
+        # distinct live members as positions fell on them
+        picks = self._rng.sample(range(total), min(self.cfg.gossip_nodes, total))
+        chosen = live.sample(self._rng, sum(1 for i in picks if i < len(live)))
+        chosen += [dead[i - len(live)] for i in picks if i >= len(live)]
         limit = self.cfg.retransmit_limit(self.num_live())
         budget = self.cfg.max_packet_size - PACKET_OVERHEAD
         for node in chosen:
@@ -566,12 +578,13 @@ class Membership:
             if node in self._live and row is not None and row.state == State.SUSPECT:
                 return node
         for _ in range(2):
-            while self._probe_order:
-                node = self._probe_order.pop()
-                if node in self._live:
+            lap = self._lap
+            while lap:
+                node = self._live.slot(lap.next())
+                if node is not None:
                     return node
-            self._probe_order = list(self._live)
-            self._rng.shuffle(self._probe_order)
+            self._live.compact()
+            self._lap = Lap(self._live.slots, self._rng)
         return None
 
     def _start_probe(self, now: float) -> None:
@@ -615,9 +628,12 @@ class Membership:
 
     # ---- internals: the member table ---------------------------------------------------
 
+    def _alive(self) -> Alive:
+        return Alive(self.me, self._incarnation, self._name, self.address,
+                     dict(self._resources))
+
     def _announce(self) -> None:
-        self._apply_self(Alive(self.me, self._incarnation, self._name, self.address,
-                               dict(self._resources)))
+        self._apply_self(self._alive())
 
     def _apply_self(self, upd: MemberUpdate) -> None:
         self._table.apply(upd)
@@ -682,6 +698,10 @@ class Membership:
 
     def _transition(self, old: Row | None, new: Row, now: float, origin: NodeId | None) -> None:
         node = new.node
+        if new.identity is None or new.state in (State.DEAD, State.LEFT):
+            self._reapable[node] = None
+        else:
+            self._reapable.pop(node, None)
         if old is None or old.status != new.status:
             self._changed_at[node] = now
         if new.state == State.SUSPECT:
@@ -706,7 +726,7 @@ class Membership:
             self._dead[node] = None
         kind = _event_kind(old if old is not None and old.identity is not None else None, new)
         if kind is not None:
-            self._events.append(MemberEvent(kind, self._member(new), now))
+            self._events.append(MemberEvent(kind, self._member(new), now, origin))
 
     def _merge_remote(self, pp: PushPull, now: float) -> None:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
@@ -737,14 +757,12 @@ class Membership:
         Hidden rows must be kept for a while, so the order updates arrive in does not
         matter, but not forever: made-up node ids would grow the table without bound."""
         horizon = now - self.cfg.reap_time
-        for row in list(self._table):
-            if row.node != self.me and (row.state in (State.DEAD, State.LEFT)
-                                        or row.identity is None) \
-                    and self._changed_at.get(row.node, now) <= horizon:
-                self._table.remove(row.node)
+        for node in list(self._reapable):
+            if self._changed_at.get(node, now) <= horizon:
+                self._table.remove(node)
                 for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
-                          self._probe_soon):
-                    d.pop(row.node, None)
+                          self._probe_soon, self._reapable):
+                    d.pop(node, None)
 
 
 _RECORDS: dict[int, tuple[Row, MemberRecord]] = {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import MemberEvent, Membership
+from p2pexec.gossip.liveset import Snapshot
 from p2pexec.gossip.messages import Message, PushPull, State
 from p2pexec.gossip.table import Identity, Row
 from p2pexec.gossip.wire import encode_packet, encode_stream
@@ -104,14 +105,15 @@ class Stepper:
 
     def converge(self) -> None:
         """Every node starts from the table a cluster of all of them converges to (each
-        alive at incarnation 0): O(n) per node, where a mass join costs O(n) rounds of
-        push-pulls that carry the whole table."""
+        alive at incarnation 0), one copy shared by all cores: O(n) in all, where a mass
+        join costs O(n) rounds of push-pulls that carry the whole table."""
         resources = tuple(sorted(self._resources.items()))
-        rows = [Row(node.node_id, 0, State.ALIVE,
-                    Identity(0, node.address[0], node.address, resources))
-                for node in self.nodes]
+        rows = {node.node_id: Row(node.node_id, 0, State.ALIVE,
+                                  Identity(0, node.address[0], node.address, resources))
+                for node in self.nodes}
+        members = Snapshot.of(list(rows))
         for node in self.nodes:
-            node.core.adopt(rows, self.now)
+            node.core.adopt(rows, members, self.now)
             self._after(node)
 
     def crash(self, i: int) -> None:

@@ -18,7 +18,7 @@ reaps it after reap_time if no `Alive` ever comes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from p2pexec.gossip.messages import Alive, Dead, Left, LoadUpdate, MemberUpdate, State, Suspect
@@ -100,36 +100,63 @@ def merge(row: Row | None, update: MemberUpdate) -> Row:
 
 
 class MemberTable:
-    """Rows keyed by node id; `apply` is the only way they change (plus `remove` for reaping)."""
+    """Rows keyed by node id; `apply` is the only way they change (plus `remove` for reaping).
+
+    It may sit on a shared base (`share`): rows of a converged cluster that many tables
+    read and none writes; this table then keeps only what differs from it."""
 
     def __init__(self) -> None:
+        self._base: Mapping[NodeId, Row] = {}
         self._rows: dict[NodeId, Row] = {}
+        self._gone: set[NodeId] = set()
+        """Base rows removed here."""
+        self._extra = 0
+        """Rows here whose node is not in the base."""
+
+    def share(self, base: Mapping[NodeId, Row]) -> None:
+        """Read `base` under this table's rows (it must not have any beyond its own)."""
+        self._base = base
+        self._gone = set()
+        self._extra = sum(1 for node in self._rows if node not in base)
 
     def apply(self, update: MemberUpdate) -> tuple[Row | None, Row]:
         """Merge one update; returns (row before, row after) so callers can see what changed."""
-        old = self._rows.get(update.node)
+        old = self.get(update.node)
         new = merge(old, update)
         if new != old:
-            self._rows[update.node] = new
+            self._put(new)
         return old, new
 
-    def get(self, node: NodeId) -> Row | None:
-        return self._rows.get(node)
+    def _put(self, row: Row) -> None:
+        node = row.node
+        if node in self._base:
+            self._gone.discard(node)
+        elif node not in self._rows:
+            self._extra += 1
+        self._rows[node] = row
 
-    def adopt(self, row: Row) -> None:
-        """Take `row` as it is, over anything known: for starting from a table another
-        node converged to (`Membership.adopt`), never for news from the network."""
-        self._rows[row.node] = row
+    def get(self, node: NodeId) -> Row | None:
+        row = self._rows.get(node)
+        if row is None and node not in self._gone:
+            return self._base.get(node)
+        return row
 
     def remove(self, node: NodeId) -> None:
-        self._rows.pop(node, None)
+        if self._rows.pop(node, None) is not None and node not in self._base:
+            self._extra -= 1
+        if node in self._base:
+            self._gone.add(node)
 
     def rows(self) -> dict[NodeId, Row]:
         """A copy of every row (including those without identity)."""
-        return dict(self._rows)
+        return {row.node: row for row in self}
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._base) - len(self._gone) + self._extra
 
     def __iter__(self) -> Iterator[Row]:
-        return iter(self._rows.values())
+        rows, gone = self._rows, self._gone
+        for node, row in self._base.items():
+            if node not in rows and node not in gone:
+                yield row
+        yield from rows.values()

@@ -209,6 +209,10 @@ def test_a_stale_suspicion_of_ourselves_gets_our_alive_again_in_the_very_ack():
     core = make(B)
     core.receive(ADDR[B], Suspect(A, 0, B), 1.0)
     assert core.incarnation == 1
+    # the accuser hears the refutation at once, whatever becomes of the gossip
+    (straight,) = core.outbox()
+    assert (straight.to, straight.msgs) == (ADDR[B], (Alive(A, 1, "a", ADDR[A],
+                                                            {"CPU": 4.0}),))
     sent = 0
     while core.pending_broadcasts():  # the refutation is gossiped until its limit
         core.tick(core.next_deadline())
