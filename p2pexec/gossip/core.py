@@ -36,8 +36,10 @@ Where this differs from memberlist, and why:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import operator
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -328,6 +330,9 @@ class Membership:
         self._table.share(rows)
         self._live = LiveSet(members)
         self._live.discard(self.me)
+        # as a member of this cluster for a while would: the next push-pull somewhere in
+        # the period for its size (a node that just started staggers over the base one)
+        self._t.push_pull = now + self._rng.uniform(0, self.cfg.push_pull_period(self.num_live()))
         mine = rows.get(self.me)
         if mine is not None and mine.identity is not None \
                 and mine.status == (self._incarnation, State.ALIVE):
@@ -563,8 +568,7 @@ class Membership:
                 self._outbox.append(Send(address, tuple(msgs)))
 
     def _local_state(self, join: bool) -> PushPull:
-        return PushPull(self.me, join, tuple(_record(row) for row in self._table
-                                             if row.identity is not None))
+        return PushPull(self.me, join, self._table.records(_record))
 
     # ---- internals: probing ------------------------------------------------------------
 
@@ -731,7 +735,14 @@ class Membership:
     def _merge_remote(self, pp: PushPull, now: float) -> None:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
         the member gets a chance to refute before we believe it."""
-        for r in pp.members:
+        members = pp.members
+        ours = set(map(id, self._table.records(_record)))
+        if ours:
+            # a record that is the very one made from a row we hold says nothing new (cores
+            # of one process share rows: a simulation of thousands of nodes)
+            members = tuple(itertools.compress(
+                members, map(operator.not_, map(ours.__contains__, map(id, members)))))
+        for r in members:
             known = self._table.get(r.node)
             if known is not None and r.state == State.ALIVE and _knows(known, r):
                 continue  # nothing new (most rows of most exchanges): skip the merge
@@ -772,7 +783,8 @@ _MAX_RECORDS = 1 << 17
 def _record(row: Row) -> MemberRecord:
     """A row as push-pull sends it. Rows are immutable and change rarely, so each is
     built (and checked) once, not at every exchange: cached by identity (hashing a row
-    by value costs as much as building it), dropped wholesale when the cache is full."""
+    by value costs as much as building it), dropped wholesale when the cache is full.
+    Cores of one process that share rows (a simulation) then also share records."""
     cached = _RECORDS.get(id(row))
     if cached is not None and cached[0] is row:
         return cached[1]

@@ -72,14 +72,14 @@ class ClusterStepper:
         self.index[node.node_id] = node.index
         return node.index
 
-    def converge(self, dht_view: int = 60) -> None:
-        """Start every node converged: each gossip core takes the table a cluster of all
-        of them converges to, and each DHT learns `dht_view` random members and looks up
-        its own id (gossip would feed it all of them; a partial view keeps set-up O(n) at
-        10,000 nodes, and routing works with one). For big clusters, where a simulated
-        mass join costs O(n^2)."""
+    def converge(self, dht_view: int = 40) -> None:
+        """Start every node converged: the gossip cores share the table a cluster of all
+        of them converges to, and each DHT learns its neighbours in id order and
+        `dht_view` random members (gossip would feed it all of them; a partial view
+        keeps set-up near O(n) at 10,000 nodes, and routing works with one). Where a
+        simulated mass join costs O(n^2)."""
         self.gossip.converge()
-        self.dht.know_random(dht_view)
+        self.dht.know_neighbours(dht_view)
 
     def join(self, i: int, seeds: list[int]) -> None:
         self.gossip.join(i, seeds)
