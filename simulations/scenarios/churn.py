@@ -1,7 +1,8 @@
 """Steady churn: nodes join, leave gracefully and crash at a steady rate.
 
 Every `60 / rate` seconds on average (a Poisson process; rate = a tenth of the nodes per
-minute), one node changes: a down node comes back (a crashed one after 5 s at least), or
+minute, between 1 and 60), one node changes: a down node comes back (a crashed one after
+5 s at least), or
 an up node leaves or crashes, so that about a fifth of the nodes are down at any time.
 Churn stops a detection bound before the end, so the run ends on a settled cluster.
 """
@@ -18,6 +19,12 @@ RESTART_SECONDS = 5.0
 """A crashed machine comes back no sooner than this (a process or service restart)."""
 
 
+def churn_per_second(nodes: int) -> float:
+    """A tenth of the nodes per minute, at least one and at most 60 (one change a
+    second: at 10,000 nodes a tenth per minute would replace the cluster in 10 min)."""
+    return min(60.0, max(1.0, nodes / 10)) / 60
+
+
 class Churn(Scenario):
     name = "churn"
     summary = "steady churn: nodes join, leave gracefully and crash (a tenth per minute)"
@@ -26,7 +33,7 @@ class Churn(Scenario):
     def schedule(self, params: Params, rng: random.Random) -> list[Event]:
         gossip = self.gossip_config(params)
         stop = params.duration - gossip.failure_detection_bound(params.nodes) - 10
-        rate = max(1.0, params.nodes / 10) / 60
+        rate = churn_per_second(params.nodes)
         up = set(range(params.nodes))
         down: dict[int, float] = {}  # node -> when it is fully down
         events: list[Event] = []

@@ -14,6 +14,7 @@ import random
 from simulations.faults import Crash, Event, Join, Leave, Submit
 from simulations.invariants import Converges, FalsePositives, Invariant, TasksExactlyOnce
 from simulations.scenario import Params, Scenario, false_positive_budget
+from simulations.scenarios.churn import churn_per_second
 
 OWNER = 0
 BURSTS = 4
@@ -32,7 +33,7 @@ class TasksUnderChurn(Scenario):
         events: list[Event] = [Submit(2.0 + 5.0 * k, OWNER, per_burst) for k in range(BURSTS)]
         gossip = self.gossip_config(params)
         stop = params.duration - gossip.failure_detection_bound(params.nodes) - 10
-        rate = max(1.0, params.nodes / 10) / 60
+        rate = churn_per_second(params.nodes)
         others = list(range(1, params.nodes))
         down: dict[int, float] = {}
         t = 3.0 + rng.expovariate(rate)
