@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shrink", action="store_true",
                    help="on failure, reduce the fault schedule to a smaller failing one")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--log", action="store_true",
+                   help="show the nodes' warnings (simnet runs many nodes in this process)")
     return p
 
 
@@ -165,6 +168,13 @@ def plot_series(outcome: Outcome, path: Path) -> Path | None:
     return path
 
 
+def quiet_nodes(show: bool = False) -> None:
+    """Simulated nodes log what real ones would (a leave nobody confirmed, a peer
+    dropped); a simulation reports through its figures, so only errors show unless
+    asked."""
+    logging.getLogger("p2pexec").setLevel(logging.WARNING if show else logging.ERROR)
+
+
 def list_scenarios() -> str:
     width = max(len(name) for name in SCENARIOS)
     return "\n".join(f"{name:<{width}}  {s.summary} [{s.nodes} nodes, {s.duration:g} s; "
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
     params = params_for(scenario, args)
+    quiet_nodes(args.log)
     schedule = None
     if args.schedule is not None:
         try:

@@ -24,13 +24,13 @@ import sys
 from pathlib import Path
 
 from simulations import dht_figures
-from simulations.cli import plot_series
+from simulations.cli import plot_series, quiet_nodes
 from simulations.runner import Outcome, run
 from simulations.scenario import Params
 from simulations.scenarios import SCENARIOS
 
 LOSSES = (0.0, 0.05, 0.2)
-SIMNET_SIZES = (100,)
+SIMNET_SIZES = (30, 100)
 """Sizes the task scenario runs at (whole nodes only)."""
 
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10_000])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "figures")
     args = parser.parse_args(argv)
+    quiet_nodes()
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     tables = [
