@@ -109,3 +109,32 @@ class EventLoop:
     def digest(self) -> str:
         """16 hex digits over every delivery so far: equal for equal seeds and parameters."""
         return f"{self._trace & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+class OnLoop:
+    """What every stepper on an `EventLoop` offers: its clock, its running, its links'
+    partitions and its trace (`self.loop` is the loop)."""
+
+    loop: EventLoop
+
+    @property
+    def now(self) -> float:
+        return self.loop.now
+
+    @property
+    def digest(self) -> str:
+        """Hash of every delivery so far: equal for equal seeds and parameters."""
+        return self.loop.digest
+
+    def run_until(self, t: float) -> None:
+        self.loop.run_until(t)
+
+    def run_for(self, dt: float) -> None:
+        self.loop.run_for(dt)
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Messages flow only within a group; nodes in no group form one more."""
+        self.loop.partition(groups)
+
+    def heal(self) -> None:
+        self.loop.heal()

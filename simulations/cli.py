@@ -12,9 +12,11 @@ still fails and writes it as `shrunk.json` (replay it with `--schedule`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from simulations import faults
@@ -168,11 +170,18 @@ def plot_series(outcome: Outcome, path: Path) -> Path | None:
     return path
 
 
-def quiet_nodes(show: bool = False) -> None:
+@contextlib.contextmanager
+def quiet_nodes(show: bool = False) -> Iterator[None]:
     """Simulated nodes log what real ones would (a leave nobody confirmed, a peer
     dropped); a simulation reports through its figures, so only errors show unless
-    asked."""
-    logging.getLogger("p2pexec").setLevel(logging.WARNING if show else logging.ERROR)
+    asked. The level is restored after."""
+    logger = logging.getLogger("p2pexec")
+    level = logger.level
+    logger.setLevel(logging.WARNING if show else logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def list_scenarios() -> str:
@@ -196,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
     params = params_for(scenario, args)
-    quiet_nodes(args.log)
+    with quiet_nodes(args.log):
+        return _run(scenario, params, args)
+
+
+def _run(scenario: Scenario, params: Params, args: argparse.Namespace) -> int:
+    """Run, report, write the files; shrink on failure when asked."""
     schedule = None
     if args.schedule is not None:
         try:

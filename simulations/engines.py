@@ -62,21 +62,30 @@ def task_seconds(task_id: bytes) -> float:
     return random.Random(task_id).uniform(0.05, 0.5)
 
 
-class StepperEngine:
+class _Engine:
+    """What both engines keep: the run's parameters, the recorder, a seeded RNG for
+    workload choices (apart from the network's), when simulated time 0 was, and who
+    published which record."""
+
+    def __init__(self, params: Params, recorder: Recorder) -> None:
+        self.params = params
+        self.rec = recorder
+        self.rng = random.Random(params.seed + 1)
+        self.t0 = 0.0
+        self.publishers: dict[int, int] = {}
+
+
+class StepperEngine(_Engine):
     """Gossip and DHT cores on the discrete-event stepper."""
 
     name = "stepper"
     exact_replay = True
 
     def __init__(self, params: Params, scenario: Scenario, recorder: Recorder) -> None:
-        self.params = params
-        self.rec = recorder
+        super().__init__(params, recorder)
         self.sim = ClusterStepper(params.nodes, gossip=scenario.gossip_config(params),
                                   dht=scenario.dht_config(params), seed=params.seed,
                                   latency=params.latency, jitter=params.latency)
-        self.rng = random.Random(params.seed + 1)
-        self.t0 = 0.0
-        self.publishers: dict[int, int] = {}
         self._pending: list[tuple[int, Any, int, int, float]] = []
 
     # ---- life ---------------------------------------------------------------------------
@@ -184,24 +193,20 @@ class StepperEngine:
         return self.sim.gossip.nodes[node].core.live_members()
 
 
-class NodeEngine:
+class NodeEngine(_Engine):
     """Production nodes on SimNetwork under trio's MockClock."""
 
     name = "simnet"
     exact_replay = False
 
     def __init__(self, params: Params, scenario: Scenario, recorder: Recorder) -> None:
-        self.params = params
-        self.rec = recorder
+        super().__init__(params, recorder)
         self.net = SimNetwork(seed=params.seed, default_link=LinkSpec(
             latency=params.latency, jitter=params.latency))
         self.cluster = SimCluster(self.net, params.nodes, gossip=scenario.gossip_config(params),
                                   seed=params.seed,
                                   duration=lambda work: task_seconds(work.task_id))
-        self.rng = random.Random(params.seed + 1)
-        self.t0 = 0.0
         self.index: dict[NodeId, int] = {}
-        self.publishers: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
         self._trace = hashlib.sha256()
         self._waiting = 0

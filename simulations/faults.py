@@ -29,26 +29,26 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Crash(Event):
+class NodeEvent(Event):
+    node: int
+    """The node's index, 0 to nodes - 1."""
+
+
+class Crash(NodeEvent):
     """The node stops at once, as if unplugged."""
 
-    node: int
     kind: ClassVar[str] = "crash"
 
 
-@dataclass(frozen=True)
-class Leave(Event):
+class Leave(NodeEvent):
     """The node leaves gracefully (announces it, then stops)."""
 
-    node: int
     kind: ClassVar[str] = "leave"
 
 
-@dataclass(frozen=True)
-class Join(Event):
-    """The node (never started, or down) starts as a fresh process and joins."""
+class Join(NodeEvent):
+    """The node (down) starts as a fresh process and joins."""
 
-    node: int
     kind: ClassVar[str] = "join"
 
 
@@ -77,10 +77,9 @@ class Links(Event):
 
 
 @dataclass(frozen=True)
-class Publish(Event):
+class Publish(NodeEvent):
     """Workload: the node publishes DHT record number `key`."""
 
-    node: int
     key: int
     kind: ClassVar[str] = "publish"
     is_fault: ClassVar[bool] = False
@@ -95,10 +94,9 @@ class Resolve(Event):
 
 
 @dataclass(frozen=True)
-class Submit(Event):
+class Submit(NodeEvent):
     """Workload: the node submits `tasks` tasks (as a driver attached to it would)."""
 
-    node: int
     tasks: int
     kind: ClassVar[str] = "submit"
     is_fault: ClassVar[bool] = False

@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10_000])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "figures")
     args = parser.parse_args(argv)
-    quiet_nodes()
+    with quiet_nodes():
+        return _make(args)
+
+
+def _make(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     tables = [

@@ -26,7 +26,7 @@ from p2pexec.dht.records import RecordSigner
 from p2pexec.ids import NodeId
 from p2pexec.net.codec import Codec
 from p2pexec.net.config import CodecLimits
-from p2pexec.stepping import EventLoop
+from p2pexec.stepping import EventLoop, OnLoop
 
 
 @dataclass
@@ -40,7 +40,7 @@ class StepNode:
     bytes_sent: int = 0
 
 
-class DhtStepper:
+class DhtStepper(OnLoop):
     """N DHT cores on a simulated LAN. Times are seconds from 0.
 
     With `loop`, the cores share another stepper's event loop; with `view=0` they start
@@ -93,15 +93,6 @@ class DhtStepper:
             for other in dict.fromkeys(near + far):
                 node.core.member_alive(self.nodes[other].contact, self.now)
             self._after(node)
-
-    @property
-    def now(self) -> float:
-        return self.loop.now
-
-    @property
-    def digest(self) -> str:
-        """Hash of every delivery so far: equal for equal seeds and parameters."""
-        return self.loop.digest
 
     def add_node(self) -> StepNode:
         """A new node with its own key, knowing no one yet."""
@@ -186,12 +177,6 @@ class DhtStepper:
         return node.finished.pop(op_id)
 
     # ---- running -----------------------------------------------------------------------
-
-    def run_until(self, t: float) -> None:
-        self.loop.run_until(t)
-
-    def run_for(self, dt: float) -> None:
-        self.loop.run_for(dt)
 
     def live(self) -> list[StepNode]:
         return [node for node in self.nodes if node.up]

@@ -23,7 +23,7 @@ from p2pexec.gossip.table import Identity, Row
 from p2pexec.gossip.wire import encode_packet, encode_stream
 from p2pexec.ids import NodeId
 from p2pexec.net.transport import Address
-from p2pexec.stepping import EventLoop
+from p2pexec.stepping import EventLoop, OnLoop
 
 
 @dataclass
@@ -40,7 +40,7 @@ class SimNode:
     wake: float | None = None
 
 
-class Stepper:
+class Stepper(OnLoop):
     """N cores on a simulated LAN. Times are seconds from 0.
 
     With `loop`, the cores share another stepper's event loop (and its RNG, links and
@@ -62,10 +62,6 @@ class Stepper:
         self.on_events = self._keep_events
         for _ in range(n):
             self.add_node()
-
-    @property
-    def now(self) -> float:
-        return self.loop.now
 
     @property
     def loss(self) -> float:
@@ -136,21 +132,6 @@ class Stepper:
         node = self.nodes[i]
         node.core.set_local_load(queue_length, running_tasks, self.now)
         self._after(node)
-
-    def partition(self, groups: list[list[int]]) -> None:
-        """Messages flow only within a group; nodes in no group keep group 0."""
-        self.loop.partition(groups)
-
-    def heal(self) -> None:
-        self.loop.heal()
-
-    # ---- running -----------------------------------------------------------------------
-
-    def run_until(self, t: float) -> None:
-        self.loop.run_until(t)
-
-    def run_for(self, dt: float) -> None:
-        self.loop.run_for(dt)
 
     # ---- inspection --------------------------------------------------------------------
 

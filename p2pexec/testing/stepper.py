@@ -20,7 +20,7 @@ from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import EventKind, MemberEvent
 from p2pexec.gossip.stepper import SimNode, Stepper
 from p2pexec.ids import NodeId
-from p2pexec.stepping import EventLoop
+from p2pexec.stepping import EventLoop, OnLoop
 
 MemberWatcher = Callable[[int, MemberEvent], None]
 """Called with (observer index, event) for every membership change a node reports."""
@@ -29,7 +29,7 @@ _ROUTED = (EventKind.JOINED, EventKind.UPDATED, EventKind.ALIVE)
 _DEPARTED = (EventKind.FAILED, EventKind.LEFT)
 
 
-class ClusterStepper:
+class ClusterStepper(OnLoop):
     """N nodes (gossip + DHT cores) on a simulated LAN. Times are seconds from 0."""
 
     def __init__(self, n: int, *, gossip: GossipConfig | None = None,
@@ -46,10 +46,6 @@ class ClusterStepper:
         self._leaving: set[int] = set()
         for _ in range(n):
             self.add_node()
-
-    @property
-    def now(self) -> float:
-        return self.loop.now
 
     def __len__(self) -> int:
         return len(self.gossip.nodes)
@@ -105,23 +101,7 @@ class ClusterStepper:
         self.gossip.leave(i)
         self._check_left(i, self.now + self.gossip.cfg.leave_timeout)
 
-    def partition(self, groups: list[list[int]]) -> None:
-        self.loop.partition(groups)
-
-    def heal(self) -> None:
-        self.loop.heal()
-
     # ---- running -----------------------------------------------------------------------
-
-    def run_until(self, t: float) -> None:
-        self.loop.run_until(t)
-
-    def run_for(self, dt: float) -> None:
-        self.loop.run_for(dt)
-
-    @property
-    def digest(self) -> str:
-        return self.loop.digest
 
     # ---- internals ---------------------------------------------------------------------
 
