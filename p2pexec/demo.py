@@ -33,17 +33,24 @@ def sample(seed: int, n: int) -> int:
 
 @px.remote
 class Estimator:
-    """Parameter server: batches push counts, anyone reads the running estimate."""
+    """Parameter server: batches push counts, anyone reads the running estimate.
+
+    A push names its batch and a second push of the same batch is ignored: a batch whose
+    node died after it pushed runs again elsewhere (tasks run at least once, as in Ray),
+    so its side effects must be idempotent."""
 
     def __init__(self) -> None:
         self.inside = 0
         self.total = 0
         self.updates = 0
+        self.pushed: set[int] = set()
 
-    def push(self, inside: int, total: int) -> int:
-        self.inside += inside
-        self.total += total
-        self.updates += 1
+    def push(self, batch_index: int, inside: int, total: int) -> int:
+        if batch_index not in self.pushed:
+            self.pushed.add(batch_index)
+            self.inside += inside
+            self.total += total
+            self.updates += 1
         return self.updates
 
     def estimate(self) -> tuple[float, int, int]:
@@ -51,10 +58,11 @@ class Estimator:
 
 
 @px.remote
-def batch(first_seed: int, chunks: int, per_chunk: int, server: px.ActorHandle) -> int:
+def batch(index: int, chunks: int, per_chunk: int, server: px.ActorHandle) -> int:
     """Fan out sampling tasks, gather them, push the sum to the parameter server."""
+    first_seed = index * chunks
     counts = px.get([sample.remote(first_seed + i, per_chunk) for i in range(chunks)])
-    px.get(server.push.remote(sum(counts), chunks * per_chunk))
+    px.get(server.push.remote(index, sum(counts), chunks * per_chunk))
     return sum(counts)
 
 
@@ -121,7 +129,7 @@ def _workload(samples: int, batches: int, chunks: int, started: float, out: Text
               on_progress: Callable[[int], None] | None = None) -> bool:
     per_chunk = max(1, samples // (batches * chunks))
     server = Estimator.remote()
-    pending = [batch.remote(b * chunks, chunks, per_chunk, server) for b in range(batches)]
+    pending = [batch.remote(b, chunks, per_chunk, server) for b in range(batches)]
     interactive = out.isatty()
     out.write(f"p2pexec demo: estimating pi with {batches * chunks * per_chunk:,} samples in "
               f"{batches} batch tasks x {chunks} nested sampling tasks, "
