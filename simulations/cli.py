@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from simulations import faults
-from simulations.engines import UnsupportedError
 from simulations.runner import Outcome, run, shrink
 from simulations.scenario import ENGINES, Params, Scenario
 from simulations.scenarios import SCENARIOS
@@ -221,11 +220,7 @@ def _run(scenario: Scenario, params: Params, args: argparse.Namespace) -> int:
     out = args.out or Path("sim-out") / f"{scenario.name}-n{params.nodes}-s{params.seed}"
     print(f"{scenario.name}: {scenario.summary}")
     progress = None if args.quiet else sys.stderr
-    try:
-        outcome = run(scenario, params, schedule, progress=progress)
-    except UnsupportedError as exc:
-        print(f"p2pexec simulate: {exc}", file=sys.stderr)
-        return 2
+    outcome = run(scenario, params, schedule, progress=progress)
     print(describe(outcome))
     for path in write_series(outcome, out):
         print(f"  wrote {path}")

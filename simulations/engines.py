@@ -1,9 +1,9 @@
 """The two engines a scenario runs on, behind one interface.
 
 - `StepperEngine`: `p2pexec.testing.stepper.ClusterStepper`, the sans-IO gossip and DHT
-  cores of every node on a trio-free discrete-event loop. Bit-exact replay from the seed;
-  the engine for 1,000 to 10,000 nodes. It runs no scheduler yet: task workloads need
-  the other engine.
+  cores of every node on a trio-free discrete-event loop, and (`task_stepper.TaskLayer`,
+  from the first submission) each node's scheduler with the stealing policy. Bit-exact
+  replay from the seed; the engine for 1,000 to 10,000 nodes. Plain tasks only.
 - `NodeEngine`: `p2pexec.testing.SimCluster`, the production `Node` (gossip and DHT
   drivers, scheduler, mesh, object transfer) of every node on `SimNetwork` under trio's
   `MockClock`. Everything a node does, up to a few hundred nodes; trio's scheduling
@@ -29,6 +29,7 @@ from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
 from p2pexec.testing.stepper import ClusterStepper
+from p2pexec.testing.task_stepper import TaskLayer
 from simulations.record import Recorder
 from simulations.scenario import Params, Scenario
 
@@ -39,10 +40,6 @@ before the run gives up."""
 LOOKUP_WAIT = 10.0
 """Simulated seconds a lookup may take before it counts as failed (twice the default
 whole-lookup deadline)."""
-
-
-class UnsupportedError(Exception):
-    """The scenario asks for something this engine does not simulate."""
 
 
 def record_key(key: int) -> bytes:
@@ -87,6 +84,8 @@ class StepperEngine(_Engine):
                                   dht=scenario.dht_config(params), seed=params.seed,
                                   latency=params.latency, jitter=params.latency)
         self._pending: list[tuple[int, Any, int, int, float]] = []
+        self.tasks: TaskLayer | None = None
+        """Schedulers on every node, from the first submission on."""
 
     # ---- life ---------------------------------------------------------------------------
 
@@ -110,6 +109,10 @@ class StepperEngine(_Engine):
 
     async def finish(self, t: float) -> None:
         self._collect_lookups(t, final=True)
+        if self.tasks is not None:
+            for object_id, count in self.tasks.completions.items():
+                if count and object_id in self.rec.tasks_submitted:
+                    self.rec.task_results[object_id] = "done"
 
     @property
     def messages(self) -> int:
@@ -178,8 +181,11 @@ class StepperEngine(_Engine):
         self._pending = waiting
 
     async def submit(self, node: int, tasks: int) -> None:
-        raise UnsupportedError("the stepper runs no scheduler: run task workloads with "
-                               "--engine simnet")
+        if self.tasks is None:
+            self.tasks = TaskLayer(self.sim, duration=task_seconds)
+            self.rec.completions = self.tasks.completions
+        for object_id in self.tasks.submit(node, tasks):
+            self.rec.tasks_submitted[object_id] = "done"
 
     # ---- views -------------------------------------------------------------------------
 

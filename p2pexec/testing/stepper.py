@@ -43,6 +43,10 @@ class ClusterStepper(OnLoop):
         self.dht = DhtStepper(0, dht, view=0, detect_after=None, loop=self.loop)
         self.index: dict[NodeId, int] = {}
         self.watchers: list[MemberWatcher] = []
+        self.started: list[Callable[[int], None]] = []
+        """Called with a node's index when it comes back as a fresh process."""
+        self.stopped: list[Callable[[int], None]] = []
+        """Called with a node's index when it stops (crash, or the end of a leave)."""
         self._leaving: set[int] = set()
         for _ in range(n):
             self.add_node()
@@ -88,11 +92,15 @@ class ClusterStepper(OnLoop):
         self.gossip.crash(i)
         self.dht.nodes[i].up = False
         self._leaving.discard(i)
+        for stopped in self.stopped:
+            stopped(i)
 
     def restart(self, i: int, seeds: list[int]) -> None:
         """The machine comes back as a fresh process and joins through `seeds`."""
         self.dht.restart(i)
         self.gossip.restart(i, seeds)
+        for started in self.started:
+            started(i)
 
     def leave(self, i: int) -> None:
         """A graceful leave: the node gossips it, then stops once the news is out (or

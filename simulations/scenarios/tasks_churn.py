@@ -4,7 +4,8 @@ Node 0 (the owner, as a driver attached to it would) submits 20 tasks per node i
 bursts; the others steal them. Meanwhile a tenth of the other nodes per minute crash,
 leave or come back. Every result must reach the owner exactly once with the right
 value (tasks on a crashed thief are run again), no result may hang, and no live node
-may be declared failed beyond the budget. Runs on whole nodes (SimNetwork) only.
+may be declared failed beyond the budget. On the stepper, each node's scheduler and
+stealing policy run on simulated workers (`p2pexec.testing.task_stepper`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ class TasksUnderChurn(Scenario):
     summary = "a task workload under churn: every result reaches its owner exactly once"
     nodes = 20
     duration = 120.0
-    engines = ("simnet",)
 
     def schedule(self, params: Params, rng: random.Random) -> list[Event]:
         per_burst = max(1, params.nodes * TASKS_PER_NODE // BURSTS)

@@ -67,8 +67,8 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path,
     bad.write_text('[{"kind": "crash", "at": "soon", "node": 1}]')
     assert main(["churn", "--schedule", str(bad), "--engine", "stepper"]) == 2
     assert "not a schedule" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="runs on simnet"):
-        main(["tasks-churn", "--engine", "stepper"])
+    with pytest.raises(SystemExit, match="needs at least 5 nodes"):
+        main(["churn", "--nodes", "2"])
     with pytest.raises(SystemExit, match="--loss"):
         main(["churn", "--loss", "1.5"])
 

@@ -9,6 +9,7 @@ import statistics
 
 import pytest
 
+from p2pexec.exec.refs import task_of
 from simulations import faults
 from simulations.faults import Crash, Event, Join
 from simulations.invariants import DetectsCrashes, Invariant
@@ -128,3 +129,29 @@ def test_scenario_schedules_are_drawn_from_the_seed_only() -> None:
         one = scenario.schedule(p, random.Random(5))
         two = scenario.schedule(p, random.Random(5))
         assert one == two and one, scenario.name
+
+
+def test_schedulers_on_the_stepper_spread_a_burst_over_the_mesh() -> None:
+    """1,000 tasks of 50-500 ms submitted at one of 20 two-CPU nodes: every result once,
+    the makespan close to the ideal (the work over 40 CPUs plus the longest task), every
+    other node stole some, about as many messages per task as whole nodes send."""
+    from p2pexec.testing.stepper import ClusterStepper
+    from p2pexec.testing.task_stepper import TaskLayer
+    from simulations.engines import task_seconds
+
+    cluster = ClusterStepper(20, seed=3)
+    cluster.converge()
+    layer = TaskLayer(cluster, duration=task_seconds)
+    cluster.run_for(2.0)
+    start = cluster.now
+    ids = layer.submit(0, 1000)
+    while not all(layer.completions[i] for i in ids):
+        assert cluster.now < start + 60, "a result never came"
+        cluster.run_for(0.5)
+    makespan = cluster.now - start
+    assert set(layer.completions[i] for i in ids) == {1}
+    durations = [task_seconds(task_of(i)) for i in ids]
+    ideal = sum(durations) / 40 + max(durations)
+    assert makespan <= 1.15 * ideal, (makespan, ideal)
+    assert all(layer.nodes[i].core.counts["stolen_in"] > 0 for i in range(1, 20))
+    assert layer.messages / len(ids) < 4
