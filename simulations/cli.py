@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="simulated seconds after convergence")
     p.add_argument("--loss", type=float, help="datagram loss on every link, 0 to 1")
     p.add_argument("--latency", type=float, metavar="MS", help="one-way latency in ms")
+    p.add_argument("--fp-budget", type=int, metavar="N",
+                   help="live members the run may declare failed (default: none on clean "
+                        "links, 10 per node-hour per unit of loss)")
     p.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
                    help="simnet: whole nodes on SimNetwork (up to a few hundred); "
                         "stepper: the sans-IO cores, up to 10,000 (auto: by size)")
@@ -67,7 +70,10 @@ def params_for(scenario: Scenario, args: argparse.Namespace) -> Params:
     duration = scenario.duration if args.duration is None else args.duration
     if latency_ms < 0 or duration <= 0:
         raise SystemExit("p2pexec simulate: --latency must be >= 0 and --duration > 0")
-    return Params(nodes, args.seed, duration, loss, latency_ms / 1000, engine)
+    if args.fp_budget is not None and args.fp_budget < 0:
+        raise SystemExit("p2pexec simulate: --fp-budget must be >= 0")
+    return Params(nodes, args.seed, duration, loss, latency_ms / 1000, engine,
+                  args.fp_budget)
 
 
 def command(scenario: Scenario, params: Params, schedule: Path | None = None) -> str:
@@ -84,6 +90,8 @@ def command(scenario: Scenario, params: Params, schedule: Path | None = None) ->
         words += ["--latency", f"{params.latency * 1000:g}"]
     if params.engine != scenario.default_engine(params.nodes):
         words += ["--engine", params.engine]
+    if params.false_positive_budget is not None:
+        words += ["--fp-budget", str(params.false_positive_budget)]
     if schedule is not None:
         words += ["--schedule", str(schedule)]
     return " ".join(words)

@@ -80,3 +80,17 @@ def test_python_dash_m_simulations_is_the_same_command() -> None:
     listed = subprocess.run([sys.executable, "-m", "simulations", "--list"],
                             capture_output=True, text=True, check=True, timeout=120)
     assert listed.stdout.splitlines()[0].startswith("churn")
+
+
+def test_the_false_positive_budget_is_the_users_to_set(capsys: pytest.CaptureFixture,
+                                                      tmp_path: Path) -> None:
+    """At 20% loss, 50 nodes, seed 5, two live members are declared failed: within the
+    default budget; with a budget of 1 the run fails, and the reproduce command carries
+    the budget."""
+    argv = ["lossy", "--nodes", "50", "--engine", "stepper", "--seed", "5", "--quiet",
+            "--duration", "120", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "false-positives ok (2 (budget 4))" in capsys.readouterr().out
+    assert main([*argv, "--fp-budget", "1"]) == 1
+    strict = capsys.readouterr().out
+    assert "false-positives FAILED (2 (budget 1)" in strict and "--fp-budget 1" in strict
