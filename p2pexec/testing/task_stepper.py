@@ -6,9 +6,10 @@ each task finishing after its simulated duration), an idle node asks a peer its 
 shows loaded (`stealing.Thief`) with a one-way `StealRequested`, the victim's `Grant`
 arrives as `TasksGranted`, results go back as `RemoteFinished` and releases as
 `Released`, membership failures are `PeerGone`, and each node gossips its load. Every
-message between nodes crosses the stepper's links (delay, partitions; a node that is
-down receives nothing). Only plain tasks: actors, borrowing and object transfers need
-whole nodes (`SimCluster`).
+message between nodes crosses the stepper's links on a reliable connection: a link
+delay, a stall across a partition until it heals (no datagram loss), and lost only when
+the receiving process is (a node that is down receives nothing). Only plain tasks:
+actors, borrowing and object transfers need whole nodes (`SimCluster`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ VALUE = [p.INLINE, b"done", []]
 PEERS_SEEN = 8
 """Random live peers a thief looks at per attempt (two random choices among those with
 work): enough to find the loaded ones without building a list of thousands."""
+STALL_RETRY = 0.5
+"""Seconds between two looks whether a stalled connection's partition has healed."""
 _IGNORED = (Warn, StopWorker)
 
 
@@ -183,14 +186,17 @@ class TaskLayer:
             self._steal_soon(i, node.thief.backoff)
 
     def _send(self, source: int, target: int, event: Any) -> None:
-        """A message between nodes: it arrives after a link delay, if the link and the
-        receiving process are still there."""
-        if self.cluster.is_up(target) and self.loop.reachable(source, target):
+        """A message between nodes, on their connection: it arrives after a link delay,
+        or, across a partition, once it heals (the connection stalls, as TCP does); it
+        is lost only with the receiving process."""
+        if self.cluster.is_up(target):
             self.messages += 1
             self.loop.call_later(self._arrive, source, target, self.lives[target], event)
 
     def _arrive(self, source: int, target: int, life: int, event: Any) -> None:
         if not self.loop.reachable(source, target):
+            self.loop.call_at(self.loop.now + STALL_RETRY, self._arrive, source, target, life,
+                              event)
             return
         self.loop.note(source, target, event)
         if type(event) is tuple:  # a grant, with the id of the request it answers
