@@ -62,9 +62,13 @@ CODE = b"simulated task".ljust(16, b".")
 """The one function every simulated task calls."""
 VALUE = [p.INLINE, b"done", []]
 """What every simulated task returns (the value does not matter; arriving once does)."""
-PEERS_SEEN = 8
-"""Random live peers a thief looks at per attempt (two random choices among those with
-work): enough to find the loaded ones without building a list of thousands."""
+PEERS_SEEN = 16
+"""Of the nodes that published a queue, how many a thief looks at per attempt (it picks
+the more loaded of two among them): all of them would cost O(n) per attempt once
+thousands of thieves hold batches."""
+LOADED_MEMORY = 5.0
+"""Seconds a node that published a queue stays among the peers thieves look up after
+its queue emptied: longer than its "empty" sample takes to reach every table."""
 STALL_RETRY = 0.5
 """Seconds between two looks whether a stalled connection's partition has healed."""
 _IGNORED = (Warn, StopWorker)
@@ -98,6 +102,8 @@ class TaskLayer:
         self.ids = itertools.count(1)
         self.requests = itertools.count(1)
         self.messages = 0
+        self.loaded: dict[int, float] = {}
+        """Nodes that published a queue lately, and when they last did."""
         cluster.watchers.append(self._membership)
         cluster.started.append(self.start)
         cluster.stopped.append(self.stop)
@@ -250,11 +256,19 @@ class TaskLayer:
             self._steal_soon(i, node.thief.backoff)
 
     def _peers(self, i: int) -> list[PeerLoad]:
+        """Peers node i's gossip shows with queued work (the only ones a thief
+        considers), as its own table has them: a sample of the nodes that published a
+        queue, not a walk over thousands of members."""
         core = self.cluster.gossip.nodes[i].core
         peers = []
-        for node_id in core.live_members().sample(self.loop.rng, PEERS_SEEN):
+        loaded = list(self.loaded)
+        for j in self.loop.rng.sample(loaded, min(PEERS_SEEN, len(loaded))):
+            if j == i:
+                continue
+            node_id = self.cluster.node_id(j)
             member = core.member(node_id)
-            if member is None or member.state not in (State.ALIVE, State.SUSPECT):
+            if member is None or member.state not in (State.ALIVE, State.SUSPECT) \
+                    or member.load.queue_length <= 0:
                 continue
             peers.append(PeerLoad(node_id, member.address, member.load.queue_length,
                                   member.load.version, member.resources,
@@ -272,10 +286,16 @@ class TaskLayer:
 
     def _publish_loads(self) -> None:
         """What a node gossips of its load, every load_update_interval."""
+        now = self.loop.now
         for i, node in self.nodes.items():
             if self.cluster.is_up(i):
-                self.cluster.gossip.set_load(i, node.core.queue_length(),
-                                             int(node.core.cpus_in_use()))
+                queued = node.core.queue_length()
+                self.cluster.gossip.set_load(i, queued, int(node.core.cpus_in_use()))
+                if queued:
+                    self.loaded[i] = now
+        # a node stays a candidate until every table has heard its queue emptied
+        self.loaded = {i: at for i, at in self.loaded.items()
+                       if now - at < LOADED_MEMORY and self.cluster.is_up(i)}
         interval = self.cluster.gossip.cfg.load_update_interval
         self.loop.call_at(self.loop.now + interval, self._publish_loads)
 
