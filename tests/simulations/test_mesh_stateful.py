@@ -33,7 +33,7 @@ class MeshMachine(RuleBasedStateMachine):
         """Datagrams are not lost here: with loss, a thief may declare a live owner
         failed and drop the tasks it holds for it while the owner waits for their
         results for ever (a known gap this machine found; see ARCHITECTURE.md)."""
-        self.sim = ClusterStepper(NODES, gossip=GossipConfig.local(), seed=seed,
+        self.sim = ClusterStepper(NODES, gossip=GossipConfig.lan(), seed=seed,
                                   jitter=jitter)
         self.sim.converge()
         self.tasks = TaskLayer(self.sim, duration=duration)
@@ -74,7 +74,7 @@ class MeshMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: hasattr(self, "sim"))
     @rule(cut=st.sets(NODE, min_size=1, max_size=NODES - 1),
-          seconds=st.sampled_from([0.05, 0.5, 1.0]))
+          seconds=st.sampled_from([0.05, 0.2, 0.5]))
     def blip(self, cut: set[int], seconds: float) -> None:
         """A short partition, healed before anyone can be declared failed (a longer
         one makes the same false verdicts as loss: see `start`)."""
