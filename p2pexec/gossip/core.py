@@ -736,10 +736,11 @@ class Membership:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
         the member gets a chance to refute before we believe it."""
         members = pp.members
-        ours = set(map(id, self._table.records(_record)))
-        if ours:
+        if self._table.shared:
             # a record that is the very one made from a row we hold says nothing new (cores
-            # of one process share rows: a simulation of thousands of nodes)
+            # of one process share rows: a simulation of thousands of nodes; a real node's
+            # records come off the wire, so it skips this)
+            ours = set(map(id, self._table.records(_record)))
             members = tuple(itertools.compress(
                 members, map(operator.not_, map(ours.__contains__, map(id, members)))))
         for r in members:

@@ -120,6 +120,11 @@ class MemberTable:
         self._extra = 0
         """Rows here whose node is not in the base."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether this table reads a shared base (`share`)."""
+        return bool(self._base)
+
     def share(self, base: Mapping[NodeId, Row]) -> None:
         """Read `base` under this table's rows (it must not have any beyond its own)."""
         self._base = base

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2pexec.errors import LocalUsageError
 from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
@@ -180,8 +181,8 @@ class TaskLayer:
                 self._send(i, self._index(ins.owner), TasksReturned(
                     self._raw(i), list(ins.task_ids)))
             elif kind not in _IGNORED:
-                raise NotImplementedError(f"the task stepper runs plain tasks only, not "
-                                          f"{kind.__name__}")
+                raise LocalUsageError(f"the task stepper runs plain tasks only; "
+                                      f"{kind.__name__} needs whole nodes (SimCluster)")
 
     def _event(self, i: int, life: int, event: Any) -> None:
         node = self.nodes.get(i)
