@@ -213,6 +213,14 @@ class TasksReturned:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldAsked:
+    """Peer `node`'s held check: does this node still hold these tasks it gave it?"""
+
+    node: bytes
+    task_ids: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class ActorLocated:
     """The answer to a `LocateActor`: the node the actor lives on (None: none has it)."""
 
@@ -302,6 +310,6 @@ class CodeFetched:
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | TasksReturned | PeersResources | PeerLoads | PeerGone
+         | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
          | RemoteActorKilled | CodeFetched)

@@ -167,10 +167,20 @@ class Lend:
 
 @dataclass(frozen=True, slots=True)
 class HandBack:
-    """This node is leaving: tell `owner` it will not run these tasks of its after all
-    (the owner queues them again, uncharged)."""
+    """Tell `owner` this node will not run these tasks of its after all: it is leaving,
+    or it does not hold them when the owner asks (the owner queues them again,
+    uncharged)."""
 
     owner: bytes
+    task_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AskHeld:
+    """Ask peer `node` whether it still holds these tasks this node gave it (the ones
+    it does not hold come back as `TasksReturned`)."""
+
+    node: bytes
     task_ids: tuple[bytes, ...]
 
 
@@ -215,5 +225,5 @@ class StopRemoteActor:
 
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
-               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | ActorNamed
+               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed
                | CodeHere | FetchCode | StopRemoteActor)

@@ -43,6 +43,7 @@ from p2pexec.exec.events import (
     BorrowAnswered,
     BorrowRequested,
     CodeFetched,
+    HeldAsked,
     NameLost,
     PeerLoads,
     Released,
@@ -55,6 +56,7 @@ from p2pexec.exec.events import (
 from p2pexec.exec.instructions import (
     ActorHere,
     ActorNamed,
+    AskHeld,
     Borrow,
     CodeHere,
     FetchCode,
@@ -87,7 +89,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
-                   | Lend | HandBack | ActorNamed | CodeHere | FetchCode | StopRemoteActor)
+                   | Lend | HandBack | AskHeld | ActorNamed | CodeHere | FetchCode
+                   | StopRemoteActor)
 
 
 @message(111)
@@ -207,6 +210,15 @@ class LentObjects:
     large: list[bytes]
 
 
+@message(161)
+@dataclass(frozen=True, slots=True)
+class HeldCheck:
+    """Does the receiver still hold these tasks the sender gave it? It answers with a
+    `ReturnTasks` of those it does not (and nothing when it holds them all)."""
+
+    task_ids: list[bytes]
+
+
 @message(126)
 @dataclass(frozen=True, slots=True)
 class KillActor:
@@ -237,8 +249,8 @@ class CodeReply:
 
 
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
-                 ActorCalls, BorrowObjects, LentObjects, KillActor)
-MESH_CODES = (range(111, 112), range(117, 127), range(160, 161))
+                 ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck)
+MESH_CODES = (range(111, 112), range(117, 127), range(160, 162))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -389,6 +401,8 @@ class Mesh:
             self.service.stimulus(Released(node.raw, msg.object_ids, msg.counts))
         elif type(msg) is ReturnTasks:
             self.service.stimulus(TasksReturned(node.raw, msg.task_ids))
+        elif type(msg) is HeldCheck:
+            self.service.stimulus(HeldAsked(node.raw, msg.task_ids))
         elif type(msg) is ActorCalls:
             _check_tasks(msg.tasks, msg.values, ACTOR_CALL)
             self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, {}))
@@ -507,6 +521,8 @@ class Mesh:
             self._send(instruction.node, KillActor(instruction.actor_id))
         elif kind is HandBack:
             self._send(instruction.owner, ReturnTasks(list(instruction.task_ids)))
+        elif kind is AskHeld:
+            self._send(instruction.node, HeldCheck(list(instruction.task_ids)))
         elif kind is Borrow:
             last = self._last_queued(instruction.node, BorrowObjects)
             if last is not None:  # one message per burst

@@ -51,6 +51,7 @@ from p2pexec.exec.events import (
     Fetched,
     GaveBack,
     GetRequested,
+    HeldAsked,
     NameLost,
     PeerGone,
     PeerLoads,
@@ -75,6 +76,7 @@ from p2pexec.exec.events import (
 from p2pexec.exec.instructions import (
     ActorHere,
     ActorNamed,
+    AskHeld,
     CodeHere,
     Completed,
     DeleteSpilled,
@@ -175,6 +177,8 @@ class TaskState:
     handed_back: bool = False
     """An actor creation the peer it was placed on handed back: it stays here (or is
     parked for any peer that asks), never pushed again."""
+    checked: bool = False
+    """STOLEN already at the last held check: the next one asks its peer about it."""
 
 
 @dataclass(slots=True)
@@ -274,6 +278,11 @@ class Scheduler:
         self.counts = {"done": 0, "stolen_in": 0, "stolen_out": 0, "steal_requests": 0}
         """Tasks this node finished, took from peers and gave to peers, and the steal
         requests it answered (for status and the figures)."""
+        self._at_peers = 0
+        """Tasks in the STOLEN state (given to peers, or calls sent to remote actors)."""
+        self._next_check: float | None = None
+        """When the next held check is due (None: the clock has not been read since
+        tasks went to peers; the next tick starts it)."""
         self._dirty = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Started: self._on_started,
@@ -297,6 +306,7 @@ class Scheduler:
             RemoteFinished: self._on_remote_finished,
             Released: self._on_released,
             TasksReturned: self._on_tasks_returned,
+            HeldAsked: self._on_held_asked,
             PeersResources: self._on_peers_resources,
             PeerLoads: self._on_peer_loads,
             ActorLocated: self._on_actor_located,
@@ -348,7 +358,11 @@ class Scheduler:
         return self.pool.workers
 
     def next_deadline(self) -> float | None:
+        """When this node wants a `Tick`: the first get timeout, and while tasks are at
+        peers the next held check (-inf: tick at once, to start its clock)."""
         deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
+        if self._at_peers:
+            deadlines.append(-math.inf if self._next_check is None else self._next_check)
         return min(deadlines) if deadlines else None
 
     def actor_alive(self, actor_id: bytes) -> bool:
@@ -410,6 +424,11 @@ class Scheduler:
                 self._owned_ready += 1
             elif task.state is READY:
                 self._owned_ready -= 1
+        if to is STOLEN:
+            self._at_peers += 1
+            task.checked = False
+        elif task.state is STOLEN:
+            self._at_peers -= 1
         task.state = to
 
     def _make_ready(self, task: TaskState, front: bool = False) -> None:
@@ -922,6 +941,42 @@ class Scheduler:
             self._answer(request, timed_out=True)
         if expired:
             self._dirty = True
+        if not self._at_peers:
+            self._next_check = None
+        elif self._next_check is None or event.now >= self._next_check:
+            if self._next_check is not None:
+                self._check_held()
+            self._next_check = event.now + self.config.steal.check_interval
+
+    def _check_held(self) -> None:
+        """Ask each peer whether it still holds the tasks it has had since the last
+        check. A peer drops an owner's tasks when it declares the owner failed, and that
+        verdict can be false (loss, a partition) while the owner never declared the
+        peer failed; a restarted peer has forgotten them; a grant can be lost with a
+        broken connection. The tasks a peer says it does not hold come back
+        (`TasksReturned`) and run again: results that still arrive are dropped, so each
+        reaches its owner once."""
+        asks: dict[bytes, list[bytes]] = {}
+        for task in self.tasks.values():
+            if task.state is STOLEN and task.node is not None:
+                if task.checked:
+                    asks.setdefault(task.node, []).append(task.spec.task_id)
+                else:
+                    task.checked = True
+        for node, task_ids in asks.items():
+            self._out.append(AskHeld(node, tuple(task_ids)))
+
+    def _on_held_asked(self, event: HeldAsked) -> None:
+        """An owner's held check: the tasks of its this node does not hold (finished and
+        answered, dropped when this node declared the owner failed, or never received)
+        go back."""
+        dropped = []
+        for task_id in event.task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or task.owner != event.node or task.owner_gone:
+                dropped.append(task_id)
+        if dropped:
+            self._out.append(HandBack(event.node, tuple(dropped)))
 
     # ---- actors ----
     def _create_actor(self, task: TaskState) -> None:
@@ -1588,6 +1643,11 @@ class Scheduler:
             task = self.tasks.get(task_id)
             if task is not None and task.state is STOLEN and task.node == event.node:
                 task.node = None
+                if task.spec.kind == ACTOR_CALL:  # the actor no longer runs there
+                    self._fail(task, errors.ActorDiedError(
+                        f"the node of the actor running {task.spec.name} no longer has "
+                        f"the call (it declared this node failed, or restarted)"))
+                    continue
                 self.counts["stolen_out"] -= 1
                 if task.spec.kind == ACTOR_CREATE:  # here after all, or to any peer
                     task.handed_back = True
@@ -1728,6 +1788,8 @@ class Scheduler:
         ready = set(self.ready)
         owned_ready = sum(1 for t in self.tasks.values() if t.state is READY and t.owner is None)
         assert self._owned_ready == owned_ready, (self._owned_ready, owned_ready)
+        at_peers = sum(1 for t in self.tasks.values() if t.state is STOLEN)
+        assert self._at_peers == at_peers, (self._at_peers, at_peers)
         requests = {id(r) for r in self.requests.values()}
         awaiting_code = set()
         for code_hash, waiting in self._code_waiting.items():

@@ -53,6 +53,8 @@ from p2pexec.exec.instructions import (
     Completed,
     DeleteSpilled,
     Fetch,
+    Forward,
+    Grant,
     Holding,
     Instruction,
     Recycle,
@@ -76,6 +78,8 @@ Answer = Callable[[Any, P2PExecError | None], None]
 """Receives a node operation's outcome: (value, None) or (None, the error)."""
 
 MESH_INSTRUCTIONS = MeshInstruction.__args__
+SENDS_TASKS = (Grant, Forward)
+"""Instructions that put tasks at peers (which the scheduler then checks on)."""
 """What the mesh driver carries out: messages to peers, actor records in the DHT."""
 RECEIVE_SIZE = 1 << 16
 """Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
@@ -438,6 +442,8 @@ class ExecService:
             elif type(instruction) in MESH_INSTRUCTIONS:
                 if self.mesh is not None:
                     self.mesh.apply(instruction)
+                if type(instruction) in SENDS_TASKS:  # the held checks' clock may start
+                    self._timer_changed.set()
         for link in touched:
             link.flush()
         if self.mesh is not None:

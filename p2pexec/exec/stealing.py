@@ -58,6 +58,12 @@ class StealConfig:
     gossiped load changes (a new sample version)."""
     request_timeout: float = 2.0
     """How long a thief waits for a grant before giving up on that victim."""
+    check_interval: float = 10.0
+    """Seconds between an owner's checks that the peers running its tasks still hold
+    them (`Scheduler._check_held`); a task is asked about once it has been at its peer
+    for a whole interval, so one a peer dropped runs again within two intervals. On a
+    LAN a failure takes about as long to detect (suspicion 5-15 s), and a check costs
+    one small message per peer that holds tasks."""
 
 
 PLACEMENT = 0

@@ -26,6 +26,7 @@ from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     CodeRegistered,
+    HeldAsked,
     PeerGone,
     Released,
     RemoteFinished,
@@ -35,9 +36,11 @@ from p2pexec.exec.events import (
     TaskFinished,
     TasksGranted,
     TasksReturned,
+    Tick,
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
+    AskHeld,
     CodeHere,
     Completed,
     Grant,
@@ -84,6 +87,8 @@ class _NodeTasks:
     """A steal attempt is scheduled or waits for its grant."""
     asked: dict[int, PeerLoad] = field(default_factory=dict)
     """Steal requests waiting for a grant, by request id."""
+    tick_at: float | None = None
+    """When the scheduler's next `Tick` is set to come (its held checks)."""
 
 
 class TaskLayer:
@@ -180,9 +185,24 @@ class TaskLayer:
             elif kind is HandBack:
                 self._send(i, self._index(ins.owner), TasksReturned(
                     self._raw(i), list(ins.task_ids)))
+            elif kind is AskHeld:
+                self._send(i, self._index(ins.node), HeldAsked(self._raw(i),
+                                                               list(ins.task_ids)))
             elif kind not in _IGNORED:
                 raise LocalUsageError(f"the task stepper runs plain tasks only; "
                                       f"{kind.__name__} needs whole nodes (SimCluster)")
+        deadline = node.core.next_deadline()
+        if deadline is not None and (node.tick_at is None or deadline < node.tick_at):
+            node.tick_at = max(deadline, self.loop.now)
+            self.loop.call_at(node.tick_at, self._tick, i, node.life, node.tick_at)
+
+    def _tick(self, i: int, life: int, at: float) -> None:
+        """The scheduler's timer (only the latest one set counts)."""
+        node = self.nodes.get(i)
+        if node is None or node.life != life or node.tick_at != at:
+            return
+        node.tick_at = None
+        self._apply(i, node.core.handle(Tick(self.loop.now)))
 
     def _event(self, i: int, life: int, event: Any) -> None:
         node = self.nodes.get(i)

@@ -4,6 +4,7 @@ departures of peers. Instruction lists are compared as in tests/exec/test_schedu
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -18,6 +19,7 @@ from p2pexec.exec.events import (
     CodeRegistered,
     Draining,
     Fetched,
+    HeldAsked,
     PeerGone,
     PeerLoads,
     PeersResources,
@@ -31,10 +33,12 @@ from p2pexec.exec.events import (
     TaskFinished,
     TasksGranted,
     TasksReturned,
+    Tick,
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
     ActorHere,
+    AskHeld,
     Borrow,
     Completed,
     Fetch,
@@ -271,6 +275,43 @@ def test_tasks_a_thief_hands_back_queue_again_uncharged():
     task = owner.tasks[tid(2)]
     assert task.state.value == "ready" and task.attempts == 0
     assert owner.counts["stolen_out"] == 0 and owner.queue_length() == 2
+
+
+def test_an_owner_asks_its_thieves_after_a_whole_interval_and_reruns_what_they_dropped():
+    owner = node(1, check_interval=10.0)
+    for n in range(1, 5):
+        owner.handle(Submitted(spec(n), DRIVER))
+    owner.handle(StealRequested(THIEF, 1, 1.0, {"CPU": 1.0}))  # takes 4, then 3
+    assert owner.next_deadline() == -math.inf  # the checks' clock starts at the next tick
+    assert owner.handle(Tick(100.0)) == [] and owner.next_deadline() == 110.0
+    assert owner.handle(Tick(110.0)) == []  # stolen less than a whole interval ago
+    owner.handle(RemoteFinished(THIEF, tid(4), [rid(4)], [ok()], None, None))
+    assert owner.handle(Tick(120.0)) == [AskHeld(THIEF, (tid(3),))]
+    owner.handle(TasksReturned(THIEF, [tid(3)]))  # the thief's answer: it dropped it
+    assert owner.tasks[tid(3)].state.value == "ready" and owner.tasks[tid(3)].attempts == 0
+    assert owner.next_deadline() is None  # nothing at peers: no checks
+
+
+def test_a_thief_answers_a_held_check_with_the_tasks_it_no_longer_holds():
+    thief = node(1, workers_ready=True)
+    thief.handle(TasksGranted(OWNER, [spec(1), spec(2), spec(3)], {}, {CODE: b"code"}))
+    thief.handle(TaskFinished(1, tid(1), [ok()], None, 0.1))  # answered: not held
+    assert thief.handle(HeldAsked(OWNER, [tid(1), tid(2), tid(3), tid(7)])) == [
+        HandBack(OWNER, (tid(1), tid(7)))]
+    assert thief.handle(HeldAsked(OWNER, [tid(2)])) == []
+    assert thief.handle(HeldAsked(THIEF, [tid(2)])) == [HandBack(THIEF, (tid(2),))]
+    thief.handle(PeerGone(OWNER))  # a verdict the owner, alive, then learns nothing of
+    assert thief.handle(HeldAsked(OWNER, [tid(2), tid(3)])) == [
+        HandBack(OWNER, (tid(2), tid(3)))]
+
+
+def test_an_actor_call_its_node_no_longer_holds_fails_with_actor_died():
+    caller = node(1)
+    actor = tid(9)
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))
+    caller.handle(Submitted(call(1, actor), DRIVER), ActorLocated(actor, OWNER))
+    caller.handle(TasksReturned(OWNER, [tid(1)]))
+    assert "no longer has the call" in caller.objects.payload(rid(1))[2]
 
 
 def call(n: int, actor: bytes, deps=(), retries: int = 0) -> TaskSpec:
