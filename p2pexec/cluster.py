@@ -24,8 +24,10 @@ goodbyes and the transport closes.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -38,7 +40,7 @@ from p2pexec.dht.records import RecordSigner
 from p2pexec.errors import LocalUsageError, ProtocolError, RemoteProtocolError
 from p2pexec.gossip.core import EventKind, Member, MemberEvent, Membership
 from p2pexec.gossip.driver import GossipDriver
-from p2pexec.gossip.messages import PushPull, State
+from p2pexec.gossip.messages import MAX_LIFE, PushPull, State
 from p2pexec.net.codec import PROTOCOL_MAX, Codec, code_of, log_dropped
 from p2pexec.net.discovery import (
     Announcement,
@@ -100,6 +102,30 @@ def _refuse(conn: Connection, first: Any) -> None:
                                    f"no service on this node accepts", conn.peer.node_id)
 
 
+LIFE_FILE = "life"
+"""In the data dir: how many times a node with its key has started (minus one)."""
+
+
+def next_life(data_dir: Path) -> int:
+    """This start's life: one more than the last start's, kept in the data dir next to
+    the node key (which keeps the node id across restarts). Written whole (a temporary
+    file renamed over it); a file that cannot be read starts again at 0 with a warning."""
+    path = Path(data_dir) / LIFE_FILE
+    try:
+        life = int(path.read_text()) + 1
+    except FileNotFoundError:
+        life = 0
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): counting this node's restarts from 0 again; "
+                    "peers may miss that it restarted", path, exc)
+        life = 0
+    life = min(max(life, 0), MAX_LIFE)
+    tmp = path.with_name(f".{LIFE_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(str(life))
+    os.replace(tmp, path)
+    return life
+
+
 class ClusterService:
     """Joins this node to its cluster and keeps its membership view (see module doc)."""
 
@@ -107,11 +133,14 @@ class ClusterService:
                  load: LoadSampler, *, transport: Transport | None = None,
                  discovery: DiscoveryRunner = run_discovery,
                  rng: random.Random | None = None,
-                 identity: NodeIdentity | None = None) -> None:
+                 identity: NodeIdentity | None = None, life: int | None = None) -> None:
         """`transport` defaults to TCP+TLS on the configured host and port (the node key in
         the data dir); a simulation passes a `SimNetwork` transport and the `identity`
         (node key) its node id was made from, which signs this node's DHT records.
-        `discovery` runs mDNS and the seeds (`net.discovery.run_discovery`'s signature)."""
+        `discovery` runs mDNS and the seeds (`net.discovery.run_discovery`'s signature).
+        `life`: how many times this node's process started before (gossip tells peers a
+        restart by it); None counts it in the data dir with the default transport, and
+        is 0 with one a simulation passes."""
         validate_name(name)
         self.config = config
         self.name = name
@@ -130,6 +159,9 @@ class ClusterService:
         if identity.node_id != self.node_id:
             raise LocalUsageError("the identity given is not the transport's node key")
         self._signer = RecordSigner(identity.private_key)
+        if life is None:
+            life = next_life(config.data_dir) if transport is None else 0
+        self.life = life
         self.rpc = RpcNode(self.transport, on_request=self._on_request,
                            on_message=self._on_message, config=config.net)
         self._request_handlers: dict[type, Callable[[Peer, Any], Any]] = {}
@@ -226,7 +258,8 @@ class ClusterService:
                         if host in WILDCARD_HOSTS else host)
                     self.address = (advertised, port)
                     core = Membership(self.node_id, self.address, cfg.gossip, self._rng,
-                                      name=self.name, resources=self.resources)
+                                      name=self.name, resources=self.resources,
+                                      life=self.life)
                     self.gossip = GossipDriver(core, self.transport)
                     self.add_stream_service(GOSSIP_CODES, self._serve_gossip)
                     events = self.gossip.subscribe()

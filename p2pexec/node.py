@@ -54,11 +54,12 @@ class Node:
     def __init__(self, config: NodeConfig, node_id: NodeId | None = None, *,
                  transport: Transport | None = None, discovery: DiscoveryRunner = run_discovery,
                  inline: InlineWorkers | None = None, rng: random.Random | None = None,
-                 control_socket: bool = True) -> None:
-        """`transport` and `discovery` go to the cluster service (defaults: TCP+TLS, mDNS
-        and seeds); `rng` seeds every random choice of the cluster service and object
-        transfers (default: a fresh RNG); `inline` runs workers as trio tasks instead of
-        processes; `control_socket=False` opens no socket in the data dir."""
+                 control_socket: bool = True, life: int | None = None) -> None:
+        """`transport`, `discovery` and `life` go to the cluster service (defaults: TCP+TLS,
+        mDNS and seeds, restarts counted in the data dir); `rng` seeds every random
+        choice of the cluster service and object transfers (default: a fresh RNG);
+        `inline` runs workers as trio tasks instead of processes; `control_socket=False`
+        opens no socket in the data dir."""
         if config.cluster is not None and config.exec.spill_dir is None:
             config = dataclasses.replace(config, exec=dataclasses.replace(
                 config.exec, spill_dir=os.path.join(config.cluster.data_dir, "spill")))
@@ -70,7 +71,8 @@ class Node:
         if config.cluster is not None:
             self.cluster = ClusterService(config.cluster, config.name, resources, self._load,
                                           transport=transport, discovery=discovery,
-                                          rng=random.Random(self._rng.getrandbits(64)))
+                                          rng=random.Random(self._rng.getrandbits(64)),
+                                          life=life)
             node_id = self.cluster.node_id
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
         self.exec = ExecService(config.exec, config.resources, node_id=self.node_id.raw,

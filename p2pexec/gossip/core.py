@@ -16,7 +16,10 @@ Protocol, following hashicorp/memberlist:
 - updates are piggybacked on probes and on gossip rounds, each sent
   retransmit_limit(n) times; periodic push-pull exchanges the whole table over a stream;
 - a graceful leave is announced as `Left`, which beats a death at the same incarnation;
-- a node that returns (or learns it was suspected) announces a higher incarnation;
+- a node that learns it was suspected announces a higher incarnation; a restarted
+  process starts in a higher life (the top bits of its incarnation: `LIFE_SHIFT`), and
+  its peers report the old process `FAILED` and the new one `JOINED` (memberlist sees
+  no restart that is faster than its failure detection);
 - a remote table saying "dead" only makes us suspect (memberlist mergeState), and every
   reconnect_interval we push-pull with one dead member (Serf's reconnect), which is how
   the two sides of a healed partition find each other again.
@@ -50,7 +53,9 @@ from p2pexec.gossip.broadcast import BroadcastQueue
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.liveset import Lap, LiveSet, Snapshot
 from p2pexec.gossip.messages import (
+    LIFE_SHIFT,
     MAX_COUNTER,
+    MAX_LIFE,
     Ack,
     Alive,
     Dead,
@@ -68,6 +73,7 @@ from p2pexec.gossip.messages import (
     check_address,
     check_counter,
     check_resources,
+    life_of,
 )
 from p2pexec.gossip.suspicion import Awareness, Suspicion
 from p2pexec.gossip.table import Load, MemberTable, Row, status_of
@@ -175,9 +181,12 @@ class Membership:
 
     def __init__(self, node_id: NodeId, address: Address, cfg: GossipConfig,
                  rng: random.Random, *, name: str = "",
-                 resources: dict[str, float] | None = None, incarnation: int = 0) -> None:
+                 resources: dict[str, float] | None = None, life: int = 0) -> None:
+        """`life`: how many times this node's process has started before (its data dir
+        counts them); its incarnations start at `life << LIFE_SHIFT`."""
         try:
-            check_counter("incarnation", incarnation)
+            if not 0 <= life <= MAX_LIFE:
+                raise ValueError(f"life {life} is outside 0..{MAX_LIFE}")
             check_address(address)
             check_resources(resources or {})
         except ValueError as exc:
@@ -189,7 +198,7 @@ class Membership:
         self._rng = rng
         self._name = name or node_id.short
         self._resources = dict(resources or {})
-        self._incarnation = incarnation
+        self._incarnation = life << LIFE_SHIFT
         self._table = MemberTable()
         self._queue = BroadcastQueue(cfg.max_packet_size - PACKET_OVERHEAD)
         self._awareness = Awareness(cfg)
@@ -654,6 +663,8 @@ class Membership:
     def _refute(self, seen: int) -> None:
         """Someone thinks we are suspect, dead or gone: outbid them (Lifeguard: and count it
         as a sign of our own poor health)."""
+        # (a claim about a later life of ours, which only a hostile peer makes, moves us
+        # into it: our peers then take us for restarted, better than for dead)
         self._incarnation = _bump(max(self._incarnation, seen))
         self._awareness.apply(1)
         self._announce()
@@ -728,7 +739,14 @@ class Membership:
             self._live.add(node)
         elif new.state == State.DEAD:
             self._dead[node] = None
-        kind = _event_kind(old if old is not None and old.identity is not None else None, new)
+        prior = old if old is not None and old.identity is not None else None
+        kind = _event_kind(prior, new)
+        if prior is not None and prior.state in LIVE and new.state in LIVE \
+                and life_of(new.incarnation) > life_of(prior.incarnation):
+            # its process restarted before anyone declared it failed: the old one is
+            # gone with what it ran and held, on the new process's own word
+            self._events.append(MemberEvent(EventKind.FAILED, self._member(prior), now, node))
+            kind = EventKind.JOINED
         if kind is not None:
             self._events.append(MemberEvent(kind, self._member(new), now, origin))
 

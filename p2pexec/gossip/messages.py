@@ -30,6 +30,22 @@ node counts up one at a time and never gets near it; a peer's claim of 2**64 - 1
 msgpack can carry) would otherwise make our own +1 unencodable and stop gossip."""
 
 
+LIFE_SHIFT = 24
+"""An incarnation holds the node's life (how many times its process has started, counted
+in its data dir) above this bit and the refutations of that life below it. A restarted
+process so outbids all its former life said without waiting to be suspected, and its
+peers see that the process changed: what the old one ran or held is gone (the member's
+`FAILED` then `JOINED`). 2**24 refutations in one life is far beyond an honest node's."""
+
+MAX_LIFE = (MAX_COUNTER >> LIFE_SHIFT) - 1
+"""The largest life an incarnation can carry."""
+
+
+def life_of(incarnation: int) -> int:
+    """The life (process start) an incarnation belongs to."""
+    return incarnation >> LIFE_SHIFT
+
+
 class State(IntEnum):
     """A member's state. At one incarnation the higher value wins (see table.py)."""
 

@@ -38,6 +38,8 @@ class SimNode:
     events: list[MemberEvent] = field(default_factory=list)
     bytes_sent: int = 0
     wake: float | None = None
+    life: int = 0
+    """How many times the machine's process has restarted."""
 
 
 class Stepper(OnLoop):
@@ -73,9 +75,9 @@ class Stepper(OnLoop):
 
     # ---- building the cluster ----------------------------------------------------------
 
-    def _new_core(self, node_id: NodeId, address: Address, incarnation: int = 0) -> Membership:
+    def _new_core(self, node_id: NodeId, address: Address, life: int = 0) -> Membership:
         return Membership(node_id, address, self.cfg, random.Random(self.rng.getrandbits(64)),
-                          name=address[0], resources=self._resources, incarnation=incarnation)
+                          name=address[0], resources=self._resources, life=life)
 
     def add_node(self, node_id: NodeId | None = None) -> SimNode:
         """A new machine, not yet joined to anyone."""
@@ -116,9 +118,10 @@ class Stepper(OnLoop):
         self.nodes[i].up = False
 
     def restart(self, i: int, seeds: list[int]) -> None:
-        """The machine comes back with a fresh process (incarnation 0) and rejoins."""
+        """The machine comes back with a fresh process (its next life) and rejoins."""
         node = self.nodes[i]
-        node.core = self._new_core(node.node_id, node.address)
+        node.life += 1
+        node.core = self._new_core(node.node_id, node.address, node.life)
         node.up = True
         node.wake = None
         self.join(i, seeds)

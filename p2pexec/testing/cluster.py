@@ -202,7 +202,7 @@ class SimCluster:
         node = Node(self._configs[index], transport=transport,
                     inline=InlineWorkers(self._duration),
                     rng=random.Random(self._seed * 100_003 + index + (life << 40)),
-                    control_socket=False)
+                    control_socket=False, life=life)
         prefix = (index + (life << 32)).to_bytes(12, "big")
         return SimNode(node, IdGenerator(prefix))
 

@@ -123,3 +123,15 @@ async def test_streams_are_routed_by_the_codec_range_of_their_first_message(tmp_
         assert served == [("hello", "again")]
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+def test_each_start_with_the_same_data_dir_is_a_new_life(tmp_path, caplog):
+    """The key stays, so the node id does: the life counted beside it is what tells
+    peers that the process restarted."""
+    lives = [service(tmp_path, "a", [(0, 0)]).life for _ in range(3)]
+    assert lives == [0, 1, 2]
+    (tmp_path / "a" / "life").write_text("garbage")
+    with caplog.at_level(logging.WARNING, logger="p2pexec"):
+        assert service(tmp_path, "a", [(0, 0)]).life == 0
+    assert "counting this node's restarts from 0 again" in caplog.text
+    assert service(tmp_path, "a", [(0, 0)]).life == 1

@@ -11,6 +11,7 @@ from p2pexec.errors import LocalUsageError
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.gossip.core import EventKind, Membership, Send
 from p2pexec.gossip.messages import (
+    LIFE_SHIFT,
     Ack,
     Alive,
     Dead,
@@ -223,6 +224,31 @@ def test_a_stale_suspicion_of_ourselves_gets_our_alive_again_in_the_very_ack():
     (ack,) = core.outbox()
     assert ack.msgs == (Ack(9, A), Alive(A, 1, "a", ADDR[A], {"CPU": 4.0}))
     assert core.incarnation == 1
+
+
+def test_a_process_restarted_before_detection_is_the_old_one_failed_and_a_new_one_joined():
+    """Its new life outbids all the old one said, and its peers learn the process
+    changed: what the old one ran or held is gone (a `FAILED`, its own word)."""
+    core = make(B, C)
+    core.receive(ADDR[B], alive(B, 3), 1.0)  # the old process refuted thrice
+    core.events()
+    later = 1 << LIFE_SHIFT
+    core.receive(ADDR[B], alive(B, later), 2.0)
+    assert [(e.kind, e.member.incarnation, e.origin) for e in core.events()] == [
+        (EventKind.FAILED, 3, B), (EventKind.JOINED, later, None)]
+    core.receive(ADDR[C], Suspect(B, later + 1, C), 3.0)  # a suspicion of the new one
+    core.receive(ADDR[B], alive(B, later + 2), 3.1)
+    assert about(core, B) == [(EventKind.SUSPECT, later + 1), (EventKind.ALIVE, later + 2)]
+
+
+def test_a_node_starts_in_its_life_and_refutes_within_it():
+    life = 2 << LIFE_SHIFT
+    core = Membership(A, ADDR[A], CFG, random.Random(7), life=2)
+    assert core.incarnation == life
+    core.receive(ADDR[B], Suspect(A, 0, B), 1.0)  # about an earlier life: repeated Alive
+    assert core.incarnation == life
+    core.receive(ADDR[B], Suspect(A, life, B), 1.0)
+    assert core.incarnation == life + 1
 
 
 def test_a_member_that_left_is_never_reported_failed_and_may_return_later():

@@ -17,6 +17,7 @@ from p2pexec.gossip.core import Membership
 from p2pexec.gossip.driver import GossipDriver
 from p2pexec.gossip.messages import (
     MAX_COUNTER,
+    MAX_LIFE,
     MAX_RESOURCE_NAME_BYTES,
     Ack,
     Alive,
@@ -195,8 +196,8 @@ async def test_a_push_pull_to_an_unusable_address_does_not_stop_gossip():
     await transport.aclose()
 
 
-def test_a_bad_local_address_incarnation_or_resources_is_our_callers_bug():
-    for kwargs in ({"address": ("127.0.0.1", 0)}, {"incarnation": -1},
+def test_a_bad_local_address_life_or_resources_is_our_callers_bug():
+    for kwargs in ({"address": ("127.0.0.1", 0)}, {"life": -1}, {"life": MAX_LIFE + 1},
                    {"resources": {"CPU": -1.0}}):
         args = {"address": ADDR[A], **kwargs}
         with pytest.raises(LocalUsageError, match="cannot start membership"):
