@@ -207,6 +207,9 @@ class Membership:
         self._changed_at: dict[NodeId, float] = {}
         self._live = LiveSet()                # other visible alive/suspect members
         self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
+        self._told: dict[NodeId, int] = {}
+        """Members told that the other side of a healing partition holds them dead, and
+        at which incarnation (see `_merge_remote`)."""
         self._reapable: dict[NodeId, None] = {}  # tombstones and rows without identity
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
@@ -752,7 +755,17 @@ class Membership:
 
     def _merge_remote(self, pp: PushPull, now: float) -> None:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
-        the member gets a chance to refute before we believe it."""
+        the member gets a chance to refute before we believe it.
+
+        Except from a sender we hold dead: its table is the other side of a partition
+        that is healing, whose "dead" are the members it could not reach, ours among
+        them. Suspecting them all would be hundreds of suspicions per node at once (and
+        their refutations), more than gossip spreads in a suspicion's time: at 1,000
+        nodes, thousands of live members declared failed. Such a member is only told,
+        in one datagram, that the other side holds it dead; its refutation spreads as
+        any Alive does, and nobody's timer runs meanwhile."""
+        sender = self._table.get(pp.sender)
+        across = sender is not None and sender.state == State.DEAD
         members = pp.members
         if self._table.shared:
             # a record that is the very one made from a row we hold says nothing new (cores
@@ -773,13 +786,27 @@ class Membership:
             if r.state != State.ALIVE and (known is None or known.identity is None):
                 continue  # do not learn of members through their obituaries
             self._apply(alive, now)
-            if r.state in (State.SUSPECT, State.DEAD):
+            if r.state in (State.SUSPECT, State.DEAD) and across:
+                self._tell_held_dead(r.node, r.incarnation, pp.sender)
+            elif r.state in (State.SUSPECT, State.DEAD):
                 self._apply(Suspect(r.node, r.incarnation, pp.sender), now)
             elif r.state == State.LEFT:
                 self._apply(Left(r.node, r.incarnation), now)
             if r.load_version:
                 self._apply(LoadUpdate(r.node, r.load_version, r.queue_length,
                                        r.running_tasks), now)
+
+    def _tell_held_dead(self, node: NodeId, incarnation: int, holder: NodeId) -> None:
+        """Send live member `node` the suspicion `holder`'s side holds at `incarnation`
+        (once per incarnation), so that it refutes; see `_merge_remote`."""
+        row = self._table.get(node)
+        if row is None or row.state not in LIVE or row.incarnation > incarnation \
+                or self._told.get(node) == incarnation:
+            return
+        address = self._address_of(node)
+        if address is not None:
+            self._told[node] = incarnation
+            self._send(address, [Suspect(node, incarnation, holder)], piggyback=False)
 
     def _reap(self, now: float) -> None:
         """Forget tombstones (dead or left) and rows no Alive ever came for (heard of only
@@ -791,7 +818,7 @@ class Membership:
             if self._changed_at.get(node, now) <= horizon:
                 self._table.remove(node)
                 for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
-                          self._probe_soon, self._reapable):
+                          self._probe_soon, self._reapable, self._told):
                     d.pop(node, None)
 
 

@@ -322,6 +322,26 @@ def test_push_pull_merges_state_and_a_remote_death_only_makes_us_suspect():
         (A, State.ALIVE), (B, State.SUSPECT), (C, State.ALIVE)}
 
 
+def test_the_dead_of_a_healing_partitions_other_side_are_told_not_suspected():
+    """D, which we hold dead, sends its table: those it holds dead were cut off from it,
+    not failed. They hear it once each, straight, and refute; no timer runs here."""
+    core = make(B, C, D)
+    core.receive(ADDR[C], Dead(D, 0, C), 1.0)
+    core.events()
+    core.outbox()
+    rec = lambda n, inc, st: MemberRecord(n, n.short, ADDR[n], inc, st, {}, 0, 0, 0)  # noqa: E731
+    pp = PushPull(D, False, (rec(D, 0, State.ALIVE), rec(B, 0, State.DEAD),
+                             rec(C, 0, State.SUSPECT), rec(A, 0, State.DEAD)))
+    core.receive(ADDR[D], pp, 2.0)
+    assert core.events() == []
+    told = [(s.to, s.msgs) for s in core.outbox() if s.msgs[0].node != A]
+    assert told == [(ADDR[B], (Suspect(B, 0, D),)), (ADDR[C], (Suspect(C, 0, D),))]
+    assert core.view()[B].state == core.view()[C].state == State.ALIVE
+    assert core.incarnation == 1  # and we refute what it said of us, as always
+    core.receive(ADDR[D], pp, 3.0)  # told once per incarnation
+    assert [s for s in core.outbox() if s.msgs[0].node != A] == []
+
+
 def test_push_pull_telling_us_we_are_dead_makes_us_refute():
     core = make(B)
     core.receive(ADDR[B], PushPull(B, False, (
