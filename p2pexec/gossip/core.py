@@ -32,6 +32,9 @@ Where this differs from memberlist, and why:
   false positives under heavy loss (simulations/gossip_figures.py).
 - A suspicion heard at a higher incarnation than the one being timed starts a fresh timer:
   the old suspicion was refuted and must not turn into a death at the new incarnation.
+- A push-pull from a member we hold dead (or held dead until lately) is the other side
+  of a healing partition: the live members it holds dead are told so in one datagram
+  each, not suspected (see `_merge_remote`).
 - Gossip rounds are skipped while nothing is pending and run at once when news arrives
   after a quiet spell, then every gossip_interval: updates spread at network speed rather
   than one tick per hop; each is still sent retransmit_limit(n) times.
@@ -207,6 +210,8 @@ class Membership:
         self._changed_at: dict[NodeId, float] = {}
         self._live = LiveSet()                # other visible alive/suspect members
         self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
+        self._revived: dict[NodeId, float] = {}
+        """When members we held dead were last heard alive again (see `_merge_remote`)."""
         self._told: dict[NodeId, int] = {}
         """Members told that the other side of a healing partition holds them dead, and
         at which incarnation (see `_merge_remote`)."""
@@ -737,7 +742,8 @@ class Membership:
         if new.identity is None:
             return
         self._live.discard(node)
-        self._dead.pop(node, None)
+        if self._dead.pop(node, 0) is None and new.state in LIVE:
+            self._revived[node] = now
         if new.state in LIVE:
             self._live.add(node)
         elif new.state == State.DEAD:
@@ -757,15 +763,18 @@ class Membership:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
         the member gets a chance to refute before we believe it.
 
-        Except from a sender we hold dead: its table is the other side of a partition
-        that is healing, whose "dead" are the members it could not reach, ours among
-        them. Suspecting them all would be hundreds of suspicions per node at once (and
-        their refutations), more than gossip spreads in a suspicion's time: at 1,000
-        nodes, thousands of live members declared failed. Such a member is only told,
-        in one datagram, that the other side holds it dead; its refutation spreads as
-        any Alive does, and nobody's timer runs meanwhile."""
+        Except from a sender we hold dead, or held dead until less than
+        gossip_to_the_dead_time ago: its table is the other side of a partition that is
+        healing, whose "dead" are the members it could not reach, ours among them.
+        Suspecting them all would be hundreds of suspicions per node at once (and their
+        refutations), more than gossip spreads in a suspicion's time: at 1,000 nodes,
+        thousands of live members declared failed. Such a member is only told, in one
+        datagram, that the other side holds it dead; its refutation spreads as any Alive
+        does, and nobody's timer runs meanwhile."""
         sender = self._table.get(pp.sender)
-        across = sender is not None and sender.state == State.DEAD
+        across = sender is not None and (
+            sender.state == State.DEAD
+            or now - self._revived.get(pp.sender, -math.inf) < self.cfg.gossip_to_the_dead_time)
         members = pp.members
         if self._table.shared:
             # a record that is the very one made from a row we hold says nothing new (cores
@@ -818,7 +827,7 @@ class Membership:
             if self._changed_at.get(node, now) <= horizon:
                 self._table.remove(node)
                 for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
-                          self._probe_soon, self._reapable, self._told):
+                          self._probe_soon, self._reapable, self._told, self._revived):
                     d.pop(node, None)
 
 

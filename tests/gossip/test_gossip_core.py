@@ -340,6 +340,12 @@ def test_the_dead_of_a_healing_partitions_other_side_are_told_not_suspected():
     assert core.incarnation == 1  # and we refute what it said of us, as always
     core.receive(ADDR[D], pp, 3.0)  # told once per incarnation
     assert [s for s in core.outbox() if s.msgs[0].node != A] == []
+    core.receive(ADDR[D], alive(D, 1), 4.0)  # D is back, its table not yet caught up
+    core.events()
+    core.receive(ADDR[D], pp, 4.0 + CFG.gossip_to_the_dead_time - 1)
+    assert core.events() == []
+    core.receive(ADDR[D], pp, 4.0 + CFG.gossip_to_the_dead_time)  # an ordinary member's
+    assert about(core, B) == [(EventKind.SUSPECT, 0)]
 
 
 def test_push_pull_telling_us_we_are_dead_makes_us_refute():
