@@ -155,10 +155,53 @@ def test_executor_shutdown_without_wait_still_completes_and_cancel_futures_cance
     executor.shutdown(wait=False)
     assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
 
-    executor = px.Executor()
+    executor = px.Executor(max_workers=2)
     futures = [executor.submit(slow, i) for i in range(6)]
-    executor.shutdown(wait=True, cancel_futures=True)
-    assert all(f.cancelled() for f in futures)
+    assert [f.running() for f in futures] == [True, True, False, False, False, False]
+    executor.shutdown(wait=True, cancel_futures=True)  # only those not started, as the
+    assert [f.cancelled() for f in futures] == [False, False, True, True, True, True]  # stdlib
+    assert [f.result() for f in futures[:2]] == [0, 1]
+
+
+def test_executor_max_workers_bounds_the_calls_running_at_once(tmp_path):
+    def visit(path, i):
+        import os
+        import time
+        marker = os.path.join(path, str(i))
+        open(marker, "w").close()
+        running = len(os.listdir(path))
+        time.sleep(0.1)
+        os.unlink(marker)
+        return running
+
+    with pytest.raises(ValueError, match="max_workers"):
+        px.Executor(max_workers=0)
+    with px.Executor(max_workers=1) as executor:
+        assert max(executor.map(visit, [str(tmp_path)] * 6, range(6))) == 1
+
+
+def test_executor_submit_takes_any_keyword_and_keeps_nothing_of_a_finished_call():
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    def call(fn=None, self=None):
+        return (fn, self)
+
+    with px.Executor() as executor:
+        assert executor.submit(call, fn=1, self=2).result(timeout=30) == (1, 2)
+
+        def make():
+            return Result()
+
+        future = executor.submit(make)
+        result = weakref.ref(future.result(timeout=30))
+        function = weakref.ref(make)
+        del make, future
+        gc.collect()
+        assert function() is None and result() is None
 
 
 def test_parent_can_catch_the_crash_of_a_child_it_waits_for():
