@@ -163,6 +163,44 @@ def _check_options(options: dict[str, Any], allowed: set[str], what: str) -> Non
                               f"valid options are {sorted(allowed)}")
 
 
+Shape = tuple[tuple[str, int, bool], ...]
+"""A signature's parameters as (name, kind, has a default): all a call's arguments are
+checked against, and small and plain enough to travel inside an actor handle."""
+
+
+def _shape(target: Any) -> Shape | None:
+    """The parameters `target` takes (for a class: its constructor's); None when Python
+    cannot tell (some builtins), and then calls are not checked."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    return tuple((p.name, int(p.kind), p.default is not inspect.Parameter.empty)
+                 for p in signature.parameters.values())
+
+
+_DEFAULT = object()
+_KINDS = type(inspect.Parameter.POSITIONAL_ONLY)
+
+
+def _signature(shape: Shape) -> inspect.Signature:
+    return inspect.Signature([inspect.Parameter(name, _KINDS(kind),
+                                                default=_DEFAULT if has_default
+                                                else inspect.Parameter.empty)
+                              for name, kind, has_default in shape])
+
+
+def _check_call(signature: inspect.Signature | None, what: str, args: tuple,
+                kwargs: dict) -> None:
+    """Arguments that do not fit the signature raise `TypeError` here, at `.remote()`,
+    as in Ray (not later, in the worker)."""
+    if signature is not None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{what}() {exc}") from None
+
+
 class _Callable:
     """Pickles a function or class once; each runtime learns it once, by hash."""
 
@@ -170,6 +208,9 @@ class _Callable:
         self.target = target
         self._pickled: bytes | None = None
         self._hash: bytes | None = None
+        shape = _shape(target)
+        self.signature = None if shape is None else _signature(shape)
+        """What calls must fit (for a class, its constructor); None: not checked."""
 
     def register(self, runtime: Any) -> bytes:
         if self._hash is None:
@@ -211,6 +252,7 @@ class RemoteFunction:
         return RemoteFunction(self._function, {**self._options, **options}, self._shipped)
 
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
+        _check_call(self._shipped.signature, self._name, args, kwargs)
         runtime = _rt()
         code_hash = self._shipped.register(runtime)
         return _submit(runtime, self._name, self._num_returns, args, kwargs, TASK, code_hash,
@@ -237,6 +279,7 @@ class ActorClass:
         return ActorClass(self._cls, {**self._options, **options}, self._shipped)
 
     def remote(self, /, *args: Any, **kwargs: Any) -> ActorHandle:
+        _check_call(self._shipped.signature, self._cls.__name__, args, kwargs)
         runtime = _rt()
         name = self._options.get("name")
         if name is not None and runtime.call("actor_exists", name):
@@ -259,7 +302,22 @@ class ActorClass:
             _demand(options.get("num_cpus", 0), options.get("resources")), task_retries,
             False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
             lifetime == "detached"))
-        return ActorHandle(actor_id, class_name, created, task_retries)
+        return ActorHandle(actor_id, class_name, created, task_retries,
+                           _method_shapes(self._cls))
+
+
+def _method_shapes(cls: type) -> dict[str, Shape | None]:
+    """The public methods of an actor class and the parameters each takes after self."""
+    shapes: dict[str, Shape | None] = {}
+    for name, member in inspect.getmembers(cls, callable):
+        if name.startswith("_") or inspect.isclass(member):
+            continue
+        shape = _shape(member)
+        if shape is not None and not isinstance(inspect.getattr_static(cls, name),
+                                                (staticmethod, classmethod)):
+            shape = shape[1:]  # self
+        shapes[name] = shape
+    return shapes
 
 
 class ActorHandle:
@@ -272,22 +330,37 @@ class ActorHandle:
     killed or until their driver leaves."""
 
     def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None,
-                 max_task_retries: int = 0) -> None:
+                 max_task_retries: int = 0,
+                 methods: dict[str, Shape | None] | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._created = created
         self._max_task_retries = max_task_retries
         """How often a call is sent again after the actor died running it and restarted
         (`options(max_task_retries=...)`, -1 unlimited); carried by each call."""
+        self._methods = methods
+        """The class's public methods and their parameters (None: unknown, as for a
+        handle from `get_actor`; then calls are checked by the actor only)."""
+        self._signatures: dict[str, inspect.Signature | None] = {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
             raise AttributeError(name)
+        if self._methods is not None and name not in self._methods:
+            raise AttributeError(f"actor class {self._class_name} has no method {name!r}")
         return ActorMethod(self, name, 1)
+
+    def _signature(self, method: str) -> inspect.Signature | None:
+        if self._methods is None:
+            return None
+        if method not in self._signatures:
+            shape = self._methods.get(method)
+            self._signatures[method] = None if shape is None else _signature(shape)
+        return self._signatures[method]
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._class_name, self._created,
-                              self._max_task_retries))
+                              self._max_task_retries, self._methods))
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()[:12]})"
@@ -312,6 +385,8 @@ class ActorMethod:
 
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
+        _check_call(handle._signature(self._method), f"{handle._class_name}.{self._method}",
+                    args, kwargs)
         return _submit(_rt(), f"{handle._class_name}.{self._method}", self._num_returns, args,
                        kwargs, ACTOR_CALL, None, self._method, {}, handle._max_task_retries,
                        False, handle._actor_id)
@@ -347,6 +422,10 @@ def remote(*args: Any, **options: Any) -> Any:
 
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise LocalUsageError(
+            f"px.remote cannot make a task of async function {target.__qualname__}: a task "
+            f"runs a plain function (wrap it: def f(...): return asyncio.run(g(...)))")
     if inspect.isclass(target):
         return ActorClass(target, options)
     if callable(target):

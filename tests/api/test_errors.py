@@ -175,3 +175,54 @@ def test_user_keywords_named_like_the_api_parameters_pass_through():
     keeper = Keeper.remote(options=1)  # (`self` would clash in plain Python too)
     assert px.get(keeper.keep.remote(fn=3)) == [("fn", 3), ("options", 1)]
     assert px.get(Keeper.options(num_cpus=0).remote(fn=5).keep.remote()) == [("fn", 5)]
+
+
+@px.remote
+class Greeter:
+    def __init__(self, greeting, *, punctuation="!"):
+        self.greeting, self.punctuation = greeting, punctuation
+
+    def greet(self, name, times=1):
+        return " ".join([f"{self.greeting} {name}{self.punctuation}"] * times)
+
+    @staticmethod
+    def shout(text):
+        return text.upper()
+
+
+@px.remote
+def pair(a, b=0, /, *, c):
+    return (a, b, c)
+
+
+@px.remote
+def greet_with(greeter, name):
+    return px.get(greeter.greet.remote(name))
+
+
+def test_arguments_that_do_not_fit_the_signature_fail_at_remote_as_in_ray():
+    with pytest.raises(TypeError, match="pair.*missing a required argument: 'c'"):
+        pair.remote(1)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        pair.remote(1, 2, 3, c=4)
+    assert px.get(pair.remote(1, c=3)) == (1, 0, 3)
+    with pytest.raises(TypeError, match="Greeter.*greeting"):
+        Greeter.remote()
+    greeter = Greeter.remote("hello", punctuation="?")
+    with pytest.raises(TypeError, match="Greeter.greet.*missing a required argument: 'name'"):
+        greeter.greet.remote(nme="x")
+    with pytest.raises(AttributeError, match="no method 'gret'"):
+        greeter.gret.remote("x")
+    assert px.get(greeter.greet.remote("px", times=2)) == "hello px? hello px?"
+    assert px.get(greeter.shout.remote("a")) == "A"
+    with pytest.raises(TypeError, match="Greeter.shout"):
+        greeter.shout.remote()
+    assert px.get(greet_with.remote(greeter, "task")) == "hello task?"  # a handle travels
+
+
+def test_an_async_function_cannot_be_a_task():
+    async def fetch():
+        return 1
+
+    with pytest.raises(px.LocalUsageError, match="async function.*asyncio.run"):
+        px.remote(fetch)
