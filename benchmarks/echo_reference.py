@@ -75,7 +75,7 @@ def task_frame(number: int, argument: object) -> bytes:
     task_id = number.to_bytes(16, "little")
     payload = [INLINE, pickle.dumps(((argument,), {}), protocol=5), []]
     return CODEC.frame(Execute(TASK, task_id, b"h" * 16, None, None, payload, {},
-                               [task_id + b"\x01"], "noop", False))
+                               [task_id + b"\x01"], "noop", False, {"CPU": 1.0}))
 
 
 class Link:

@@ -12,6 +12,7 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -21,6 +22,7 @@ from p2pexec.exec import context, serialization
 from p2pexec.exec.protocol import INLINE
 from p2pexec.exec.refs import ObjectRef, return_id
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.ids import NodeId
 
 _runtime_lock = threading.Lock()
 
@@ -501,6 +503,48 @@ def kill(actor: ActorHandle) -> None:
     if not isinstance(actor, ActorHandle):
         raise LocalUsageError(f"px.kill takes an actor handle, got {type(actor).__name__}")
     _rt().call("kill", actor._actor_id)
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """Where the calling code runs: `px.get_runtime_context()` (Ray's getters)."""
+
+    node_id: str
+    """The hex id of the node the caller runs on (a thief's, for a stolen task)."""
+    task_id: str | None
+    """The hex id of the task or actor call running (None in a driver)."""
+    actor_id: str | None
+    """The hex id of the actor whose method runs (None outside actors)."""
+    assigned_resources: dict[str, float]
+    """What the node gave the running task, or what the actor holds for its life."""
+    worker_mode: str
+    """"driver", "task" or "actor"."""
+
+    def get_node_id(self) -> str:
+        return self.node_id
+
+    def get_task_id(self) -> str | None:
+        return self.task_id
+
+    def get_actor_id(self) -> str | None:
+        return self.actor_id
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return dict(self.assigned_resources)
+
+
+def get_runtime_context() -> RuntimeContext:
+    """The node, task, actor and resources of the code that calls it."""
+    runtime = _rt()
+    node_id = NodeId(runtime.node_id).hex if runtime.node_id else ""
+    if not context.in_worker:
+        return RuntimeContext(node_id, None, None, {}, "driver")
+    work, actor = runtime.runner.current()
+    if actor is not None:
+        return RuntimeContext(node_id, work.task_id.hex() if work is not None else None,
+                              actor.task_id.hex(), dict(actor.resources), "actor")
+    return RuntimeContext(node_id, work.task_id.hex() if work is not None else None, None,
+                          dict(work.resources) if work is not None else {}, "task")
 
 
 def nodes() -> list[dict[str, Any]]:

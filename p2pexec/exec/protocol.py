@@ -174,6 +174,9 @@ class Execute:
     return_ids: list[bytes]
     name: str
     nested: bool
+    resources: dict[str, float]
+    """What the node gave it (an actor's creation: what the actor holds for its life);
+    the runtime context reports it."""
 
 
 @message(108)

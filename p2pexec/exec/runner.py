@@ -25,11 +25,26 @@ class TaskRunner:
         self.unloaded: dict[bytes, bytes] = {}
         """Code shipped with tasks that were handed back before they ran."""
         self.actor: Any = None
+        self.actor_work: p.Execute | None = None
+        """The creation of the actor this worker holds (its id and resources)."""
+        self.running: list[p.Execute] = []
+        """What runs now, innermost last (a task blocked in get runs others on its stack)."""
 
     def run(self, work: p.Execute, mappings: list | None = None
             ) -> tuple[list, list[list[bytes]]]:
         """Payloads of the return values (or of the error) and the refs inside each.
         Shared-memory mappings opened for the arguments are added to `mappings`."""
+        self.running.append(work)
+        try:
+            return self._run(work, mappings)
+        finally:
+            self.running.pop()
+
+    def current(self) -> tuple[p.Execute | None, p.Execute | None]:
+        """(the work running now, the creation of this worker's actor), each or None."""
+        return (self.running[-1] if self.running else None), self.actor_work
+
+    def _run(self, work: p.Execute, mappings: list | None) -> tuple[list, list[list[bytes]]]:
         try:
             arguments = serialization.from_payload(work.args, mappings)
             args, kwargs = _resolve_arguments(arguments, work.deps)
@@ -38,6 +53,7 @@ class TaskRunner:
             else:
                 target = self._load(work.code_hash, work.code)
                 if work.kind == ACTOR_CREATE:
+                    self.actor_work = work
                     self.actor = target(*args, **kwargs)
                     result = None
                 else:

@@ -1857,7 +1857,7 @@ def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
                  nested: bool) -> p.Execute:
     """The message that hands a task, actor creation or actor call to a worker."""
     return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
-                     deps, list(spec.return_ids), spec.name, nested)
+                     deps, list(spec.return_ids), spec.name, nested, spec.resources)
 
 
 def values_message(request_id: int, body: dict[bytes, list] | list[bytes],

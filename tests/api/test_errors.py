@@ -201,21 +201,21 @@ def greet_with(greeter, name):
 
 
 def test_arguments_that_do_not_fit_the_signature_fail_at_remote_as_in_ray():
-    with pytest.raises(TypeError, match="pair.*missing a required argument: 'c'"):
+    with pytest.raises(TypeError, match=r"pair.*missing a required argument: 'c'"):
         pair.remote(1)
     with pytest.raises(TypeError, match="too many positional arguments"):
         pair.remote(1, 2, 3, c=4)
     assert px.get(pair.remote(1, c=3)) == (1, 0, 3)
-    with pytest.raises(TypeError, match="Greeter.*greeting"):
+    with pytest.raises(TypeError, match=r"Greeter.*greeting"):
         Greeter.remote()
     greeter = Greeter.remote("hello", punctuation="?")
-    with pytest.raises(TypeError, match="Greeter.greet.*missing a required argument: 'name'"):
+    with pytest.raises(TypeError, match=r"Greeter.greet.*missing a required argument: 'name'"):
         greeter.greet.remote(nme="x")
     with pytest.raises(AttributeError, match="no method 'gret'"):
         greeter.gret.remote("x")
     assert px.get(greeter.greet.remote("px", times=2)) == "hello px? hello px?"
     assert px.get(greeter.shout.remote("a")) == "A"
-    with pytest.raises(TypeError, match="Greeter.shout"):
+    with pytest.raises(TypeError, match=r"Greeter.shout"):
         greeter.shout.remote()
     assert px.get(greet_with.remote(greeter, "task")) == "hello task?"  # a handle travels
 
@@ -224,5 +224,5 @@ def test_an_async_function_cannot_be_a_task():
     async def fetch():
         return 1
 
-    with pytest.raises(px.LocalUsageError, match="async function.*asyncio.run"):
+    with pytest.raises(px.LocalUsageError, match=r"async function.*asyncio.run"):
         px.remote(fetch)

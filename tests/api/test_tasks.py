@@ -184,3 +184,42 @@ def test_submitting_from_many_threads():
     for thread in threads:
         thread.join()
     assert sorted(results) == sorted(k * 100 + i for k in range(4) for i in range(50))
+
+
+@px.remote(num_cpus=2, resources={"gpu": 1})
+def whereabouts():
+    context = px.get_runtime_context()
+    return (context.worker_mode, context.get_node_id(), context.get_task_id(),
+            context.get_actor_id(), context.get_assigned_resources())
+
+
+@px.remote
+class Placed:
+    def where(self):
+        context = px.get_runtime_context()
+        return (context.worker_mode, context.get_task_id(), context.get_actor_id(),
+                context.get_assigned_resources())
+
+
+@px.remote(num_cpus=1)
+def parent_and_child():
+    mine = px.get_runtime_context().get_task_id()
+    child = px.get(whereabouts.options(num_cpus=1, resources={}).remote())
+    return mine, child[2], px.get_runtime_context().get_task_id()
+
+
+def test_runtime_context_names_the_node_task_actor_and_resources():
+    driver = px.get_runtime_context()
+    node_id = driver.get_node_id()
+    assert (driver.worker_mode, driver.get_task_id(), driver.get_actor_id()) == (
+        "driver", None, None)
+    assert len(node_id) == 64 and driver.get_assigned_resources() == {}
+    ref = whereabouts.remote()
+    assert px.get(ref, timeout=30) == ("task", node_id, ref.id[:16].hex(), None,
+                                       {"CPU": 2.0, "gpu": 1.0})
+    placed = Placed.options(num_cpus=1).remote()
+    mode, task_id, actor_id, resources = px.get(placed.where.remote(), timeout=30)
+    assert (mode, resources) == ("actor", {"CPU": 1.0}) and task_id != actor_id
+    assert actor_id == placed._actor_id.hex()
+    mine, child, after = px.get(parent_and_child.remote(), timeout=30)
+    assert mine == after != child  # a child run on the blocked parent's stack is its own

@@ -71,16 +71,22 @@ NESTED = """
     def branch(k):
         time.sleep(0.05)  # long enough to be worth stealing
         children = [leaf.remote(10 * k + j) for j in range(10)]
-        return sum(px.get(children)), os.getppid()
+        return sum(px.get(children)), os.getppid(), px.get_runtime_context().get_node_id()
 
     results = px.get([branch.remote(k) for k in range(40)], timeout=120)
-    assert [total for total, _ in results] == [sum(range(10 * k, 10 * k + 10))
-                                               for k in range(40)]
-    print(json.dumps(sorted({node for _, node in results})), flush=True)
+    assert [total for total, _, _ in results] == [sum(range(10 * k, 10 * k + 10))
+                                                  for k in range(40)]
+    members = {node["id"] for node in px.nodes()}
+    by_process = {pid: {node for _, p, node in results if p == pid} for _, pid, _ in results}
+    assert all(len(ids) == 1 and ids <= members for ids in by_process.values()), by_process
+    here = px.get_runtime_context()
+    assert here.worker_mode == "driver" and here.get_node_id() == px.nodes()[0]["id"]
+    print(json.dumps(sorted(by_process)), flush=True)
 """
 
 
 def test_tasks_stolen_by_another_node_own_the_tasks_they_submit(launcher: Launcher):
+    """(and each reports the node it ran on in its runtime context)"""
     a, b, c = three_nodes(launcher)
     nodes = run_driver(NESTED, a.data_dir, timeout=180)
     assert len(nodes) >= 2, nodes  # branches ran on more than the driver's node

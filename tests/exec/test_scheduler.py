@@ -52,10 +52,12 @@ def spec(n: int, deps=(), cpus=1.0, kind=TASK, actor=None, **extra) -> TaskSpec:
                     f"t{n}", {"CPU": cpus} if cpus else {}, actor_id=actor, **extra)
 
 
-def exec_msg(n, code=None, deps=None, nested=False, kind=TASK, target=CODE):
+def exec_msg(n, code=None, deps=None, nested=False, kind=TASK, target=CODE, resources=None):
     code_hash, method = (None, target) if kind == ACTOR_CALL else (target, None)
+    if resources is None:
+        resources = {} if kind == ACTOR_CALL else {"CPU": 1.0}
     return p.Execute(kind, tid(n), code_hash, code, method, ARGS, deps or {}, [rid(n)],
-                     f"t{n}", nested)
+                     f"t{n}", nested, resources)
 
 
 def ok(value: bytes = b"v") -> list:
@@ -197,7 +199,7 @@ def test_actor_calls_wait_for_creation_and_keep_order(core):
                        Submitted(spec(2, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER)) == []
     assert core.handle(WorkerReady(3)) == [Send(3, p.Execute(
         ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {}, [return_id(actor, 1)],
-        "A.__init__", False))]
+        "A.__init__", False, {}))]
     assert core.handle(TaskFinished(3, actor, [ok()])) == [
         Completed((return_id(actor, 1),)),
         Send(3, exec_msg(1, kind=ACTOR_CALL, target="m")),
@@ -259,7 +261,7 @@ def test_actor_whose_worker_dies_while_creating_restarts_with_its_resources_back
     create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
                       "A.__init__", {"CPU": 1.0}, actor_id=actor, max_restarts=2)
     create_msg = p.Execute(ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {},
-                           [return_id(actor, 1)], "A.__init__", False)
+                           [return_id(actor, 1)], "A.__init__", False, {"CPU": 1.0})
     core.handle(Submitted(create, DRIVER), WorkerReady(3))
     assert core.available["CPU"] == 1.0
     assert core.handle(WorkerDied(3, "pid 9 exit code 1")) == [StartWorker(4, actor)]
@@ -286,10 +288,11 @@ def test_prefetched_tasks_never_start_with_resources_nobody_gave_back():
     on_gpu, cpu_only = dataclasses.replace(spec(2), resources=gpu), spec(3)
     gpu_after = dataclasses.replace(spec(4), resources=gpu)
     assert core.handle(*(Submitted(s, DRIVER) for s in (on_gpu, cpu_only, gpu_after))) == [
-        Send(1, exec_msg(2)), Send(1, exec_msg(3))]  # the gpu task does not queue behind 3
+        Send(1, exec_msg(2, resources=gpu)), Send(1, exec_msg(3))]  # the gpu task does not
+    # queue behind 3
     core.handle(TaskFinished(1, tid(2), [ok()]))
     assert core.workers[1].stack == [tid(3)] and core.available == {"CPU": 1.0, "gpu": 1.0}
-    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(4, code=b"code"))]
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(4, code=b"code", resources=gpu))]
     core.handle(TaskFinished(1, tid(3), [ok()]))
     assert core.available == {"CPU": 1.0, "gpu": 0.0}
 
@@ -309,7 +312,7 @@ def test_a_call_in_flight_when_its_actor_dies_runs_again_after_the_restart(core)
     create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
                       "A.__init__", {}, actor_id=actor, max_restarts=1)
     create_msg = p.Execute(ACTOR_CREATE, actor, CODE, b"code", None, ARGS, {},
-                           [return_id(actor, 1)], "A.__init__", False)
+                           [return_id(actor, 1)], "A.__init__", False, {})
     core.handle(Submitted(create, DRIVER), WorkerReady(3))
     core.handle(TaskFinished(3, actor, [[p.INLINE, b"", []]], None, 0.01))
     core.handle(Submitted(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0, max_retries=1),
