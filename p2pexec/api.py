@@ -31,7 +31,7 @@ _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
                 "name"}
 ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "max_task_retries", "name",
-                 "lifetime"}
+                 "lifetime", "get_if_exists"}
 
 
 # ---- runtime ----
@@ -271,6 +271,7 @@ class ActorClass:
         self._cls = cls
         self._options = options
         self._shipped = shipped or _Callable(cls)
+        self._methods = _methods_of(cls)
         self.__doc__ = cls.__doc__
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -283,8 +284,14 @@ class ActorClass:
     def remote(self, /, *args: Any, **kwargs: Any) -> ActorHandle:
         _check_call(self._shipped.signature, self._cls.__name__, args, kwargs)
         runtime = _rt()
-        name = self._options.get("name")
+        options = self._options
+        name = options.get("name")
+        if options.get("get_if_exists") and name is None:
+            raise LocalUsageError("get_if_exists=True needs a name= to look for")
         if name is not None and runtime.call("actor_exists", name):
+            if options.get("get_if_exists"):  # Ray's rule: the live one, as is
+                return ActorHandle(runtime.call("get_actor", name), self._cls.__name__, None,
+                                   int(options.get("max_task_retries", 0)), self._methods)
             raise LocalUsageError(f"an actor named {name!r} already exists; pick another "
                                   f"name or px.get_actor({name!r})")
         code_hash = self._shipped.register(runtime)
@@ -293,7 +300,6 @@ class ActorClass:
         args_payload, deps, contained = _serialize_arguments(runtime, actor_id, class_name,
                                                              args, kwargs)
         created = ObjectRef(return_id(actor_id, 1), runtime.node_id)
-        options = self._options
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached"):
             raise LocalUsageError(f"lifetime must be None or 'detached', got {lifetime!r}")
@@ -304,13 +310,31 @@ class ActorClass:
             _demand(options.get("num_cpus", 0), options.get("resources")), task_retries,
             False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
             lifetime == "detached"))
-        return ActorHandle(actor_id, class_name, created, task_retries,
-                           _method_shapes(self._cls))
+        return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
 
 
-def _method_shapes(cls: type) -> dict[str, Shape | None]:
-    """The public methods of an actor class and the parameters each takes after self."""
-    shapes: dict[str, Shape | None] = {}
+NUM_RETURNS_ATTRIBUTE = "__p2pexec_num_returns__"
+
+
+def method(*, num_returns: int = 1) -> Callable[[Callable], Callable]:
+    """`@px.method(num_returns=2)` on an actor method: each call returns that many refs
+    (Ray's `ray.method`; `handle.m.options(num_returns=...)` still overrides it)."""
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise LocalUsageError(f"num_returns must be an int of at least 1, got {num_returns!r}")
+
+    def mark(function: Callable) -> Callable:
+        setattr(function, NUM_RETURNS_ATTRIBUTE, num_returns)
+        return function
+    return mark
+
+
+Methods = dict[str, tuple[Shape | None, int]]
+"""An actor class's public methods: the parameters each takes after self, and how many
+refs a call returns."""
+
+
+def _methods_of(cls: type) -> Methods:
+    methods: Methods = {}
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("_") or inspect.isclass(member):
             continue
@@ -318,8 +342,8 @@ def _method_shapes(cls: type) -> dict[str, Shape | None]:
         if shape is not None and not isinstance(inspect.getattr_static(cls, name),
                                                 (staticmethod, classmethod)):
             shape = shape[1:]  # self
-        shapes[name] = shape
-    return shapes
+        methods[name] = (shape, getattr(member, NUM_RETURNS_ATTRIBUTE, 1))
+    return methods
 
 
 class ActorHandle:
@@ -332,8 +356,7 @@ class ActorHandle:
     killed or until their driver leaves."""
 
     def __init__(self, actor_id: bytes, class_name: str, created: ObjectRef | None,
-                 max_task_retries: int = 0,
-                 methods: dict[str, Shape | None] | None = None) -> None:
+                 max_task_retries: int = 0, methods: Methods | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._created = created
@@ -348,15 +371,17 @@ class ActorHandle:
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        if self._methods is not None and name not in self._methods:
+        if self._methods is None:
+            return ActorMethod(self, name, 1)
+        if name not in self._methods:
             raise AttributeError(f"actor class {self._class_name} has no method {name!r}")
-        return ActorMethod(self, name, 1)
+        return ActorMethod(self, name, self._methods[name][1])
 
     def _signature(self, method: str) -> inspect.Signature | None:
         if self._methods is None:
             return None
         if method not in self._signatures:
-            shape = self._methods.get(method)
+            shape = self._methods[method][0]
             self._signatures[method] = None if shape is None else _signature(shape)
         return self._signatures[method]
 
@@ -382,8 +407,9 @@ class ActorMethod:
         self._method = method
         self._num_returns = num_returns
 
-    def options(self, /, *, num_returns: int = 1) -> ActorMethod:
-        return ActorMethod(self._handle, self._method, num_returns)
+    def options(self, /, *, num_returns: int | None = None) -> ActorMethod:
+        return ActorMethod(self._handle, self._method,
+                           self._num_returns if num_returns is None else num_returns)
 
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle

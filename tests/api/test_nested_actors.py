@@ -273,3 +273,41 @@ def test_calls_in_flight_when_the_actor_dies_run_again_within_max_task_retries(t
     with pytest.raises(px.ActorDiedError):  # no retries: the call dies with its actor
         px.get(plain.work.remote(21), timeout=30)
     assert px.get(plain.work.remote(4), timeout=30) == 8
+
+
+@px.remote(num_cpus=0)
+class Splitter:
+    @px.method(num_returns=2)
+    def halves(self, x):
+        return x // 2, x - x // 2
+
+    def whole(self, x):
+        return x
+
+
+@px.remote
+def use_splitter(splitter, x):
+    first, second = splitter.halves.remote(x)  # the method's num_returns travels too
+    return px.get([first, second])
+
+
+def test_method_num_returns_and_get_if_exists_as_in_ray():
+    splitter = Splitter.options(name="splitter").remote()
+    first, second = splitter.halves.remote(5)
+    assert px.get([first, second], timeout=30) == [2, 3]
+    assert px.get(splitter.halves.options(num_returns=1).remote(4), timeout=30) == (2, 2)
+    assert px.get(splitter.whole.remote(9), timeout=30) == 9
+    assert px.get(use_splitter.remote(splitter, 7), timeout=30) == [3, 4]
+    same = Splitter.options(name="splitter", get_if_exists=True).remote()
+    assert same == splitter
+    assert px.get(list(same.halves.remote(1)), timeout=30) == [0, 1]
+    with pytest.raises(px.LocalUsageError, match="already exists"):
+        Splitter.options(name="splitter").remote()
+    with pytest.raises(px.LocalUsageError, match="needs a name"):
+        Splitter.options(get_if_exists=True).remote()
+    with pytest.raises(px.LocalUsageError, match="num_returns"):
+        px.method(num_returns=0)
+    px.kill(splitter)
+    fresh = Splitter.options(name="splitter", get_if_exists=True).remote()
+    assert fresh != splitter and px.get(fresh.whole.remote(1), timeout=30) == 1
+    px.kill(fresh)
