@@ -1,5 +1,6 @@
 """p2pexec: Ray's programming model on a peer-to-peer mesh with no head node."""
 
+from p2pexec import actor
 from p2pexec.api import (
     ActorClass,
     ActorHandle,
@@ -74,6 +75,7 @@ __all__ = [
     "SerializationError",
     "TaskError",
     "WorkerCrashedError",
+    "actor",
     "available_resources",
     "cluster_resources",
     "get",

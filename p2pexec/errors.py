@@ -67,6 +67,11 @@ class ActorDiedError(P2PExecError):
     """The actor's process died or the actor was killed; its pending calls fail with this."""
 
 
+class ActorExit(BaseException):
+    """Raised by `px.actor.exit_actor()` inside an actor to end it; a BaseException so
+    that the method's own `except Exception` does not stop it."""
+
+
 class CodeUnavailableError(P2PExecError):
     """A node given a task whose function or class it has never seen could not get its
     pickled code from the node that gave it, nor from any holder the DHT knows."""

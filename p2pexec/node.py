@@ -81,6 +81,8 @@ class Node:
             "get_actor": self._get_actor,
             "actor_exists": self._actor_exists,
             "kill": self._kill,
+            "exit_actor": lambda actor_id: self.exec.kill_actor(
+                actor_id, "it exited (px.actor.exit_actor)"),
             "nodes": lambda _arg: self.nodes(),
             "cluster_resources": lambda _arg: self._mesh_resources(available=False),
             "available_resources": lambda _arg: self._mesh_resources(available=True),

@@ -121,9 +121,11 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ActorKilled:
-    """px.kill: stop the actor for good."""
+    """px.kill (or the actor's own exit_actor): stop the actor for good; its pending
+    calls fail, saying `reason`."""
 
     actor_id: bytes
+    reason: str = "it was killed with px.kill"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from p2pexec.errors import RemoteProtocolError
+from p2pexec.errors import ActorDiedError, ActorExit, RemoteProtocolError
 from p2pexec.exec import protocol as p
 from p2pexec.exec import serialization
 from p2pexec.exec.refs import ObjectRef
@@ -27,6 +27,8 @@ class TaskRunner:
         self.actor: Any = None
         self.actor_work: p.Execute | None = None
         """The creation of the actor this worker holds (its id and resources)."""
+        self.exiting = False
+        """The actor called exit_actor: the worker ends once the call's result is out."""
         self.running: list[p.Execute] = []
         """What runs now, innermost last (a task blocked in get runs others on its stack)."""
 
@@ -59,6 +61,10 @@ class TaskRunner:
                 else:
                     result = target(*args, **kwargs)
             return self._store_results(result, work.return_ids, work.name)
+        except ActorExit:
+            self.exiting = True
+            error = ActorDiedError(f"the actor exited in {work.name} (px.actor.exit_actor)")
+            return [serialization.system_error_payload(error)] * len(work.return_ids), []
         except Exception as exc:
             return [serialization.task_error_payload(exc, work.name)] * len(work.return_ids), []
 

@@ -1176,7 +1176,7 @@ class Scheduler:
         actor = self.actors.get(event.actor_id)
         if actor is None or actor.dead_reason is not None:
             return
-        self._stop_actor(actor, "the actor was killed", "it was killed with px.kill")
+        self._stop_actor(actor, "the actor was killed", event.reason)
 
     def _on_name_lost(self, event: NameLost) -> None:
         """A name race (two nodes created an actor of one name within a DHT round trip):

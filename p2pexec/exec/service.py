@@ -778,10 +778,12 @@ class ExecService:
         finally:
             answer(*outcome)
 
-    def kill_actor(self, actor_id: bytes) -> bool:
-        """px.kill: True if the actor was alive here (and is now stopped)."""
+    def kill_actor(self, actor_id: bytes, reason: str | None = None) -> bool:
+        """px.kill (or, with its `reason`, the actor's own exit): True if the actor was
+        alive here (and is now stopped)."""
         alive = self.core.actor_alive(actor_id)
-        self._apply(self.core.handle(ActorKilled(actor_id)))
+        self._apply(self.core.handle(ActorKilled(actor_id) if reason is None
+                                     else ActorKilled(actor_id, reason)))
         return alive
 
     def _answer_call(self, client_id: int, request: p.Call) -> None:

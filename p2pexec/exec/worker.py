@@ -94,6 +94,9 @@ class WorkerRuntime:
             [serialization.close_mapping(mapping) for mapping in mappings])
         self.send(p.Done(work.task_id, payloads, contained, time.perf_counter() - started,
                          released))
+        if self.runner.exiting:  # the actor ended itself: its node stops it for good
+            self.call("exit_actor", self.runner.actor_work.task_id)
+            os._exit(0)
 
     def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""

@@ -311,3 +311,34 @@ def test_method_num_returns_and_get_if_exists_as_in_ray():
     fresh = Splitter.options(name="splitter", get_if_exists=True).remote()
     assert fresh != splitter and px.get(fresh.whole.remote(1), timeout=30) == 1
     px.kill(fresh)
+
+
+@px.remote(num_cpus=0, max_restarts=3)
+class Quitter:
+    def __init__(self):
+        self.calls = 0
+
+    def work(self):
+        self.calls += 1
+        return self.calls
+
+    def quit(self):
+        try:
+            px.actor.exit_actor()
+        except Exception:  # not an error a method's own handler catches
+            return "caught"
+
+
+def test_an_actor_that_exits_itself_stops_for_good_as_in_ray():
+    quitter = Quitter.remote()
+    assert px.get(quitter.work.remote(), timeout=30) == 1
+    exiting = quitter.quit.remote()
+    after = quitter.work.remote()
+    with pytest.raises(px.ActorDiedError, match="exit_actor"):
+        px.get(exiting, timeout=30)
+    with pytest.raises(px.ActorDiedError):  # no restart, despite max_restarts
+        px.get(after, timeout=30)
+    with pytest.raises(px.ActorDiedError):
+        px.get(quitter.work.remote(), timeout=30)
+    with pytest.raises(px.LocalUsageError, match="only inside an actor"):
+        px.actor.exit_actor()
