@@ -524,11 +524,13 @@ def get_actor(name: str) -> ActorHandle:
     return ActorHandle(actor_id, name, None)
 
 
-def kill(actor: ActorHandle) -> None:
-    """Stop an actor now; its pending and future calls fail with ActorDiedError."""
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop an actor now; its pending and future calls fail with ActorDiedError. With
+    `no_restart=False` its process is killed instead, and it restarts with fresh state
+    as after a crash while its `max_restarts` allows (Ray's rule)."""
     if not isinstance(actor, ActorHandle):
         raise LocalUsageError(f"px.kill takes an actor handle, got {type(actor).__name__}")
-    _rt().call("kill", actor._actor_id)
+    _rt().call("kill" if no_restart else "kill_to_restart", actor._actor_id)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class Node:
             "get_actor": self._get_actor,
             "actor_exists": self._actor_exists,
             "kill": self._kill,
+            "kill_to_restart": self._kill_to_restart,
             "exit_actor": lambda actor_id: self.exec.kill_actor(
                 actor_id, "it exited (px.actor.exit_actor)"),
             "nodes": lambda _arg: self.nodes(),
@@ -293,6 +294,13 @@ class Node:
         if self.exec.core.lookup_actor(name) is not None:
             return True
         return self.exec.mesh is not None and await self.exec.mesh.name_taken(name)
+
+    async def _kill_to_restart(self, actor_id: bytes) -> bool:
+        """px.kill(no_restart=False): its process is killed, here or on its node."""
+        if self.exec.crash_actor(actor_id):
+            return True
+        return self.exec.mesh is not None and await self.exec.mesh.kill_remote(actor_id,
+                                                                              restart=True)
 
     async def _kill(self, actor_id: bytes) -> bool:
         """px.kill: here if the actor lives here, else sent to the node it lives on."""

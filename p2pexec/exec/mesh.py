@@ -222,13 +222,15 @@ class HeldCheck:
 @message(126)
 @dataclass(frozen=True, slots=True)
 class KillActor:
-    """Stop an actor that lives on the receiver: `px.kill` on another node (no `name`),
-    or the sender's actor `winner` took `name` in a race with this one (the receiver
-    checks the rule itself: the smaller actor id wins)."""
+    """Stop an actor that lives on the receiver: `px.kill` on another node (no `name`;
+    with `restart`, `no_restart=False`: its process is killed and it restarts as after
+    a crash), or the sender's actor `winner` took `name` in a race with this one (the
+    receiver checks the rule itself: the smaller actor id wins)."""
 
     actor_id: bytes
     name: str | None = None
     winner: bytes | None = None
+    restart: bool = False
 
 
 @message(127)
@@ -424,6 +426,10 @@ class Mesh:
                      node.short, msg.actor_id.hex()[:12])
         elif msg.name is not None and msg.winner is not None:
             self.service.stimulus(NameLost(msg.actor_id, msg.name, msg.winner))
+        elif msg.restart:
+            log.info("actor %s killed (to restart) at the request of node %s",
+                     msg.actor_id.hex()[:12], node.short)
+            self.service.crash_actor(msg.actor_id)
         else:
             log.info("actor %s killed at the request of node %s", msg.actor_id.hex()[:12],
                      node.short)
@@ -767,14 +773,16 @@ class Mesh:
         except DhtLookupError:
             return False
 
-    async def kill_remote(self, actor_id: bytes) -> bool:
+    async def kill_remote(self, actor_id: bytes, restart: bool = False) -> bool:
         """px.kill of an actor that lives on another node: the kill goes there (where
-        its calls fail), calls queued here fail now. False if no node has it."""
+        its calls fail), calls queued here fail now, unless it is to `restart` (then
+        they wait for it). False if no node has it."""
         node = self.service.core.actor_node(actor_id) or await self._actor_home(actor_id)
         if node is None:
             return False
-        self._send(node, KillActor(actor_id))
-        self.service.stimulus(RemoteActorKilled(actor_id))
+        self._send(node, KillActor(actor_id, restart=restart))
+        if not restart:
+            self.service.stimulus(RemoteActorKilled(actor_id))
         return True
 
     _dht_tasks = {LocateActor: _locate, ActorHere: _announce, CodeHere: _publish_code,

@@ -786,6 +786,19 @@ class ExecService:
                                      else ActorKilled(actor_id, reason)))
         return alive
 
+    def crash_actor(self, actor_id: bytes) -> bool:
+        """px.kill(no_restart=False): kill the actor's process, so that it restarts as
+        after a crash (while its max_restarts allows). True if it lives here."""
+        actor = self.core.actors.get(actor_id)
+        if actor is None or actor.dead_reason is not None:
+            return False
+        link = self.links.get(actor.worker)
+        if link is not None:
+            self._kill(link)
+        elif self.inline is not None:
+            self.inline.stop(actor.worker)
+        return True
+
     def _answer_call(self, client_id: int, request: p.Call) -> None:
         def answer(value: Any, error: P2PExecError | None) -> None:
             if error is None:

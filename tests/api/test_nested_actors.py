@@ -342,3 +342,26 @@ def test_an_actor_that_exits_itself_stops_for_good_as_in_ray():
         px.get(quitter.work.remote(), timeout=30)
     with pytest.raises(px.LocalUsageError, match="only inside an actor"):
         px.actor.exit_actor()
+
+
+@px.remote(num_cpus=0)
+class Lives:
+    def __init__(self):
+        self.calls = 0
+
+    def call(self):
+        self.calls += 1
+        return os.getpid(), self.calls
+
+
+def test_kill_with_no_restart_false_restarts_the_actor_as_after_a_crash():
+    lives = Lives.options(max_restarts=1, max_task_retries=1).remote()
+    first_pid, _ = px.get(lives.call.remote(), timeout=30)
+    px.kill(lives, no_restart=False)
+    pid, calls = px.get(lives.call.remote(), timeout=30)  # retried on the new process
+    assert pid != first_pid and calls == 1
+    px.kill(lives, no_restart=False)  # its one restart is spent: it dies
+    with pytest.raises(px.ActorDiedError):
+        for _ in range(50):
+            px.get(lives.call.remote(), timeout=30)
+            time.sleep(0.1)

@@ -193,7 +193,7 @@ NAMED_CREATE = """
             self.value += by
             return self.value, os.getppid()  # the parent of an actor's worker is its node
 
-    counter = Counter.options(name="shared", lifetime="detached").remote(5)
+    counter = Counter.options(name="shared", lifetime="detached", max_restarts=1).remote(5)
     print(json.dumps(px.get(counter.incr.remote(1), timeout=60)), flush=True)
 """
 
@@ -223,6 +223,21 @@ NAMED_CLASH = """
         print(json.dumps(str(exc)), flush=True)
 """
 
+NAMED_RESTART = """
+    import json, time
+    import p2pexec as px
+
+    px.init()
+    counter = px.get_actor("shared")
+    px.kill(counter, no_restart=False)  # its process dies; it restarts, fresh, on its node
+    for _ in range(100):
+        try:
+            print(json.dumps(px.get(counter.incr.remote(1), timeout=60)), flush=True)
+            break
+        except px.ActorDiedError:  # a call that reached the dying process
+            time.sleep(0.1)
+"""
+
 NAMED_KILL = """
     import json
     import p2pexec as px
@@ -244,7 +259,8 @@ def test_a_named_actor_is_found_refused_and_killed_from_other_nodes(launcher: La
     assert run_driver(NAMED_USE, b.data_dir) == [16, a.proc.pid]  # ran on A's actor
     clash = run_driver(NAMED_CLASH, c.data_dir)
     assert "already exists" in clash and "px.get_actor('shared')" in clash, clash
-    died = run_driver(NAMED_KILL, b.data_dir)
+    assert run_driver(NAMED_RESTART, c.data_dir) == [6, a.proc.pid]  # 5 again, then + 1
+    died = run_driver(NAMED_KILL, b.data_dir)  # for good, whatever max_restarts says
     assert "killed with px.kill" in died or "no node of the cluster" in died, died
     assert wait_for(lambda: "shared" not in stats(a)["actors"], 30), stats(a)
 
