@@ -1,4 +1,5 @@
-"""Libraries on top of the API, with Ray's names: `ActorPool` (Ray's `ray.util.ActorPool`)."""
+"""Libraries on top of the API, with Ray's names: `ActorPool` (Ray's `ray.util.ActorPool`)
+and, in `p2pexec.util.queue`, `Queue`."""
 
 from p2pexec.util.actor_pool import ActorPool
 

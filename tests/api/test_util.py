@@ -1,11 +1,13 @@
 """The util libraries with Ray's names, on an embedded node."""
 
+import queue as stdlib_queue
 import time
 
 import pytest
 
 import p2pexec as px
 from p2pexec.util import ActorPool
+from p2pexec.util.queue import Empty, Full, Queue
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -49,3 +51,50 @@ def test_actor_pool_submit_get_next_and_the_idle_actors():
     assert not pool.has_next() and pool.has_free()
     with pytest.raises(px.LocalUsageError, match="ObjectRef"):
         pool.submit(lambda actor, v: v, 1)
+
+
+@px.remote
+def producer(queue, items):
+    for item in items:
+        queue.put(item)
+    return len(items)
+
+
+@px.remote
+def consumer(queue, count):
+    return [queue.get(timeout=30) for _ in range(count)]
+
+
+def test_a_queue_is_shared_by_tasks_blocks_and_times_out_as_in_ray():
+    queue = Queue(maxsize=3)
+    assert queue.empty() and not queue.full() and len(queue) == 0
+    taken = consumer.remote(queue, 10)  # blocks until the producer's items come
+    assert px.get(producer.remote(queue, list(range(10))), timeout=60) == 10
+    assert px.get(taken, timeout=60) == list(range(10))
+    with pytest.raises(Empty):
+        queue.get_nowait()
+    started = time.monotonic()
+    with pytest.raises(Empty):
+        queue.get(timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 5
+    queue.put_nowait_batch([1, 2, 3])
+    assert queue.full() and queue.qsize() == 3
+    with pytest.raises(Full):
+        queue.put(4, timeout=0.05)
+    with pytest.raises(Full):
+        queue.put_nowait_batch([4])
+    assert queue.get_nowait_batch(2) == [1, 2] and queue.get() == 3
+    with pytest.raises(Empty):
+        queue.get_nowait_batch(1)
+    with pytest.raises(ValueError):
+        queue.get(timeout=-1)
+    assert issubclass(Empty, stdlib_queue.Empty) and issubclass(Full, stdlib_queue.Full)
+
+
+def test_callers_blocked_on_a_queue_whose_actor_dies_get_a_clear_error():
+    queue = Queue()
+    blocked = consumer.remote(queue, 1)
+    time.sleep(0.3)
+    queue.shutdown()
+    with pytest.raises(px.ActorDiedError):
+        px.get(blocked, timeout=30)
