@@ -231,7 +231,8 @@ class RemoteFunction:
 
     def __init__(self, function: Callable, options: dict[str, Any],
                  shipped: _Callable | None = None) -> None:
-        _check_options(options, TASK_OPTIONS, f"remote function {function.__name__}")
+        what = getattr(function, "__name__", type(function).__name__)
+        _check_options(options, TASK_OPTIONS, f"remote function {what}")
         self._function = function
         self._options = options
         self._shipped = shipped or _Callable(function)

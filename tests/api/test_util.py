@@ -7,6 +7,7 @@ import pytest
 
 import p2pexec as px
 from p2pexec.util import ActorPool
+from p2pexec.util.multiprocessing import Pool
 from p2pexec.util.queue import Empty, Full, Queue
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -98,3 +99,53 @@ def test_callers_blocked_on_a_queue_whose_actor_dies_get_a_clear_error():
     queue.shutdown()
     with pytest.raises(px.ActorDiedError):
         px.get(blocked, timeout=30)
+
+
+def square(x):
+    return x * x
+
+
+def power(x, y):
+    return x ** y
+
+
+def fails(x):
+    raise ValueError(f"bad {x}")
+
+
+_seen = []
+
+
+def remember(value):
+    _seen.append(value)
+
+
+def seen(_):
+    return list(_seen)
+
+
+def test_pool_is_a_drop_in_for_multiprocessing_pool():
+    with Pool(2, initializer=remember, initargs=("init",)) as pool:
+        assert pool.map(square, range(100)) == [x * x for x in range(100)]
+        assert pool.map(square, range(10), chunksize=3) == [x * x for x in range(10)]
+        assert pool.starmap(power, [(2, 3), (3, 2)]) == [8, 9]
+        assert list(pool.imap(square, range(20), chunksize=4)) == [x * x for x in range(20)]
+        assert sorted(pool.imap_unordered(square, range(20))) == [x * x for x in range(20)]
+        assert pool.apply(power, (2,), {"y": 10}) == 1024
+        got = []
+        result = pool.map_async(square, range(5), callback=got.append)
+        assert result.get(timeout=30) == [0, 1, 4, 9, 16] and result.successful()
+        errors = []
+        failed = pool.apply_async(fails, (1,), error_callback=errors.append)
+        failed.wait(30)
+        assert failed.ready() and not failed.successful()
+        with pytest.raises(ValueError, match="bad 1"):
+            failed.get()
+        assert isinstance(errors[0], ValueError)
+        assert all(seen[0] == "init" for seen in pool.map(seen, range(8)))  # once a process
+        assert pool.starmap_async(power, [(2, 2)]).get(timeout=30) == [4]
+        assert got == [[0, 1, 4, 9, 16]]
+    with pytest.raises(ValueError, match="not running"):
+        pool.map(square, [1])
+    with pytest.raises(px.LocalUsageError, match="maxtasksperchild"):
+        Pool(maxtasksperchild=1)

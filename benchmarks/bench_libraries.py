@@ -1,0 +1,112 @@
+"""The util libraries beside their originals: `Pool.map` against the standard library's
+`multiprocessing.Pool` (and Ray's `ray.util.multiprocessing.Pool`), `ActorPool.map`
+against Ray's `ActorPool`, each with 2 workers on this machine.
+
+Run: `python benchmarks/bench_libraries.py [--repeats 3] [--items 100000]`. Each system
+runs in its own subprocess; each figure is the median of `--repeats` timed runs after a
+warm-up, with the spread (min-max). Ray columns show "n/a" unless Ray is installed
+(`pip install '.[bench]'`). Targets (issue 11): `Pool.map` over 100,000 tiny items at
+least as fast as the standard library's pool with the same chunksize; `ActorPool.map`
+at least Ray's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _common import median, render_table
+
+CHUNKSIZES = (None, 100)
+ACTOR_ITEMS = 2000
+
+
+def tiny(x):
+    return x + 1
+
+
+def time_it(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run_system(system: str, items: int, repeats: int) -> dict[str, list[float]]:
+    values = list(range(items))
+    out: dict[str, list[float]] = {}
+    if system == "stdlib":
+        import multiprocessing
+        with multiprocessing.Pool(2) as pool:
+            for chunksize in CHUNKSIZES:
+                out[f"map {chunksize}"] = time_it(
+                    lambda c=chunksize: pool.map(tiny, values, chunksize=c), repeats)
+        return out
+    if system == "p2pexec":
+        import p2pexec as px
+        from p2pexec.util import ActorPool
+        from p2pexec.util.multiprocessing import Pool
+        px.init(num_cpus=2)
+    else:
+        import ray as px
+        from ray.util import ActorPool
+        from ray.util.multiprocessing import Pool
+        px.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with Pool(2) as pool:
+        for chunksize in CHUNKSIZES:
+            out[f"map {chunksize}"] = time_it(
+                lambda c=chunksize: pool.map(tiny, values, chunksize=c), repeats)
+
+    @px.remote(num_cpus=1)
+    class Adder:
+        def add(self, x):
+            return x + 1
+
+    actors = ActorPool([Adder.remote(), Adder.remote()])
+    out["ActorPool.map"] = time_it(
+        lambda: list(actors.map(lambda a, v: a.add.remote(v), range(ACTOR_ITEMS))), repeats)
+    px.shutdown()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--system", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.system:
+        print(json.dumps(run_system(args.system, args.items, args.repeats)))
+        return
+    results: dict[str, dict[str, list[float]] | None] = {}
+    for system in ("p2pexec", "stdlib", "ray"):
+        proc = subprocess.run([sys.executable, __file__, "--system", system, "--items",
+                               str(args.items), "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, timeout=1800)
+        results[system] = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 \
+            else None
+        if proc.returncode != 0 and system != "ray":
+            print(proc.stderr[-2000:], file=sys.stderr)
+    rows_names = [f"Pool.map {args.items:,} items, chunksize {c or 'default'}"
+                  for c in CHUNKSIZES] + [f"ActorPool.map {ACTOR_ITEMS:,} calls"]
+    keys = [f"map {c}" for c in CHUNKSIZES] + ["ActorPool.map"]
+
+    def cell(system: str, key: str) -> str:
+        times = (results.get(system) or {}).get(key)
+        if not times:
+            return "n/a"
+        return f"{median(times):.3f} s ({min(times):.3f}-{max(times):.3f})"
+    rows = [[name, *(cell(s, key) for s in ("p2pexec", "stdlib", "ray"))]
+            for name, key in zip(rows_names, keys, strict=True)]
+    print(render_table(["workload (median, min-max)", "p2pexec", "multiprocessing", "ray"],
+                       rows))
+
+
+if __name__ == "__main__":
+    main()
