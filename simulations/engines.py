@@ -25,6 +25,7 @@ import trio
 
 from p2pexec.errors import DhtLookupError
 from p2pexec.gossip.core import MemberEvent
+from p2pexec.gossip.messages import life_of
 from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
@@ -101,7 +102,9 @@ class StepperEngine(_Engine):
         index = self.sim.index
         subject = index[event.member.node_id]
         origin = None if event.origin is None else index.get(event.origin)
-        self.rec.member(observer, subject, event.kind, self.sim.now - self.t0, origin)
+        old_life = life_of(event.member.incarnation) < self.sim.gossip.nodes[subject].life
+        self.rec.member(observer, subject, event.kind, self.sim.now - self.t0, origin,
+                        old_life)
 
     async def advance_to(self, t: float) -> None:
         self.sim.run_until(self.t0 + t)
@@ -248,7 +251,8 @@ class NodeEngine(_Engine):
             t = event.time - self.t0
             self._trace.update(f"{t:.6f} {observer} {subject} {event.kind.value};".encode())
             origin = None if event.origin is None else self.index.get(event.origin)
-            self.rec.member(observer, subject, event.kind, t, origin)
+            old_life = life_of(event.member.incarnation) < self.cluster.life(subject)
+            self.rec.member(observer, subject, event.kind, t, origin, old_life)
 
     async def advance_to(self, t: float) -> None:
         await trio.sleep_until(self.t0 + t)

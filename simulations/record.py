@@ -141,11 +141,13 @@ class Recorder:
     # ---- observations, from the engine -------------------------------------------------
 
     def member(self, observer: int, subject: int, kind: EventKind, t: float,
-               origin: int | None = None) -> None:
+               origin: int | None = None, old_life: bool = False) -> None:
         """Node `observer` changed its mind about node `subject` (on the word of node
-        `origin`, for a suspicion or failure heard from another)."""
+        `origin`, for a suspicion or failure heard from another). `old_life`: the event
+        is about a process of `subject` that has since restarted (a failure of that one
+        is true, however late it is heard)."""
         self.counts[kind.value] += 1
-        if kind != EventKind.FAILED:
+        if kind != EventKind.FAILED or old_life:
             return
         origin = observer if origin is None else origin
         if origin == observer:

@@ -448,6 +448,13 @@ class Mesh:
         return CodeReply(pickled)
 
     def _serve_steal(self, node: NodeId, msg: StealRequest) -> None:
+        """A thief this node's membership does not show alive gets nothing: this node
+        could never learn of its failure, and tasks it took would be waited for for ever
+        (a restarted node asks before the gossip of its new life arrives). It asks
+        another peer when its request times out."""
+        if self.address_of(node) is None:
+            log.debug("steal request from %s, not a live member here: ignored", node.short)
+            return
         if not self._allowed(node):
             return
         if msg.cpus < 0 or any(v < 0 for v in (*msg.resources.values(), *msg.free.values())):

@@ -32,8 +32,8 @@ Where this differs from memberlist, and why:
   false positives under heavy loss (simulations/gossip_figures.py).
 - A suspicion heard at a higher incarnation than the one being timed starts a fresh timer:
   the old suspicion was refuted and must not turn into a death at the new incarnation.
-- A push-pull from a member we hold dead (or held dead until lately) is the other side
-  of a healing partition: the live members it holds dead are told so in one datagram
+- A push-pull (not a join) from a member we hold dead is the other side of a healing
+  partition: the live members it holds dead are told so in one datagram
   each, not suspected (see `_merge_remote`).
 - Gossip rounds are skipped while nothing is pending and run at once when news arrives
   after a quiet spell, then every gossip_interval: updates spread at network speed rather
@@ -210,8 +210,6 @@ class Membership:
         self._changed_at: dict[NodeId, float] = {}
         self._live = LiveSet()                # other visible alive/suspect members
         self._dead: dict[NodeId, None] = {}   # other visible dead (not left) members
-        self._revived: dict[NodeId, float] = {}
-        """When members we held dead were last heard alive again (see `_merge_remote`)."""
         self._told: dict[NodeId, int] = {}
         """Members told that the other side of a healing partition holds them dead, and
         at which incarnation (see `_merge_remote`)."""
@@ -742,8 +740,7 @@ class Membership:
         if new.identity is None:
             return
         self._live.discard(node)
-        if self._dead.pop(node, 0) is None and new.state in LIVE:
-            self._revived[node] = now
+        self._dead.pop(node, None)
         if new.state in LIVE:
             self._live.add(node)
         elif new.state == State.DEAD:
@@ -763,18 +760,16 @@ class Membership:
         """Merge a full table. A remote "dead" only makes us suspect (memberlist mergeState):
         the member gets a chance to refute before we believe it.
 
-        Except from a sender we hold dead, or held dead until less than
-        gossip_to_the_dead_time ago: its table is the other side of a partition that is
-        healing, whose "dead" are the members it could not reach, ours among them.
-        Suspecting them all would be hundreds of suspicions per node at once (and their
-        refutations), more than gossip spreads in a suspicion's time: at 1,000 nodes,
-        thousands of live members declared failed. Such a member is only told, in one
-        datagram, that the other side holds it dead; its refutation spreads as any Alive
-        does, and nobody's timer runs meanwhile."""
+        Except from a sender we hold dead, other than by a join (a restarted process's
+        table is new): its table is the other side of a partition that is healing, whose
+        "dead" are the members it could not reach, ours among them. Suspecting them all
+        would be hundreds of suspicions per node at once (and their refutations), more
+        than gossip spreads in a suspicion's time: at 1,000 nodes, thousands of live
+        members declared failed. Such a member is only told, in one datagram, that the
+        other side holds it dead; its refutation spreads as any Alive does, and nobody's
+        timer runs meanwhile."""
         sender = self._table.get(pp.sender)
-        across = sender is not None and (
-            sender.state == State.DEAD
-            or now - self._revived.get(pp.sender, -math.inf) < self.cfg.gossip_to_the_dead_time)
+        across = not pp.join and sender is not None and sender.state == State.DEAD
         members = pp.members
         if self._table.shared:
             # a record that is the very one made from a row we hold says nothing new (cores
@@ -827,7 +822,7 @@ class Membership:
             if self._changed_at.get(node, now) <= horizon:
                 self._table.remove(node)
                 for d in (self._dead, self._changed_at, self._last_heard, self._suspicions,
-                          self._probe_soon, self._reapable, self._told, self._revived):
+                          self._probe_soon, self._reapable, self._told):
                     d.pop(node, None)
 
 

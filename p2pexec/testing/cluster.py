@@ -195,6 +195,10 @@ class SimCluster:
             self._lives.append(0)
             self.nodes.append(self._new_node(i, transport))
 
+    def life(self, index: int) -> int:
+        """How many times node `index` has been revived (its process's life)."""
+        return self._lives[index]
+
     def _new_node(self, index: int, transport: SimTransport) -> SimNode:
         """The node at `index` in its current life (a revived node is a new process:
         fresh RNG, and task ids of its own)."""

@@ -226,6 +226,8 @@ class TaskLayer:
                               event)
             return
         self.loop.note(source, target, event)
+        if type(event) is StealRequested and not self._member(target, source):
+            return  # as the mesh: no work for a thief this node's membership lacks
         if type(event) is tuple:  # a grant, with the id of the request it answers
             request_id, event = event
             node = self.nodes.get(target)
@@ -319,6 +321,11 @@ class TaskLayer:
                        if now - at < LOADED_MEMORY and self.cluster.is_up(i)}
         interval = self.cluster.gossip.cfg.load_update_interval
         self.loop.call_at(self.loop.now + interval, self._publish_loads)
+
+    def _member(self, i: int, j: int) -> bool:
+        """Whether node i's membership shows node j alive (or suspect)."""
+        member = self.cluster.gossip.nodes[i].core.member(self.cluster.node_id(j))
+        return member is not None and member.state in (State.ALIVE, State.SUSPECT)
 
     def _raw(self, i: int) -> bytes:
         return self.cluster.node_id(i).raw
