@@ -49,24 +49,23 @@ class ActorPool:
 
     def map(self, fn: Call, values: Iterable[Any]) -> Iterator[Any]:
         """The results of `fn` over `values`, in their order (iterate to get them)."""
-        self._drain()
-        for value in values:
-            self.submit(fn, value)
+        self._submit_all(fn, values)
         while self.has_next():
             yield self.get_next()
 
     def map_unordered(self, fn: Call, values: Iterable[Any]) -> Iterator[Any]:
         """The results of `fn` over `values`, as they finish."""
-        self._drain()
-        for value in values:
-            self.submit(fn, value)
+        self._submit_all(fn, values)
         while self.has_next():
             yield self.get_next_unordered()
 
-    def _drain(self) -> None:
-        """Results of earlier submissions nobody fetched are dropped (as in Ray)."""
+    def _submit_all(self, fn: Call, values: Iterable[Any]) -> None:
+        """Results of earlier submissions nobody fetched are dropped (as in Ray), then
+        every value is submitted."""
         while self.has_next():
             self.get_next_unordered()
+        for value in values:
+            self.submit(fn, value)
 
     # ---- results ----
     def has_next(self) -> bool:
