@@ -745,7 +745,11 @@ class Scheduler:
         worker_id, task_id, payloads = event.worker, event.task_id, event.payloads
         task = self.tasks.get(task_id)
         worker = self.workers.get(worker_id)
-        if task is None or worker is None or task.worker != worker_id:
+        if task is None or worker is None or task.worker != worker_id \
+                or task.state is not RUNNING:
+            if task is not None and task.state is QUEUED and task.worker == worker_id:
+                self._out.append(Warn(f"worker {worker_id} reported task {task.spec.name} "
+                                      f"done before starting it; result dropped"))
             for payload in payloads:  # a late result for a failed or killed task
                 segment = payload_segment(payload)
                 if segment is not None:

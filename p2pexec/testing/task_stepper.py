@@ -89,6 +89,9 @@ class _NodeTasks:
     """Steal requests waiting for a grant, by request id."""
     tick_at: float | None = None
     """When the scheduler's next `Tick` is set to come (its held checks)."""
+    busy_until: dict[int, float] = field(default_factory=dict)
+    """Per worker, when the last task sent to it will have finished: a worker runs
+    what it is sent one after another, as a real one does."""
 
 
 class TaskLayer:
@@ -162,7 +165,9 @@ class TaskLayer:
                 if type(ins.message) is p.Execute:
                     work = ins.message
                     seconds = self.duration(work.task_id)
-                    self.loop.call_at(self.loop.now + seconds, self._event, i, node.life,
+                    end = max(self.loop.now, node.busy_until.get(ins.worker, 0.0)) + seconds
+                    node.busy_until[ins.worker] = end
+                    self.loop.call_at(end, self._event, i, node.life,
                                       TaskFinished(ins.worker, work.task_id,
                                                    [VALUE] * len(work.return_ids), None,
                                                    seconds))

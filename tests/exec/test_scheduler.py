@@ -297,6 +297,22 @@ def test_prefetched_tasks_never_start_with_resources_nobody_gave_back():
     assert core.available == {"CPU": 1.0, "gpu": 0.0}
 
 
+def test_a_worker_reporting_a_queued_task_done_is_ignored():
+    """A worker runs what it is sent in order; a Done for a task still queued behind
+    another (a broken worker, or a simulation that ran both at once) must not retire it
+    while its id stays in the queue (it would start twice)."""
+    core = CheckedScheduler(ExecConfig(num_cpus=1, max_prefetch=2))
+    core.handle(CodeRegistered(CODE, b"code"), Started(), WorkerReady(1),
+                Submitted(spec(1), DRIVER))
+    core.handle(TaskFinished(1, tid(1), [ok()], None, 1e-5))  # tiny: prefetch depth 2
+    core.handle(Submitted(spec(2), DRIVER), Submitted(spec(3), DRIVER))
+    assert core.workers[1].stack == [tid(2)] and list(core.workers[1].queued) == [tid(3)]
+    out = core.handle(TaskFinished(1, tid(3), [ok()], None, 1e-5))
+    assert [type(i) for i in out] == [Warn] and core.tasks[tid(3)].state.value == "queued"
+    out = core.handle(TaskFinished(1, tid(2), [ok()], None, 1e-5))
+    assert Completed((rid(2),)) in out and core.tasks[tid(3)].state.value == "running"
+
+
 def test_a_batch_of_submissions_costs_one_scheduling_pass(core, monkeypatch):
     passes = []
     schedule = core._schedule
