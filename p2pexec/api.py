@@ -7,9 +7,12 @@ tasks, create actors and wait on results exactly as drivers do.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 import os
 import pickle
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import cloudpickle
 
 from p2pexec.errors import GetTimeoutError, LocalUsageError, NodeNotRunning, SerializationError
 from p2pexec.exec import context, serialization
+from p2pexec.exec import refs as refs_module
 from p2pexec.exec.protocol import INLINE
 from p2pexec.exec.refs import ObjectRef, return_id
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
@@ -516,6 +520,66 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
     ready = [ref for ref in ref_list if ref.id in ready_ids][:num_returns]
     chosen = {ref.id for ref in ready}
     return ready, [ref for ref in ref_list if ref.id not in chosen]
+
+
+class _Resolver:
+    """Turns refs into futures in drivers (`ref.future()`, `await ref`): the node says
+    when an object is ready, and one thread per process gets the value (the node's
+    callback may not call the API). Each waiting ref is held until then."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, list[tuple[ObjectRef, concurrent.futures.Future]]] = {}
+        self._ready: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        if context.in_worker:
+            raise LocalUsageError("ref.future() and `await ref` work in drivers only (a "
+                                  "task or actor uses px.get)")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="p2pexec-futures",
+                                                daemon=True)
+                self._thread.start()
+            first = ref.id not in self._waiting
+            self._waiting.setdefault(ref.id, []).append((ref, future))
+        if first:
+            on_ready(ref, self._ready.put)
+        return future
+
+    def _run(self) -> None:
+        while True:
+            object_id = self._ready.get()
+            with self._lock:
+                waiting = self._waiting.pop(object_id, [])
+            if not waiting:
+                continue
+            try:
+                value = get(waiting[0][0])
+            except BaseException as exc:
+                for _ref, future in waiting:
+                    future.set_exception(exc)
+            else:
+                for _ref, future in waiting:
+                    future.set_result(value)
+            del waiting
+
+
+refs_module.future_of = _Resolver().future
+
+
+async def get_async(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None
+                    ) -> Any:
+    """`px.get` for asyncio drivers: awaits the value(s) without blocking the loop."""
+    single = isinstance(refs, ObjectRef)
+    ref_list = [refs] if single else list(refs)
+    try:
+        values = await asyncio.wait_for(asyncio.gather(*ref_list), timeout)
+    except asyncio.TimeoutError:
+        raise GetTimeoutError(f"the objects were not ready after {timeout} s") from None
+    return values[0] if single else values
 
 
 # ---- actors and cluster ----

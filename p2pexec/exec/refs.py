@@ -9,11 +9,14 @@ owner when it sees the submit or put, so the hot path sends no extra message.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 _INDEX = struct.Struct(">I")
 
@@ -125,6 +128,10 @@ def install_counter(new: RefCounter | None) -> None:
     counter = new
 
 
+future_of: Callable[[ObjectRef], concurrent.futures.Future] | None = None
+"""Makes `ObjectRef.future()`: installed by the API, which knows how to get a value."""
+
+
 class ObjectRef:
     """A future for a value owned by the node that created it; pass it to tasks or `get` it.
 
@@ -161,6 +168,16 @@ class ObjectRef:
 
     def hex(self) -> str:
         return self.id.hex()
+
+    def future(self) -> concurrent.futures.Future:
+        """A `concurrent.futures.Future` of the value (or the task's error), as Ray's."""
+        if future_of is None:
+            raise RuntimeError("p2pexec's API is not loaded: import p2pexec first")
+        return future_of(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """`await ref` in asyncio code gets the value without blocking the event loop."""
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.id.hex()})"

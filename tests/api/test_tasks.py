@@ -223,3 +223,54 @@ def test_runtime_context_names_the_node_task_actor_and_resources():
     assert actor_id == placed._actor_id.hex()
     mine, child, after = px.get(parent_and_child.remote(), timeout=30)
     assert mine == after != child  # a child run on the blocked parent's stack is its own
+
+
+@px.remote
+def slow_add(a, b, delay=0.05):
+    time.sleep(delay)
+    return a + b
+
+
+@px.remote
+def fails_slowly():
+    time.sleep(0.05)
+    raise KeyError("missing")
+
+
+@px.remote
+def uses_future(ref_list):
+    return ref_list[0].future()
+
+
+def test_refs_are_futures_and_awaitables_in_drivers_as_in_ray():
+    import asyncio
+    import concurrent.futures
+
+    future = slow_add.remote(1, 2).future()
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=30) == 3
+    with pytest.raises(KeyError):
+        fails_slowly.remote().future().result(timeout=30)
+
+    async def main():
+        first = await slow_add.remote(2, 3)
+        both = await px.get_async([slow_add.remote(1, 1), slow_add.remote(2, 2)])
+        ticks = 0
+
+        async def tick():  # the loop stays free while refs are awaited
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+        ticker = asyncio.create_task(tick())
+        single = await px.get_async(slow_add.remote(5, 5, 0.2), timeout=30)
+        ticker.cancel()
+        with pytest.raises(KeyError):
+            await fails_slowly.remote()
+        with pytest.raises(px.GetTimeoutError):
+            await px.get_async(slow_add.remote(0, 0, 1.0), timeout=0.05)
+        return first, both, single, ticks
+    first, both, single, ticks = asyncio.run(main())
+    assert (first, both, single) == (5, [2, 4], 10) and ticks >= 5
+    with pytest.raises(px.LocalUsageError, match="drivers only"):
+        px.get(uses_future.remote([px.put(1)]), timeout=30)

@@ -111,6 +111,9 @@ WHOLE_API = """
         out["error"] = [isinstance(exc, px.TaskError), "missing" in str(exc)]
     with px.Executor() as ex:
         out["executor"] = list(ex.map(abs, [-1, -2, 3]))
+    import asyncio
+    out["futures"] = [square.remote(6).future().result(timeout=60),
+                      asyncio.run(px.get_async([square.remote(7)]))]
     px.kill(counter)
     try:
         px.get(counter.incr.remote())
@@ -128,7 +131,8 @@ def test_an_attached_driver_uses_the_whole_api(launcher: Launcher):
         "attached": "AttachedRuntime", "node": "n1",
         "squares": [i * i for i in range(20)], "fib": 144, "total": sum(range(200_000)),
         "calls": [11, 12, 13], "named": 14, "wait": [1, 1], "timeout": "GetTimeoutError",
-        "error": [True, True], "executor": [1, 2, 3], "killed": True, "resources": 2.0}
+        "error": [True, True], "executor": [1, 2, 3], "futures": [36, [49]], "killed": True,
+        "resources": 2.0}
     assert "driver pid" in node.log() and "attached" in node.log()
 
 
