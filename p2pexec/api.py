@@ -7,7 +7,6 @@ tasks, create actors and wait on results exactly as drivers do.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import inspect
 import os
@@ -573,6 +572,8 @@ refs_module.future_of = _Resolver().future
 async def get_async(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None
                     ) -> Any:
     """`px.get` for asyncio drivers: awaits the value(s) without blocking the loop."""
+    import asyncio  # here: workers, which import this module, start without it
+
     single = isinstance(refs, ObjectRef)
     ref_list = [refs] if single else list(refs)
     try:

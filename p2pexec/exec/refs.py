@@ -9,14 +9,15 @@ owner when it sees the submit or put, so the hot path sends no extra message.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import itertools
 import os
 import struct
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (asyncio and futures load only where refs are awaited: workers
+    import concurrent.futures  # start faster without them)
 
 _INDEX = struct.Struct(">I")
 
@@ -177,6 +178,8 @@ class ObjectRef:
 
     def __await__(self) -> Generator[Any, None, Any]:
         """`await ref` in asyncio code gets the value without blocking the event loop."""
+        import asyncio
+
         return asyncio.wrap_future(self.future()).__await__()
 
     def __repr__(self) -> str:
