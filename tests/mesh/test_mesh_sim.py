@@ -12,7 +12,7 @@ import trio
 from p2pexec.errors import ObjectLostError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
-from p2pexec.exec.events import TasksReturned
+from p2pexec.exec.events import PeerGone, TasksReturned
 from p2pexec.exec.stealing import PLACEMENT
 from p2pexec.exec.task import ACTOR_CREATE, TaskSpec
 from p2pexec.ids import NodeId
@@ -96,6 +96,29 @@ async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_
     assert "asks for work faster than" in text
     assert "which this node did not send it; refused" in text
     assert "payload count unlike its ids" in text
+
+
+async def test_tasks_a_thief_dropped_on_a_one_sided_verdict_run_again_at_the_owner(
+        autojump_clock):
+    """Whole nodes: the thieves hear a `PeerGone` for the owner that the owner never
+    hears of them (a one-sided false verdict) and drop its tasks; the owner's held
+    checks (HeldCheck, answered by ReturnTasks over the mesh) bring every one back."""
+    async with trio.open_nursery() as nursery:
+        cluster = await three_nodes(nursery, seed=9, duration=2.0)
+        owner = cluster.nodes[0]
+        ids = [owner.submit(triple, i) for i in range(24)]
+        await trio.sleep(1.0)  # the thieves took their share
+        taken = [sim.node.exec.core.counts["stolen_in"] for sim in cluster.nodes[1:]]
+        assert sum(taken) > 0, taken
+        for sim in cluster.nodes[1:]:
+            sim.node.exec.stimulus(PeerGone(owner.node.node_id.raw))
+        started = trio.current_time()
+        with trio.fail_after(60):
+            results = [await owner.result(oid) for oid in ids]
+        assert results == [3 * i for i in range(24)]
+        # back within two check intervals (plus the reruns' own time)
+        assert trio.current_time() - started <= 2 * 10.0 + 8, trio.current_time() - started
+        nursery.cancel_scope.cancel()
 
 
 class Worker:
