@@ -556,13 +556,16 @@ class _Resolver:
             if not waiting:
                 continue
             try:
-                value = get(waiting[0][0])
+                value, error = get(waiting[0][0]), None
             except BaseException as exc:
-                for _ref, future in waiting:
-                    future.set_exception(exc)
-            else:
-                for _ref, future in waiting:
-                    future.set_result(value)
+                value, error = None, exc
+            for _ref, future in waiting:
+                # one its waiter cancelled (an asyncio timeout does) takes nothing
+                if future.set_running_or_notify_cancel():
+                    if error is None:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(error)
             del waiting
 
 

@@ -267,8 +267,11 @@ def test_refs_are_futures_and_awaitables_in_drivers_as_in_ray():
         ticker.cancel()
         with pytest.raises(KeyError):
             await fails_slowly.remote()
+        late = slow_add.remote(0, 0, 0.3)
         with pytest.raises(px.GetTimeoutError):
-            await px.get_async(slow_add.remote(0, 0, 1.0), timeout=0.05)
+            await px.get_async(late, timeout=0.05)  # its future is cancelled
+        await asyncio.sleep(0.5)  # ... before the value comes: the resolver lives on
+        assert await px.get_async([late, slow_add.remote(1, 0)], timeout=30) == [0, 1]
         return first, both, single, ticks
     first, both, single, ticks = asyncio.run(main())
     assert (first, both, single) == (5, [2, 4], 10) and ticks >= 5
