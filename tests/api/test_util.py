@@ -149,3 +149,20 @@ def test_pool_is_a_drop_in_for_multiprocessing_pool():
         pool.map(square, [1])
     with pytest.raises(px.LocalUsageError, match="maxtasksperchild"):
         Pool(maxtasksperchild=1)
+
+
+def test_joblib_runs_on_p2pexec_through_its_backend():
+    import os
+
+    import joblib
+
+    from p2pexec.util.joblib import register_p2pexec
+
+    register_p2pexec()
+    with joblib.parallel_backend("p2pexec", n_jobs=-1):
+        squares = joblib.Parallel()(joblib.delayed(square)(i) for i in range(50))
+        pids = set(joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(40)))
+    assert squares == [i * i for i in range(50)]
+    assert os.getpid() not in pids  # ran in the node's workers
+    with joblib.parallel_backend("p2pexec"), pytest.raises(ValueError, match="bad 3"):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(fails)(i) for i in (3,))
