@@ -566,7 +566,7 @@ class _Resolver:
                         future.set_result(value)
                     else:
                         future.set_exception(error)
-            del waiting
+            del waiting, value, error, future  # nothing of a delivered value stays here
 
 
 refs_module.future_of = _Resolver().future

@@ -1,9 +1,10 @@
 """`px.Executor`: the standard `concurrent.futures.Executor` interface on p2pexec tasks.
 
 Code written against an Executor (`submit`, `map`, `shutdown`, `with`) runs unchanged,
-spread over the node's workers (and its peers') instead of a local pool. One resolver
-thread per executor turns finished ObjectRefs into completed futures, in the order they
-finish, and starts the calls that waited for one of the `max_workers` places.
+spread over the node's workers (and its peers') instead of a local pool. Each call's
+future completes from its ref's future (one resolver thread per process, shared with
+`await ref`), which also starts the calls that waited for one of the `max_workers`
+places.
 
 As in the standard library, a future is pending (and can be cancelled) until its call
 starts, then running; a call starts when it is handed to the node as a task. The
@@ -13,7 +14,6 @@ result (the future holds that).
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +31,8 @@ class Executor(_BaseExecutor):
     `max_workers`: how many calls run at once, as in the standard library (more wait
     in the executor, pending); None hands every call to the node at once, where the
     cluster's CPUs are the limit (the standard library's default would be this
-    machine's CPU count)."""
+    machine's CPU count). Drivers only: each call's result comes through its ref's
+    future (`ObjectRef.future`)."""
 
     def __init__(self, max_workers: int | None = None, **options: Any) -> None:
         if max_workers is not None and max_workers <= 0:
@@ -42,29 +43,33 @@ class Executor(_BaseExecutor):
         """By id of the callable: its remote function and how many of its calls run
         (dropped when none does, so no callable outlives its calls here)."""
         self._waiting: deque[tuple[Future, Callable, tuple, dict]] = deque()
-        self._running: dict[bytes, tuple[api.ObjectRef, Future, int]] = {}
-        self._finished: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._running = 0
         self._lock = threading.Lock()
+        self._idle = threading.Event()
+        """Set while no call runs or waits (what `shutdown(wait=True)` waits for)."""
+        self._idle.set()
         self._closed = False
-        self._resolver = threading.Thread(target=self._resolve, name="p2pexec-executor",
-                                          daemon=True)
-        self._resolver.start()
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
+        started = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._max_workers is None or len(self._running) < self._max_workers:
-                self._start(future, fn, args, kwargs)
+            if self._max_workers is None or self._running < self._max_workers:
+                started = self._start(future, fn, args, kwargs)
             else:
                 self._waiting.append((future, fn, args, kwargs))
+            self._settle()
+        self._watch(started)
         return future
 
-    def _start(self, future: Future, fn: Callable, args: tuple, kwargs: dict) -> None:
-        """Hand one call to the node (the lock held); a cancelled one is skipped."""
+    def _start(self, future: Future, fn: Callable, args: tuple, kwargs: dict
+               ) -> tuple[api.ObjectRef, Future, int] | None:
+        """Hand one call to the node (the lock held): what to watch, or None when it
+        was cancelled while waiting or could not be submitted."""
         if not future.set_running_or_notify_cancel():
-            return
+            return None
         key = id(fn)
         remote_fn, calls = self._functions.get(key, (None, 0))
         try:
@@ -73,32 +78,43 @@ class Executor(_BaseExecutor):
             ref = remote_fn.remote(*args, **kwargs)
         except BaseException as exc:  # a bad option or argument fails this call only
             future.set_exception(exc)
-            return
+            return None
         self._functions[key] = (remote_fn, calls + 1)
-        self._running[ref.id] = (ref, future, key)
-        api.on_ready(ref, self._finished.put)
+        self._running += 1
+        return ref, future, key
 
-    def _resolve(self) -> None:
-        while True:
-            object_id = self._finished.get()
-            if object_id is None:
-                return
-            with self._lock:
-                ref, future, key = self._running.pop(object_id)
-                remote_fn, calls = self._functions.pop(key)
-                if calls > 1:
-                    self._functions[key] = (remote_fn, calls - 1)
-                del remote_fn
-                while self._waiting and (len(self._running) < self._max_workers):
-                    self._start(*self._waiting.popleft())
-                last = self._closed and not self._running and not self._waiting
-            try:
-                future.set_result(api.get(ref))
-            except BaseException as exc:
-                future.set_exception(exc)
-            del ref, future
-            if last:
-                return
+    def _watch(self, started: tuple[api.ObjectRef, Future, int] | None) -> None:
+        """Complete the call's future from its ref's (outside the lock: a ref already
+        done runs the callback at once, here)."""
+        if started is not None:
+            ref, future, key = started
+            ref.future().add_done_callback(lambda done: self._done(done, future, key))
+
+    def _done(self, done: Future, future: Future, key: int) -> None:
+        error = done.exception()
+        if error is None:
+            future.set_result(done.result())
+        else:
+            future.set_exception(error)
+        with self._lock:
+            remote_fn, calls = self._functions.pop(key)
+            if calls > 1:
+                self._functions[key] = (remote_fn, calls - 1)
+            del remote_fn
+            self._running -= 1
+            started = []
+            while self._waiting and self._running < self._max_workers:
+                started.append(self._start(*self._waiting.popleft()))
+            self._settle()
+        for call in started:
+            self._watch(call)
+
+    def _settle(self) -> None:
+        """(The lock held.) Idle once nothing runs or waits."""
+        if not self._running and not self._waiting:
+            self._idle.set()
+        else:
+            self._idle.clear()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more work; calls already submitted still run and complete, except,
@@ -110,11 +126,9 @@ class Executor(_BaseExecutor):
                 for future, *_call in self._waiting:
                     future.cancel()
                 self._waiting.clear()
-            idle = not self._running and not self._waiting
-        if idle:
-            self._finished.put(None)
+            self._settle()
         if wait:
-            self._resolver.join()
+            self._idle.wait()
 
     def __enter__(self) -> Executor:
         if self._closed:
