@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -81,7 +82,7 @@ class Node:
             "get_actor": self._get_actor,
             "actor_exists": self._actor_exists,
             "kill": self._kill,
-            "kill_to_restart": self._kill_to_restart,
+            "kill_to_restart": functools.partial(self._kill, restart=True),
             "exit_actor": lambda actor_id: self.exec.kill_actor(
                 actor_id, "it exited (px.actor.exit_actor)"),
             "nodes": lambda _arg: self.nodes(),
@@ -295,15 +296,11 @@ class Node:
             return True
         return self.exec.mesh is not None and await self.exec.mesh.name_taken(name)
 
-    async def _kill_to_restart(self, actor_id: bytes) -> bool:
-        """px.kill(no_restart=False): its process is killed, here or on its node."""
-        if self.exec.crash_actor(actor_id):
+    async def _kill(self, actor_id: bytes, restart: bool = False) -> bool:
+        """px.kill: here if the actor lives here, else sent to the node it lives on. To
+        `restart` (`no_restart=False`), its process is killed instead."""
+        here = self.exec.crash_actor if restart else self.exec.kill_actor
+        if here(actor_id):
             return True
         return self.exec.mesh is not None and await self.exec.mesh.kill_remote(actor_id,
-                                                                              restart=True)
-
-    async def _kill(self, actor_id: bytes) -> bool:
-        """px.kill: here if the actor lives here, else sent to the node it lives on."""
-        if self.exec.kill_actor(actor_id):
-            return True
-        return self.exec.mesh is not None and await self.exec.mesh.kill_remote(actor_id)
+                                                                              restart)

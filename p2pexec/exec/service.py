@@ -78,9 +78,9 @@ Answer = Callable[[Any, P2PExecError | None], None]
 """Receives a node operation's outcome: (value, None) or (None, the error)."""
 
 MESH_INSTRUCTIONS = MeshInstruction.__args__
+"""What the mesh driver carries out: messages to peers, actor records in the DHT."""
 SENDS_TASKS = (Grant, Forward)
 """Instructions that put tasks at peers (which the scheduler then checks on)."""
-"""What the mesh driver carries out: messages to peers, actor records in the DHT."""
 RECEIVE_SIZE = 1 << 16
 """Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
 256 KiB object per read cost an mmap, a page fault and a munmap each time."""

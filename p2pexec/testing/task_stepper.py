@@ -57,8 +57,7 @@ from p2pexec.exec.refs import return_id
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.stealing import PeerLoad, Thief
 from p2pexec.exec.task import TASK, TaskSpec
-from p2pexec.gossip.core import EventKind, MemberEvent
-from p2pexec.gossip.messages import State
+from p2pexec.gossip.core import LIVE, EventKind, MemberEvent
 from p2pexec.ids import NodeId
 from p2pexec.testing.stepper import ClusterStepper
 
@@ -295,8 +294,7 @@ class TaskLayer:
                 continue
             node_id = self.cluster.node_id(j)
             member = core.member(node_id)
-            if member is None or member.state not in (State.ALIVE, State.SUSPECT) \
-                    or member.load.queue_length <= 0:
+            if member is None or member.state not in LIVE or member.load.queue_length <= 0:
                 continue
             peers.append(PeerLoad(node_id, member.address, member.load.queue_length,
                                   member.load.version, member.resources,
@@ -330,7 +328,7 @@ class TaskLayer:
     def _member(self, i: int, j: int) -> bool:
         """Whether node i's membership shows node j alive (or suspect)."""
         member = self.cluster.gossip.nodes[i].core.member(self.cluster.node_id(j))
-        return member is not None and member.state in (State.ALIVE, State.SUSPECT)
+        return member is not None and member.state in LIVE
 
     def _raw(self, i: int) -> bytes:
         return self.cluster.node_id(i).raw
