@@ -24,6 +24,7 @@ from p2pexec.exec import context, serialization
 from p2pexec.exec import refs as refs_module
 from p2pexec.exec.protocol import INLINE
 from p2pexec.exec.refs import ObjectRef, return_id
+from p2pexec.exec.runner import is_async_class
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.ids import NodeId
 
@@ -34,7 +35,10 @@ _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
                 "name"}
 ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "max_task_retries", "name",
-                 "lifetime", "get_if_exists"}
+                 "lifetime", "get_if_exists", "max_concurrency"}
+
+ASYNC_ACTOR_CONCURRENCY = 1000
+"""Calls an async actor runs at once unless told otherwise (Ray's default)."""
 
 
 # ---- runtime ----
@@ -276,6 +280,7 @@ class ActorClass:
         self._options = options
         self._shipped = shipped or _Callable(cls)
         self._methods = _methods_of(cls)
+        self._concurrency = _max_concurrency(cls, options.get("max_concurrency"))
         self.__doc__ = cls.__doc__
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -313,8 +318,18 @@ class ActorClass:
             tuple(contained), (created.id,), f"{class_name}.__init__",
             _demand(options.get("num_cpus", 0), options.get("resources")), task_retries,
             False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
-            lifetime == "detached"))
+            lifetime == "detached", self._concurrency))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
+
+
+def _max_concurrency(cls: type, option: Any) -> int:
+    """How many calls the actor runs at once: `max_concurrency`, else 1000 for an async
+    actor (one with an `async def` method) and 1 (in order) for others, as in Ray."""
+    if option is None:
+        return ASYNC_ACTOR_CONCURRENCY if is_async_class(cls) else 1
+    if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+        raise LocalUsageError(f"max_concurrency must be an int of at least 1, got {option!r}")
+    return option
 
 
 NUM_RETURNS_ATTRIBUTE = "__p2pexec_num_returns__"
@@ -534,8 +549,7 @@ class _Resolver:
 
     def future(self, ref: ObjectRef) -> concurrent.futures.Future:
         if context.in_worker:
-            raise LocalUsageError("ref.future() and `await ref` work in drivers only (a "
-                                  "task or actor uses px.get)")
+            return _rt().future(ref)
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._thread is None:

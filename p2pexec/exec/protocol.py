@@ -177,6 +177,8 @@ class Execute:
     resources: dict[str, float]
     """What the node gave it (an actor's creation: what the actor holds for its life);
     the runtime context reports it."""
+    max_concurrency: int = 1
+    """An actor's creation: how many calls its worker may run at once (`TaskSpec`)."""
 
 
 @message(108)

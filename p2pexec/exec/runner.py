@@ -3,7 +3,9 @@ and turn the result (or the exception) into payloads. No I/O."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
+from contextvars import ContextVar
 from typing import Any
 
 from p2pexec.errors import ActorDiedError, ActorExit, RemoteProtocolError
@@ -11,6 +13,16 @@ from p2pexec.exec import protocol as p
 from p2pexec.exec import serialization
 from p2pexec.exec.refs import ObjectRef
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE
+
+_running: ContextVar[p.Execute | None] = ContextVar("p2pexec_running", default=None)
+"""The work running in this thread or asyncio task (a task blocked in get may run others
+on its stack: each restores the one it interrupted)."""
+
+
+def is_async_class(cls: type) -> bool:
+    """An async actor's class: one with an `async def` method (Ray's rule)."""
+    return any(inspect.iscoroutinefunction(member)
+               for _name, member in inspect.getmembers(cls, inspect.isfunction))
 
 
 class TaskRunner:
@@ -29,44 +41,59 @@ class TaskRunner:
         """The creation of the actor this worker holds (its id and resources)."""
         self.exiting = False
         """The actor called exit_actor: the worker ends once the call's result is out."""
-        self.running: list[p.Execute] = []
-        """What runs now, innermost last (a task blocked in get runs others on its stack)."""
 
     def run(self, work: p.Execute, mappings: list | None = None
             ) -> tuple[list, list[list[bytes]]]:
         """Payloads of the return values (or of the error) and the refs inside each.
         Shared-memory mappings opened for the arguments are added to `mappings`."""
-        self.running.append(work)
+        token = _running.set(work)
         try:
-            return self._run(work, mappings)
+            return self._store_results(self._call(work, mappings), work.return_ids, work.name)
+        except (Exception, ActorExit) as exc:
+            return self._failure(exc, work)
         finally:
-            self.running.pop()
+            _running.reset(token)
+
+    async def run_async(self, work: p.Execute, mappings: list | None = None
+                        ) -> tuple[list, list[list[bytes]]]:
+        """`run` for an async actor's call: a coroutine method is awaited on the loop (a
+        plain method runs right there, blocking the loop, as in Ray)."""
+        token = _running.set(work)
+        try:
+            result = self._call(work, mappings)
+            if inspect.isawaitable(result):
+                result = await result
+            return self._store_results(result, work.return_ids, work.name)
+        except (Exception, ActorExit) as exc:
+            return self._failure(exc, work)
+        finally:
+            _running.reset(token)
 
     def current(self) -> tuple[p.Execute | None, p.Execute | None]:
-        """(the work running now, the creation of this worker's actor), each or None."""
-        return (self.running[-1] if self.running else None), self.actor_work
+        """(the work running now in this thread or asyncio task, the creation of this
+        worker's actor), each or None."""
+        return _running.get(), self.actor_work
 
-    def _run(self, work: p.Execute, mappings: list | None) -> tuple[list, list[list[bytes]]]:
-        try:
-            arguments = serialization.from_payload(work.args, mappings)
-            args, kwargs = _resolve_arguments(arguments, work.deps)
-            if work.kind == ACTOR_CALL:
-                result = getattr(self.actor, work.method)(*args, **kwargs)
-            else:
-                target = self._load(work.code_hash, work.code)
-                if work.kind == ACTOR_CREATE:
-                    self.actor_work = work
-                    self.actor = target(*args, **kwargs)
-                    result = None
-                else:
-                    result = target(*args, **kwargs)
-            return self._store_results(result, work.return_ids, work.name)
-        except ActorExit:
+    def _call(self, work: p.Execute, mappings: list | None) -> Any:
+        arguments = serialization.from_payload(work.args, mappings)
+        args, kwargs = _resolve_arguments(arguments, work.deps)
+        if work.kind == ACTOR_CALL:
+            return getattr(self.actor, work.method)(*args, **kwargs)
+        target = self._load(work.code_hash, work.code)
+        if work.kind == ACTOR_CREATE:
+            self.actor_work = work
+            self.actor = target(*args, **kwargs)
+            return None
+        return target(*args, **kwargs)
+
+    def _failure(self, exc: Exception | ActorExit, work: p.Execute
+                 ) -> tuple[list, list[list[bytes]]]:
+        """The payloads of a call that raised: the task's error, or the actor's exit."""
+        if isinstance(exc, ActorExit):
             self.exiting = True
             error = ActorDiedError(f"the actor exited in {work.name} (px.actor.exit_actor)")
             return [serialization.system_error_payload(error)] * len(work.return_ids), []
-        except Exception as exc:
-            return [serialization.task_error_payload(exc, work.name)] * len(work.return_ids), []
+        return [serialization.task_error_payload(exc, work.name)] * len(work.return_ids), []
 
     def _load(self, code_hash: bytes | None, code_bytes: bytes | None) -> Any:
         target = self.callables.get(code_hash)

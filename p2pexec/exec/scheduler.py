@@ -1861,7 +1861,8 @@ def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
                  nested: bool) -> p.Execute:
     """The message that hands a task, actor creation or actor call to a worker."""
     return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
-                     deps, list(spec.return_ids), spec.name, nested, spec.resources)
+                     deps, list(spec.return_ids), spec.name, nested, spec.resources,
+                     spec.max_concurrency)
 
 
 def values_message(request_id: int, body: dict[bytes, list] | list[bytes],

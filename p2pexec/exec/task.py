@@ -39,3 +39,6 @@ class TaskSpec:
     max_restarts: int = 0
     detached: bool = False
     """An actor created with lifetime="detached": it outlives the driver that made it."""
+    max_concurrency: int = 1
+    """An actor's creation: how many of its calls may run at once (on a thread pool, or
+    on one event loop for an async actor); 1 runs them one at a time, in order."""

@@ -1,7 +1,10 @@
 """A worker process: runs tasks and actor methods its node sends, one at a time.
 
 Plain blocking sockets and no trio: a worker's only job is the hot path, and every
-microsecond here is paid per task. Started as `python -m p2pexec.exec.worker FD PARENT_PID`
+microsecond here is paid per task. An actor that runs several calls at once (threaded,
+`max_concurrency` > 1, or async) turns its worker's main thread into a reader of the link
+once the actor exists: calls run on a thread pool or an event loop, and each request
+they make waits for its own reply. Started as `python -m p2pexec.exec.worker FD PARENT_PID`
 with one end of a socketpair. It dies with its node: the kernel kills it when the node
 thread that spawned it exits (PR_SET_PDEATHSIG), a watchdog thread notices a new parent,
 and end-of-file on the socket ends the loop.
@@ -18,15 +21,19 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from p2pexec.errors import RemoteProtocolError
+from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.exec import context, refs, serialization, shm
 from p2pexec.exec import protocol as p
 from p2pexec.exec.link import LinkEnd
-from p2pexec.exec.refs import IdGenerator, RefCounter
-from p2pexec.exec.runner import TaskRunner
-from p2pexec.exec.task import TASK, TaskSpec
+from p2pexec.exec.refs import IdGenerator, ObjectRef, RefCounter
+from p2pexec.exec.runner import TaskRunner, is_async_class
+from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 
 class WorkerRuntime:
@@ -45,6 +52,9 @@ class WorkerRuntime:
         self.segments = None  # argument segments are recycled for the node's own process
         self.runner = TaskRunner(self)
         self.lock = threading.RLock()
+        self.waiters: dict[int, Callable[[Any], None]] | None = None
+        """Once an actor runs calls concurrently: what to do with each request's reply,
+        by request id (None: requests pump the link on the caller's stack)."""
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
 
@@ -69,6 +79,9 @@ class WorkerRuntime:
         kind = type(message)
         if kind is p.Execute:
             self.execute(message)
+            if message.kind == ACTOR_CREATE and self.runner.actor is not None and (
+                    message.max_concurrency > 1 or is_async_class(type(self.runner.actor))):
+                self.serve_concurrently(message.max_concurrency)
         elif kind is p.Configure:
             for entry in reversed(message.sys_path):
                 if entry not in sys.path:
@@ -88,6 +101,11 @@ class WorkerRuntime:
         started = time.perf_counter()
         mappings: list = []
         payloads, contained = self.runner.run(work, mappings)
+        self.finish(work, started, payloads, contained, mappings)
+
+    def finish(self, work: p.Execute, started: float, payloads: list,
+               contained: list[list[bytes]], mappings: list) -> None:
+        """Send a call's results; end the worker if the call ended its actor."""
         # the arguments are garbage now unless the task kept them: if their segment is
         # unmapped, the node may hand it back for reuse instead of freeing it
         released = bool(mappings) and all(
@@ -97,6 +115,58 @@ class WorkerRuntime:
         if self.runner.exiting:  # the actor ended itself: its node stops it for good
             self.call("exit_actor", self.runner.actor_work.task_id)
             os._exit(0)
+
+    def serve_concurrently(self, limit: int) -> NoReturn:
+        """From here on this thread only reads the link: the actor's calls run on up to
+        `limit` threads (or as tasks of one event loop, for an async actor), and replies
+        go to the requests waiting for them."""
+        if is_async_class(type(self.runner.actor)):
+            start = _EventLoopCalls(self, limit).start
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(limit, thread_name_prefix="p2pexec-actor")
+            start = lambda work: pool.submit(self.execute, work)  # noqa: E731
+        waiters = self.waiters = {}
+        while True:
+            message = self.receive()
+            kind = type(message)
+            if kind is p.Execute:
+                start(message)
+            elif kind is p.Values or kind is p.Reply:
+                waiter = waiters.pop(message.request_id, None)
+                if waiter is None:
+                    raise RemoteProtocolError(f"node answered request "
+                                              f"{message.request_id}, which nobody made")
+                waiter(message)
+            else:
+                self.handle(message)
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        """`ref.future()` (and so `await ref`) inside an actor that runs calls
+        concurrently: the reply completes it without blocking the caller."""
+        if self.waiters is None:
+            raise LocalUsageError("`await ref` and ref.future() work in drivers and in "
+                                  "async or threaded actors; a task or a one-at-a-time "
+                                  "actor uses px.get")
+        import concurrent.futures
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def deliver(values: p.Values) -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # its waiter gave up (an asyncio timeout)
+            try:
+                value = serialization.from_payload(values.payloads[ref.id])
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+
+        request_id = next(self.requests)
+        self.waiters[request_id] = deliver
+        self.send(p.Get(request_id, [ref.id], -1, None))
+        return future
 
     def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""
@@ -111,8 +181,17 @@ class WorkerRuntime:
         so they run elsewhere while this worker lends its CPU; tasks the node sends marked
         `nested` (ones this worker is waiting for) run right here, on this stack.
         """
-        with self.lock:  # threads inside a task take turns on the one link (re-entrant
-            return self._request(build, blocking)  # for nested tasks on this stack)
+        waiters = self.waiters
+        if waiters is None:
+            with self.lock:  # threads inside a task take turns on the one link (re-entrant
+                return self._request(build, blocking)  # for nested tasks on this stack)
+        import concurrent.futures
+
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = next(self.requests)
+        waiters[request_id] = reply.set_result
+        self.send(build(request_id, []) if blocking else build(request_id))
+        return reply.result()
 
     def _request(self, build: Any, blocking: bool) -> Any:
         request_id = next(self.requests)
@@ -173,6 +252,37 @@ class WorkerRuntime:
 
     def segment_name(self, object_id: bytes) -> str:
         return shm.segment_name(self.owner_pid, object_id)
+
+
+class _EventLoopCalls:
+    """An async actor's calls: tasks on one asyncio event loop in its own thread, at most
+    `limit` running at once, started in the order they arrive."""
+
+    def __init__(self, runtime: WorkerRuntime, limit: int) -> None:
+        import asyncio
+
+        self.runtime = runtime
+        self.loop = asyncio.new_event_loop()
+        self.slots = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task] = set()
+        """The calls in progress (the loop keeps only weak references to its tasks)."""
+        threading.Thread(target=self.loop.run_forever, name="p2pexec-actor-loop",
+                         daemon=True).start()
+
+    def start(self, work: p.Execute) -> None:
+        self.loop.call_soon_threadsafe(self._spawn, work)
+
+    def _spawn(self, work: p.Execute) -> None:
+        task = self.loop.create_task(self._run(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, work: p.Execute) -> None:
+        async with self.slots:
+            started = time.perf_counter()
+            mappings: list = []
+            payloads, contained = await self.runtime.runner.run_async(work, mappings)
+            self.runtime.finish(work, started, payloads, contained, mappings)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -275,5 +275,5 @@ def test_refs_are_futures_and_awaitables_in_drivers_as_in_ray():
         return first, both, single, ticks
     first, both, single, ticks = asyncio.run(main())
     assert (first, both, single) == (5, [2, 4], 10) and ticks >= 5
-    with pytest.raises(px.LocalUsageError, match="drivers only"):
+    with pytest.raises(px.LocalUsageError, match="async or threaded actors"):
         px.get(uses_future.remote([px.put(1)]), timeout=30)

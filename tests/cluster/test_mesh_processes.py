@@ -369,14 +369,47 @@ ONE_CPU_ACTORS = """
 """
 
 
+ASYNC_ACTORS = """
+    import asyncio, json, os
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def square(i):
+        return i * i
+
+    @px.remote(num_cpus=1)
+    class Meeting:
+        def __init__(self):
+            self.inside = 0
+            self.everyone = asyncio.Event()
+
+        async def meet(self, n, ref_list):
+            self.inside += 1
+            if self.inside >= n:
+                self.everyone.set()
+            await self.everyone.wait()  # one call at a time would never get past this
+            return os.getppid(), await ref_list[0]
+
+    actors = [Meeting.remote() for _ in range(3)]
+    refs = [a.meet.remote(10, [square.remote(i)]) for a in actors for i in range(10)]
+    print(json.dumps(px.get(refs, timeout=60)))
+"""
+
+
 def test_actors_that_hold_a_cpu_go_where_one_is_free_and_keep_their_state(
         launcher: Launcher):
     """Three nodes of one CPU: three one-CPU actors made on A cannot all start there;
     the two A cannot hold go to the peers with a free CPU (instead of waiting for ever),
-    and live there as long as their handles do (a later call finds the same state)."""
+    and live there as long as their handles do (a later call finds the same state).
+    Async actors placed so run their calls at once on every node, awaiting refs."""
     a, b, c = three_nodes(launcher)
     answer = run_driver(ONE_CPU_ACTORS, a.data_dir, timeout=120)
     nodes = sorted(pid for pid, _steps in answer["first"])
     assert nodes == sorted(n.proc.pid for n in (a, b, c)), answer
     assert [steps for _pid, steps in answer["second"]] == [2, 2, 2], answer
     assert [pid for pid, _ in answer["second"]] == [pid for pid, _ in answer["first"]]
+    met = run_driver(ASYNC_ACTORS, a.data_dir, timeout=120)
+    assert [value for _pid, value in met] == [i * i for i in range(10)] * 3
+    assert sorted({pid for pid, _ in met}) == sorted(n.proc.pid for n in (a, b, c)), met
