@@ -1,26 +1,20 @@
 """`Queue`: a FIFO queue that tasks, actors and drivers on any node share, held by an
-actor (Ray's `ray.util.queue.Queue`: same methods, `Empty` and `Full`).
+async actor (Ray's `ray.util.queue.Queue`: same methods, `Empty` and `Full`).
 
-The actor runs one call at a time, so a blocking `get` or `put` does not wait inside it
-(that would stop every other caller): the caller asks again, backing off from 1 ms to
-`MAX_POLL` seconds, until its item (or room) is there or its timeout is up. A queue
-whose actor has died (killed, or its node lost) raises `ActorDiedError` at the next try,
-so callers blocked on it get that error, not a hang.
+A blocking `get` or `put` waits inside the actor, on an `asyncio.Queue`, so it returns
+as soon as its item (or room) is there while other callers go on. A queue whose actor
+has died (killed, or its node lost) fails every call blocked on it, and every later one,
+with `ActorDiedError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue as _stdlib_queue
-import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from p2pexec import api
-
-MAX_POLL = 0.05
-"""Longest pause between two tries of a blocked get or put: what a blocked caller may
-wait beyond the moment its item arrives, against a call per pause on the queue's actor."""
 
 
 class Empty(_stdlib_queue.Empty):
@@ -32,32 +26,52 @@ class Full(_stdlib_queue.Full):
 
 
 class _QueueActor:
+    """The queue itself; each blocked call waits on its own asyncio task."""
+
     def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.items: deque[Any] = deque()
+        self.items: asyncio.Queue = asyncio.Queue(max(maxsize, 0))
 
-    def qsize(self) -> int:
-        return len(self.items)
+    async def qsize(self) -> int:
+        return self.items.qsize()
 
-    def put(self, item: Any) -> bool:
-        if 0 < self.maxsize <= len(self.items):
+    async def put(self, item: Any, block: bool, timeout: float | None) -> bool:
+        """Whether `item` went in (False: still full when time was up)."""
+        if not block:
+            try:
+                self.items.put_nowait(item)
+            except asyncio.QueueFull:
+                return False
+            return True
+        try:
+            await asyncio.wait_for(self.items.put(item), timeout)
+        except asyncio.TimeoutError:
             return False
-        self.items.append(item)
         return True
 
-    def put_batch(self, items: list[Any]) -> bool:
-        if self.maxsize > 0 and len(self.items) + len(items) > self.maxsize:
+    async def get(self, block: bool, timeout: float | None) -> tuple[bool, Any]:
+        """(True, the oldest item), or (False, None) when none came in time."""
+        if not block:
+            try:
+                return True, self.items.get_nowait()
+            except asyncio.QueueEmpty:
+                return False, None
+        try:
+            return True, await asyncio.wait_for(self.items.get(), timeout)
+        except asyncio.TimeoutError:
+            return False, None
+
+    async def put_batch(self, items: list[Any]) -> bool:
+        maxsize = self.items.maxsize
+        if maxsize > 0 and self.items.qsize() + len(items) > maxsize:
             return False
-        self.items.extend(items)
+        for item in items:
+            self.items.put_nowait(item)
         return True
 
-    def get(self) -> tuple[bool, Any]:
-        return (True, self.items.popleft()) if self.items else (False, None)
-
-    def get_batch(self, count: int) -> tuple[bool, list[Any]]:
-        if len(self.items) < count:
+    async def get_batch(self, count: int) -> tuple[bool, list[Any]]:
+        if self.items.qsize() < count:
             return False, []
-        return True, [self.items.popleft() for _ in range(count)]
+        return True, [self.items.get_nowait() for _ in range(count)]
 
 
 class Queue:
@@ -87,23 +101,17 @@ class Queue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add `item`; when full, wait for room (up to `timeout` s), else raise `Full`."""
         _check_timeout(timeout)
-        if not _retry(lambda: api.get(self.actor.put.remote(item)), block, timeout):
+        if not api.get(self.actor.put.remote(item, block, timeout)):
             raise Full(f"the queue is full ({self.maxsize} items)")
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Take the oldest item; when empty, wait for one (up to `timeout` s), else
         raise `Empty`."""
         _check_timeout(timeout)
-        got: list[Any] = []
-
-        def take() -> bool:
-            ok, item = api.get(self.actor.get.remote())
-            if ok:
-                got.append(item)
-            return ok
-        if not _retry(take, block, timeout):
+        ok, item = api.get(self.actor.get.remote(block, timeout))
+        if not ok:
             raise Empty("the queue is empty")
-        return got[0]
+        return item
 
     def put_nowait(self, item: Any) -> None:
         self.put(item, block=False)
@@ -134,25 +142,3 @@ def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
 
-
-def _retry(attempt: Callable[[], bool], block: bool, timeout: float | None) -> bool:
-    """`attempt()` until it succeeds: once without `block`, else until `timeout` seconds
-    have passed (None: for ever), pausing 1 ms, then twice as long each time up to
-    MAX_POLL. Whether it succeeded."""
-    if attempt():
-        return True
-    if not block:
-        return False
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        if deadline is None:
-            time.sleep(pause)
-        else:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(pause, left))
-        if attempt():
-            return True
-        pause = min(2 * pause, MAX_POLL)
