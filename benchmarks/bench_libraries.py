@@ -1,13 +1,14 @@
-"""The util libraries beside their originals: `Pool.map` against the standard library's
-`multiprocessing.Pool` (and Ray's `ray.util.multiprocessing.Pool`), `ActorPool.map`
-against Ray's `ActorPool`, each with 2 workers on this machine.
+"""The util libraries and async actors beside their originals: `Pool.map` against the
+standard library's `multiprocessing.Pool` (and Ray's `ray.util.multiprocessing.Pool`),
+`ActorPool.map` against Ray's `ActorPool`, each with 2 workers on this machine; calls of
+an async actor against Ray's.
 
 Run: `python benchmarks/bench_libraries.py [--repeats 3] [--items 100000]`. Each system
 runs in its own subprocess; each figure is the median of `--repeats` timed runs after a
 warm-up, with the spread (min-max). Ray columns show "n/a" unless Ray is installed
 (`pip install '.[bench]'`). Targets (issue 11): `Pool.map` over 100,000 tiny items at
 least as fast as the standard library's pool with the same chunksize; `ActorPool.map`
-at least Ray's.
+at least Ray's; async actor calls at least 4x Ray's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from _common import median, render_table
 
 CHUNKSIZES = (None, 100)
 ACTOR_ITEMS = 2000
+ASYNC_CALLS = 5000
+SLEEPING_CALLS = 1000
 
 
 def tiny(x):
@@ -71,6 +74,21 @@ def run_system(system: str, items: int, repeats: int) -> dict[str, list[float]]:
     actors = ActorPool([Adder.remote(), Adder.remote()])
     out["ActorPool.map"] = time_it(
         lambda: list(actors.map(lambda a, v: a.add.remote(v), range(ACTOR_ITEMS))), repeats)
+
+    @px.remote
+    class Echo:
+        async def echo(self, x):
+            return x
+
+        async def nap(self, seconds):
+            import asyncio
+            await asyncio.sleep(seconds)
+
+    echo = Echo.remote()
+    out["async calls"] = time_it(
+        lambda: px.get([echo.echo.remote(i) for i in range(ASYNC_CALLS)]), repeats)
+    out["async naps"] = time_it(
+        lambda: px.get([echo.nap.remote(0.01) for _ in range(SLEEPING_CALLS)]), repeats)
     px.shutdown()
     return out
 
@@ -94,8 +112,10 @@ def main() -> None:
         if proc.returncode != 0 and system != "ray":
             print(proc.stderr[-2000:], file=sys.stderr)
     rows_names = [f"Pool.map {args.items:,} items, chunksize {c or 'default'}"
-                  for c in CHUNKSIZES] + [f"ActorPool.map {ACTOR_ITEMS:,} calls"]
-    keys = [f"map {c}" for c in CHUNKSIZES] + ["ActorPool.map"]
+                  for c in CHUNKSIZES] + [f"ActorPool.map {ACTOR_ITEMS:,} calls",
+                                          f"async actor: {ASYNC_CALLS:,} calls, then get",
+                                          f"async actor: {SLEEPING_CALLS:,} 10 ms naps"]
+    keys = [f"map {c}" for c in CHUNKSIZES] + ["ActorPool.map", "async calls", "async naps"]
 
     def cell(system: str, key: str) -> str:
         times = (results.get(system) or {}).get(key)
