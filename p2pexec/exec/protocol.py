@@ -177,6 +177,10 @@ class Execute:
     resources: dict[str, float]
     """What the node gave it (an actor's creation: what the actor holds for its life);
     the runtime context reports it."""
+    gpu_ids: list[int] = field(default_factory=list)
+    """The GPU indices the node that runs it gave it (an actor's creation: the actor's
+    for its life; its calls carry none and run with those): the worker sets
+    `CUDA_VISIBLE_DEVICES` to them."""
 
 
 @message(108)
