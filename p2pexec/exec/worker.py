@@ -28,6 +28,8 @@ from p2pexec.exec.refs import IdGenerator, RefCounter
 from p2pexec.exec.runner import TaskRunner
 from p2pexec.exec.task import TASK, TaskSpec
 
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
 
 class WorkerRuntime:
     """The node as seen from inside a worker: the API's calls become frames on the socket."""
@@ -45,6 +47,8 @@ class WorkerRuntime:
         self.segments = None  # argument segments are recycled for the node's own process
         self.runner = TaskRunner(self)
         self.lock = threading.RLock()
+        self.visible_gpus: str | None = None
+        """What this process last set `CUDA_VISIBLE_DEVICES` to (None: not yet)."""
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
 
@@ -86,8 +90,13 @@ class WorkerRuntime:
 
     def execute(self, work: p.Execute) -> None:
         started = time.perf_counter()
+        outer = self.visible_gpus if self.runner.running else None  # nested: its caller's
+        ids = (self.runner.actor_work or work).gpu_ids  # an actor's calls: the actor's
+        self._show_gpus(",".join(map(str, ids)) if ids else "")
         mappings: list = []
         payloads, contained = self.runner.run(work, mappings)
+        if outer is not None:  # back to the task on whose stack this one ran
+            self._show_gpus(outer)
         # the arguments are garbage now unless the task kept them: if their segment is
         # unmapped, the node may hand it back for reuse instead of freeing it
         released = bool(mappings) and all(
@@ -97,6 +106,12 @@ class WorkerRuntime:
         if self.runner.exiting:  # the actor ended itself: its node stops it for good
             self.call("exit_actor", self.runner.actor_work.task_id)
             os._exit(0)
+
+    def _show_gpus(self, visible: str) -> None:
+        """Show CUDA only the GPUs the node gave the work about to run ("" hides them
+        all), so a GPU task's setting never leaks into the next task on this process."""
+        if visible != self.visible_gpus:
+            os.environ[CUDA_VISIBLE_DEVICES] = self.visible_gpus = visible
 
     def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""
