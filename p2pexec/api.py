@@ -85,10 +85,9 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
             if configures:
                 raise LocalUsageError(
                     "num_cpus, num_gpus, resources, cluster and object_store_memory "
-                    "configure a new "
-                    "node; they cannot be given when attaching to a running one (its "
-                    "`p2pexec join` options set them); use address='local' for a private "
-                    "node")
+                    "configure a new node; they cannot be given when attaching to a running "
+                    "one (its `p2pexec join` options set them); use address='local' for a "
+                    "private node")
             socket_path = (control_socket_path(default_data_dir()) if address == "auto"
                            else client.socket_path_of(address))
             context.runtime = client.AttachedRuntime(socket_path)

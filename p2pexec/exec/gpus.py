@@ -6,8 +6,9 @@ of 0.5 run on one GPU. A task learns its indices (`CUDA_VISIBLE_DEVICES`), so th
 not a count, must say which GPU is whose.
 
 Shares are counted in ten-thousandths of a GPU (Ray's granularity) as integers, so that
-fractions add back up exactly: with floats, three tasks of 1/3 leave a GPU at
-0.9999999999999999 after they end, and a whole-GPU task never fits on it again.
+fractions add back up exactly: with floats, a task of 0.3 and one of 0.1 that end in the
+order they started leave the GPU at 0.9999999999999999, and a whole-GPU task never fits
+on it again.
 """
 
 from __future__ import annotations

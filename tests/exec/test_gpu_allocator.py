@@ -31,12 +31,13 @@ def test_fractions_share_one_gpu_and_pack_before_taking_a_whole_one():
     assert gpu_ids(resources.acquire({GPU: 0.5})) == [0]  # the fuller GPU, not GPU 1
 
 
-def test_thirds_give_a_whole_gpu_back_exactly():
+def test_shares_give_a_whole_gpu_back_exactly():
     resources = Resources({GPU: 1.0})
-    for _ in range(10):  # floats would drift below 1.0 and a whole GPU never fit again
-        thirds = [resources.acquire({GPU: 1 / 3}) for _ in range(3)]
-        for held in thirds:
-            resources.release(held)
+    for _ in range(10):  # with floats: 1 - 0.3 - 0.1 + 0.3 + 0.1 == 0.9999999999999999
+        held = [resources.acquire({GPU: 0.3}), resources.acquire({GPU: 0.1}),
+                resources.acquire({GPU: 1 / 3})]
+        for holding in held:
+            resources.release(holding)
     assert resources.available[GPU] == 1.0 and resources.gpus.free == [UNITS]
     whole = resources.acquire({GPU: 1.0})
     assert gpu_ids(whole) == [0]
