@@ -22,8 +22,10 @@ import cloudpickle
 from p2pexec.errors import GetTimeoutError, LocalUsageError, NodeNotRunning, SerializationError
 from p2pexec.exec import context, serialization
 from p2pexec.exec import refs as refs_module
+from p2pexec.exec.gpus import gpu_demand
 from p2pexec.exec.protocol import INLINE
 from p2pexec.exec.refs import ObjectRef, return_id
+from p2pexec.exec.resources import CPU, GPU
 from p2pexec.exec.runner import is_async_class
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.ids import NodeId
@@ -32,10 +34,10 @@ _runtime_lock = threading.Lock()
 
 _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
-TASK_OPTIONS = {"num_cpus", "resources", "max_retries", "num_returns", "retry_exceptions",
-                "name"}
-ACTOR_OPTIONS = {"num_cpus", "resources", "max_restarts", "max_task_retries", "name",
-                 "lifetime", "get_if_exists", "max_concurrency"}
+TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "num_returns",
+                "retry_exceptions", "name"}
+ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
+                 "name", "lifetime", "get_if_exists", "max_concurrency"}
 
 ASYNC_ACTOR_CONCURRENCY = 1000
 """Calls an async actor runs at once unless told otherwise (Ray's default)."""
@@ -43,8 +45,9 @@ ASYNC_ACTOR_CONCURRENCY = 1000
 
 # ---- runtime ----
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
-         address: str | os.PathLike[str] | None = None, cluster: Any = None,
-         object_store_memory: int | None = None, ignore_reinit_error: bool = False) -> None:
+         num_gpus: int | None = None, address: str | os.PathLike[str] | None = None,
+         cluster: Any = None, object_store_memory: int | None = None,
+         ignore_reinit_error: bool = False) -> None:
     """Connect this program to a node: attach to one running on this machine, or embed one.
 
     `address` (Ray's rule):
@@ -54,8 +57,9 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
     - "auto": attach to that node, and fail if none runs.
     - a path: attach to the node using that data dir (or that control socket); fails
       with `NodeNotRunning` when nothing answers there.
-    An embedded node has `num_cpus` CPUs (default: the machine's) and the custom
-    `resources`, e.g. {"gpu": 1}; with `cluster` (a `px.ClusterConfig`) it also joins that
+    An embedded node has `num_cpus` CPUs (default: the machine's), `num_gpus` GPUs
+    (default: those `nvidia-smi` lists, none without it) and the custom `resources`,
+    e.g. {"tpu": 1}; with `cluster` (a `px.ClusterConfig`) it also joins that
     cluster, as `p2pexec join` does; `object_store_memory` caps the bytes of shared memory
     its objects take before the least recently used spill to disk (default: 30% of
     RAM). Those settings describe a new node, so they are refused when attaching.
@@ -71,8 +75,8 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
         from p2pexec import client
         from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
 
-        configures = (num_cpus is not None or bool(resources) or cluster is not None
-                      or object_store_memory is not None)
+        configures = (num_cpus is not None or num_gpus is not None or bool(resources)
+                      or cluster is not None or object_store_memory is not None)
         if address is None and not configures:
             socket_path = control_socket_path(default_data_dir())
             if socket_path.exists():
@@ -84,16 +88,16 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
         elif address is not None and address != "local":
             if configures:
                 raise LocalUsageError(
-                    "num_cpus, resources, cluster and object_store_memory configure a new "
-                    "node; they cannot be given when attaching to a running one (its "
-                    "`p2pexec join` options set them); use address='local' for a private "
-                    "node")
+                    "num_cpus, num_gpus, resources, cluster and object_store_memory "
+                    "configure a new node; they cannot be given when attaching to a running "
+                    "one (its `p2pexec join` options set them); use address='local' for a "
+                    "private node")
             socket_path = (control_socket_path(default_data_dir()) if address == "auto"
                            else client.socket_path_of(address))
             context.runtime = client.AttachedRuntime(socket_path)
             return
         context.runtime = client.DriverRuntime(NodeConfig.embedded(
-            num_cpus, resources, cluster, object_store_memory))
+            num_cpus, resources, cluster, object_store_memory, num_gpus))
 
 
 def shutdown() -> None:
@@ -155,11 +159,21 @@ def _name_unpicklable_argument(name: str, args: tuple, kwargs: dict) -> Serializ
     return SerializationError(f"the arguments of {name} cannot be pickled")
 
 
-def _demand(num_cpus: float, resources: dict[str, float] | None) -> dict[str, float]:
-    demand = {"CPU": float(num_cpus)} if num_cpus else {}
+def _demand(num_cpus: float, num_gpus: float, resources: dict[str, float] | None
+            ) -> dict[str, float]:
+    """What a task or actor asks its node for. GPUs are refused in `resources`: the node
+    hands them out by index, which only `num_gpus` (Ray's rules for fractions) asks for."""
+    demand = {CPU: float(num_cpus)} if num_cpus else {}
+    gpus = gpu_demand(num_gpus)
+    if gpus:
+        demand[GPU] = gpus
     for key, amount in (resources or {}).items():
-        if key == "CPU":
+        if key == CPU:
             raise LocalUsageError("give CPUs with num_cpus=, not resources={'CPU': ...}")
+        if key == GPU:
+            raise LocalUsageError("give GPUs with num_gpus=, not resources={'GPU': ...}")
+        if key.startswith("_"):  # the node's own keys in a holding
+            raise LocalUsageError(f"resource names starting with '_' are reserved: {key!r}")
         if amount:
             demand[key] = float(amount)
     return demand
@@ -247,7 +261,8 @@ class RemoteFunction:
         self._num_returns = int(options.get("num_returns", 1))
         if self._num_returns < 1:
             raise LocalUsageError("num_returns must be at least 1")
-        self._resources = _demand(options.get("num_cpus", 1), options.get("resources"))
+        self._resources = _demand(options.get("num_cpus", 1), options.get("num_gpus", 0),
+                                  options.get("resources"))
         self._max_retries = int(options.get("max_retries", 3))
         self._retry_exceptions = bool(options.get("retry_exceptions", False))
         self.__doc__ = function.__doc__
@@ -279,6 +294,8 @@ class ActorClass:
         self._cls = cls
         self._options = options
         self._shipped = shipped or _Callable(cls)
+        self._resources = _demand(options.get("num_cpus", 0), options.get("num_gpus", 0),
+                                  options.get("resources"))
         self._methods = _methods_of(cls)
         self._concurrency = _max_concurrency(cls, options.get("max_concurrency"))
         self.__doc__ = cls.__doc__
@@ -316,7 +333,7 @@ class ActorClass:
         runtime.submit(TaskSpec(  # a creation's max_retries is its calls' max_task_retries
             actor_id, ACTOR_CREATE, code_hash, None, args_payload, tuple(deps),
             tuple(contained), (created.id,), f"{class_name}.__init__",
-            _demand(options.get("num_cpus", 0), options.get("resources")), task_retries,
+            self._resources, task_retries,
             False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
             lifetime == "detached", self._concurrency))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
@@ -628,6 +645,8 @@ class RuntimeContext:
     """The hex id of the actor whose method runs (None outside actors)."""
     assigned_resources: dict[str, float]
     """What the node gave the running task, or what the actor holds for its life."""
+    gpu_ids: list[int]
+    """The GPU indices among those (what `CUDA_VISIBLE_DEVICES` names); [] in a driver."""
     worker_mode: str
     """"driver", "task" or "actor"."""
 
@@ -643,19 +662,33 @@ class RuntimeContext:
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self.assigned_resources)
 
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """Ray's spelling: {"GPU": ["0", "1"]}."""
+        return {GPU: [str(index) for index in self.gpu_ids]}
+
 
 def get_runtime_context() -> RuntimeContext:
     """The node, task, actor and resources of the code that calls it."""
     runtime = _rt()
     node_id = NodeId(runtime.node_id).hex if runtime.node_id else ""
     if not context.in_worker:
-        return RuntimeContext(node_id, None, None, {}, "driver")
+        return RuntimeContext(node_id, None, None, {}, [], "driver")
     work, actor = runtime.runner.current()
     if actor is not None:
         return RuntimeContext(node_id, work.task_id.hex() if work is not None else None,
-                              actor.task_id.hex(), dict(actor.resources), "actor")
+                              actor.task_id.hex(), dict(actor.resources),
+                              list(actor.gpu_ids), "actor")
     return RuntimeContext(node_id, work.task_id.hex() if work is not None else None, None,
-                          dict(work.resources) if work is not None else {}, "task")
+                          dict(work.resources) if work is not None else {},
+                          list(work.gpu_ids) if work is not None else [], "task")
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPU indices the running task or actor was given, as in `CUDA_VISIBLE_DEVICES`
+    ([] in a driver, or for work that asked for no GPUs)."""
+    if not context.in_worker:
+        return []
+    return get_runtime_context().gpu_ids
 
 
 def nodes() -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_resources(text: str) -> dict[str, float]:
-    """`gpu=1,tpu=0.5` -> {"gpu": 1.0, "tpu": 0.5}."""
+    """`tpu=1,fpga=0.5` -> {"tpu": 1.0, "fpga": 0.5}."""
     resources: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, amount = item.partition("=")
@@ -84,14 +84,28 @@ def _parse_resources(text: str) -> dict[str, float]:
     return resources
 
 
+def join_config(args: argparse.Namespace, token: str) -> NodeConfig:
+    """The node `p2pexec join` runs, from its options; its GPUs are those `nvidia-smi`
+    lists unless `--gpus` says."""
+    from p2pexec.config import ClusterConfig, NodeConfig, default_data_dir, detect_gpus
+    from p2pexec.exec.config import ExecConfig
+    from p2pexec.net.discovery import parse_seed
+
+    settings = {"data_dir": args.data_dir or default_data_dir(), "host": args.host,
+                "port": args.port, "peers": tuple(parse_seed(p) for p in args.peer),
+                "mdns": not args.no_mdns, "advertise_host": args.advertise}
+    cluster = ClusterConfig.preset(args.gossip, token, **settings)
+    return NodeConfig(exec=ExecConfig(num_cpus=args.cpus,
+                                      object_store_memory=args.object_store_memory),
+                      resources=args.resources,
+                      num_gpus=detect_gpus() if args.gpus is None else args.gpus,
+                      cluster=cluster, **({"name": args.name} if args.name else {}))
+
+
 def _join(args: argparse.Namespace) -> int:
     import logging
 
     import trio
-
-    from p2pexec.config import ClusterConfig, NodeConfig, default_data_dir
-    from p2pexec.exec.config import ExecConfig
-    from p2pexec.net.discovery import parse_seed
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -100,14 +114,7 @@ def _join(args: argparse.Namespace) -> int:
     generated = token is None
     if token is None:
         token = new_token()
-    settings = {"data_dir": args.data_dir or default_data_dir(), "host": args.host,
-                "port": args.port, "peers": tuple(parse_seed(p) for p in args.peer),
-                "mdns": not args.no_mdns, "advertise_host": args.advertise}
-    cluster = ClusterConfig.preset(args.gossip, token, **settings)
-    config = NodeConfig(exec=ExecConfig(num_cpus=args.cpus,
-                                        object_store_memory=args.object_store_memory),
-                        resources=args.resources,
-                        cluster=cluster, **({"name": args.name} if args.name else {}))
+    config = join_config(args, token)
     try:
         trio.run(_run_joined, config, generated)
     except BaseException as exc:  # trio wraps failures in exception groups
@@ -192,11 +199,14 @@ def add_join_command(subparsers: argparse._SubParsersAction) -> None:
                       help="do not advertise or browse with mDNS (use --peer)")
     join.add_argument("--cpus", type=float, default=None,
                       help="CPUs offered to tasks (default: all)")
+    join.add_argument("--gpus", type=int, default=None, metavar="N",
+                      help="GPUs offered to tasks, as indices 0..N-1 in their "
+                           "CUDA_VISIBLE_DEVICES (default: those `nvidia-smi` lists, else 0)")
     join.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                       help="shared memory objects may fill before the least recently used "
                            "spill to <data dir>/spill (default: 30%% of RAM)")
     join.add_argument("--resources", type=_parse_resources, default={},
-                      metavar="NAME=AMOUNT,...", help="custom resources, e.g. gpu=1")
+                      metavar="NAME=AMOUNT,...", help="custom resources, e.g. tpu=1")
     join.add_argument("--name", default=None, help="node name (default: the host name)")
     join.add_argument("--data-dir", type=Path, default=None,
                       help=f"node key and control socket (default: ${DATA_DIR_ENV} or "

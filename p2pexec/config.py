@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from p2pexec.dht.config import DhtConfig
 from p2pexec.errors import LocalUsageError
 from p2pexec.exec.config import ExecConfig
+from p2pexec.exec.resources import CPU, GPU
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.config import NetConfig
 from p2pexec.net.discovery import DiscoveryConfig
@@ -45,6 +48,20 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "p2pexec"
+
+
+def detect_gpus() -> int:
+    """How many GPUs `nvidia-smi` lists (one index per line); 0 without it or when it
+    fails, so a machine without NVIDIA's driver offers none rather than refusing to start."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return 0
+    try:
+        listed = subprocess.run([nvidia_smi, "--query-gpu=index", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listed.stdout.splitlines() if line.strip())
 
 
 def control_socket_path(data_dir: Path) -> Path:
@@ -114,18 +131,38 @@ class NodeConfig:
     exec: ExecConfig = field(default_factory=ExecConfig)
     """Worker pool, inline threshold, prefetch, retries."""
     resources: dict[str, float] = field(default_factory=dict)
-    """Custom resources this node offers besides CPUs, e.g. {"gpu": 1}."""
+    """Custom resources this node offers besides CPUs and GPUs, e.g. {"tpu": 1}."""
+    num_gpus: int = 0
+    """GPUs this node offers as "GPU" (Ray's name): tasks asking for them get indices
+    0..num_gpus-1 in `CUDA_VISIBLE_DEVICES`. `p2pexec join` and `px.init` count them with
+    `detect_gpus` unless told; a config built by hand offers none unless it says so."""
     name: str = field(default_factory=socket.gethostname)
     """Shown in `p2pexec status` and `px.nodes()`; defaults to the host name."""
     cluster: ClusterConfig | None = None
     """Join a cluster (`p2pexec join`); None runs the node alone, with no network."""
 
+    def __post_init__(self) -> None:
+        if (isinstance(self.num_gpus, bool) or not isinstance(self.num_gpus, (int, float))
+                or self.num_gpus < 0 or self.num_gpus != int(self.num_gpus)):
+            raise LocalUsageError(f"num_gpus must be a whole number of GPUs (0 or more), "
+                                  f"got {self.num_gpus!r}")
+        if GPU in self.resources:
+            raise LocalUsageError("give a node's GPUs with num_gpus= (`p2pexec join --gpus`), "
+                                  "not as the custom resource 'GPU'")
+
+    def offered(self) -> dict[str, float]:
+        """Everything this node offers tasks: CPUs, GPUs and custom resources."""
+        gpus = {GPU: float(self.num_gpus)} if self.num_gpus else {}
+        return {CPU: self.exec.cpus(), **gpus, **self.resources}
+
     @classmethod
     def embedded(cls, num_cpus: float | None = None,
                  resources: dict[str, float] | None = None,
                  cluster: ClusterConfig | None = None,
-                 object_store_memory: int | None = None) -> NodeConfig:
+                 object_store_memory: int | None = None,
+                 num_gpus: int | None = None) -> NodeConfig:
         """A node inside the user's process: no daemon and no configuration; it joins a
-        cluster only when given a `ClusterConfig`."""
+        cluster only when given a `ClusterConfig`. `num_gpus` None: `detect_gpus()`."""
         return cls(exec=ExecConfig(num_cpus=num_cpus, object_store_memory=object_store_memory),
-                   resources=dict(resources or {}), cluster=cluster)
+                   resources=dict(resources or {}), cluster=cluster,
+                   num_gpus=detect_gpus() if num_gpus is None else num_gpus)

@@ -68,7 +68,7 @@ class Node:
         self._rng = rng or random.Random()
         self.cluster: ClusterService | None = None
         self.control: ControlServer | None = None
-        resources = {CPU: config.exec.cpus(), **config.resources}
+        resources = config.offered()
         if config.cluster is not None:
             self.cluster = ClusterService(config.cluster, config.name, resources, self._load,
                                           transport=transport, discovery=discovery,
@@ -76,7 +76,7 @@ class Node:
                                           life=life)
             node_id = self.cluster.node_id
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
-        self.exec = ExecService(config.exec, config.resources, node_id=self.node_id.raw,
+        self.exec = ExecService(config.exec, resources, node_id=self.node_id.raw,
                                 inline=inline, in_cluster=config.cluster is not None,
                                 call_handlers={
             "get_actor": self._get_actor,

@@ -20,7 +20,7 @@ class ExecConfig:
     """Work queued at a busy worker beyond the task it runs, so it never idles waiting for
     the next frame: depth = prefetch_seconds / the function's average run time, between 1
     and max_prefetch (a 10 us task queues 64, a 1 s task queues 1). Only tasks that fit in
-    the resources the worker already holds queue."""
+    the resources the worker already holds, and need no GPUs, queue."""
     max_prefetch: int = 64
     """Upper bound of that depth: enough to cover the node's reaction time for tasks of
     a few microseconds, small enough that a mis-estimate strands little work."""

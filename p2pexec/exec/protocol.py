@@ -179,6 +179,10 @@ class Execute:
     the runtime context reports it."""
     max_concurrency: int = 1
     """An actor's creation: how many calls its worker may run at once (`TaskSpec`)."""
+    gpu_ids: list[int] = field(default_factory=list)
+    """The GPU indices the node that runs it gave it (an actor's creation: the actor's
+    for its life; its calls carry none and run with those): the worker sets
+    `CUDA_VISIBLE_DEVICES` to them."""
 
 
 @message(108)

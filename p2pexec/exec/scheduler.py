@@ -11,7 +11,8 @@ state change goes through `_transition`, whose allowed moves are listed in `ALLO
 Rules it keeps:
 - A task runs once its top-level ObjectRef arguments are ready and its resources fit.
 - A busy worker queues more tasks that fit in what it already holds: about
-  `prefetch_seconds` of work, judged by how long the function took before.
+  `prefetch_seconds` of work, judged by how long the function took before. Tasks that
+  need GPUs never queue: the node names their GPU indices when they start.
 - A worker blocked in get/wait hands back its queued tasks and lends its CPU; tasks it
   waits for are sent to it to run on its own stack (`nested`), which keeps recursive
   task trees depth-first; more workers start while CPUs are lent and work is waiting.
@@ -101,7 +102,7 @@ from p2pexec.exec.instructions import (
 from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import task_of
-from p2pexec.exec.resources import CPU, Resources, covers
+from p2pexec.exec.resources import CPU, GPU, Resources, covers, gpu_ids
 from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
 from p2pexec.exec.stealing import PLACEMENT, Placement, batch_size, worth_moving
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
@@ -687,7 +688,9 @@ class Scheduler:
     def _prefetch(self) -> None:
         """Queue work behind busy workers when no worker is idle. A queued task starts
         with what the task before it gives back, so it must fit in that: the running
-        task's holding for the first, the previous queued task's demand for the next."""
+        task's holding for the first, the previous queued task's demand for the next.
+        A task needing GPUs never queues: its message names its GPU indices, which are
+        only chosen when it starts."""
         ready = self.ready
         depth = self.pool.depth
         for worker in self.workers.values():  # the hot path: no generator, checks inline
@@ -705,7 +708,8 @@ class Scheduler:
                     ready.popleft()
                     continue
                 if (len(worker.queued) >= depth(task.spec.callable_hash)
-                        or not covers(inherited, task.spec.resources)):
+                        or not covers(inherited, task.spec.resources)
+                        or GPU in task.spec.resources):
                     break
                 inherited = task.spec.resources
                 ready.popleft()
@@ -731,7 +735,8 @@ class Scheduler:
         deps = {dep: self._payload_or_lost(dep) for dep in spec.deps} if spec.deps else {}
         for dep in deps:
             self.objects.touch(dep)
-        self._out.append(Send(worker.worker_id, work_message(spec, code, deps, nested)))
+        self._out.append(Send(worker.worker_id, work_message(spec, code, deps, nested,
+                                                             gpu_ids(task.held))))
 
     def _payload_or_lost(self, object_id: bytes) -> list:
         payload = self.objects.payload(object_id)
@@ -1858,11 +1863,12 @@ def _retry_call(task: TaskState) -> bool:
 
 
 def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
-                 nested: bool) -> p.Execute:
-    """The message that hands a task, actor creation or actor call to a worker."""
+                 nested: bool, gpus: list[int]) -> p.Execute:
+    """The message that hands a task, actor creation or actor call to a worker, with the
+    GPU indices its holding took here (chosen by the node that runs it, not its owner)."""
     return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
                      deps, list(spec.return_ids), spec.name, nested, spec.resources,
-                     spec.max_concurrency)
+                     spec.max_concurrency, gpus)
 
 
 def values_message(request_id: int, body: dict[bytes, list] | list[bytes],

@@ -35,6 +35,8 @@ from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
 if TYPE_CHECKING:
     import concurrent.futures
 
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
 
 class WorkerRuntime:
     """The node as seen from inside a worker: the API's calls become frames on the socket."""
@@ -55,6 +57,8 @@ class WorkerRuntime:
         self.waiters: dict[int, Callable[[Any], None]] | None = None
         """Once an actor runs calls concurrently: what to do with each request's reply,
         by request id (None: requests pump the link on the caller's stack)."""
+        self.visible_gpus: str | None = None
+        """What this process last set `CUDA_VISIBLE_DEVICES` to (None: not yet)."""
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
 
@@ -99,8 +103,13 @@ class WorkerRuntime:
 
     def execute(self, work: p.Execute) -> None:
         started = time.perf_counter()
+        outer = self.visible_gpus if self.runner.current()[0] else None  # nested: its caller's
+        ids = (self.runner.actor_work or work).gpu_ids  # an actor's calls: the actor's
+        self._show_gpus(",".join(map(str, ids)) if ids else "")
         mappings: list = []
         payloads, contained = self.runner.run(work, mappings)
+        if outer is not None:  # back to the task on whose stack this one ran
+            self._show_gpus(outer)
         self.finish(work, started, payloads, contained, mappings)
 
     def finish(self, work: p.Execute, started: float, payloads: list,
@@ -167,6 +176,12 @@ class WorkerRuntime:
         self.waiters[request_id] = deliver
         self.send(p.Get(request_id, [ref.id], -1, None))
         return future
+
+    def _show_gpus(self, visible: str) -> None:
+        """Show CUDA only the GPUs the node gave the work about to run ("" hides them
+        all), so a GPU task's setting never leaks into the next task on this process."""
+        if visible != self.visible_gpus:
+            os.environ[CUDA_VISIBLE_DEVICES] = self.visible_gpus = visible
 
     def _keep_code(self, work: p.Execute) -> None:
         """The node ships a function once per worker: keep it even if the task goes back."""

@@ -345,3 +345,60 @@ def test_a_call_in_flight_when_its_actor_dies_runs_again_after_the_restart(core)
     out = core.handle(WorkerDied(4, "pid 10 exit code 1"))  # out of restarts
     assert out == [Completed((rid(1),))]
     assert "ActorDiedError" in core.objects.payload(rid(1))[1]
+
+
+def gpu_spec(n: int, gpus: float, **extra) -> TaskSpec:
+    return dataclasses.replace(spec(n, **extra), resources={"CPU": 1.0, "GPU": gpus})
+
+
+def gpu_msg(n: int, gpus: float, ids: list[int], code=None) -> p.Execute:
+    return dataclasses.replace(exec_msg(n, code=code, resources={"CPU": 1.0, "GPU": gpus}),
+                               gpu_ids=ids)
+
+
+@pytest.fixture
+def gpu_core():
+    scheduler = CheckedScheduler(ExecConfig(num_cpus=3, max_prefetch=4), {"GPU": 2.0})
+    scheduler.handle(CodeRegistered(CODE, b"code"), Started(), WorkerReady(1), WorkerReady(2),
+                     WorkerReady(3))
+    return scheduler
+
+
+def test_execute_names_the_gpus_the_node_gave_each_task(gpu_core):
+    core = gpu_core
+    out = core.handle(*(Submitted(gpu_spec(n, 1.0), DRIVER) for n in (1, 2, 3)))
+    # two tasks on GPUs 0 and 1; the third waits for one (it never queues at a worker)
+    assert out == [Send(1, gpu_msg(1, 1.0, [0], code=b"code")),
+                   Send(2, gpu_msg(2, 1.0, [1], code=b"code"))]
+    assert core.handle(TaskFinished(1, tid(1), [ok()], None, 1e-5)) == [
+        Completed((rid(1),)), Send(1, gpu_msg(3, 1.0, [0]))]  # GPU 0 again, once it is free
+    core.handle(TaskFinished(1, tid(3), [ok()]), TaskFinished(2, tid(2), [ok()]))
+    assert core.handle(Submitted(gpu_spec(4, 2.0), DRIVER), Submitted(spec(5), DRIVER)) == [
+        Send(1, gpu_msg(4, 2.0, [0, 1])), Send(2, exec_msg(5))]  # a CPU task: no GPUs
+    assert core.available["GPU"] == 0.0
+
+
+def test_fractional_gpu_tasks_share_one_index(gpu_core):
+    out = gpu_core.handle(Submitted(gpu_spec(1, 0.5), DRIVER),
+                          Submitted(gpu_spec(2, 0.5), DRIVER))
+    assert [i.message.gpu_ids for i in out] == [[0], [0]]
+    assert gpu_core.available["GPU"] == 1.0
+
+
+def test_an_actor_keeps_its_gpu_for_life_and_gives_it_back_when_it_dies(gpu_core):
+    core = gpu_core
+    actor = tid(100)
+    create = TaskSpec(actor, ACTOR_CREATE, CODE, None, ARGS, [], [], [return_id(actor, 1)],
+                      "A.__init__", {"GPU": 1.0}, actor_id=actor)
+    core.handle(Submitted(create, DRIVER))
+    out = core.handle(WorkerReady(4))
+    assert [(i.message.kind, i.message.gpu_ids) for i in out] == [(ACTOR_CREATE, [0])]
+    core.handle(TaskFinished(4, actor, [ok()]))
+    assert core.actors.get(actor).holds == {"GPU": 1.0, "_gpu:0": 1.0}
+    call = core.handle(Submitted(spec(1, kind=ACTOR_CALL, actor=actor, cpus=0), DRIVER))
+    assert call == [Send(4, exec_msg(1, kind=ACTOR_CALL, target="m"))]  # runs with the
+    # actor's GPU: the worker keeps its creation's ids
+    assert core.handle(Submitted(gpu_spec(2, 1.0), DRIVER))[0].message.gpu_ids == [1]
+    assert not core.resources.fits({"GPU": 0.5})
+    core.handle(ActorKilled(actor))
+    assert core.resources.gpus.free == [10_000, 0]

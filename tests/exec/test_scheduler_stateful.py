@@ -29,8 +29,9 @@ from p2pexec.exec.events import (
     WorkerDied,
     WorkerReady,
 )
-from p2pexec.exec.instructions import StartWorker, StopWorker
+from p2pexec.exec.instructions import Send, StartWorker, StopWorker
 from p2pexec.exec.refs import return_id
+from p2pexec.exec.resources import gpu_ids
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
@@ -39,14 +40,15 @@ ARGS = [p.INLINE, b"args", []]
 OK = [p.INLINE, b"value", []]
 ERROR = [p.ERROR, b"pickled exception"]
 DEMANDS = st.sampled_from([{}, {"CPU": 1.0}, {"CPU": 2.0}, {"CPU": 1.0, "gpu": 1.0},
-                           {"CPU": 4.0}])
+                           {"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}, {"GPU": 0.5},
+                           {"CPU": 1.0, "GPU": 2.0}])
 
 
 class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.core = Scheduler(ExecConfig(num_cpus=2, max_prefetch=2, max_extra_workers=2),
-                              {"gpu": 1.0})
+                              {"gpu": 1.0, "GPU": 2.0})
         self.ids = itertools.count(1)
         self.requests = itertools.count(1)
         self.now = 0.0
@@ -63,6 +65,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.client = -1
         """The attached driver now connected (negative holder ids); a new one after each
         leaves."""
+        self.sent_gpus: dict[bytes, list[int]] = {}
+        """The GPU ids the last `Execute` of each task named."""
         self.apply(CodeRegistered(CODE, b"pickled"), Started())
 
     def apply(self, *events) -> None:
@@ -72,6 +76,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.alive.add(instruction.worker)
             elif isinstance(instruction, StopWorker):
                 self.stopped.add(instruction.worker)
+            elif isinstance(instruction, Send) and isinstance(instruction.message, p.Execute):
+                self.sent_gpus[instruction.message.task_id] = instruction.message.gpu_ids
 
     def new_id(self) -> bytes:
         return next(self.ids).to_bytes(16, "big")
@@ -123,7 +129,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.submit(TASK, [argument], {"CPU": 1.0})
         self.apply(RefsChanged(DRIVER, {argument: -1}))
 
-    @rule(data=st.data(), resources=st.sampled_from([{}, {"CPU": 1.0}, {"gpu": 1.0}]),
+    @rule(data=st.data(), resources=st.sampled_from([{}, {"CPU": 1.0}, {"gpu": 1.0},
+                                                     {"GPU": 0.5}]),
           restarts=st.sampled_from([0, 1]), name=st.sampled_from([None, "a", "b"]))
     def create_actor(self, data, resources, restarts, name):
         deps = data.draw(st.lists(st.sampled_from(self.held), max_size=1)) if self.held else []
@@ -249,6 +256,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def invariants_hold(self):
         self.core.validate()
+
+    @invariant()
+    def running_tasks_were_told_the_gpus_they_hold(self):
+        for task_id, task in self.core.tasks.items():
+            if task.state.value == "running" and task.spec.kind != ACTOR_CALL:
+                assert self.sent_gpus[task_id] == gpu_ids(task.held), task.spec.name
 
 
 SchedulerMachine.TestCase.settings = settings(

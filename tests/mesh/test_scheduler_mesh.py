@@ -766,3 +766,22 @@ def test_an_actor_whose_constructor_runs_counts_its_cpu_once():
     assert owner.tasks[tid(9)].held and owner.cpus_in_use() == 1.0
     owner.handle(TaskFinished(worker, tid(9), [ok()], None, 0.1))
     assert owner.cpus_in_use() == 1.0
+
+
+def test_a_stolen_gpu_task_runs_on_the_gpu_its_thief_picks():
+    # an owner without GPUs parks it for a peer that has them; the node that runs it
+    # names its GPU index (the owner could not: its holding is the thief's)
+    gpu = {"CPU": 1.0, "GPU": 1.0}
+    owner = node(1)
+    owner.handle(Submitted(spec(1, resources=gpu), DRIVER))
+    assert list(owner.parked) == [tid(1)]
+    nothing = grants(owner.handle(StealRequested(THIEF, 1, 2.0, {"CPU": 2.0})))
+    assert [g.specs for g in nothing] == [()]  # a thief without GPUs gets none of it
+    (grant,) = grants(owner.handle(StealRequested(THIEF, 2, 2.0, {"CPU": 2.0, "GPU": 2.0})))
+    assert [s.task_id for s in grant.specs] == [tid(1)]
+    thief = Checked(ExecConfig(num_cpus=2, max_prefetch=1), {"GPU": 2.0}, in_cluster=True)
+    thief.handle(CodeRegistered(CODE, b"code"), Started(), WorkerReady(1), WorkerReady(2))
+    (own,) = thief.handle(Submitted(spec(9, resources=gpu), DRIVER))
+    assert own.message.gpu_ids == [0]
+    (stolen,) = thief.handle(TasksGranted(OWNER, grant.specs, grant.values, grant.code))
+    assert (stolen.message.task_id, stolen.message.gpu_ids) == (tid(1), [1])
