@@ -24,13 +24,16 @@ from p2pexec.exec import context, serialization
 from p2pexec.exec import refs as refs_module
 from p2pexec.exec.gpus import gpu_demand
 from p2pexec.exec.protocol import INLINE
-from p2pexec.exec.refs import ObjectRef, return_id
+from p2pexec.exec.refs import TASK_ID_SIZE, ObjectRef, return_id
 from p2pexec.exec.resources import CPU, GPU
 from p2pexec.exec.runner import is_async_class
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.ids import NodeId
 
 _runtime_lock = threading.Lock()
+
+PUT_INDEX = return_id(b"", 0)
+"""How the id of an object made by `put` ends (a task's results count from 1)."""
 
 _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
@@ -622,6 +625,22 @@ def get_actor(name: str) -> ActorHandle:
     """The handle of the live actor created with `options(name=name)`."""
     actor_id = _rt().call("get_actor", name)
     return ActorHandle(actor_id, name, None)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes `ref` (Ray's `ray.cancel`): if it has not started it
+    never runs; if it runs it gets `KeyboardInterrupt` (with `force`, its worker process
+    is killed); with `recursive`, the tasks it submitted are cancelled too. A `get` of
+    its results raises `px.TaskCancelledError` from now on. An actor call is skipped if
+    its actor has not started it, cancelled if it runs on an async actor, and otherwise
+    runs to its end (`force` is refused for actor calls, as in Ray). A task already
+    finished keeps its result."""
+    if not isinstance(ref, ObjectRef):
+        raise LocalUsageError(f"px.cancel takes an ObjectRef, got {type(ref).__name__}")
+    if ref.id[TASK_ID_SIZE:] == PUT_INDEX:
+        raise LocalUsageError("px.cancel takes the ref of a task's result; this one was "
+                              "made by px.put")
+    _rt().cancel([ref.id, ref.owner, bool(force), bool(recursive)])
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

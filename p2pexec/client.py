@@ -256,6 +256,12 @@ class DriverRuntime:
         if entry is not None and entry.payload is not None:
             notifier.set()
 
+    def cancel(self, argument: list) -> None:
+        """px.cancel without a round trip to the loop: checked here, then posted like a
+        submit (10,000 cancels take well under a second)."""
+        self._check()
+        self._post(("cancel", self.service.cancel_event(argument)))
+
     def call(self, operation: str, argument: Any) -> Any:
         """A node operation: a plain one is answered inside `in_loop`, so the lock is
         free at once; an async one (DHT) releases it when its answer comes."""
@@ -525,6 +531,9 @@ class AttachedRuntime:
         if not reply.ok:
             raise system_error(reply.error_class, reply.error)
         return reply.value
+
+    def cancel(self, argument: list) -> None:
+        self.call("cancel", argument)
 
     def shutdown(self) -> None:
         """Detach: the node drops this driver's refs, queued tasks and actors."""

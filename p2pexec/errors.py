@@ -94,7 +94,8 @@ class ControlError(P2PExecError):
 
 
 class TaskCancelledError(P2PExecError):
-    """The task was cancelled before it ran (its driver went away, or it was cancelled)."""
+    """The task was cancelled (px.cancel, or its driver went away before it started): a
+    get of its results raises this."""
 
 
 class GetTimeoutError(P2PExecError, TimeoutError):

@@ -83,6 +83,7 @@ class Node:
             "actor_exists": self._actor_exists,
             "kill": self._kill,
             "kill_to_restart": functools.partial(self._kill, restart=True),
+            "cancel": lambda argument: self.exec.stimulus(self.exec.cancel_event(argument)),
             "exit_actor": lambda actor_id: self.exec.kill_actor(
                 actor_id, "it exited (px.actor.exit_actor)"),
             "nodes": lambda _arg: self.nodes(),

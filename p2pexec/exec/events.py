@@ -309,9 +309,23 @@ class CodeFetched:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """px.cancel of a task here (submitted here, or given by a peer), from a local client
+    or from the peer that gave it: `force` kills a running task's process, `recursive`
+    cancels the tasks it submitted too."""
+
+    task_id: bytes
+    force: bool
+    recursive: bool
+    owner: bytes = b""
+    """The node that owns the task's results, as the ref says: a task unknown here is
+    cancelled there ("": nowhere else)."""
+
+
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
-         | RemoteActorKilled | CodeFetched)
+         | RemoteActorKilled | CodeFetched | CancelRequested)

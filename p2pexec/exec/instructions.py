@@ -223,7 +223,28 @@ class StopRemoteActor:
     actor_id: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """A task cancelled while on `worker` (sent ahead or running): the worker skips it if
+    it has not started, and interrupts it (`KeyboardInterrupt`, or cancels the asyncio
+    task of an async actor's call) if it has."""
+
+    worker: int
+    task_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRemote:
+    """A cancelled task runs on `node` (stolen, or a call sent to an actor there): cancel
+    it there too."""
+
+    node: bytes
+    task_id: bytes
+    force: bool
+    recursive: bool
+
+
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
                | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed
-               | CodeHere | FetchCode | StopRemoteActor)
+               | CodeHere | FetchCode | StopRemoteActor | Interrupt | CancelRemote)

@@ -34,6 +34,9 @@ class LinkEnd:
         self._view = memoryview(self._buffer)
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self.waiting = False
+        """In the wait for input, where nothing has been read: a signal handler may raise
+        here without losing part of a frame."""
 
     def frame(self, message: Any, ref_changes: dict[bytes, int] | None = None) -> bytes:
         """One message as bytes to send, with the reference changes made since the last
@@ -56,7 +59,12 @@ class LinkEnd:
         queue), a wasted wake-up per round trip; poll waits for input alone. The socket's
         timeout, if it has one, still applies."""
         timeout = self.sock.gettimeout()
-        if not self._poll.poll(None if timeout is None else timeout * 1000):
+        self.waiting = True
+        try:
+            ready = self._poll.poll(None if timeout is None else timeout * 1000)
+        finally:
+            self.waiting = False
+        if not ready:
             raise TimeoutError(f"nothing received within {timeout} s")
 
     def receive(self) -> list[Any]:

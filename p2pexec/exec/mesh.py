@@ -42,6 +42,7 @@ from p2pexec.exec.events import (
     ActorLocated,
     BorrowAnswered,
     BorrowRequested,
+    CancelRequested,
     CodeFetched,
     HeldAsked,
     NameLost,
@@ -58,6 +59,7 @@ from p2pexec.exec.instructions import (
     ActorNamed,
     AskHeld,
     Borrow,
+    CancelRemote,
     CodeHere,
     FetchCode,
     Forward,
@@ -90,7 +92,7 @@ log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
                    | Lend | HandBack | AskHeld | ActorNamed | CodeHere | FetchCode
-                   | StopRemoteActor)
+                   | StopRemoteActor | CancelRemote)
 
 
 @message(111)
@@ -219,6 +221,17 @@ class HeldCheck:
     task_ids: list[bytes]
 
 
+@message(162)
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """px.cancel of a task the receiver runs (the sender gave it, or it is a call to an
+    actor that lives there), or owns (a driver on the sender held a ref to its result)."""
+
+    task_id: bytes
+    force: bool
+    recursive: bool
+
+
 @message(126)
 @dataclass(frozen=True, slots=True)
 class KillActor:
@@ -251,8 +264,8 @@ class CodeReply:
 
 
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
-                 ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck)
-MESH_CODES = (range(111, 112), range(117, 127), range(160, 162))
+                 ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck, CancelTask)
+MESH_CODES = (range(111, 112), range(117, 127), range(160, 163))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -416,6 +429,8 @@ class Mesh:
             self.service.stimulus(BorrowAnswered(node.raw, msg.values, msg.large))
         elif type(msg) is KillActor:
             self._take_kill(node, msg)
+        elif type(msg) is CancelTask:
+            self.service.stimulus(CancelRequested(msg.task_id, msg.force, msg.recursive))
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
 
@@ -532,6 +547,9 @@ class Mesh:
                                                     instruction.values))
         elif kind is StopRemoteActor:
             self._send(instruction.node, KillActor(instruction.actor_id))
+        elif kind is CancelRemote:
+            self._send(instruction.node, CancelTask(instruction.task_id, instruction.force,
+                                                    instruction.recursive))
         elif kind is HandBack:
             self._send(instruction.owner, ReturnTasks(list(instruction.task_ids)))
         elif kind is AskHeld:

@@ -33,13 +33,18 @@ class IdGenerator:
         return self._prefix + _INDEX.pack(next(self._counter) & 0xFFFFFFFF)
 
 
+TASK_ID_SIZE = 16
+OBJECT_ID_SIZE = TASK_ID_SIZE + _INDEX.size
+"""An object id: its task's id and the index of the value (0: `put`)."""
+
+
 def return_id(task_id: bytes, index: int) -> bytes:
     """The id of a task's `index`-th return value (0 is used by `put`)."""
     return task_id + _INDEX.pack(index)
 
 
 def task_of(object_id: bytes) -> bytes:
-    return object_id[:16]
+    return object_id[:TASK_ID_SIZE]
 
 
 class RefCounter:

@@ -8,7 +8,7 @@ import pickle
 from contextvars import ContextVar
 from typing import Any
 
-from p2pexec.errors import ActorDiedError, ActorExit, RemoteProtocolError
+from p2pexec.errors import ActorDiedError, ActorExit, RemoteProtocolError, TaskCancelledError
 from p2pexec.exec import protocol as p
 from p2pexec.exec import serialization
 from p2pexec.exec.refs import ObjectRef
@@ -68,6 +68,12 @@ class TaskRunner:
             return self._failure(exc, work)
         finally:
             _running.reset(token)
+
+    @staticmethod
+    def cancelled(work: p.Execute) -> list:
+        """The payloads of work px.cancel stopped (or that never started)."""
+        error = TaskCancelledError(f"task {work.name} was cancelled (px.cancel)")
+        return [serialization.system_error_payload(error)] * len(work.return_ids)
 
     def current(self) -> tuple[p.Execute | None, p.Execute | None]:
         """(the work running now in this thread or asyncio task, the creation of this

@@ -44,6 +44,7 @@ from p2pexec.exec.events import (
     ActorLocated,
     BorrowAnswered,
     BorrowRequested,
+    CancelRequested,
     ClientLeft,
     CodeFetched,
     CodeRegistered,
@@ -78,6 +79,7 @@ from p2pexec.exec.instructions import (
     ActorHere,
     ActorNamed,
     AskHeld,
+    CancelRemote,
     CodeHere,
     Completed,
     DeleteSpilled,
@@ -88,6 +90,7 @@ from p2pexec.exec.instructions import (
     HandBack,
     Holding,
     Instruction,
+    Interrupt,
     LocateActor,
     Recycle,
     Release,
@@ -180,6 +183,9 @@ class TaskState:
     parked for any peer that asks), never pushed again."""
     checked: bool = False
     """STOLEN already at the last held check: the next one asks its peer about it."""
+    cancelled: bool = False
+    """px.cancel settled its results while it was on a worker here: whatever that worker
+    still reports of it is dropped, and it never runs again."""
 
 
 @dataclass(slots=True)
@@ -318,7 +324,11 @@ class Scheduler:
             NameLost: self._on_name_lost,
             RemoteActorKilled: self._on_remote_actor_killed,
             CodeFetched: self._on_code_fetched,
+            CancelRequested: self._on_cancel_requested,
         }
+        self._children: dict[bytes, list[bytes]] = {}
+        """The tasks each running task here submitted (what a recursive cancel reaches);
+        forgotten when the parent ends."""
 
     # ---- the one entry point ----
     def handle(self, *events: Event) -> list[Instruction]:
@@ -477,12 +487,17 @@ class Scheduler:
     def _pool_worker_died(self, worker: WorkerState, reason: str) -> None:
         for task_id in reversed(worker.queued):
             task = self.tasks.get(task_id)
-            if task is not None:
+            if task is not None and task.cancelled:
+                self._end_cancelled(task, [])
+            elif task is not None:
                 self._make_ready(task, front=True)
         for depth, task_id in enumerate(reversed(worker.stack)):
             task = self.tasks[task_id]
             self.resources.release(task.held)
             task.request = None
+            if task.cancelled:  # px.cancel(force=True) killed it, or it died cancelled
+                self._end_cancelled(task, [])
+                continue
             if depth:  # an outer frame waiting for a nested task: it runs again, uncharged
                 self._make_ready(task, front=True)
                 continue
@@ -520,6 +535,10 @@ class Scheduler:
         spec, submitter = event.spec, event.submitter
         for object_id in spec.return_ids:
             self.objects.expect(object_id, submitter)
+        if submitter > 0:  # a worker: the task on top of its stack is the parent
+            worker = self.workers.get(submitter)
+            if worker is not None and worker.stack:
+                self._children.setdefault(worker.stack[-1], []).append(spec.task_id)
         self._admit(TaskState(spec, submitter=submitter))
 
     def _admit(self, task: TaskState) -> None:
@@ -755,10 +774,7 @@ class Scheduler:
             if task is not None and task.state is QUEUED and task.worker == worker_id:
                 self._out.append(Warn(f"worker {worker_id} reported task {task.spec.name} "
                                       f"done before starting it; result dropped"))
-            for payload in payloads:  # a late result for a failed or killed task
-                segment = payload_segment(payload)
-                if segment is not None:
-                    self._unlink(segment)
+            self._drop_payloads(payloads)  # a late result for a failed or killed task
             return
         if worker.stack and worker.stack[-1] == task_id:
             worker.stack.pop()
@@ -772,7 +788,9 @@ class Scheduler:
             actor.holds, task.held = task.held, {}
         self.resources.release(task.held)
         task.worker = None
-        if spec.kind == ACTOR_CALL or spec.kind == ACTOR_CREATE:
+        if task.cancelled:
+            self._end_cancelled(task, payloads)
+        elif spec.kind == ACTOR_CALL or spec.kind == ACTOR_CREATE:
             self._actor_task_done(task, payloads, event.contained)
         elif (spec.retry_exceptions and payloads and payloads[0][0] == p.ERROR
               and (spec.max_retries < 0 or task.attempts < spec.max_retries)):
@@ -804,23 +822,45 @@ class Scheduler:
         spec = task.spec
         self._retire(task)
         self.counts["done"] += 1
-        if task.owner is not None:
-            self._return_to_owner(task, payloads, contained)
-        else:
-            self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
-            for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
-                                                              strict=True)):
-                inside = contained[index] if contained else []
-                self.objects.complete(object_id, payload, inside)
+        self._deliver(task, payloads, contained)
         if spec.kind != ACTOR_CREATE:  # a restart needs them; freed when the actor dies
             self._forget_arguments(spec, recycle=task.args_unmapped)
+
+    def _deliver(self, task: TaskState, payloads: list[list],
+                 contained: list[list[bytes]] | None) -> None:
+        """A task's results reach whoever waits for them: here, or its owner."""
+        spec = task.spec
+        if task.owner is not None:
+            self._return_to_owner(task, payloads, contained)
+            return
+        self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
+        for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
+                                                          strict=True)):
+            inside = contained[index] if contained else []
+            self.objects.complete(object_id, payload, inside)
 
     def _retire(self, task: TaskState) -> None:
         """The task leaves the table for good."""
         self._transition(task, DONE)
-        del self.tasks[task.spec.task_id]
-        self.parked.pop(task.spec.task_id, None)
-        self._busy_actors.pop(task.spec.task_id, None)
+        task_id = task.spec.task_id
+        del self.tasks[task_id]
+        self.parked.pop(task_id, None)
+        self._busy_actors.pop(task_id, None)
+        if self._children:
+            self._children.pop(task_id, None)
+
+    def _end_cancelled(self, task: TaskState, payloads: list[list]) -> None:
+        """A cancelled task's worker is done with it (it skipped it, was interrupted,
+        finished anyway, or died): it leaves, and what the worker made of it goes."""
+        self._drop_payloads(payloads)
+        self._retire(task)
+        self._forget_arguments(task.spec, recycle=task.args_unmapped)
+
+    def _drop_payloads(self, payloads: list[list]) -> None:
+        for payload in payloads:
+            segment = payload_segment(payload)
+            if segment is not None:
+                self._unlink(segment)
 
     def _forget_arguments(self, spec: TaskSpec, recycle: bool = False) -> None:
         """The task is over for good: its argument objects and segment may go."""
@@ -887,7 +927,10 @@ class Scheduler:
             if task is None or task.worker != worker.worker_id or task.state is not QUEUED:
                 continue
             worker.queued.remove(task_id)
-            self._make_ready(task, front=True)
+            if task.cancelled:
+                self._end_cancelled(task, [])
+            else:
+                self._make_ready(task, front=True)
 
     def _dispatch_awaited(self, worker: WorkerState, request: GetRequest) -> None:
         """Run one task the blocked worker waits for on its own stack, if it is ready here."""
@@ -1257,6 +1300,61 @@ class Scheduler:
                 if creation is not None:
                     self._fail(creation, errors.ActorDiedError("its driver went away"))
                 self._actor_dead(actor, "the driver that created it went away", stop=True)
+
+    # ---- cancel ----
+    def cancel_refusal(self, task_id: bytes, force: bool) -> str | None:
+        """Why px.cancel of this task here is a usage error (Ray's rules), or None."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        if task.spec.kind == ACTOR_CREATE:
+            return "px.cancel does not stop an actor; use px.kill(handle)"
+        if force and task.spec.kind == ACTOR_CALL:
+            return ("px.cancel(force=True) cannot cancel an actor call: killing its process "
+                    "would kill the actor (use px.kill)")
+        return None
+
+    def _on_cancel_requested(self, event: CancelRequested) -> None:
+        task = self.tasks.get(event.task_id)
+        if task is None:
+            owner = event.owner
+            if self.in_cluster and owner and owner != self.node_id:  # it knows where
+                self._out.append(CancelRemote(owner, event.task_id, event.force,
+                                              event.recursive))
+        elif self.cancel_refusal(event.task_id, event.force) is None:
+            self._cancel(task, event.force, event.recursive)
+            self._dirty = True
+
+    def _cancel(self, task: TaskState, force: bool, recursive: bool) -> None:
+        """Ray's cancel: a task that has not started never runs; one running here is
+        interrupted (or its process killed, `force`); its results are
+        `TaskCancelledError` at once. An actor call is skipped if its actor has not
+        started it, and cancelled if it runs on an async actor's loop; its result says
+        which. Children first, when `recursive`."""
+        spec = task.spec
+        if recursive:
+            for child_id in self._children.pop(spec.task_id, ()):
+                child = self.tasks.get(child_id)
+                if child is not None and child.spec.kind != ACTOR_CREATE:
+                    self._cancel(child, force and child.spec.kind == TASK, True)
+        if task.cancelled:
+            return
+        error = errors.TaskCancelledError(f"task {spec.name} was cancelled (px.cancel)")
+        state = task.state
+        if state is WAITING or state is READY:
+            self._fail(task, error)
+        elif state is STOLEN:
+            self._out.append(CancelRemote(task.node, spec.task_id, force, recursive))
+            if spec.kind == TASK:  # a call's result tells whether its actor had started it
+                self._fail(task, error)
+        elif spec.kind == TASK:  # QUEUED or RUNNING on a worker here
+            task.cancelled = True
+            self._deliver(task, [system_error_payload(error)] * len(spec.return_ids), None)
+            self._out.append(Interrupt(task.worker, spec.task_id))
+            if force:
+                self._out.append(StopWorker(task.worker))
+        else:
+            self._out.append(Interrupt(task.worker, spec.task_id))
 
     # ---- the mesh: tasks given to peers and taken from them ----
     def _peer_holder(self, node: bytes) -> int:

@@ -31,6 +31,7 @@ from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
+    CancelRequested,
     ClientLeft,
     CodeRegistered,
     Event,
@@ -57,6 +58,7 @@ from p2pexec.exec.instructions import (
     Grant,
     Holding,
     Instruction,
+    Interrupt,
     Recycle,
     Send,
     Spill,
@@ -66,6 +68,7 @@ from p2pexec.exec.instructions import (
     Warn,
 )
 from p2pexec.exec.mesh import Mesh, MeshInstruction
+from p2pexec.exec.refs import OBJECT_ID_SIZE, task_of
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.exec.transfer import ObjectTransfers
@@ -121,8 +124,12 @@ class ClientLink:
     runs on the loop's thread, and `writing` keeps the two from interleaving."""
 
     def __init__(self, client_id: int, sock: socket.socket, stream: trio.SocketStream,
-                 process: subprocess.Popen | None = None, pid: int | None = None) -> None:
+                 process: subprocess.Popen | None = None, pid: int | None = None,
+                 interrupts: int | None = None) -> None:
         self.client_id = client_id
+        self.interrupts = interrupts
+        """A worker's interrupt pipe: the ids of its tasks px.cancel cancelled (a thread
+        in the worker reads them while its main thread runs a task)."""
         self.process = process
         self.pid = process.pid if process is not None else pid
         self.sock = sock
@@ -308,7 +315,8 @@ class ExecService:
                 link.process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 log.warning("worker pid %d did not exit", link.process.pid)
-        self.links.clear()
+        for link in list(self.links.values()):
+            self._forget_link(link)
         self._close_spill_dir()
 
     # ---- from driver threads ----
@@ -415,6 +423,10 @@ class ExecService:
                     self.inline.start(self._nursery, instruction.worker, self.stimulus)
                 else:
                     self._spawn(instruction.worker, instruction.actor_id)
+            elif type(instruction) is Interrupt:
+                link = links.get(instruction.worker)
+                if link is not None and link.interrupts is not None:
+                    _write_interrupt(link.interrupts, instruction.task_id)
             elif type(instruction) is StopWorker:
                 link = links.get(instruction.worker)
                 if link is not None:
@@ -481,16 +493,23 @@ class ExecService:
 
     def _spawn(self, worker_id: int, actor_id: bytes | None) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        interrupts_in, interrupts = os.pipe()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "p2pexec.exec.worker", str(child_end.fileno()),
-                 str(os.getpid())],
-                pass_fds=[child_end.fileno()], close_fds=True, stdin=subprocess.DEVNULL)
+                 str(os.getpid()), str(interrupts_in)],
+                pass_fds=[child_end.fileno(), interrupts_in], close_fds=True,
+                stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(interrupts)
+            raise
         finally:
             child_end.close()
+            os.close(interrupts_in)
+        os.set_blocking(interrupts, False)
         parent_end.setblocking(False)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        link = ClientLink(worker_id, parent_end, stream, process)
+        link = ClientLink(worker_id, parent_end, stream, process, interrupts=interrupts)
         self.links[worker_id] = link
         link.queue(self.codec.frame(self._configure()))
         link.flush()
@@ -565,6 +584,9 @@ class ExecService:
     def _forget_link(self, link: ClientLink) -> None:
         if self.links.get(link.client_id) is link:
             del self.links[link.client_id]
+        if link.interrupts is not None:
+            os.close(link.interrupts)
+            link.interrupts = None
 
     async def _serve_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
         async with trio.open_nursery() as nursery:
@@ -778,6 +800,22 @@ class ExecService:
         finally:
             answer(*outcome)
 
+    def cancel_event(self, argument: Any) -> CancelRequested:
+        """Check a px.cancel ([object id, owner, force, recursive]) from any client and
+        make its event: Ray's usage errors raise here, at the caller. An embedded
+        driver calls it from its own thread: a look-up in the task table, no change."""
+        if not (isinstance(argument, list) and len(argument) == 4
+                and isinstance(argument[0], bytes) and len(argument[0]) == OBJECT_ID_SIZE
+                and isinstance(argument[1], bytes) and isinstance(argument[2], bool)
+                and isinstance(argument[3], bool)):
+            raise LocalUsageError("cancel takes [object id, owner, force, recursive]")
+        object_id, owner, force, recursive = argument
+        task_id = task_of(object_id)
+        refusal = self.core.cancel_refusal(task_id, force)
+        if refusal is not None:
+            raise LocalUsageError(refusal)
+        return CancelRequested(task_id, force, recursive, owner)
+
     def kill_actor(self, actor_id: bytes, reason: str | None = None) -> bool:
         """px.kill (or, with its `reason`, the actor's own exit): True if the actor was
         alive here (and is now stopped)."""
@@ -842,6 +880,8 @@ def _event_of_op(op: tuple) -> Event:
         return Put(op[1], op[2], op[3], DRIVER)
     if kind == "register":
         return CodeRegistered(op[1], op[2])
+    if kind == "cancel":  # checked by `cancel_event` in the driver's thread
+        return op[1]
     raise LocalUsageError(f"unknown driver operation {kind!r}")
 
 
@@ -858,6 +898,17 @@ class _HeldWhileAwake(trio.abc.Instrument):
 
     def after_io_wait(self, timeout: float) -> None:
         self.lock.acquire()
+
+
+def _write_interrupt(pipe: int, task_id: bytes) -> None:
+    """Tell a worker a task of its was cancelled (16 bytes: one atomic pipe write)."""
+    try:
+        os.write(pipe, task_id)
+    except BlockingIOError:  # 4,096 cancels it has not read: it is stuck, not listening
+        log.warning("worker interrupt pipe full; cancel of task %s not delivered",
+                    task_id.hex())
+    except OSError:  # it is exiting; its death settles the task
+        pass
 
 
 def _exit_reason(process: subprocess.Popen) -> str:

@@ -1,13 +1,17 @@
 """A worker process: runs tasks and actor methods its node sends, one at a time.
 
 Plain blocking sockets and no trio: a worker's only job is the hot path, and every
-microsecond here is paid per task. An actor that runs several calls at once (threaded,
-`max_concurrency` > 1, or async) turns its worker's main thread into a reader of the link
-once the actor exists: calls run on a thread pool or an event loop, and each request
-they make waits for its own reply. Started as `python -m p2pexec.exec.worker FD PARENT_PID`
-with one end of a socketpair. It dies with its node: the kernel kills it when the node
-thread that spawned it exits (PR_SET_PDEATHSIG), a watchdog thread notices a new parent,
-and end-of-file on the socket ends the loop.
+microsecond here is paid per task. Started as
+`python -m p2pexec.exec.worker FD PARENT_PID INTERRUPT_FD` with one end of a socketpair
+and the read end of its interrupt pipe. It dies with its node: the kernel kills it when
+the node thread that spawned it exits (PR_SET_PDEATHSIG), a watchdog thread notices a
+new parent, and end-of-file on the socket ends the loop.
+
+px.cancel reaches a worker on the interrupt pipe, read by a thread that interrupts the
+main thread (SIGINT) when the cancelled task runs there. An actor that runs several
+calls at once (threaded, `max_concurrency` > 1, or async) turns its worker's main thread
+into a reader of the link once the actor exists: calls run on a thread pool or an event
+loop, and each request they make waits for its own reply.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.exec import context, refs, serialization, shm
 from p2pexec.exec import protocol as p
 from p2pexec.exec.link import LinkEnd
-from p2pexec.exec.refs import IdGenerator, ObjectRef, RefCounter
+from p2pexec.exec.refs import TASK_ID_SIZE, IdGenerator, ObjectRef, RefCounter
 from p2pexec.exec.runner import TaskRunner, is_async_class
 from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
 
@@ -61,17 +65,86 @@ class WorkerRuntime:
         """What this process last set `CUDA_VISIBLE_DEVICES` to (None: not yet)."""
         self.counter = RefCounter(None)  # changes ride on the next message sent
         refs.install_counter(self.counter)
+        self.cancelled: set[bytes] = set()
+        """Work of this worker px.cancel cancelled (added by the interrupt thread)."""
+        self.interruptible: list[bytes] = []
+        """The plain tasks on the main thread's stack, innermost last: what an interrupt
+        stops (a running actor call never is, as in Ray)."""
+        self.shielded = 1
+        """Above 0 while the main thread is not in task code (it serves, or talks to the
+        node): an interrupt then waits (`interrupt_pending`) instead of raising in the
+        middle of a frame. Waiting for input is the exception: nothing is half read."""
+        self.interrupt_pending = False
+        self.abandoned: set[int] = set()
+        """Requests an interrupt cut short: their replies are dropped when they come."""
+        self.loop_calls: _EventLoopCalls | None = None
 
     # ---- I/O ----
     def send(self, message: Any) -> None:
         with self.lock:
-            self.link.sock.sendall(self.link.frame(message, self.counter.take_pending()))
+            self.shielded += 1
+            try:
+                self.link.sock.sendall(self.link.frame(message, self.counter.take_pending()))
+            finally:
+                self.shielded -= 1
+        if self.interrupt_pending:
+            self._interrupt_now()
 
     def receive(self) -> Any:
         """The next message from the node, blocking."""
-        while not self.inbox:
-            self.inbox.extend(self.link.receive())
+        self.shielded += 1
+        try:
+            while not self.inbox:
+                self.inbox.extend(self.link.receive())
+        finally:
+            self.shielded -= 1
+        if self.interrupt_pending:
+            self._interrupt_now()
         return self.inbox.popleft()
+
+    # ---- cancel ----
+    def listen_for_interrupts(self, pipe: int) -> None:
+        """Take cancels from the node's interrupt pipe on a thread of their own."""
+        signal.signal(signal.SIGINT, self._on_interrupt)
+        threading.Thread(target=self._read_interrupts, args=(pipe,), daemon=True,
+                         name="p2pexec-interrupts").start()
+
+    def _read_interrupts(self, pipe: int) -> None:
+        main = threading.main_thread().ident
+        while True:
+            data = os.read(pipe, TASK_ID_SIZE * 256)  # whole ids: each came in one write
+            if not data:
+                return
+            for start in range(0, len(data), TASK_ID_SIZE):
+                task_id = data[start:start + TASK_ID_SIZE]
+                self.cancelled.add(task_id)  # first, then look: see `execute`
+                if self.loop_calls is not None:
+                    self.loop_calls.cancel(task_id)
+                elif task_id in self.interruptible:  # (on the stack: `_request` stops
+                    signal.pthread_kill(main, signal.SIGINT)  # it when its turn comes)
+
+    def _on_interrupt(self, _signum: int, _frame: Any) -> None:
+        """SIGINT: a cancelled task runs on this thread (else it is a Ctrl-C meant for
+        the driver, or a task that already ended: ignored)."""
+        if not self._interrupted():
+            return
+        if self.shielded and not self.link.waiting:
+            self.interrupt_pending = True
+            return
+        raise KeyboardInterrupt
+
+    def _interrupted(self) -> bool:
+        """The innermost task on this stack is cancelled (an outer one is interrupted
+        once the tasks run on top of it have returned: see `_request`)."""
+        interruptible = self.interruptible
+        return bool(interruptible) and interruptible[-1] in self.cancelled
+
+    def _interrupt_now(self) -> None:
+        """Raise the interrupt that waited, once back in task code."""
+        if not self.shielded:
+            self.interrupt_pending = False
+            if self._interrupted():
+                raise KeyboardInterrupt
 
     # ---- serving ----
     def serve(self) -> None:
@@ -96,7 +169,10 @@ class WorkerRuntime:
             self.node_id = message.node_id
             shm.set_spill_dir(message.spill_dir or None)
         elif kind is p.Values or kind is p.Reply:
-            self.replies[message.request_id] = message
+            if self.abandoned and message.request_id in self.abandoned:
+                self.abandoned.discard(message.request_id)
+            else:
+                self.replies[message.request_id] = message
         else:
             raise RemoteProtocolError(f"worker got a {kind.__name__} message, which only "
                                       f"the node accepts")
@@ -107,7 +183,24 @@ class WorkerRuntime:
         ids = (self.runner.actor_work or work).gpu_ids  # an actor's calls: the actor's
         self._show_gpus(",".join(map(str, ids)) if ids else "")
         mappings: list = []
-        payloads, contained = self.runner.run(work, mappings)
+        task_id = work.task_id
+        interruptible = work.kind == TASK
+        if interruptible:
+            self.interruptible.append(task_id)
+        self.shielded -= 1
+        try:  # on the stack first, then look: a cancel the interrupt thread adds after
+            if self.cancelled and task_id in self.cancelled:  # this look interrupts it
+                payloads, contained = self.runner.cancelled(work), []
+            else:
+                payloads, contained = self.runner.run(work, mappings)
+        except KeyboardInterrupt:  # px.cancel
+            payloads, contained = self.runner.cancelled(work), []
+        finally:
+            self.shielded += 1
+            if interruptible:
+                self.interruptible.pop()
+        if self.cancelled:
+            self.cancelled.discard(task_id)
         if outer is not None:  # back to the task on whose stack this one ran
             self._show_gpus(outer)
         self.finish(work, started, payloads, contained, mappings)
@@ -130,7 +223,8 @@ class WorkerRuntime:
         `limit` threads (or as tasks of one event loop, for an async actor), and replies
         go to the requests waiting for them."""
         if is_async_class(type(self.runner.actor)):
-            start = _EventLoopCalls(self, limit).start
+            self.loop_calls = _EventLoopCalls(self, limit)
+            start = self.loop_calls.start
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -212,17 +306,28 @@ class WorkerRuntime:
         request_id = next(self.requests)
         self.send(build(request_id, self._give_back()) if blocking else build(request_id))
         deferred: list[Any] = []
-        while request_id not in self.replies:
-            message = self.receive()
-            if type(message) is p.Execute and not message.nested:
-                if blocking and message.kind == TASK:
-                    self._keep_code(message)
-                    self.send(p.GiveBack([message.task_id]))  # was on its way as we blocked
+        self.shielded += 1  # a nested task run here is task code again (`execute`)
+        try:
+            while request_id not in self.replies:
+                message = self.receive()
+                if type(message) is p.Execute and not message.nested:
+                    if blocking and message.kind == TASK:
+                        self._keep_code(message)
+                        self.send(p.GiveBack([message.task_id]))  # on its way as we blocked
+                    else:
+                        deferred.append(message)
                 else:
-                    deferred.append(message)
-            else:
-                self.handle(message)
-        self.inbox.extendleft(reversed(deferred))
+                    self.handle(message)
+                    if self.cancelled and self._interrupted():  # a nested task returned
+                        raise KeyboardInterrupt  # to its cancelled caller
+        except BaseException:  # interrupted (px.cancel): the reply has nobody to go to
+            self.abandoned.add(request_id)
+            raise
+        finally:
+            self.shielded -= 1
+            self.inbox.extendleft(reversed(deferred))
+        if self.interrupt_pending:
+            self._interrupt_now()
         return self.replies.pop(request_id)
 
     def _give_back(self) -> list[bytes]:
@@ -265,6 +370,9 @@ class WorkerRuntime:
             raise serialization.system_error(reply.error_class, reply.error)
         return reply.value
 
+    def cancel(self, argument: list) -> None:
+        self.call("cancel", argument)
+
     def segment_name(self, object_id: bytes) -> str:
         return shm.segment_name(self.owner_pid, object_id)
 
@@ -279,25 +387,45 @@ class _EventLoopCalls:
         self.runtime = runtime
         self.loop = asyncio.new_event_loop()
         self.slots = asyncio.Semaphore(limit)
-        self.tasks: set[asyncio.Task] = set()
-        """The calls in progress (the loop keeps only weak references to its tasks)."""
+        self.tasks: dict[bytes, asyncio.Task] = {}
+        """The calls in progress by task id (the loop keeps only weak references to its
+        tasks)."""
         threading.Thread(target=self.loop.run_forever, name="p2pexec-actor-loop",
                          daemon=True).start()
 
     def start(self, work: p.Execute) -> None:
         self.loop.call_soon_threadsafe(self._spawn, work)
 
+    def cancel(self, task_id: bytes) -> None:
+        """px.cancel of a call, from any thread: its asyncio task is cancelled (one not
+        spawned yet sees the id in `cancelled` and never starts)."""
+        self.loop.call_soon_threadsafe(self._cancel, task_id)
+
+    def _cancel(self, task_id: bytes) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            task.cancel()
+
     def _spawn(self, work: p.Execute) -> None:
         task = self.loop.create_task(self._run(work))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks[work.task_id] = task
+        task.add_done_callback(lambda _task: self.tasks.pop(work.task_id, None))
 
     async def _run(self, work: p.Execute) -> None:
-        async with self.slots:
-            started = time.perf_counter()
-            mappings: list = []
-            payloads, contained = await self.runtime.runner.run_async(work, mappings)
-            self.runtime.finish(work, started, payloads, contained, mappings)
+        import asyncio
+
+        runtime = self.runtime
+        started = time.perf_counter()
+        mappings: list = []
+        try:
+            if work.task_id in runtime.cancelled:
+                raise asyncio.CancelledError
+            async with self.slots:
+                payloads, contained = await runtime.runner.run_async(work, mappings)
+        except asyncio.CancelledError:
+            payloads, contained = runtime.runner.cancelled(work), []
+        runtime.cancelled.discard(work.task_id)
+        runtime.finish(work, started, payloads, contained, mappings)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -320,11 +448,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    fd, parent_pid = int(argv[0]), int(argv[1])
+    fd, parent_pid, interrupts = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     sock = socket.socket(fileno=fd)
     runtime = WorkerRuntime(sock)
+    runtime.listen_for_interrupts(interrupts)  # SIGINT: only to stop a cancelled task
     context.set_worker_runtime(runtime)
     try:
         runtime.serve()

@@ -9,6 +9,7 @@ from p2pexec.exec import protocol as p
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
+    CancelRequested,
     CodeRegistered,
     GetRequested,
     Put,
@@ -16,13 +17,17 @@ from p2pexec.exec.events import (
     Started,
     Submitted,
     TaskFinished,
+    TasksGranted,
     Tick,
     WorkerDied,
     WorkerReady,
 )
 from p2pexec.exec.instructions import (
+    CancelRemote,
     Completed,
+    Interrupt,
     Recycle,
+    ReturnResult,
     Send,
     StartWorker,
     StopWorker,
@@ -30,7 +35,7 @@ from p2pexec.exec.instructions import (
     Warn,
 )
 from p2pexec.exec.refs import return_id
-from p2pexec.exec.scheduler import DRIVER, Scheduler
+from p2pexec.exec.scheduler import DRIVER, STOLEN, Scheduler
 from p2pexec.exec.serialization import from_payload, system_error_payload
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 
@@ -402,3 +407,104 @@ def test_an_actor_keeps_its_gpu_for_life_and_gives_it_back_when_it_dies(gpu_core
     assert not core.resources.fits({"GPU": 0.5})
     core.handle(ActorKilled(actor))
     assert core.resources.gpus.free == [10_000, 0]
+
+
+# ---- px.cancel: instruction lists for each state a task can be in ----
+def cancelled(n: int) -> list:
+    return system_error_payload(errors.TaskCancelledError(
+        f"task t{n} was cancelled (px.cancel)"))
+
+
+def test_a_task_that_has_not_started_never_runs(core):
+    core.handle(WorkerReady(1), *(Submitted(spec(n), DRIVER) for n in (1, 2, 3)))
+    # 1 runs, 2 is queued behind it, 3 waits: cancelling 3 fails it at once
+    assert core.handle(CancelRequested(tid(3), False, True)) == [Completed((rid(3),))]
+    assert core.objects.payload(rid(3)) == cancelled(3)
+    # the second worker finds nothing to run
+    assert core.handle(WorkerReady(2)) == []
+
+
+def test_a_task_sent_ahead_to_a_busy_worker_is_skipped_there(core):
+    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
+    assert list(core.workers[1].queued) == [tid(2)]
+    assert core.handle(CancelRequested(tid(2), False, True)) == [
+        Completed((rid(2),)), Interrupt(1, tid(2))]
+    # the worker skips it and says so: nothing more is delivered, its CPU comes back
+    assert core.handle(TaskFinished(1, tid(1), [ok()])) == [Completed((rid(1),))]
+    assert core.handle(TaskFinished(1, tid(2), [cancelled(2)])) == []
+    assert tid(2) not in core.tasks and core.available["CPU"] == 2.0
+
+
+def test_a_running_task_is_interrupted_and_its_late_result_dropped(core):
+    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER))
+    assert core.handle(CancelRequested(tid(1), False, True)) == [
+        Completed((rid(1),)), Interrupt(1, tid(1))]
+    assert core.available["CPU"] == 1.0  # still running until its worker says otherwise
+    # it ignored the interrupt and finished: the result stays TaskCancelledError
+    assert core.handle(TaskFinished(1, tid(1), [ok()]), Submitted(spec(2), DRIVER)) == [
+        Send(1, exec_msg(2))]
+    assert core.objects.payload(rid(1)) == cancelled(1)
+
+
+def test_force_kills_the_process_and_the_task_is_not_retried(core):
+    core.handle(WorkerReady(1), Submitted(spec(1, max_retries=5), DRIVER))
+    assert core.handle(CancelRequested(tid(1), True, True)) == [
+        Completed((rid(1),)), Interrupt(1, tid(1)), StopWorker(1)]
+    out = core.handle(WorkerDied(1, "killed"))
+    assert out == [StartWorker(3)]  # a replacement, and no retry of the task
+    assert tid(1) not in core.tasks and core.available["CPU"] == 2.0
+
+
+def test_recursive_cancel_reaches_the_tasks_a_task_submitted(core):
+    core.handle(WorkerReady(1), WorkerReady(2), Submitted(spec(1), DRIVER))
+    core.handle(Submitted(spec(2), 1), Submitted(spec(3), 1))  # from inside task 1
+    # 2 runs on the second worker, 3 waits behind 1 on the first
+    assert core.handle(CancelRequested(tid(1), False, True)) == [
+        Completed((rid(2),)), Interrupt(2, tid(2)), Completed((rid(3),)), Interrupt(1, tid(3)),
+        Completed((rid(1),)), Interrupt(1, tid(1))]
+    # without recursive, only the task itself
+    core.handle(TaskFinished(1, tid(1), [cancelled(1)]), TaskFinished(1, tid(3), []),
+                TaskFinished(2, tid(2), []), Submitted(spec(4), DRIVER))
+    core.handle(Submitted(spec(5), core.tasks[tid(4)].worker))
+    out = core.handle(CancelRequested(tid(4), False, False))
+    assert Completed((rid(4),)) in out and Completed((rid(5),)) not in out
+    assert tid(5) in core.tasks
+
+
+def test_actor_calls_are_left_to_their_actor_and_force_is_refused(core):
+    creation = spec(10, kind=ACTOR_CREATE, cpus=0, actor=tid(10))
+    assert core.handle(Submitted(creation, DRIVER)) == [StartWorker(3, tid(10))]
+    assert core.cancel_refusal(tid(10), False) is not None  # px.kill stops actors
+    core.handle(WorkerReady(3))
+    core.handle(TaskFinished(3, tid(10), [ok()]))
+    call = spec(11, kind=ACTOR_CALL, cpus=0, actor=tid(10))
+    assert [type(i) for i in core.handle(Submitted(call, DRIVER))] == [Send]
+    assert core.cancel_refusal(tid(11), True) is not None
+    # sent to the actor's worker: the worker decides (skipped, or it ran), no result yet
+    assert core.handle(CancelRequested(tid(11), False, True)) == [Interrupt(3, tid(11))]
+    assert core.handle(TaskFinished(3, tid(11), [cancelled(11)])) == [Completed((rid(11),))]
+    assert core.objects.payload(rid(11)) == cancelled(11)
+
+
+def test_a_task_given_to_a_peer_is_cancelled_there_and_failed_here():
+    scheduler = Scheduler(ExecConfig(num_cpus=1), in_cluster=True, node_id=b"A" * 32)
+    scheduler.handle(Submitted(spec(1), DRIVER))
+    task = scheduler.tasks[tid(1)]  # as a steal grant leaves it
+    scheduler._transition(task, STOLEN)
+    scheduler.ready.clear()
+    task.node = b"B" * 32
+    assert scheduler.handle(CancelRequested(tid(1), False, True)) == [
+        CancelRemote(b"B" * 32, tid(1), False, True), Completed((rid(1),))]
+    # a task this node never saw is cancelled at the node that owns its ref
+    assert scheduler.handle(CancelRequested(tid(9), True, False, b"C" * 32)) == [
+        CancelRemote(b"C" * 32, tid(9), True, False)]
+    assert scheduler.handle(CancelRequested(tid(8), True, False, b"A" * 32)) == []
+    scheduler.validate()
+
+
+def test_a_thief_cancels_a_task_it_was_given_and_tells_its_owner():
+    thief = Scheduler(ExecConfig(num_cpus=1), in_cluster=True, node_id=b"B" * 32)
+    thief.handle(TasksGranted(b"A" * 32, [spec(1)], {}, {CODE: b"code"}))
+    assert thief.handle(CancelRequested(tid(1), False, True)) == [
+        ReturnResult(b"A" * 32, tid(1), [rid(1)], [cancelled(1)], None, None)]
+    thief.validate()
