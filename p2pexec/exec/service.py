@@ -804,7 +804,7 @@ class ExecService:
         """Check a px.cancel ([object id, owner, force, recursive]) from any client and
         make its event: Ray's usage errors raise here, at the caller. An embedded
         driver calls it from its own thread: a look-up in the task table, no change."""
-        if not (isinstance(argument, list) and len(argument) == 4
+        if not (isinstance(argument, (list, tuple)) and len(argument) == 4
                 and isinstance(argument[0], bytes) and len(argument[0]) == OBJECT_ID_SIZE
                 and isinstance(argument[1], bytes) and isinstance(argument[2], bool)
                 and isinstance(argument[3], bool)):

@@ -413,3 +413,58 @@ def test_actors_that_hold_a_cpu_go_where_one_is_free_and_keep_their_state(
     met = run_driver(ASYNC_ACTORS, a.data_dir, timeout=120)
     assert [value for _pid, value in met] == [i * i for i in range(10)] * 3
     assert sorted({pid for pid, _ in met}) == sorted(n.proc.pid for n in (a, b, c)), met
+
+
+CANCEL_ACROSS = """
+    import json, os, sys, time
+    import p2pexec as px
+
+    px.init()
+    directory = sys.argv[1]
+
+    @px.remote
+    def linger(i):
+        with open(os.path.join(directory, str(i)), "w") as marker:
+            marker.write(str(os.getppid()))  # the parent of a worker is its node
+        time.sleep(300)
+
+    @px.remote
+    def nap(i):
+        time.sleep(0.2)
+        return i
+
+    def nodes():
+        return {open(os.path.join(directory, name)).read()
+                for name in os.listdir(directory)}
+
+    refs = [linger.remote(i) for i in range(6)]
+    deadline = time.monotonic() + 60
+    while len(nodes()) < 3 and time.monotonic() < deadline:  # running everywhere
+        time.sleep(0.05)
+    started = len(os.listdir(directory))
+    for ref in refs:
+        px.cancel(ref)
+    cancelled = 0
+    for ref in refs:
+        try:
+            px.get(ref, timeout=30)
+        except px.TaskCancelledError:
+            cancelled += 1
+    # every node's CPUs are free again: a second round runs at once, not in 300 s
+    naps = px.get([nap.remote(i) for i in range(12)], timeout=60)
+    print(json.dumps({"nodes": len(nodes()), "cancelled": cancelled, "naps": naps,
+                      "started": started}))
+"""
+
+
+def test_tasks_running_on_other_nodes_are_cancelled_there(launcher: Launcher, tmp_path):
+    """px.cancel of tasks stolen by peers: the owner fails them at once and tells the
+    thieves, whose workers are interrupted, so the whole cluster serves again."""
+    a, b, c = three_nodes(launcher)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    answer = run_driver(CANCEL_ACROSS, a.data_dir, str(markers), timeout=120)
+    started = answer.pop("started")
+    assert answer == {"nodes": 3, "cancelled": 6, "naps": list(range(12))}, answer
+    assert started >= 3, started
+    assert stats(b)["stolen_in"] > 0 and stats(c)["stolen_in"] > 0
