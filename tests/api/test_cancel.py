@@ -157,7 +157,7 @@ def test_a_finished_task_keeps_its_result_and_bad_input_is_refused():
     assert px.get(ref, timeout=30) == 7
     px.cancel(ref)
     assert px.get(ref, timeout=30) == 7
-    with pytest.raises(px.LocalUsageError, match="px.put"):
+    with pytest.raises(px.LocalUsageError, match=r"px\.put"):
         px.cancel(px.put(1))
     with pytest.raises(px.LocalUsageError, match="ObjectRef"):
         px.cancel("not a ref")
