@@ -37,6 +37,7 @@ from p2pexec.errors import (
     ResourcesUnavailableError,
     SerializationError,
     TaskError,
+    TaskUnschedulableError,
     WorkerCrashedError,
 )
 from p2pexec.exec.refs import ObjectRef
@@ -76,6 +77,7 @@ __all__ = [
     "RuntimeContext",
     "SerializationError",
     "TaskError",
+    "TaskUnschedulableError",
     "WorkerCrashedError",
     "actor",
     "available_resources",
