@@ -386,6 +386,13 @@ class Scheduler:
             deadlines.append(-math.inf if self._next_check is None else self._next_check)
         return min(deadlines) if deadlines else None
 
+    @property
+    def membership_settled(self) -> bool:
+        """`infeasible_grace` had passed since the first membership news at the last
+        news: a task no live member fits fails, and so does work bound to a node not
+        heard of."""
+        return self._membership_settled
+
     def actor_alive(self, actor_id: bytes) -> bool:
         """Known here and not dead: what px.kill reports it stopped."""
         return self.actors.alive(actor_id)
