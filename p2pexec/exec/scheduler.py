@@ -1916,9 +1916,9 @@ class Scheduler:
         """The membership changed: work waiting to hear of its node goes there now, or
         fails once the membership has settled without it."""
         for task_id in list(self._unrouted):
-            task = self.tasks[task_id]
-            if task.missing:
-                continue  # routed when its arguments arrive
+            task = self.tasks.get(task_id)
+            if task_id not in self._unrouted or task.missing:
+                continue  # failed meanwhile (an argument did), or routed when they arrive
             del self._unrouted[task_id]
             if task.spec.kind == TASK:
                 self._arguments_ready(task)

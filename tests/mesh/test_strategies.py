@@ -255,3 +255,15 @@ def test_the_spec_refuses_a_strategy_it_does_not_know():
         except ValueError:
             continue
         raise AssertionError(fields)
+
+
+def test_work_waiting_for_an_unknown_node_fails_together_when_the_membership_settles():
+    """The actor's constructor argument comes from a task bound to the same unknown
+    node: when the membership settles the task fails, and the actor with its error."""
+    owner = node()
+    owner.handle(Submitted(affine(1, GONE), DRIVER))
+    create = dataclasses.replace(creation(9, GONE), deps=(rid(1),), contained=(rid(1),))
+    owner.handle(Submitted(create, DRIVER))
+    owner.handle(PeersResources((CPU2, CPU2), now=10.5))
+    assert failure(owner, 1)[0] == failure(owner, 9)[0] == "TaskUnschedulableError"
+    assert not owner.tasks and not owner.actors.alive(tid(9))
