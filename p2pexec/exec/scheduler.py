@@ -1048,7 +1048,6 @@ class Scheduler:
                 self.placement.choose(demand, total, max(0.0, total - free.get(CPU, 0.0)),
                                       self.queue_length()))
             if peer is not None:  # less loaded than here with it: pushed there
-                self.placement.placed(peer, demand.get(CPU, 0.0))
                 self._push(task, peer)
                 return
         self._place_actor_here(task)
@@ -1352,7 +1351,10 @@ class Scheduler:
 
     def _push(self, task: TaskState, node: bytes) -> None:
         """Work this node places on `node` unasked: an actor, or work its scheduling
-        strategy sends there. It leaves with the batch's other pushes to that node."""
+        strategy sends there. It leaves with the batch's other pushes to that node; an
+        actor counts as that node's load until its next gossiped sample."""
+        if task.spec.kind == ACTOR_CREATE:
+            self.placement.placed(node, _placement_demand(task.spec).get(CPU, 0.0))
         self._give(task, node)
         self._pushes.setdefault(node, []).append(task)
 
@@ -1890,8 +1892,6 @@ class Scheduler:
                 self._unschedulable(task, "its arguments are larger than a grant carries "
                                           "(pass large values as px.put refs)")
             return True
-        if spec.kind == ACTOR_CREATE:
-            self.placement.placed(node, _placement_demand(spec).get(CPU, 0.0))
         self._push(task, node)
         return True
 
