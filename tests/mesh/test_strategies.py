@@ -267,3 +267,17 @@ def test_work_waiting_for_an_unknown_node_fails_together_when_the_membership_set
     owner.handle(PeersResources((CPU2, CPU2), now=10.5))
     assert failure(owner, 1)[0] == failure(owner, 9)[0] == "TaskUnschedulableError"
     assert not owner.tasks and not owner.actors.alive(tid(9))
+
+
+def test_default_placement_never_pushes_a_creation_whose_arguments_a_grant_cannot_carry():
+    """(Before: pushed anyway; the peer refused the shared-memory arguments by dropping
+    the connection, or fetched a constructor argument that did not exist yet.)"""
+    owner = node(workers_ready=True)
+    owner.handle(Submitted(spec(1), DRIVER))  # a CPU taken here: the peers look better
+    plain = dataclasses.replace(spec(8), kind=ACTOR_CREATE, actor_id=tid(8))
+    assert grants(owner.handle(Submitted(plain, DRIVER)))  # placed on a peer, as before
+    for n, fields in ((9, {"args": shared("p2px-1-args")}),
+                      (10, {"deps": (rid(1),), "contained": (rid(1),)})):
+        create = dataclasses.replace(spec(n), kind=ACTOR_CREATE, actor_id=tid(n), **fields)
+        assert not grants(owner.handle(Submitted(create, DRIVER)))
+        assert owner.tasks[tid(n)].state.value == "waiting"  # here (or parked), not sent
