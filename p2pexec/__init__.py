@@ -39,6 +39,7 @@ from p2pexec.errors import (
     SerializationError,
     TaskCancelledError,
     TaskError,
+    TaskUnschedulableError,
     WorkerCrashedError,
 )
 from p2pexec.exec.refs import ObjectRef
@@ -79,6 +80,7 @@ __all__ = [
     "SerializationError",
     "TaskCancelledError",
     "TaskError",
+    "TaskUnschedulableError",
     "WorkerCrashedError",
     "actor",
     "available_resources",

@@ -29,6 +29,7 @@ from p2pexec.exec.resources import CPU, GPU
 from p2pexec.exec.runner import is_async_class
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.ids import NodeId
+from p2pexec.scheduling import spec_fields
 
 _runtime_lock = threading.Lock()
 
@@ -38,9 +39,10 @@ PUT_INDEX = return_id(b"", 0)
 _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "num_returns",
-                "retry_exceptions", "name"}
+                "retry_exceptions", "name", "scheduling_strategy"}
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
-                 "name", "lifetime", "get_if_exists", "max_concurrency"}
+                 "name", "lifetime", "get_if_exists", "max_concurrency",
+                 "scheduling_strategy"}
 
 ASYNC_ACTOR_CONCURRENCY = 1000
 """Calls an async actor runs at once unless told otherwise (Ray's default)."""
@@ -268,6 +270,7 @@ class RemoteFunction:
                                   options.get("resources"))
         self._max_retries = int(options.get("max_retries", 3))
         self._retry_exceptions = bool(options.get("retry_exceptions", False))
+        self._strategy = spec_fields(options.get("scheduling_strategy"))
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
 
@@ -284,7 +287,8 @@ class RemoteFunction:
         runtime = _rt()
         code_hash = self._shipped.register(runtime)
         return _submit(runtime, self._name, self._num_returns, args, kwargs, TASK, code_hash,
-                       None, self._resources, self._max_retries, self._retry_exceptions, None)
+                       None, self._resources, self._max_retries, self._retry_exceptions, None,
+                       self._strategy)
 
 
 # ---- actors ----
@@ -301,6 +305,7 @@ class ActorClass:
                                   options.get("resources"))
         self._methods = _methods_of(cls)
         self._concurrency = _max_concurrency(cls, options.get("max_concurrency"))
+        self._strategy = spec_fields(options.get("scheduling_strategy"))
         self.__doc__ = cls.__doc__
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -338,7 +343,7 @@ class ActorClass:
             tuple(contained), (created.id,), f"{class_name}.__init__",
             self._resources, task_retries,
             False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
-            lifetime == "detached", self._concurrency))
+            lifetime == "detached", self._concurrency, **self._strategy))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
 
 
@@ -461,8 +466,10 @@ class ActorMethod:
 
 def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict, kind: int,
             code_hash: bytes | None, method: str | None, resources: dict[str, float],
-            max_retries: int, retry_exceptions: bool, actor_id: bytes | None) -> Any:
-    """Serialise the arguments, make the result refs, hand the spec to the runtime."""
+            max_retries: int, retry_exceptions: bool, actor_id: bytes | None,
+            strategy: dict[str, Any] | None = None) -> Any:
+    """Serialise the arguments, make the result refs, hand the spec to the runtime;
+    `strategy`: the spec's scheduling strategy fields (`scheduling.spec_fields`)."""
     task_id = runtime.ids.task_id()
     args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args, kwargs)
     return_ids = tuple(return_id(task_id, i) for i in range(1, num_returns + 1))
@@ -473,7 +480,7 @@ def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict
         pins = (*pins, return_id(actor_id, 1))
     runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
-                            actor_id))
+                            actor_id, **(strategy or {})))
     return refs[0] if num_returns == 1 else refs
 
 

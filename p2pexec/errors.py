@@ -63,6 +63,12 @@ class ResourcesUnavailableError(P2PExecError):
     """No live member of the cluster could ever give a task the resources it asks for."""
 
 
+class TaskUnschedulableError(P2PExecError):
+    """A task's hard node affinity cannot be honoured: its node is not a live member (or
+    died or left while it held the task), lacks the resources it asks for, or cannot be
+    sent its arguments. It never runs elsewhere (Ray's error of the same name)."""
+
+
 class ActorDiedError(P2PExecError):
     """The actor's process died or the actor was killed; its pending calls fail with this."""
 

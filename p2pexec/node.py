@@ -48,6 +48,10 @@ from p2pexec.net.transport import Transport
 
 log = logging.getLogger("p2pexec.cluster")
 
+SETTLE_POLL = 1.0
+"""Seconds between two looks at whether the membership has settled: work that waits for
+it is decided at most this late (against a 10 s grace)."""
+
 
 class Node:
     """The same peer runs embedded in a driver, under `p2pexec join`, and in simulations."""
@@ -209,11 +213,14 @@ class Node:
         return {"members": members}
 
     async def _settle_membership(self) -> None:
-        """Tell the scheduler the peers' totals once the grace for unsatisfiable tasks
-        has passed, even if the membership has not changed since."""
-        await trio.sleep(self.config.exec.infeasible_grace + 0.1)
-        totals = tuple(dict(peer.resources) for peer in self._peer_loads())
-        self.exec.stimulus(PeersResources(totals, trio.current_time()))
+        """Tell the scheduler the peers' totals every `SETTLE_POLL` seconds until it
+        counts the membership as settled (`infeasible_grace` after it first heard of
+        its peers), even if the membership has not changed since: tasks no member fits,
+        and work bound to a node never heard of, fail then."""
+        while not self.exec.core.membership_settled:
+            await trio.sleep(SETTLE_POLL)
+            totals = tuple(dict(peer.resources) for peer in self._peer_loads())
+            self.exec.stimulus(PeersResources(totals, trio.current_time()))
 
     def info(self) -> dict[str, Any]:
         """This node as `px.nodes()` and `p2pexec status` show it, plus what only the local

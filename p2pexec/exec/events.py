@@ -177,8 +177,8 @@ class TasksGranted:
     values: dict[bytes, list]
     code: dict[bytes, bytes]
     placed: bool = False
-    """Actor creations the owner placed here unasked (least loaded): handed back if
-    they no longer fit."""
+    """Work the owner placed here unasked (actors, least loaded; work its scheduling
+    strategy sends here): an actor is handed back if it no longer fits."""
 
 
 @dataclass(frozen=True, slots=True)

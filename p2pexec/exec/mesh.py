@@ -112,7 +112,8 @@ class StealRequest:
 class StealGrant:
     """The victim's answer: tasks it gives, the small argument values and code they
     need, the thief's workers' import path additions, and its queue length after. With
-    `request_id` `PLACEMENT` nobody asked: actor creations their owner placed here."""
+    `request_id` `PLACEMENT` nobody asked: work its owner placed here (actor creations,
+    and work whose scheduling strategy names this node)."""
 
     request_id: int
     tasks: list[TaskSpec]
@@ -497,8 +498,8 @@ class Mesh:
         return True
 
     def _take_grant(self, node: NodeId, msg: StealGrant) -> None:
-        if msg.request_id == PLACEMENT:  # actors its owner chose this node for
-            _check_tasks(msg.tasks, msg.values, ACTOR_CREATE)
+        if msg.request_id == PLACEMENT:  # work its owner chose this node for
+            _check_tasks(msg.tasks, msg.values, TASK, ACTOR_CREATE)
             self.service.learn_paths(msg.paths)
             self.service.stimulus(TasksGranted(node.raw, msg.tasks, msg.values, msg.code,
                                                placed=True))

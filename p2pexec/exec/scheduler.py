@@ -22,6 +22,8 @@ Rules it keeps:
   model of `exec.stealing` decides which); their results come back to this node, and
   when the peer dies they run again here (`max_retries`). Tasks stolen from a peer run
   here like any other, and their results go back to that peer.
+- Work with a scheduling strategy (SPREAD, node affinity) is never stolen: once its
+  arguments are here, this node pushes it where the strategy says or keeps it (`_route`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,15 @@ from p2pexec.exec.refs import task_of
 from p2pexec.exec.resources import CPU, GPU, Resources, covers, gpu_ids
 from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
 from p2pexec.exec.stealing import PLACEMENT, Placement, batch_size, worth_moving
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import (
+    ACTOR_CALL,
+    ACTOR_CREATE,
+    DEFAULT,
+    NODE_AFFINITY,
+    SPREAD,
+    TASK,
+    TaskSpec,
+)
 
 DRIVER = 0
 """Holder id of the driver embedded in the node's own process."""
@@ -186,6 +196,9 @@ class TaskState:
     cancelled: bool = False
     """px.cancel settled its results while it was on a worker here: whatever that worker
     still reports of it is dropped, and it never runs again."""
+    pinned: bool = False
+    """Its scheduling strategy keeps it on this node (SPREAD's turn came here, or node
+    affinity names this node): no thief takes it, and it is not counted as load."""
 
 
 @dataclass(slots=True)
@@ -251,6 +264,11 @@ class Scheduler:
         self._warned_infeasible: set[bytes] = set()
         self._owned_ready = 0
         """Tasks this node owns in the READY state: what peers may steal."""
+        self._unrouted: dict[bytes, None] = {}
+        """Work with hard node affinity not sent yet: its node has not been heard of
+        while the membership fills in, or (an actor) its arguments are not all here."""
+        self._pushes: dict[bytes, list[TaskState]] = {}
+        """Per peer, the work this batch pushed there unasked (one grant each, at the end)."""
         self.parked: dict[bytes, None] = {}
         """Tasks no resources here could ever fit, and actor creations whose resources
         are held here now, oldest first: a peer may take them."""
@@ -343,6 +361,8 @@ class Scheduler:
         if self._dirty:
             self._dirty = False
             self._schedule()
+        if self._pushes:
+            self._send_pushes()
         if self.objects.memory_bytes > self.store_cap:
             for object_id, segment in self.objects.spill_candidates(self.store_cap):
                 self._out.append(Spill(object_id, segment))
@@ -375,6 +395,13 @@ class Scheduler:
         if self._at_peers:
             deadlines.append(-math.inf if self._next_check is None else self._next_check)
         return min(deadlines) if deadlines else None
+
+    @property
+    def membership_settled(self) -> bool:
+        """`infeasible_grace` had passed since the first membership news at the last
+        news: a task no live member fits fails, and so does work bound to a node not
+        heard of."""
+        return self._membership_settled
 
     def actor_alive(self, actor_id: bytes) -> bool:
         """Known here and not dead: what px.kill reports it stopped."""
@@ -430,7 +457,7 @@ class Scheduler:
     def _transition(self, task: TaskState, to: TaskStatus) -> None:
         """The one place a task changes state."""
         assert (task.state, to) in ALLOWED, f"{task.spec.name}: {task.state} -> {to}"
-        if task.owner is None:
+        if task.owner is None and not task.pinned:
             if to is READY:
                 self._owned_ready += 1
             elif task.state is READY:
@@ -546,7 +573,7 @@ class Scheduler:
         spec = task.spec
         self.objects.pin_all(spec.contained)
         self.tasks[spec.task_id] = task
-        for dep in spec.deps:
+        for dep in self._awaited_args(spec):
             if self.objects.when_ready(dep, lambda _oid, t=task: self._dep_arrived(t)):
                 task.missing += 1
             elif not self.objects.known(dep):
@@ -557,7 +584,7 @@ class Scheduler:
             return
         if spec.kind == TASK:
             if task.missing == 0:
-                self._make_ready(task)
+                self._arguments_ready(task)
         elif spec.kind == ACTOR_CREATE:
             self._create_actor(task)
         else:
@@ -573,7 +600,10 @@ class Scheduler:
                 self._pump_actor(self.actors.get(task.spec.actor_id), task.spec.actor_id)
             return
         if kind == TASK:
-            self._make_ready(task)
+            self._arguments_ready(task)
+        elif task.spec.task_id in self._unrouted:  # an actor bound to a peer: sent now
+            del self._unrouted[task.spec.task_id]
+            self._create_actor(task)
         elif kind == ACTOR_CREATE:
             self._try_create_actor(self.actors.get(task.spec.actor_id))
         else:
@@ -846,6 +876,7 @@ class Scheduler:
         del self.tasks[task_id]
         self.parked.pop(task_id, None)
         self._busy_actors.pop(task_id, None)
+        self._unrouted.pop(task_id, None)
         if self._children:
             self._children.pop(task_id, None)
 
@@ -1038,6 +1069,9 @@ class Scheduler:
             self._fail(task, errors.LocalUsageError(reason))
             self._dead_on_arrival(spec, reason)
             return
+        if (task.owner is None and spec.strategy != DEFAULT and not task.handed_back
+                and self._route(task)):
+            return
         if self.in_cluster and task.owner is None and not self.resources.feasible(
                 spec.resources):  # a peer that has what it needs may take it
             self.parked[spec.task_id] = None
@@ -1053,11 +1087,11 @@ class Scheduler:
                 self._busy_actors[spec.task_id] = None
                 return
             total = self.total.get(CPU, 0.0)
-            peer = None if task.handed_back else self.placement.choose(
-                demand, total, max(0.0, total - free.get(CPU, 0.0)), self.queue_length())
+            peer = None if task.handed_back or not self._pushable(spec) else (
+                self.placement.choose(demand, total, max(0.0, total - free.get(CPU, 0.0)),
+                                      self.queue_length()))
             if peer is not None:  # less loaded than here with it: pushed there
-                self.placement.placed(peer, demand.get(CPU, 0.0))
-                self._grant(peer, PLACEMENT, [task])
+                self._push(task, peer)
                 return
         self._place_actor_here(task)
 
@@ -1409,23 +1443,46 @@ class Scheduler:
                 if task.spec.kind == ACTOR_CREATE:
                     for name, amount in task.spec.resources.items():
                         free[name] = free.get(name, 0.0) - amount
+        for task in given:
+            self._give(task, thief)
         self._grant(thief, event.request_id, given)
 
+    def _push(self, task: TaskState, node: bytes) -> None:
+        """Work this node places on `node` unasked: an actor, or work its scheduling
+        strategy sends there. It leaves with the batch's other pushes to that node; an
+        actor counts as that node's load until its next gossiped sample."""
+        if task.spec.kind == ACTOR_CREATE:
+            self.placement.placed(node, _placement_demand(task.spec).get(CPU, 0.0))
+        self._give(task, node)
+        self._pushes.setdefault(node, []).append(task)
+
+    def _send_pushes(self) -> None:
+        """One grant (`PLACEMENT`) per peer for what this batch pushed there, less what
+        came back within the batch (the peer died, say)."""
+        for node, pushed in self._pushes.items():
+            given = [task for task in pushed if task.state is STOLEN and task.node == node]
+            if given:
+                self._grant(node, PLACEMENT, given)
+        self._pushes.clear()
+
+    def _give(self, task: TaskState, node: bytes) -> None:
+        """The task is `node`'s to run now."""
+        self._transition(task, STOLEN)
+        task.node = node
+        self.counts["stolen_out"] += 1
+
     def _grant(self, thief: bytes, request_id: int, given: list[TaskState]) -> None:
-        """`given` go to `thief` (for steal request `request_id`, or `PLACEMENT`: actors
-        placed there unasked), with the small values and the code it lacks."""
+        """The grant that carries `given` to `thief` (for steal request `request_id`, or
+        `PLACEMENT`: pushed there unasked), with the small values and the code it lacks."""
         values: dict[bytes, list] = {}
         code: dict[bytes, bytes] = {}
         sent = self._code_sent.setdefault(thief, set())
         for task in given:
-            self._transition(task, STOLEN)
-            task.node = thief
             spec = task.spec
             if spec.callable_hash is not None and spec.callable_hash not in sent:
                 sent.add(spec.callable_hash)
                 code[spec.callable_hash] = self.pool.code[spec.callable_hash]
             self._inline_values(spec, values)
-        self.counts["stolen_out"] += len(given)
         self._out.append(Grant(thief, request_id, tuple(task.spec for task in given),
                                values, code, self.queue_length()))
 
@@ -1440,17 +1497,22 @@ class Scheduler:
 
     def _stealable(self, task: TaskState, fits_thief: dict[str, float],
                    free: dict[str, float]) -> bool:
-        """Plain tasks this node owns, with inline arguments whose values are all here,
-        that the thief has the resources for (a task may queue there; an actor, which
-        holds what it needs for its life, must find it free)."""
+        """Plain tasks this node owns and no strategy keeps here, with arguments a grant
+        can carry, that the thief has the resources for (a task may queue there; an
+        actor, which holds what it needs for its life, must find it free)."""
         spec = task.spec
         if spec.kind == TASK:
             fits = covers(fits_thief, spec.resources)
         else:
             fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
                     and covers(free, _placement_demand(spec)))
-        return (fits and task.owner is None and payload_segment(spec.args) is None
-                and all(self.objects.is_ready(oid) for oid in spec.contained))
+        return fits and task.owner is None and not task.pinned and self._pushable(spec)
+
+    def _pushable(self, spec: TaskSpec) -> bool:
+        """A grant can carry it: its arguments are inline, and every value they name is
+        here (a peer's segment names mean nothing there)."""
+        return payload_segment(spec.args) is None and all(
+            self.objects.is_ready(oid) for oid in spec.contained)
 
     def _input_bytes(self, spec: TaskSpec) -> int:
         """Bytes a thief would have to fetch before running it: its large arguments."""
@@ -1472,8 +1534,11 @@ class Scheduler:
         for spec in event.specs:
             if spec.task_id in self.tasks:
                 continue  # the same task granted twice: it runs once here
-            if event.placed and (self.draining or not self._actor_fits_now(
-                    _placement_demand(spec))):  # taken since its owner heard: back
+            if event.placed and (self.draining or (
+                    spec.kind == ACTOR_CREATE and spec.affinity is None
+                    and not self._actor_fits_now(_placement_demand(spec)))):
+                # taken since its owner heard: back (an actor bound to this node waits
+                # here for its resources, as in Ray)
                 self._out.append(HandBack(owner, (spec.task_id,)))
                 continue
             created = []
@@ -1707,6 +1772,8 @@ class Scheduler:
 
     def _on_peer_loads(self, event: PeerLoads) -> None:
         self.placement.update(event.peers)
+        if self._unrouted:
+            self._reroute()
 
     def _on_peers_resources(self, event: PeersResources) -> None:
         self._peer_totals = event.totals
@@ -1718,6 +1785,8 @@ class Scheduler:
             task = self.tasks.get(task_id)
             if task is not None and task.state is WAITING:
                 self._fail_if_unsatisfiable(task)
+        if self._unrouted:
+            self._reroute()
 
     def _fail_if_unsatisfiable(self, task: TaskState) -> None:
         """A parked task fails once the membership has settled and no live member (this
@@ -1756,7 +1825,10 @@ class Scheduler:
                         f"the call (it declared this node failed, or restarted)"))
                     continue
                 self.counts["stolen_out"] -= 1
-                if task.spec.kind == ACTOR_CREATE:  # here after all, or to any peer
+                if _hard_affinity(task.spec):
+                    self._unschedulable(task, f"node {event.node.hex()} gave it back (it is "
+                                              f"leaving the cluster, or lost it)")
+                elif task.spec.kind == ACTOR_CREATE:  # here after all, or to any peer
                     task.handed_back = True
                     self._transition(task, WAITING)
                     self._create_actor(task)
@@ -1810,6 +1882,7 @@ class Scheduler:
         attempt); tasks it gave this node that have not started are dropped, running ones
         finish with nowhere to send their result; what it held here is let go."""
         node = event.node
+        self.placement.forget(node)
         self._code_sent.pop(node, None)
         holder = self._peer_holders.pop(node, None)
         if holder is not None:
@@ -1823,7 +1896,8 @@ class Scheduler:
             remote.node = None
             remote.attempts += 1
             restarts = remote.creation.max_restarts if remote.creation is not None else 0
-            if restarts < 0 or remote.attempts <= restarts:  # placed again, fresh state
+            if ((restarts < 0 or remote.attempts <= restarts)
+                    and not _hard_affinity(remote.creation)):  # placed again, fresh state
                 self._out.append(Warn(f"the node of actor {remote.creation.name} died; "
                                       f"restarting it (restart {remote.attempts})"))
                 self._admit(TaskState(remote.creation, attempts=remote.attempts))
@@ -1836,6 +1910,10 @@ class Scheduler:
                     f"the node of the actor running {task.spec.name} died"))
             elif task.state is STOLEN and task.node == node and task.spec.kind == ACTOR_CREATE:
                 self._actor_node_died(task)
+            elif task.state is STOLEN and task.node == node and _hard_affinity(task.spec):
+                task.node = None
+                self._unschedulable(task, f"node {node.hex()} {'left' if event.left else 'died'}"
+                                          f" while it held the task")
             elif task.state is STOLEN and task.node == node:
                 task.node = None
                 if not event.left:
@@ -1859,6 +1937,108 @@ class Scheduler:
                                      "the node that owns it died")
         self._dirty = True  # (a result being fetched from it fails, and its task reruns)
 
+    # ---- scheduling strategies: work its owner sends where it says ----
+    def _arguments_ready(self, task: TaskState) -> None:
+        """A task's arguments are here: it queues to run here, unless its scheduling
+        strategy sends it elsewhere (or keeps it waiting for its node)."""
+        if task.owner is not None or task.spec.strategy == DEFAULT or not self._route(task):
+            self._make_ready(task)
+
+    def _awaited_args(self, spec: TaskSpec) -> tuple[bytes, ...]:
+        """The objects that must have values before it may start: its top-level refs;
+        work bound to another node waits for the refs inside its arguments too, since
+        a grant carries only the values its owner has."""
+        if spec.strategy and _hard_affinity(spec) and spec.affinity != self.node_id:
+            return spec.contained
+        return spec.deps
+
+    def _route(self, task: TaskState) -> bool:
+        """Send work with a scheduling strategy where it says: pushed to a peer (a grant
+        nobody asked for, as actors are placed), or kept here for good (`pinned`). False
+        when the DEFAULT rules apply after all: SPREAD alone or with no node that fits,
+        soft affinity to a node that is not live or too small, or arguments a grant
+        cannot carry. Hard affinity that cannot be honoured fails the work, or keeps it
+        waiting for its node to be heard of or for its arguments."""
+        spec = task.spec
+        if spec.strategy == SPREAD:
+            demand = spec.resources if spec.kind == TASK else _placement_demand(spec)
+            node = self.placement.spread(self.node_id, self.total, demand) \
+                if self.in_cluster else None
+            if node is None:
+                return False
+        else:
+            node = spec.affinity
+            totals = self.total if node == self.node_id else self.placement.totals(node)
+            if totals is None or not covers(totals, spec.resources):
+                if spec.soft:
+                    return False
+                self._affinity_unmet(task, totals)
+                return True
+        if node == self.node_id:
+            if spec.kind == TASK:
+                task.pinned = True
+                self._make_ready(task)
+            else:
+                self._place_actor_here(task)
+            return True
+        if not self._pushable(spec):
+            if not _hard_affinity(spec):
+                return False
+            if task.missing:  # an actor's creation: sent once its arguments are here
+                self._unrouted[spec.task_id] = None
+            else:
+                self._unschedulable(task, "its arguments are larger than a grant carries "
+                                          "(pass large values as px.put refs)")
+            return True
+        self._push(task, node)
+        return True
+
+    def _affinity_unmet(self, task: TaskState, totals: dict[str, float] | None) -> None:
+        """Hard affinity to a node that cannot have the work: it fails, unless that node
+        has not been heard of while the membership fills in (`infeasible_grace`, as for a
+        task no member fits); then it waits to hear of it (`_reroute`)."""
+        node = task.spec.affinity
+        if totals is not None:
+            reason = f"node {node.hex()} has {totals}, not the {task.spec.resources} it needs"
+        elif self.in_cluster and not (self._membership_settled
+                                      or self.placement.was_live(node)):
+            self._unrouted[task.spec.task_id] = None
+            return
+        else:
+            reason = (f"node {node.hex()} is not a live member of the cluster"
+                      if self.in_cluster else
+                      f"node {node.hex()} is not this node, and this node is in no cluster")
+        self._unschedulable(task, reason)
+
+    def _reroute(self) -> None:
+        """The membership changed: work waiting to hear of its node goes there now, or
+        fails once the membership has settled without it."""
+        for task_id in list(self._unrouted):
+            task = self.tasks.get(task_id)
+            if task_id not in self._unrouted or task.missing:
+                continue  # failed meanwhile (an argument did), or routed when they arrive
+            del self._unrouted[task_id]
+            if task.spec.kind == TASK:
+                self._arguments_ready(task)
+            else:
+                self._create_actor(task)
+
+    def _unschedulable(self, task: TaskState, reason: str) -> None:
+        """Hard node affinity that cannot be honoured: the work fails, and never runs
+        elsewhere (an actor is dead, and the calls waiting for it fail)."""
+        spec = task.spec
+        why = f"{reason} (hard node affinity, soft=False: it runs nowhere else)"
+        if spec.kind == TASK:
+            self._fail(task, errors.TaskUnschedulableError(
+                f"task {spec.name} cannot be scheduled: {why}"))
+            return
+        why = f"it cannot be scheduled: {why}"
+        self._fail(task, errors.ActorDiedError(f"actor {spec.name}: {why}"))
+        self._dead_on_arrival(spec, why)
+        remote = self.remote_actors.pop(spec.actor_id, None)
+        if remote is not None:
+            self._fail_calls(remote.calls, f"the actor is dead ({why})")
+
     # ---- invariants ----
     def validate(self) -> None:
         """Check what must hold between any two batches; tests call it after every event.
@@ -1877,6 +2057,10 @@ class Scheduler:
             assert self.objects.known(object_id), f"kept result {object_id.hex()} was freed"
         for task_id in self._busy_actors:
             assert task_id in self.parked, "an actor offered to peers is not parked"
+        for task_id in self._unrouted:
+            task = self.tasks.get(task_id)
+            assert task is not None and task.state is WAITING and task.owner is None, (
+                f"unrouted task {task_id.hex()} is {task and task.state}")
         self.actors.validate()
         places: dict[bytes, list[str]] = {}
         for worker in self.workers.values():
@@ -1893,7 +2077,8 @@ class Scheduler:
             for task_id in remote.calls:
                 places.setdefault(task_id, []).append("actor calls")
         ready = set(self.ready)
-        owned_ready = sum(1 for t in self.tasks.values() if t.state is READY and t.owner is None)
+        owned_ready = sum(1 for t in self.tasks.values()
+                          if t.state is READY and t.owner is None and not t.pinned)
         assert self._owned_ready == owned_ready, (self._owned_ready, owned_ready)
         at_peers = sum(1 for t in self.tasks.values() if t.state is STOLEN)
         assert self._at_peers == at_peers, (self._at_peers, at_peers)
@@ -1924,7 +2109,8 @@ class Scheduler:
             assert self.objects.known(object_id), f"{name}: argument {object_id.hex()} freed"
         # an actor's restart makes its creation result pending again, under tasks that
         # already had it: more may be pending than a task waits for, never fewer
-        pending = sum(1 for dep in spec.deps if self._pending(dep)) + awaits_code
+        pending = sum(1 for dep in self._awaited_args(spec) if self._pending(dep)) \
+            + awaits_code
         assert task.missing <= pending, f"{name}: waits for {task.missing}, pending {pending}"
         assert state is WAITING or not task.missing, f"{name} waits for {task.missing}"
         if state is RUNNING:
@@ -1940,7 +2126,7 @@ class Scheduler:
             assert places == ["actor calls"], f"{name} is on {places}"
         else:
             assert not places, f"{name} is on {places}"
-            assert (task.missing or spec.kind == ACTOR_CREATE
+            assert (task.missing or spec.kind == ACTOR_CREATE or task_id in self._unrouted
                     or not self.resources.feasible(spec.resources)), (
                 f"{name} waits for nothing")
 
@@ -1949,6 +2135,11 @@ class Scheduler:
         for worker_id in list(self.workers):
             self._out.append(StopWorker(worker_id))
         self.objects.clear()
+
+
+def _hard_affinity(spec: TaskSpec | None) -> bool:
+    """Node affinity with soft=False: the work runs on that node or nowhere."""
+    return spec is not None and spec.strategy == NODE_AFFINITY and not spec.soft
 
 
 def _retry_call(task: TaskState) -> bool:

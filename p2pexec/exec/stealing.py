@@ -13,7 +13,9 @@ rule. Time and randomness are passed in.
 
 Actors are the exception to pulling: an actor holds its node for its whole life, so its
 owner places it at creation, on the least loaded node that fits (`Placement`), and pushes
-it there; a node that finds it no longer fits hands it back.
+it there; a node that finds it no longer fits hands it back. Work with a scheduling
+strategy is pushed the same way, to the node its strategy names (`Placement.spread`
+takes the live nodes in turn for SPREAD).
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ class Placement:
         self._peers: dict[bytes, PeerLoad] = {}
         self._placed: dict[bytes, float] = {}
         """Per peer: CPUs of the actors pushed to it since its last load sample."""
+        self._seen: set[bytes] = set()
+        """Every peer ever live: one missing from `_peers` now has died or left."""
+        self._turns = 0
+        """SPREAD placements made so far: where the round robin stands."""
 
     def update(self, peers: Iterable[PeerLoad]) -> None:
         """The live peers' loads as gossip has them now."""
@@ -168,9 +174,40 @@ class Placement:
             if new is None or old is None or new.version != old.version:
                 del self._placed[node]  # a newer sample counts them already
         self._peers = dict(sorted(fresh.items()))  # ties go to the smallest id
+        self._seen.update(fresh)
+
+    def forget(self, node: bytes) -> None:
+        """A peer died or left: nothing goes there before gossip shows it live again."""
+        self._peers.pop(node, None)
+        self._placed.pop(node, None)
 
     def placed(self, node: bytes, cpus: float) -> None:
         self._placed[node] = self._placed.get(node, 0.0) + cpus
+
+    def totals(self, node: bytes) -> dict[str, float] | None:
+        """A live peer's resources (None: not a live member now)."""
+        peer = self._peers.get(node)
+        return None if peer is None else peer.resources
+
+    def was_live(self, node: bytes) -> bool:
+        """The peer has been a live member (so one not live now died or left, rather
+        than not being heard of yet)."""
+        return node in self._seen
+
+    def spread(self, me: bytes, mine: dict[str, float], demand: dict[str, float]
+               ) -> bytes | None:
+        """SPREAD: the next node in turn (by id) among this one (`me`, offering `mine`)
+        and the live peers whose totals cover `demand`, starting with this one; None
+        when none does. Ray's SPREAD skips nodes busy now; gossiped loads lag and do not
+        count the work pushed to a peer, so the turn ignores them."""
+        nodes = sorted([node for node, peer in self._peers.items()
+                        if covers(peer.resources, demand)]
+                       + ([me] if covers(mine, demand) else []))
+        if not nodes:
+            return None
+        start = nodes.index(me) if me in nodes else 0
+        self._turns += 1
+        return nodes[(start + self._turns - 1) % len(nodes)]
 
     def choose(self, demand: dict[str, float], cpus: float, in_use: float,
                queued: int) -> bytes | None:

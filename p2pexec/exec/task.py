@@ -9,6 +9,10 @@ from p2pexec.net.codec import message
 
 TASK, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2
 
+DEFAULT, SPREAD, NODE_AFFINITY = 0, 1, 2
+"""Scheduling strategies (`TaskSpec.strategy`): where thieves take it; round robin over the
+live nodes, sent there by its owner; one node (`TaskSpec.affinity`)."""
+
 
 @message(110)
 @dataclass(frozen=True, slots=True)
@@ -42,3 +46,17 @@ class TaskSpec:
     max_concurrency: int = 1
     """An actor's creation: how many of its calls may run at once (on a thread pool, or
     on one event loop for an async actor); 1 runs them one at a time, in order."""
+    strategy: int = DEFAULT
+    """Where it may run (Ray's `scheduling_strategy`): DEFAULT, SPREAD or NODE_AFFINITY.
+    Only DEFAULT work is stolen; the owner sends the rest where its strategy says."""
+    affinity: bytes | None = None
+    """NODE_AFFINITY's node (raw id)."""
+    soft: bool = False
+    """NODE_AFFINITY only: when that node is not a live member or lacks the resources,
+    run anywhere (as DEFAULT) instead of failing."""
+
+    def __post_init__(self) -> None:
+        if self.strategy and (self.strategy not in (SPREAD, NODE_AFFINITY)
+                              or (self.affinity is None) != (self.strategy == SPREAD)):
+            raise ValueError(f"scheduling strategy {self.strategy} with affinity "
+                             f"{self.affinity!r} is not one TaskSpec knows")

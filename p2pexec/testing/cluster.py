@@ -66,12 +66,14 @@ class SimNode:
         table.complete = counted  # type: ignore[method-assign]
         return completions
 
-    def submit(self, function: Callable[..., Any], *args: Any, name: str | None = None
-               ) -> bytes:
+    def submit(self, function: Callable[..., Any], *args: Any, name: str | None = None,
+               strategy: dict[str, Any] | None = None) -> bytes:
         """Submit `function(*args)` as a task owned by this node, as its embedded driver
-        would; returns the result's object id."""
+        would (`strategy`: the spec's scheduling strategy fields, as
+        `scheduling.spec_fields` makes them); returns the result's object id."""
         return self._submit(TASK, self._register(function), None, args,
-                            name or getattr(function, "__qualname__", "task"), {"CPU": 1.0})
+                            name or getattr(function, "__qualname__", "task"), {"CPU": 1.0},
+                            strategy=strategy)
 
     def create_actor(self, cls: type, *args: Any, name: str | None = None,
                      resources: dict[str, float] | None = None) -> bytes:
@@ -117,7 +119,8 @@ class SimNode:
     def _submit(self, kind: int, code_hash: bytes | None, method: str | None,
                 args: tuple, name: str, resources: dict[str, float], *,
                 task_id: bytes | None = None, actor_id: bytes | None = None,
-                actor_name: str | None = None, pins: tuple[bytes, ...] = ()) -> bytes:
+                actor_name: str | None = None, pins: tuple[bytes, ...] = (),
+                strategy: dict[str, Any] | None = None) -> bytes:
         service = self.node.exec
         task_id = task_id or self.ids.task_id()
         payload, contained = serialization.to_payload((args, {}), service.config.inline_limit,
@@ -126,7 +129,7 @@ class SimNode:
         result = return_id(task_id, 1)
         service.post(("submit", TaskSpec(
             task_id, kind, code_hash, method, payload, (), (*contained, *pins), (result,),
-            name, resources, actor_id=actor_id, actor_name=actor_name)))
+            name, resources, actor_id=actor_id, actor_name=actor_name, **(strategy or {}))))
         return result
 
     def put(self, value: Any) -> bytes:

@@ -468,3 +468,53 @@ def test_tasks_running_on_other_nodes_are_cancelled_there(launcher: Launcher, tm
     assert answer == {"nodes": 3, "cancelled": 6, "naps": list(range(12))}, answer
     assert started >= 3, started
     assert stats(b)["stolen_in"] > 0 and stats(c)["stolen_in"] > 0
+
+
+STRATEGIES = """
+    import json
+    import p2pexec as px
+    from p2pexec.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+    px.init()
+    ids = [node["id"] for node in px.nodes() if node["state"] == "alive"]
+    nowhere = "ab" * 32
+
+    @px.remote
+    def where():
+        return px.get_runtime_context().get_node_id()
+
+    @px.remote
+    class Home:
+        def where(self):
+            return px.get_runtime_context().get_node_id()
+
+    # first: it waits for the membership to settle before it fails
+    unknown = where.options(scheduling_strategy=Affinity(nowhere, soft=False)).remote()
+    spread = [where.options(scheduling_strategy="SPREAD").remote() for _ in range(30)]
+    bound = [where.options(scheduling_strategy=Affinity(ids[1], soft=False)).remote()
+             for _ in range(10)]
+    anywhere = where.options(scheduling_strategy=Affinity(nowhere, soft=True)).remote()
+    home = Home.options(scheduling_strategy=Affinity(ids[1], soft=False)).remote()
+    answer = {"ids": ids, "spread": px.get(spread, timeout=60),
+              "bound": px.get(bound, timeout=60), "anywhere": px.get(anywhere, timeout=60),
+              "actor": px.get(home.where.remote(), timeout=60)}
+    try:
+        px.get(unknown, timeout=60)
+    except px.TaskUnschedulableError as exc:
+        answer["error"] = str(exc)
+    print(json.dumps(answer), flush=True)
+"""
+
+
+def test_spread_and_node_affinity_place_work_on_the_nodes_they_name(launcher: Launcher):
+    """From a driver on A: 30 SPREAD tasks run 10 on each node; tasks and an actor with
+    hard affinity to B run on B; soft affinity to an unknown node runs anyway, and hard
+    affinity to it fails saying so."""
+    a, _b, _c = three_nodes(launcher)
+    answer = run_driver(STRATEGIES, a.data_dir, timeout=120)
+    ids = answer["ids"]
+    assert len(ids) == 3, answer
+    assert sorted(answer["spread"]) == sorted(ids * 10), answer
+    assert answer["bound"] == [ids[1]] * 10 and answer["actor"] == ids[1], answer
+    assert answer["anywhere"] in ids
+    assert f"node {'ab' * 32} is not a live member" in answer["error"], answer

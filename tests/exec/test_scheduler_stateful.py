@@ -33,7 +33,7 @@ from p2pexec.exec.instructions import Send, StartWorker, StopWorker
 from p2pexec.exec.refs import return_id
 from p2pexec.exec.resources import gpu_ids
 from p2pexec.exec.scheduler import DRIVER, Scheduler
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, NODE_AFFINITY, SPREAD, TASK, TaskSpec
 
 CODE = b"c" * 16
 ARGS = [p.INLINE, b"args", []]
@@ -42,6 +42,11 @@ ERROR = [p.ERROR, b"pickled exception"]
 DEMANDS = st.sampled_from([{}, {"CPU": 1.0}, {"CPU": 2.0}, {"CPU": 1.0, "gpu": 1.0},
                            {"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}, {"GPU": 0.5},
                            {"CPU": 1.0, "GPU": 2.0}])
+STRATEGIES = st.sampled_from([{}, {"strategy": SPREAD}] + [
+    {"strategy": NODE_AFFINITY, "affinity": node, "soft": soft}
+    for node in (b"", b"elsewhere") for soft in (False, True)])
+"""Alone, SPREAD and affinity to this node (id b"") run here; hard affinity to another
+node fails, soft runs here."""
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -113,11 +118,11 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # ---- the driver ----
     @rule(data=st.data(), resources=DEMANDS, max_retries=st.sampled_from([0, 1, -1]),
-          retry_exceptions=st.booleans())
-    def submit_task(self, data, resources, max_retries, retry_exceptions):
+          retry_exceptions=st.booleans(), strategy=STRATEGIES)
+    def submit_task(self, data, resources, max_retries, retry_exceptions, strategy):
         deps = data.draw(st.lists(st.sampled_from(self.held), max_size=2)) if self.held else []
         self.submit(TASK, deps, resources, max_retries=max_retries,
-                    retry_exceptions=retry_exceptions)
+                    retry_exceptions=retry_exceptions, **strategy)
 
     @rule(resources=DEMANDS, max_retries=st.sampled_from([0, 1]))
     def submit_with_temporary_argument(self, resources, max_retries):
@@ -131,12 +136,13 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), resources=st.sampled_from([{}, {"CPU": 1.0}, {"gpu": 1.0},
                                                      {"GPU": 0.5}]),
-          restarts=st.sampled_from([0, 1]), name=st.sampled_from([None, "a", "b"]))
-    def create_actor(self, data, resources, restarts, name):
+          restarts=st.sampled_from([0, 1]), name=st.sampled_from([None, "a", "b"]),
+          strategy=STRATEGIES)
+    def create_actor(self, data, resources, restarts, name, strategy):
         deps = data.draw(st.lists(st.sampled_from(self.held), max_size=1)) if self.held else []
         actor_id = self.new_id()
         self.submit(ACTOR_CREATE, deps, resources, actor_id=actor_id, actor_name=name,
-                    max_restarts=restarts)
+                    max_restarts=restarts, **strategy)
         self.actors.append(actor_id)
 
     @precondition(lambda self: self.actors)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import trio
 
-from p2pexec.errors import ObjectLostError
+from p2pexec.errors import ObjectLostError, TaskUnschedulableError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import PeerGone, TasksReturned
 from p2pexec.exec.stealing import PLACEMENT
-from p2pexec.exec.task import ACTOR_CREATE, TaskSpec
+from p2pexec.exec.task import ACTOR_CREATE, NODE_AFFINITY, SPREAD, TaskSpec
 from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
 from p2pexec.testing.simnet import LinkSpec, SimNetwork
@@ -197,3 +197,42 @@ async def test_answers_to_borrows_lost_with_a_connection_go_again(autojump_clock
         mesher._nursery = nursery
         mesher._unanswered(peer, [lent], ObjectLostError("connection reset"))
     assert sent == []
+
+
+async def test_spread_lands_on_every_node_and_affinity_on_its_own(autojump_clock):
+    """Three nodes of two CPUs, everything submitted at the first: 30 SPREAD tasks run
+    10 on each node; 12 with hard affinity to the second all run there; with hard
+    affinity to the third, they fail with TaskUnschedulableError when it crashes rather
+    than run elsewhere, while soft affinity to it runs them anyway."""
+    async with trio.open_nursery() as nursery:
+        cluster = await three_nodes(nursery, seed=4, duration=0.1)
+        owner = cluster.nodes[0]
+        raw = [sim.node.node_id.raw for sim in cluster.nodes]
+
+        def done() -> list[int]:
+            return [sim.node.exec.core.counts["done"] for sim in cluster.nodes]
+
+        ids = [owner.submit(triple, i, strategy={"strategy": SPREAD}) for i in range(30)]
+        assert [await owner.result(oid) for oid in ids] == [3 * i for i in range(30)]
+        assert done() == [10, 10, 10]
+        hard = {"strategy": NODE_AFFINITY, "affinity": raw[1], "soft": False}
+        ids = [owner.submit(triple, i, strategy=hard) for i in range(12)]
+        assert [await owner.result(oid) for oid in ids] == [3 * i for i in range(12)]
+        assert done() == [10, 22, 10]
+        doomed = [owner.submit(triple, i, strategy={**hard, "affinity": raw[2]})
+                  for i in range(40)]  # 4 s of work for its 2 CPUs
+        await trio.sleep(0.5)
+        cluster.crash(2)
+        failed = 0
+        for oid in doomed:
+            try:
+                await owner.result(oid)
+            except TaskUnschedulableError as exc:
+                assert f"node {raw[2].hex()} died" in str(exc)
+                failed += 1
+        # none ran anywhere else (a failure counts as done at its owner)
+        assert failed > 30 and done()[:2] == [10 + failed, 22]
+        soft = [owner.submit(triple, i, strategy={**hard, "affinity": raw[2], "soft": True})
+                for i in range(6)]
+        assert [await owner.result(oid) for oid in soft] == [3 * i for i in range(6)]
+        nursery.cancel_scope.cancel()
