@@ -101,6 +101,11 @@ class WorkerPool:
         """How long the function's runs took here lately (EWMA); None if it never ran."""
         return self._durations.get(code_hash)
 
+    def is_tiny(self, code_hash: bytes | None) -> bool:
+        """Its runs took less than `prefetch_seconds` lately (known to be short)."""
+        duration = self._durations.get(code_hash)
+        return duration is not None and duration < self.config.prefetch_seconds
+
     def depth(self, code_hash: bytes | None) -> int:
         """How many tasks of this function may queue at a busy worker: about
         `prefetch_seconds` of work, judged from how long its earlier runs took."""

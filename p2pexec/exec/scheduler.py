@@ -735,14 +735,22 @@ class Scheduler:
                 f"it waits until a node with those resources is available"))
 
     def _prefetch(self) -> None:
-        """Queue work behind busy workers when no worker is idle. A queued task starts
-        with what the task before it gives back, so it must fit in that: the running
-        task's holding for the first, the previous queued task's demand for the next.
-        A task needing GPUs never queues: its message names its GPU indices, which are
-        only chosen when it starts."""
+        """Queue work behind busy workers when no worker is idle. While a worker is
+        starting, only tasks known to be tiny queue: it takes the next task sooner than a
+        worker busy with a task of unknown length (on a cold node, two long tasks must
+        not queue on one worker). A queued task starts with what the task before it gives back, so it must fit in
+        that: the running task's holding for the first, the previous queued task's
+        demand for the next. A task needing GPUs never queues: its message names its GPU
+        indices, which are only chosen when it starts."""
         ready = self.ready
         depth = self.pool.depth
-        for worker in self.workers.values():  # the hot path: no generator, checks inline
+        workers = self.workers.values()
+        starting = False
+        for worker in workers:
+            if not worker.ready and worker.actor_id is None:
+                starting = True
+                break
+        for worker in workers:  # the hot path: no generator, checks inline
             if (worker.actor_id is not None or not worker.stack or not worker.ready
                     or len(worker.stack) > 1):
                 continue
@@ -758,7 +766,8 @@ class Scheduler:
                     continue
                 if (len(worker.queued) >= depth(task.spec.callable_hash)
                         or not covers(inherited, task.spec.resources)
-                        or GPU in task.spec.resources):
+                        or GPU in task.spec.resources
+                        or (starting and not self.pool.is_tiny(task.spec.callable_hash))):
                     break
                 inherited = task.spec.resources
                 ready.popleft()

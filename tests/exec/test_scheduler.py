@@ -113,12 +113,14 @@ def test_failed_dependency_fails_dependent_without_running_it(core):
 
 def test_busy_worker_prefetches_only_when_none_idle(core):
     out = core.handle(WorkerReady(1), *(Submitted(spec(n), DRIVER) for n in (1, 2, 3)))
-    # one runs, one is queued behind it (prefetch=1), one waits for the second worker
-    assert out == [Send(1, exec_msg(1, code=b"code")), Send(1, exec_msg(2))]
-    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(3, code=b"code"))]
+    # one runs; the others wait for the second worker, which is starting
+    assert out == [Send(1, exec_msg(1, code=b"code"))]
+    # once it is ready it takes one, and the last is queued behind a busy worker
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(2, code=b"code")),
+                                           Send(1, exec_msg(3))]
     assert core.available["CPU"] == 0.0
     assert core.handle(TaskFinished(1, tid(1), [ok()])) == [Completed((rid(1),))]
-    assert core.workers[1].stack == [tid(2)]
+    assert core.workers[1].stack == [tid(3)]
     assert core.available["CPU"] == 0.0
 
 
@@ -417,22 +419,24 @@ def cancelled(n: int) -> list:
 
 def test_a_task_that_has_not_started_never_runs(core):
     core.handle(WorkerReady(1), *(Submitted(spec(n), DRIVER) for n in (1, 2, 3)))
-    # 1 runs, 2 is queued behind it, 3 waits: cancelling 3 fails it at once
+    # 1 runs, 2 and 3 wait for the second worker: cancelling 3 fails it at once
     assert core.handle(CancelRequested(tid(3), False, True)) == [Completed((rid(3),))]
     assert core.objects.payload(rid(3)) == cancelled(3)
-    # the second worker finds nothing to run
-    assert core.handle(WorkerReady(2)) == []
+    # the second worker runs 2, and nothing else ever runs
+    assert core.handle(WorkerReady(2)) == [Send(2, exec_msg(2, code=b"code"))]
+    assert core.handle(TaskFinished(1, tid(1), [ok()])) == [Completed((rid(1),))]
 
 
 def test_a_task_sent_ahead_to_a_busy_worker_is_skipped_there(core):
-    core.handle(WorkerReady(1), Submitted(spec(1), DRIVER), Submitted(spec(2), DRIVER))
-    assert list(core.workers[1].queued) == [tid(2)]
-    assert core.handle(CancelRequested(tid(2), False, True)) == [
-        Completed((rid(2),)), Interrupt(1, tid(2))]
+    core.handle(WorkerReady(1), WorkerReady(2),
+                *(Submitted(spec(n), DRIVER) for n in (1, 2, 3)))
+    assert list(core.workers[1].queued) == [tid(3)]
+    assert core.handle(CancelRequested(tid(3), False, True)) == [
+        Completed((rid(3),)), Interrupt(1, tid(3))]
     # the worker skips it and says so: nothing more is delivered, its CPU comes back
     assert core.handle(TaskFinished(1, tid(1), [ok()])) == [Completed((rid(1),))]
-    assert core.handle(TaskFinished(1, tid(2), [cancelled(2)])) == []
-    assert tid(2) not in core.tasks and core.available["CPU"] == 2.0
+    assert core.handle(TaskFinished(1, tid(3), [cancelled(3)])) == []
+    assert tid(3) not in core.tasks and core.available["CPU"] == 1.0
 
 
 def test_a_running_task_is_interrupted_and_its_late_result_dropped(core):
