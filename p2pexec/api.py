@@ -641,7 +641,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     its results raises `px.TaskCancelledError` from now on. An actor call is skipped if
     its actor has not started it, cancelled if it runs on an async actor, and otherwise
     runs to its end (`force` is refused for actor calls, as in Ray). A task already
-    finished keeps its result."""
+    finished keeps its result. Like Ray's, it returns once the cancel is on its way: a
+    task starting at that moment is interrupted rather than skipped."""
     if not isinstance(ref, ObjectRef):
         raise LocalUsageError(f"px.cancel takes an ObjectRef, got {type(ref).__name__}")
     if ref.id[TASK_ID_SIZE:] == PUT_INDEX:
