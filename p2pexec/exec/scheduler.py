@@ -738,10 +738,11 @@ class Scheduler:
         """Queue work behind busy workers when no worker is idle. While a worker is
         starting, only tasks known to be tiny queue: it takes the next task sooner than a
         worker busy with a task of unknown length (on a cold node, two long tasks must
-        not queue on one worker). A queued task starts with what the task before it gives back, so it must fit in
-        that: the running task's holding for the first, the previous queued task's
-        demand for the next. A task needing GPUs never queues: its message names its GPU
-        indices, which are only chosen when it starts."""
+        not queue on one worker). A queued task starts with what the task before it
+        gives back, so it must fit in that: the running task's holding for the first,
+        the previous queued task's demand for the next. A task needing GPUs never
+        queues: its message names its GPU indices, which are only chosen when it
+        starts."""
         ready = self.ready
         depth = self.pool.depth
         workers = self.workers.values()
