@@ -4,6 +4,7 @@ from p2pexec import actor
 from p2pexec.api import (
     ActorClass,
     ActorHandle,
+    ObjectRefGenerator,
     RemoteFunction,
     RuntimeContext,
     available_resources,
@@ -42,7 +43,7 @@ from p2pexec.errors import (
     TaskUnschedulableError,
     WorkerCrashedError,
 )
-from p2pexec.exec.refs import ObjectRef
+from p2pexec.exec.refs import DynamicObjectRefGenerator, ObjectRef
 from p2pexec.executor import Executor
 
 __version__ = "0.1.0"
@@ -65,12 +66,14 @@ __all__ = [
     "AuthenticationError",
     "ClusterConfig",
     "CodeUnavailableError",
+    "DynamicObjectRefGenerator",
     "Executor",
     "GetTimeoutError",
     "LocalUsageError",
     "NodeDiedError",
     "ObjectLostError",
     "ObjectRef",
+    "ObjectRefGenerator",
     "OwnerDiedError",
     "P2PExecError",
     "ProtocolError",

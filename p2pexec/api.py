@@ -24,10 +24,25 @@ from p2pexec.exec import context, serialization
 from p2pexec.exec import refs as refs_module
 from p2pexec.exec.gpus import gpu_demand
 from p2pexec.exec.protocol import INLINE
-from p2pexec.exec.refs import TASK_ID_SIZE, ObjectRef, return_id
+from p2pexec.exec.refs import (
+    TASK_ID_SIZE,
+    ObjectRef,
+    return_id,
+    stream_item,
+    stream_link,
+    task_of,
+)
 from p2pexec.exec.resources import CPU, GPU
 from p2pexec.exec.runner import is_async_class
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import (
+    ACTOR_CALL,
+    ACTOR_CREATE,
+    DYNAMIC,
+    NOT_GENERATOR,
+    STREAMING,
+    TASK,
+    TaskSpec,
+)
 from p2pexec.ids import NodeId
 from p2pexec.scheduling import spec_fields
 
@@ -263,14 +278,16 @@ class RemoteFunction:
         self._options = options
         self._shipped = shipped or _Callable(function)
         self._name = options.get("name") or getattr(function, "__qualname__", "task")
-        self._num_returns = int(options.get("num_returns", 1))
-        if self._num_returns < 1:
-            raise LocalUsageError("num_returns must be at least 1")
+        self._returns = _returns(options.get("num_returns"), function)
         self._resources = _demand(options.get("num_cpus", 1), options.get("num_gpus", 0),
                                   options.get("resources"))
         self._max_retries = int(options.get("max_retries", 3))
         self._retry_exceptions = bool(options.get("retry_exceptions", False))
         self._strategy = spec_fields(options.get("scheduling_strategy"))
+        if self._returns[1] == STREAMING and self._strategy:
+            raise LocalUsageError(f"{self._name} streams its values: a streaming generator "
+                                  f"runs on the node that calls it, so it takes no "
+                                  f"scheduling_strategy")
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
 
@@ -286,7 +303,7 @@ class RemoteFunction:
         _check_call(self._shipped.signature, self._name, args, kwargs)
         runtime = _rt()
         code_hash = self._shipped.register(runtime)
-        return _submit(runtime, self._name, self._num_returns, args, kwargs, TASK, code_hash,
+        return _submit(runtime, self._name, self._returns, args, kwargs, TASK, code_hash,
                        None, self._resources, self._max_retries, self._retry_exceptions, None,
                        self._strategy)
 
@@ -360,11 +377,11 @@ def _max_concurrency(cls: type, option: Any) -> int:
 NUM_RETURNS_ATTRIBUTE = "__p2pexec_num_returns__"
 
 
-def method(*, num_returns: int = 1) -> Callable[[Callable], Callable]:
+def method(*, num_returns: int | str = 1) -> Callable[[Callable], Callable]:
     """`@px.method(num_returns=2)` on an actor method: each call returns that many refs
-    (Ray's `ray.method`; `handle.m.options(num_returns=...)` still overrides it)."""
-    if not isinstance(num_returns, int) or num_returns < 1:
-        raise LocalUsageError(f"num_returns must be an int of at least 1, got {num_returns!r}")
+    (Ray's `ray.method`; `handle.m.options(num_returns=...)` still overrides it);
+    "dynamic" and "streaming" as for tasks."""
+    _returns(num_returns, None)
 
     def mark(function: Callable) -> Callable:
         setattr(function, NUM_RETURNS_ATTRIBUTE, num_returns)
@@ -372,9 +389,9 @@ def method(*, num_returns: int = 1) -> Callable[[Callable], Callable]:
     return mark
 
 
-Methods = dict[str, tuple[Shape | None, int]]
+Methods = dict[str, tuple[Shape | None, int | str]]
 """An actor class's public methods: the parameters each takes after self, and how many
-refs a call returns."""
+refs a call returns (or "dynamic", "streaming")."""
 
 
 def _methods_of(cls: type) -> Methods:
@@ -386,7 +403,8 @@ def _methods_of(cls: type) -> Methods:
         if shape is not None and not isinstance(inspect.getattr_static(cls, name),
                                                 (staticmethod, classmethod)):
             shape = shape[1:]  # self
-        methods[name] = (shape, getattr(member, NUM_RETURNS_ATTRIBUTE, 1))
+        default = "streaming" if _is_generator(member) else 1
+        methods[name] = (shape, getattr(member, NUM_RETURNS_ATTRIBUTE, default))
     return methods
 
 
@@ -446,30 +464,33 @@ class ActorHandle:
 class ActorMethod:
     """`handle.method.remote(...)`: calls from one caller run in submission order."""
 
-    def __init__(self, handle: ActorHandle, method: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, method: str, num_returns: int | str) -> None:
         self._handle = handle
         self._method = method
-        self._num_returns = num_returns
+        self._returns = _returns(num_returns, None)
 
-    def options(self, /, *, num_returns: int | None = None) -> ActorMethod:
+    def options(self, /, *, num_returns: int | str | None = None) -> ActorMethod:
         return ActorMethod(self._handle, self._method,
-                           self._num_returns if num_returns is None else num_returns)
+                           _NUM_RETURNS_NAMES.get(self._returns, self._returns[0])
+                           if num_returns is None else num_returns)
 
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
         _check_call(handle._signature(self._method), f"{handle._class_name}.{self._method}",
                     args, kwargs)
-        return _submit(_rt(), f"{handle._class_name}.{self._method}", self._num_returns, args,
+        return _submit(_rt(), f"{handle._class_name}.{self._method}", self._returns, args,
                        kwargs, ACTOR_CALL, None, self._method, {}, handle._max_task_retries,
                        False, handle._actor_id)
 
 
-def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict, kind: int,
-            code_hash: bytes | None, method: str | None, resources: dict[str, float],
-            max_retries: int, retry_exceptions: bool, actor_id: bytes | None,
-            strategy: dict[str, Any] | None = None) -> Any:
+def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwargs: dict,
+            kind: int, code_hash: bytes | None, method: str | None,
+            resources: dict[str, float], max_retries: int, retry_exceptions: bool,
+            actor_id: bytes | None, strategy: dict[str, Any] | None = None) -> Any:
     """Serialise the arguments, make the result refs, hand the spec to the runtime;
+    `returns`: how many refs and how a generator's values come back (`_returns`);
     `strategy`: the spec's scheduling strategy fields (`scheduling.spec_fields`)."""
+    num_returns, generator = returns
     task_id = runtime.ids.task_id()
     args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args, kwargs)
     return_ids = tuple(return_id(task_id, i) for i in range(1, num_returns + 1))
@@ -480,8 +501,94 @@ def _submit(runtime: Any, name: str, num_returns: int, args: tuple, kwargs: dict
         pins = (*pins, return_id(actor_id, 1))
     runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
-                            actor_id, **(strategy or {})))
+                            actor_id, generator=generator, **(strategy or {})))
+    if generator == STREAMING:
+        return ObjectRefGenerator(refs[0])
     return refs[0] if num_returns == 1 else refs
+
+
+_NUM_RETURNS_NAMES = {(1, DYNAMIC): "dynamic", (1, STREAMING): "streaming"}
+"""`num_returns` as users spell it, for what `_returns` made of a name."""
+
+
+def _returns(option: Any, target: Any) -> tuple[int, int]:
+    """(refs a call returns, how a generator's values come back) from `num_returns`: a
+    count, "dynamic" or "streaming"; a generator function streams unless told (Ray)."""
+    if option is None:
+        option = "streaming" if target is not None and _is_generator(target) else 1
+    if option == "dynamic":
+        return 1, DYNAMIC
+    if option == "streaming":
+        return 1, STREAMING
+    if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+        raise LocalUsageError(f'num_returns must be an int of at least 1, "dynamic" or '
+                              f'"streaming", got {option!r}')
+    return option, NOT_GENERATOR
+
+
+def _is_generator(function: Any) -> bool:
+    return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+
+
+class ObjectRefGenerator:
+    """What `.remote()` of a streaming generator returns (Ray's): iterate it, or `async
+    for` over it, to get one ObjectRef per value as the task yields them, while it still
+    runs. If the task fails part way, the values before stay and the next ref raises
+    the error; then iteration stops. It holds only the link it reads next, so dropping
+    it early frees what the task made and nobody read."""
+
+    def __init__(self, first_link: ObjectRef) -> None:
+        self._link: ObjectRef | None = first_link
+        self._index = 0
+
+    def __iter__(self) -> ObjectRefGenerator:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        link = self._link
+        if link is None:
+            raise StopIteration
+        try:
+            more = get(link)
+        except Exception:  # the task's error: this ref raises it
+            self._link = None
+            return link
+        ref = self._step(link, more)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def __aiter__(self) -> ObjectRefGenerator:
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        link = self._link
+        if link is None:
+            raise StopAsyncIteration
+        try:
+            more = await link
+        except Exception:
+            self._link = None
+            return link
+        ref = self._step(link, more)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def _step(self, link: ObjectRef, more: bool) -> ObjectRef | None:
+        """Past `link`: the item it says exists (holding it and the next link before the
+        old link goes), or None at the end."""
+        if not more:
+            self._link = None
+            return None
+        task_id, index = task_of(link.id), self._index
+        item = ObjectRef(stream_item(task_id, index), link.owner, announce=True)
+        self._link = ObjectRef(stream_link(task_id, index + 1), link.owner, announce=True)
+        self._index = index + 1
+        return item
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._index} values read)"
 
 
 def remote(*args: Any, **options: Any) -> Any:
@@ -512,13 +619,7 @@ def put(value: Any) -> ObjectRef:
     """Store `value` once; pass the ref to many tasks without copying it again."""
     if isinstance(value, ObjectRef):
         raise LocalUsageError("px.put of an ObjectRef is not allowed; pass the ref itself")
-    runtime = _rt()
-    object_id = return_id(runtime.ids.task_id(), 0)
-    payload, contained = serialization.to_payload(
-        value, runtime.inline_limit, runtime.segment_name(object_id), "the value given to put")
-    ref = ObjectRef(object_id, runtime.node_id)
-    runtime.put(object_id, payload, contained)
-    return ref
+    return serialization.put_value(_rt(), value, "the value given to put")
 
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
@@ -634,7 +735,8 @@ def get_actor(name: str) -> ActorHandle:
     return ActorHandle(actor_id, name, None)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
+           recursive: bool = True) -> None:
     """Cancel the task that makes `ref` (Ray's `ray.cancel`): if it has not started it
     never runs; if it runs it gets `KeyboardInterrupt` (with `force`, its worker process
     is killed); with `recursive`, the tasks it submitted are cancelled too. A `get` of
@@ -643,6 +745,10 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     runs to its end (`force` is refused for actor calls, as in Ray). A task already
     finished keeps its result. Like Ray's, it returns once the cancel is on its way: a
     task starting at that moment is interrupted rather than skipped."""
+    if isinstance(ref, ObjectRefGenerator):  # Ray's: cancel the generator's task
+        if ref._link is None:
+            return  # it ended: nothing runs
+        ref = ref._link
     if not isinstance(ref, ObjectRef):
         raise LocalUsageError(f"px.cancel takes an ObjectRef, got {type(ref).__name__}")
     if ref.id[TASK_ID_SIZE:] == PUT_INDEX:

@@ -9,6 +9,7 @@ or generated at random (tests/exec/test_scheduler_stateful.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2pexec.exec.stealing import PeerLoad
 from p2pexec.exec.task import TaskSpec
@@ -310,6 +311,18 @@ class CodeFetched:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamYielded:
+    """A streaming task on `worker` yielded a value, or ended (`protocol.Yielded`)."""
+
+    worker: int
+    task_id: bytes
+    index: int
+    payload: Any
+    contained: list[bytes]
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequested:
     """px.cancel of a task here (submitted here, or given by a peer), from a local client
     or from the peer that gave it: `force` kills a running task's process, `recursive`
@@ -328,4 +341,4 @@ Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFin
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
-         | RemoteActorKilled | CodeFetched | CancelRequested)
+         | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded)

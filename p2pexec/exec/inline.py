@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from p2pexec.errors import LocalUsageError
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import Event, TaskFinished, WorkerDied, WorkerReady
 from p2pexec.exec.runner import TaskRunner
@@ -44,6 +45,12 @@ class InlineWorkers:
 
     def segment_name(self, object_id: bytes) -> str:
         return segment_name(self._owner_pid, object_id)
+
+    def stream(self, task_id: bytes, index: int, payload: list | None,
+               contained: list[bytes], end: bool) -> None:
+        """A simulated worker runs plain functions: a streaming one fails clearly."""
+        raise LocalUsageError("simulated workers do not run streaming generators; "
+                              'use num_returns="dynamic" or a fixed num_returns')
 
     def start(self, nursery: trio.Nursery, worker_id: int, report: Callable[[Event], None]
               ) -> None:

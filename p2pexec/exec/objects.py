@@ -61,6 +61,11 @@ class ObjectTable:
         """A task was submitted whose result will be `object_id`, held by `holder`."""
         self.entries[object_id] = ObjectEntry(holders={holder})
 
+    def expect_contained(self, object_id: bytes) -> None:
+        """An object that a value about to be completed contains (a streaming task's
+        item, or its next link): held by nothing but that value."""
+        self.entries[object_id] = ObjectEntry()
+
     def reset(self, object_id: bytes) -> None:
         """The value will be produced again (an actor restarts); keep who holds it."""
         entry = self.entries.get(object_id)
@@ -165,16 +170,27 @@ class ObjectTable:
                 self._maybe_free(object_id, entry)
 
     def _maybe_free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        """Free it if nothing needs it, and then what only it kept alive: a loop, not
+        recursion, since a chain can be long (a streaming task's unread links)."""
         if entry.holders or entry.pins > 0 or entry.payload is None:
             return
-        del self.entries[object_id]
-        if self._on_large is not None and payload_segment(entry.payload) is not None:
-            self._on_large(object_id, False)
-        self._release_payload(entry, object_id)
-        if entry.contained:
-            self.unpin_all(entry.contained)
-        if self._on_free is not None:
-            self._on_free(object_id)
+        freeing = [(object_id, entry)]
+        while freeing:
+            object_id, entry = freeing.pop()
+            if self.entries.get(object_id) is not entry:
+                continue  # (contained twice by the same value: freed already)
+            del self.entries[object_id]
+            if self._on_large is not None and payload_segment(entry.payload) is not None:
+                self._on_large(object_id, False)
+            self._release_payload(entry, object_id)
+            for inner_id in entry.contained:
+                inner = self.entries.get(inner_id)
+                if inner is not None:
+                    inner.pins -= 1
+                    if not (inner.holders or inner.pins > 0 or inner.payload is None):
+                        freeing.append((inner_id, inner))
+            if self._on_free is not None:
+                self._on_free(object_id)
 
     def _release_payload(self, entry: ObjectEntry, object_id: bytes) -> None:
         segment = payload_segment(entry.payload)

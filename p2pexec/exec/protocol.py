@@ -1,7 +1,8 @@
 """The link between a node and its local clients: worker processes and attached drivers.
 
-Both speak the same messages, registered with `net.codec` in the exec range (96-127) and
-framed like every other p2pexec stream (4-byte big-endian length, msgpack body). Decoding
+Both speak the same messages, registered with `net.codec` in the exec ranges (96-127,
+163) and framed like every other p2pexec stream (4-byte big-endian length, msgpack
+body). Decoding
 checks every field's type and the link's `LINK_LIMITS`, so a worker gone astray or a bad
 local client costs only its own link. The same task and object messages are what later
 crosses machines.
@@ -141,6 +142,20 @@ class GiveBack:
     task_ids: list[bytes]
 
 
+@message(163)
+@dataclass(frozen=True, slots=True)
+class Yielded:
+    """A streaming task yielded its `index`-th value (`payload`, with the refs inside it),
+    or ended (`end`): after `index` values, with `payload` None, or with the error that
+    stopped it."""
+
+    task_id: bytes
+    index: int
+    payload: Any
+    contained: list[bytes]
+    end: bool
+
+
 # ---- node -> client ----
 @message(106)
 @dataclass(frozen=True, slots=True)
@@ -179,6 +194,8 @@ class Execute:
     the runtime context reports it."""
     max_concurrency: int = 1
     """An actor's creation: how many calls its worker may run at once (`TaskSpec`)."""
+    generator: int = 0
+    """How a generator function's values come back (`TaskSpec.generator`)."""
     gpu_ids: list[int] = field(default_factory=list)
     """The GPU indices the node that runs it gave it (an actor's creation: the actor's
     for its life; its calls carry none and run with those): the worker sets

@@ -13,7 +13,7 @@ import itertools
 import os
 import struct
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (asyncio and futures load only where refs are awaited: workers
@@ -41,6 +41,17 @@ OBJECT_ID_SIZE = TASK_ID_SIZE + _INDEX.size
 def return_id(task_id: bytes, index: int) -> bytes:
     """The id of a task's `index`-th return value (0 is used by `put`)."""
     return task_id + _INDEX.pack(index)
+
+
+def stream_link(task_id: bytes, index: int) -> bytes:
+    """The `index`-th link of a streaming task: says whether item `index` exists (its
+    value pins the item and the next link); link 0 is the task's declared return."""
+    return return_id(task_id, 2 * index + 1)
+
+
+def stream_item(task_id: bytes, index: int) -> bytes:
+    """The `index`-th value a streaming task yielded."""
+    return return_id(task_id, 2 * index + 2)
 
 
 def task_of(object_id: bytes) -> bytes:
@@ -189,6 +200,24 @@ class ObjectRef:
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.id.hex()})"
+
+
+class DynamicObjectRefGenerator:
+    """What a `num_returns="dynamic"` task's ref resolves to: the refs of the values its
+    generator yielded, in order (Ray's). If the generator raised part way, the values
+    before stay and one last ref raises the error."""
+
+    def __init__(self, refs: list[ObjectRef]) -> None:
+        self._refs = refs
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 
 def _received_ref(object_id: bytes, owner: bytes = b"") -> ObjectRef:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 from p2pexec.errors import ActorDiedError, ActorExit, RemoteProtocolError, TaskCancelledError
 from p2pexec.exec import protocol as p
 from p2pexec.exec import serialization
-from p2pexec.exec.refs import ObjectRef
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE
+from p2pexec.exec.refs import DynamicObjectRefGenerator, ObjectRef, stream_item
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, DYNAMIC, STREAMING
 
 _running: ContextVar[p.Execute | None] = ContextVar("p2pexec_running", default=None)
 """The work running in this thread or asyncio task (a task blocked in get may run others
@@ -20,8 +21,9 @@ on its stack: each restores the one it interrupted)."""
 
 
 def is_async_class(cls: type) -> bool:
-    """An async actor's class: one with an `async def` method (Ray's rule)."""
-    return any(inspect.iscoroutinefunction(member)
+    """An async actor's class: one with an `async def` method (Ray's rule), async
+    generators included."""
+    return any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
                for _name, member in inspect.getmembers(cls, inspect.isfunction))
 
 
@@ -48,7 +50,10 @@ class TaskRunner:
         Shared-memory mappings opened for the arguments are added to `mappings`."""
         token = _running.set(work)
         try:
-            return self._store_results(self._call(work, mappings), work.return_ids, work.name)
+            result = self._call(work, mappings)
+            if work.generator == STREAMING:
+                return self._stream(work, iter(result))
+            return self._results(work, result)
         except (Exception, ActorExit) as exc:
             return self._failure(exc, work)
         finally:
@@ -63,11 +68,91 @@ class TaskRunner:
             result = self._call(work, mappings)
             if inspect.isawaitable(result):
                 result = await result
-            return self._store_results(result, work.return_ids, work.name)
+            if work.generator == STREAMING:
+                if inspect.isasyncgen(result):
+                    return await self._stream_async(work, result)
+                return self._stream(work, iter(result))
+            if inspect.isasyncgen(result):
+                result = [value async for value in result]
+            return self._results(work, result)
         except (Exception, ActorExit) as exc:
             return self._failure(exc, work)
         finally:
             _running.reset(token)
+
+    def _results(self, work: p.Execute, result: Any) -> tuple[list, list[list[bytes]]]:
+        if work.generator == DYNAMIC:
+            result = self._dynamic(work, result)
+        return self._store_results(result, work.return_ids, work.name)
+
+    def _dynamic(self, work: p.Execute, values: Any) -> DynamicObjectRefGenerator:
+        """Each value the generator yields becomes an object at once (so they are not all
+        in memory together); the task's one result lists their refs."""
+        refs: list[ObjectRef] = []
+        limits = self.limits
+        try:
+            for value in values:
+                refs.append(serialization.put_value(limits, value,
+                                                    f"value {len(refs)} of {work.name}"))
+        except Exception as exc:  # the values before stay; one last ref raises it
+            refs.append(serialization.put_error(limits, exc, work.name))
+        return DynamicObjectRefGenerator(refs)
+
+    def _stream(self, work: p.Execute, values: Iterator) -> tuple[list, list[list[bytes]]]:
+        """Send each value as it is yielded (`limits.stream`), then the end or the error;
+        the task's own result is then empty."""
+        index = 0
+        while True:
+            try:
+                value = next(values)
+            except StopIteration:
+                break
+            except (Exception, ActorExit) as exc:
+                return self._stream_error(work, index, exc)
+            if not self._stream_one(work, index, value):
+                return [], []
+            index += 1
+        self.limits.stream(work.task_id, index, None, [], True)
+        return [], []
+
+    async def _stream_async(self, work: p.Execute, values: AsyncIterator
+                            ) -> tuple[list, list[list[bytes]]]:
+        """`_stream` for an async generator (an async actor's method)."""
+        index = 0
+        while True:
+            try:
+                value = await anext(values)
+            except StopAsyncIteration:
+                break
+            except (Exception, ActorExit) as exc:
+                return self._stream_error(work, index, exc)
+            if not self._stream_one(work, index, value):
+                return [], []
+            index += 1
+        self.limits.stream(work.task_id, index, None, [], True)
+        return [], []
+
+    def _stream_one(self, work: p.Execute, index: int, value: Any) -> bool:
+        """Send value `index`; False when it cannot be pickled (that ends the stream,
+        as the task's error)."""
+        limits = self.limits
+        try:
+            payload, contained = serialization.to_payload(
+                value, limits.inline_limit, limits.segment_name(stream_item(work.task_id,
+                                                                            index)),
+                f"value {index} of {work.name}")
+        except Exception as exc:
+            self._stream_error(work, index, exc)
+            return False
+        limits.stream(work.task_id, index, payload, contained, False)
+        return True
+
+    def _stream_error(self, work: p.Execute, index: int, exc: Exception | ActorExit
+                      ) -> tuple[list, list[list[bytes]]]:
+        """The generator raised after `index` values: they stay, the error ends it."""
+        payloads, _ = self._failure(exc, work)
+        self.limits.stream(work.task_id, index, payloads[0], [], True)
+        return [], []
 
     @staticmethod
     def cancelled(work: p.Execute) -> list:
@@ -112,28 +197,47 @@ class TaskRunner:
 
     def _store_results(self, result: Any, return_ids: list[bytes], name: str
                        ) -> tuple[list, list[list[bytes]]]:
-        """Payloads of the return values, and the ObjectRef ids inside each."""
+        """Payloads of the return values, and the ObjectRef ids inside each. A generator
+        that raises part way keeps the values it yielded; the rest raise (as in Ray)."""
+        error = None
         if len(return_ids) == 1:
             values = [result]
         else:
-            try:
-                values = list(result)
-            except TypeError:
-                values = [result]
-            if len(values) != len(return_ids):
+            values, error = _collect(result)
+            if error is None and len(values) != len(return_ids):
                 raise ValueError(f"task {name} declared num_returns={len(return_ids)} "
                                  f"but returned {len(values)} values")
         payloads, contained = [], []
         limits = self.limits
-        for value, object_id in zip(values, return_ids, strict=True):
+        for value, object_id in zip(values, return_ids, strict=False):
             payload, inside = serialization.to_payload(
                 value, limits.inline_limit, limits.segment_name(object_id),
                 f"the return value of {name}")
             payloads.append(payload)
             contained.append(inside)
+        if error is not None:
+            missing = len(return_ids) - len(payloads)
+            payloads += [serialization.task_error_payload(error, name)] * missing
+            contained += [[]] * missing
         if not any(contained):
             contained = []
         return payloads, contained
+
+
+def _collect(result: Any) -> tuple[list, Exception | None]:
+    """The values of a multi-value result (a tuple, list or generator), and the error a
+    generator raised part way (None if it did not)."""
+    try:
+        iterator = iter(result)
+    except TypeError:
+        return [result], None
+    values: list = []
+    try:
+        for value in iterator:
+            values.append(value)
+    except Exception as exc:
+        return values, exc
+    return values, None
 
 
 def _resolve_arguments(arguments: tuple, deps: dict[bytes, Any]) -> tuple[tuple, dict]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from p2pexec.exec.events import (
     SpillEnded,
     Started,
     StealRequested,
+    StreamYielded,
     Submitted,
     TaskFinished,
     TasksGranted,
@@ -106,7 +108,7 @@ from p2pexec.exec.instructions import (
 )
 from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.pool import WorkerPool, WorkerState
-from p2pexec.exec.refs import task_of
+from p2pexec.exec.refs import stream_item, stream_link, task_of
 from p2pexec.exec.resources import CPU, GPU, Resources, covers, gpu_ids
 from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
 from p2pexec.exec.stealing import PLACEMENT, Placement, batch_size, worth_moving
@@ -116,6 +118,7 @@ from p2pexec.exec.task import (
     DEFAULT,
     NODE_AFFINITY,
     SPREAD,
+    STREAMING,
     TASK,
     TaskSpec,
 )
@@ -193,6 +196,9 @@ class TaskState:
     parked for any peer that asks), never pushed again."""
     checked: bool = False
     """STOLEN already at the last held check: the next one asks its peer about it."""
+    streamed: int = 0
+    """A streaming task: the values it has yielded (its end or error goes to that link;
+    a rerun's values before it are dropped)."""
     cancelled: bool = False
     """px.cancel settled its results while it was on a worker here: whatever that worker
     still reports of it is dropped, and it never runs again."""
@@ -343,6 +349,7 @@ class Scheduler:
             RemoteActorKilled: self._on_remote_actor_killed,
             CodeFetched: self._on_code_fetched,
             CancelRequested: self._on_cancel_requested,
+            StreamYielded: self._on_stream_yielded,
         }
         self._children: dict[bytes, list[bytes]] = {}
         """The tasks each running task here submitted (what a recursive cancel reaches);
@@ -868,13 +875,21 @@ class Scheduler:
 
     def _deliver(self, task: TaskState, payloads: list[list],
                  contained: list[list[bytes]] | None) -> None:
-        """A task's results reach whoever waits for them: here, or its owner."""
+        """A task's results reach whoever waits for them: here, or its owner. A streaming
+        task's came as it yielded (`_on_stream_yielded`); only an error that ends it
+        (its worker died for good, it was cancelled) is delivered here, to the link its
+        consumer waits on next."""
         spec = task.spec
         if task.owner is not None:
             self._return_to_owner(task, payloads, contained)
             return
-        self._out.append(Completed(tuple(spec.return_ids)))  # wake drivers first
-        for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
+        return_ids = spec.return_ids
+        if spec.generator == STREAMING:
+            if not payloads:
+                return
+            return_ids = (stream_link(spec.task_id, task.streamed),)
+        self._out.append(Completed(tuple(return_ids)))  # wake drivers first
+        for index, (object_id, payload) in enumerate(zip(return_ids, payloads,
                                                           strict=True)):
             inside = contained[index] if contained else []
             self.objects.complete(object_id, payload, inside)
@@ -1142,6 +1157,12 @@ class Scheduler:
     def _queue_actor_call(self, task: TaskState) -> None:
         actor = self.actors.get(task.spec.actor_id)
         if actor is None and self.in_cluster and task.owner is None:
+            if task.spec.generator == STREAMING:
+                self._fail(task, errors.LocalUsageError(
+                    f"{task.spec.name} streams its values, and its actor lives on another "
+                    f"node: streaming generators run where their caller is (use "
+                    f'num_returns="dynamic" there)'))
+                return
             self._call_remote_actor(task)
             return
         if actor is None or actor.dead_reason is not None:
@@ -1345,6 +1366,32 @@ class Scheduler:
                     self._fail(creation, errors.ActorDiedError("its driver went away"))
                 self._actor_dead(actor, "the driver that created it went away", stop=True)
 
+    # ---- streaming generators ----
+    def _on_stream_yielded(self, event: StreamYielded) -> None:
+        """Link k of a streaming task becomes "item k exists", pinning item k and link
+        k + 1 (which its consumer waits on next); or its end: "no more", or the error.
+        So the consumer holds one link at a time, and a consumer that stops early frees
+        what is left down the chain."""
+        task = self.tasks.get(event.task_id)
+        if (task is None or task.worker != event.worker or task.state is not RUNNING
+                or task.cancelled or task.spec.generator != STREAMING
+                or event.index != task.streamed):  # (a rerun's values before it)
+            if event.payload is not None:
+                self._drop_payloads([event.payload])
+            return
+        task_id, index, objects = event.task_id, event.index, self.objects
+        link = stream_link(task_id, index)
+        if event.end:
+            objects.complete(link, event.payload or STREAM_END, [])
+        else:
+            item, following = stream_item(task_id, index), stream_link(task_id, index + 1)
+            objects.expect_contained(item)
+            objects.expect_contained(following)
+            objects.complete(link, STREAM_MORE, [item, following])  # pins both
+            objects.complete(item, event.payload, event.contained)
+            task.streamed = index + 1
+        self._out.append(Completed((link,)))
+
     # ---- cancel ----
     def cancel_refusal(self, task_id: bytes, force: bool) -> str | None:
         """Why px.cancel of this task here is a usage error (Ray's rules), or None."""
@@ -1516,7 +1563,8 @@ class Scheduler:
         else:
             fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
                     and covers(free, _placement_demand(spec)))
-        return fits and task.owner is None and not task.pinned and self._pushable(spec)
+        return (fits and task.owner is None and not task.pinned and self._pushable(spec)
+                and spec.generator != STREAMING)  # its consumer reads its links here
 
     def _pushable(self, spec: TaskSpec) -> bool:
         """A grant can carry it: its arguments are inline, and every value they name is
@@ -2161,13 +2209,18 @@ def _retry_call(task: TaskState) -> bool:
     return retries < 0 or task.attempts <= retries
 
 
+STREAM_MORE = [p.INLINE, pickle.dumps(True, protocol=5), []]
+STREAM_END = [p.INLINE, pickle.dumps(False, protocol=5), []]
+"""The values of a streaming task's links: another item follows, or none does."""
+
+
 def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
                  nested: bool, gpus: list[int]) -> p.Execute:
     """The message that hands a task, actor creation or actor call to a worker, with the
     GPU indices its holding took here (chosen by the node that runs it, not its owner)."""
     return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
                      deps, list(spec.return_ids), spec.name, nested, spec.resources,
-                     spec.max_concurrency, gpus)
+                     spec.max_concurrency, spec.generator, gpus)
 
 
 def values_message(request_id: int, body: dict[bytes, list] | list[bytes],

@@ -20,7 +20,7 @@ from p2pexec import errors
 from p2pexec.errors import SerializationError, TaskError
 from p2pexec.exec import shm
 from p2pexec.exec.protocol import ERROR, INLINE, SHARED, SYSTEM_ERROR
-from p2pexec.exec.refs import collector
+from p2pexec.exec.refs import ObjectRef, collector, return_id
 
 OUT_OF_BAND_MIN = 64 * 1024
 """Buffers at least this large are kept out of the pickle stream (no copy into it)."""
@@ -216,6 +216,28 @@ def as_task_error(cause: BaseException | None, type_name: str, exc_repr: str,
         error = TaskError(message, cause, remote_tb, task_name)
     error.__cause__ = cause
     return error
+
+
+def put_value(runtime: Any, value: Any, what: str) -> ObjectRef:
+    """Store `value` as a new object of this process's node (`px.put`, and what a
+    dynamic generator yields); `runtime` is the driver's or the worker's."""
+    object_id = return_id(runtime.ids.task_id(), 0)
+    payload, contained = to_payload(value, runtime.inline_limit,
+                                    runtime.segment_name(object_id), what)
+    return _new_object(runtime, object_id, payload, contained)
+
+
+def put_error(runtime: Any, exc: BaseException, task_name: str) -> ObjectRef:
+    """A new object whose `get` raises `exc` as the task's error."""
+    return _new_object(runtime, return_id(runtime.ids.task_id(), 0),
+                       task_error_payload(exc, task_name), [])
+
+
+def _new_object(runtime: Any, object_id: bytes, payload: list, contained: list[bytes]
+                ) -> ObjectRef:
+    ref = ObjectRef(object_id, runtime.node_id)
+    runtime.put(object_id, payload, contained)
+    return ref
 
 
 def callable_hash(pickled: bytes) -> bytes:

@@ -43,6 +43,7 @@ from p2pexec.exec.events import (
     ShutDown,
     SpillEnded,
     Started,
+    StreamYielded,
     Submitted,
     TaskFinished,
     Tick,
@@ -690,6 +691,11 @@ class ExecService:
                                 trio.current_time())
         if kind is p.GiveBack:
             return GaveBack(worker_id, message.task_ids)
+        if kind is p.Yielded:
+            if message.payload is not None:
+                check_payload(message.payload)
+            return StreamYielded(worker_id, message.task_id, message.index, message.payload,
+                                 message.contained, message.end)
         if kind is p.Hello:
             return WorkerReady(worker_id)
         event = self._common_event(worker_id, message)

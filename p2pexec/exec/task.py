@@ -8,6 +8,10 @@ from typing import Any
 from p2pexec.net.codec import message
 
 TASK, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2
+NOT_GENERATOR, DYNAMIC, STREAMING = 0, 1, 2
+"""How a generator's values come back (`TaskSpec.generator`): as its declared returns,
+as one ref to a list of refs made when it ends (`num_returns="dynamic"`), or one by
+one while it runs (`num_returns="streaming"`)."""
 
 DEFAULT, SPREAD, NODE_AFFINITY = 0, 1, 2
 """Scheduling strategies (`TaskSpec.strategy`): where thieves take it; round robin over the
@@ -46,6 +50,8 @@ class TaskSpec:
     max_concurrency: int = 1
     """An actor's creation: how many of its calls may run at once (on a thread pool, or
     on one event loop for an async actor); 1 runs them one at a time, in order."""
+    generator: int = NOT_GENERATOR
+    """A generator function's values: NOT_GENERATOR, DYNAMIC or STREAMING."""
     strategy: int = DEFAULT
     """Where it may run (Ray's `scheduling_strategy`): DEFAULT, SPREAD or NODE_AFFINITY.
     Only DEFAULT work is stolen; the owner sends the rest where its strategy says."""

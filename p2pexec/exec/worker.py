@@ -373,6 +373,11 @@ class WorkerRuntime:
     def cancel(self, argument: list) -> None:
         self.call("cancel", argument)
 
+    def stream(self, task_id: bytes, index: int, payload: list | None,
+               contained: list[bytes], end: bool) -> None:
+        """A streaming task yielded value `index` (or ended): its node hears at once."""
+        self.send(p.Yielded(task_id, index, payload, contained, end))
+
     def segment_name(self, object_id: bytes) -> str:
         return shm.segment_name(self.owner_pid, object_id)
 

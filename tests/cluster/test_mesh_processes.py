@@ -518,3 +518,44 @@ def test_spread_and_node_affinity_place_work_on_the_nodes_they_name(launcher: La
     assert answer["bound"] == [ids[1]] * 10 and answer["actor"] == ids[1], answer
     assert answer["anywhere"] in ids
     assert f"node {'ab' * 32} is not a live member" in answer["error"], answer
+
+
+GENERATORS_ACROSS = """
+    import json, os, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def numbers(n):
+        for i in range(n):
+            yield i
+
+    @px.remote(num_returns="dynamic")
+    def batch(n):
+        time.sleep(0.05)  # long enough to be worth stealing
+        for i in range(n):
+            yield os.getppid(), i
+
+    @px.remote
+    def consume(n):
+        time.sleep(0.05)
+        return os.getppid(), sum(px.get(ref) for ref in numbers.remote(n))
+
+    sums = px.get([consume.remote(k) for k in range(30)], timeout=120)
+    batches = [list(px.get(ref)) for ref in [batch.remote(5) for _ in range(30)]]
+    values = [px.get(refs, timeout=60) for refs in batches]
+    print(json.dumps({"sums": sums, "values": values}))
+"""
+
+
+def test_generators_run_on_every_node(launcher: Launcher):
+    """Tasks stolen by peers consume streams they start there; dynamic generators
+    stolen by peers hand back refs to values that stay on the thief until read."""
+    a, _b, _c = three_nodes(launcher)
+    answer = run_driver(GENERATORS_ACROSS, a.data_dir, timeout=180)
+    assert [total for _node, total in answer["sums"]] == [k * (k - 1) // 2 for k in range(30)]
+    assert [[i for _node, i in batch] for batch in answer["values"]] == [list(range(5))] * 30
+    nodes = {node for node, _ in answer["sums"]} | {
+        node for batch in answer["values"] for node, _ in batch}
+    assert len(nodes) >= 2, nodes  # some ran on peers
