@@ -56,7 +56,7 @@ _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "num_returns",
                 "retry_exceptions", "name", "scheduling_strategy"}
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
-                 "name", "lifetime", "get_if_exists", "max_concurrency",
+                 "name", "namespace", "lifetime", "get_if_exists", "max_concurrency",
                  "scheduling_strategy"}
 
 ASYNC_ACTOR_CONCURRENCY = 1000
@@ -67,7 +67,7 @@ ASYNC_ACTOR_CONCURRENCY = 1000
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
          num_gpus: int | None = None, address: str | os.PathLike[str] | None = None,
          cluster: Any = None, object_store_memory: int | None = None,
-         ignore_reinit_error: bool = False) -> None:
+         namespace: str | None = None, ignore_reinit_error: bool = False) -> None:
     """Connect this program to a node: attach to one running on this machine, or embed one.
 
     `address` (Ray's rule):
@@ -85,6 +85,8 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
     RAM). Those settings describe a new node, so they are refused when attaching.
     Called implicitly, with no arguments, by the first API call.
     """
+    if namespace is not None:
+        _check_namespace(namespace)
     with _runtime_lock:
         current = context.runtime
         if current is not None and (context.in_worker or current.alive):
@@ -94,6 +96,8 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
                                   "call px.shutdown() first or pass ignore_reinit_error=True")
         from p2pexec import client
         from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
+
+        context.namespace = namespace or ""
 
         configures = (num_cpus is not None or num_gpus is not None or bool(resources)
                       or cluster is not None or object_store_memory is not None)
@@ -339,6 +343,8 @@ class ActorClass:
         name = options.get("name")
         if options.get("get_if_exists") and name is None:
             raise LocalUsageError("get_if_exists=True needs a name= to look for")
+        if name is not None:
+            name = _actor_key(name, options.get("namespace"))
         if name is not None and runtime.call("actor_exists", name):
             if options.get("get_if_exists"):  # Ray's rule: the live one, as is
                 return ActorHandle(runtime.call("get_actor", name), self._cls.__name__, None,
@@ -359,8 +365,9 @@ class ActorClass:
             actor_id, ACTOR_CREATE, code_hash, None, args_payload, tuple(deps),
             tuple(contained), (created.id,), f"{class_name}.__init__",
             self._resources, task_retries,
-            False, actor_id, options.get("name"), int(options.get("max_restarts", 0)),
-            lifetime == "detached", self._concurrency, **self._strategy))
+            False, actor_id, name, int(options.get("max_restarts", 0)),
+            lifetime == "detached", self._concurrency, namespace=_current_namespace(),
+            **self._strategy))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
 
 
@@ -501,7 +508,8 @@ def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwar
         pins = (*pins, return_id(actor_id, 1))
     runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
-                            actor_id, generator=generator, **(strategy or {})))
+                            actor_id, generator=generator, namespace=_current_namespace(),
+                            **(strategy or {})))
     if generator == STREAMING:
         return ObjectRefGenerator(refs[0])
     return refs[0] if num_returns == 1 else refs
@@ -729,10 +737,37 @@ async def get_async(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | N
 
 
 # ---- actors and cluster ----
-def get_actor(name: str) -> ActorHandle:
-    """The handle of the live actor created with `options(name=name)`."""
-    actor_id = _rt().call("get_actor", name)
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with `options(name=name)`, in `namespace`
+    (default: the caller's)."""
+    actor_id = _rt().call("get_actor", _actor_key(name, namespace))
     return ActorHandle(actor_id, name, None)
+
+
+def _current_namespace() -> str:
+    """A driver's namespace, or (in a worker) that of the task or actor running."""
+    if not context.in_worker:
+        return context.namespace
+    work, actor = context.runtime.runner.current()
+    work = actor or work
+    return work.namespace if work is not None else ""
+
+
+def _check_namespace(namespace: Any) -> None:
+    if not isinstance(namespace, str) or ":" in namespace:
+        raise LocalUsageError(f"a namespace is a str without ':', got {namespace!r}")
+
+
+def _actor_key(name: Any, namespace: str | None) -> str:
+    """What the cluster knows a named actor by: its name, after its namespace and ':'
+    unless that is the default ("")."""
+    if not isinstance(name, str) or not name:
+        raise LocalUsageError(f"an actor's name is a non-empty str, got {name!r}")
+    if namespace is None:
+        namespace = _current_namespace()
+    else:
+        _check_namespace(namespace)
+    return f"{namespace}:{name}" if namespace else name
 
 
 def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
@@ -782,6 +817,11 @@ class RuntimeContext:
     """The GPU indices among those (what `CUDA_VISIBLE_DEVICES` names); [] in a driver."""
     worker_mode: str
     """"driver", "task" or "actor"."""
+    namespace: str = ""
+    """Where the names it creates and looks up live ("" is the shared default)."""
+
+    def get_namespace(self) -> str:
+        return self.namespace
 
     def get_node_id(self) -> str:
         return self.node_id
@@ -804,16 +844,17 @@ def get_runtime_context() -> RuntimeContext:
     """The node, task, actor and resources of the code that calls it."""
     runtime = _rt()
     node_id = NodeId(runtime.node_id).hex if runtime.node_id else ""
+    namespace = _current_namespace()
     if not context.in_worker:
-        return RuntimeContext(node_id, None, None, {}, [], "driver")
+        return RuntimeContext(node_id, None, None, {}, [], "driver", namespace)
     work, actor = runtime.runner.current()
     if actor is not None:
         return RuntimeContext(node_id, work.task_id.hex() if work is not None else None,
                               actor.task_id.hex(), dict(actor.resources),
-                              list(actor.gpu_ids), "actor")
+                              list(actor.gpu_ids), "actor", namespace)
     return RuntimeContext(node_id, work.task_id.hex() if work is not None else None, None,
                           dict(work.resources) if work is not None else {},
-                          list(work.gpu_ids) if work is not None else [], "task")
+                          list(work.gpu_ids) if work is not None else [], "task", namespace)
 
 
 def get_gpu_ids() -> list[int]:

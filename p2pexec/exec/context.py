@@ -11,6 +11,8 @@ runtime: Any = None
 """The runtime of this process: a driver runtime (`p2pexec.client`) or a worker's."""
 in_worker = False
 """True inside a worker process, whose runtime is its link and is never replaced."""
+namespace = ""
+"""A driver's namespace (`px.init(namespace=...)`); a worker takes its running task's."""
 
 
 def set_worker_runtime(worker_runtime: Any) -> None:

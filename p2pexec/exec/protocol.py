@@ -196,6 +196,8 @@ class Execute:
     """An actor's creation: how many calls its worker may run at once (`TaskSpec`)."""
     generator: int = 0
     """How a generator function's values come back (`TaskSpec.generator`)."""
+    namespace: str = ""
+    """The namespace it runs in (`TaskSpec.namespace`)."""
     gpu_ids: list[int] = field(default_factory=list)
     """The GPU indices the node that runs it gave it (an actor's creation: the actor's
     for its life; its calls carry none and run with those): the worker sets

@@ -52,6 +52,9 @@ class TaskSpec:
     on one event loop for an async actor); 1 runs them one at a time, in order."""
     generator: int = NOT_GENERATOR
     """A generator function's values: NOT_GENERATOR, DYNAMIC or STREAMING."""
+    namespace: str = ""
+    """The namespace of the driver (or task) that submitted it: where the names it (and
+    what it submits) looks up and creates live."""
     strategy: int = DEFAULT
     """Where it may run (Ray's `scheduling_strategy`): DEFAULT, SPREAD or NODE_AFFINITY.
     Only DEFAULT work is stolen; the owner sends the rest where its strategy says."""
