@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -11,8 +13,9 @@ node instead of an embedded one (tests/cluster/test_attach.py runs them that way
 
 if not os.environ.get(ATTACH_ENV):
     # never attach to a node the developer happens to run: a bare px.init() in a test (or
-    # a script it starts) looks in a data dir of its own
+    # a script it starts) looks in a data dir of its own, removed when the run ends
     os.environ["P2PEXEC_DATA_DIR"] = tempfile.mkdtemp(prefix="p2pexec-tests-")
+    atexit.register(shutil.rmtree, os.environ["P2PEXEC_DATA_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
