@@ -123,11 +123,10 @@ class Threaded:
             self.peak = max(self.peak, self.inside)
             self.threads.add(threading.get_ident())
         time.sleep(0.05)
-        ready = self.inside >= barrier_parties
         deadline = time.monotonic() + 20
-        while not ready and time.monotonic() < deadline:
+        while self.peak < barrier_parties and time.monotonic() < deadline:
             time.sleep(0.01)
-            ready = self.inside >= barrier_parties
+        ready = self.peak >= barrier_parties  # (once seen: the others may have left)
         value = px.get(add_one.remote(1))  # calls may use the API at once
         with self.lock:
             self.inside -= 1
