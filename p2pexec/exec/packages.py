@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import stat
+import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -53,6 +54,17 @@ class Scan:
     size: int
 
 
+def directory(path: str | os.PathLike[str], what: str) -> str:
+    """The absolute path of an existing directory (relative to the current one);
+    `LocalUsageError` naming `what` ("working_dir 'x'") when it is missing or a file."""
+    root = os.path.abspath(path)
+    if not os.path.exists(root):
+        raise LocalUsageError(f"runtime_env {what} does not exist")
+    if not os.path.isdir(root):
+        raise LocalUsageError(f"runtime_env {what} is not a directory")
+    return root
+
+
 def scan(path: str, what: str, prefix: str = "", limit: int | None = None) -> Scan:
     """The entries of directory `path` (`what` names it in errors: "working_dir 'x'"),
     each name starting with `prefix` (a py_module's own name, so it imports by it).
@@ -60,23 +72,19 @@ def scan(path: str, what: str, prefix: str = "", limit: int | None = None) -> Sc
     out. `LocalUsageError` when it is missing, not a directory, or over `limit` bytes
     (default `MAX_PACKAGE_BYTES`) or `MAX_PACKAGE_FILES` entries."""
     limit = MAX_PACKAGE_BYTES if limit is None else limit
-    root = os.path.abspath(path)
-    if not os.path.exists(root):
-        raise LocalUsageError(f"runtime_env {what} does not exist")
-    if not os.path.isdir(root):
-        raise LocalUsageError(f"runtime_env {what} is not a directory")
+    root = directory(path, what)
     entries: list[tuple[str, str, int, int, int]] = []
     size = 0
     walk = os.walk(root)
-    for directory, subdirs, files in walk:
+    for folder, subdirs, files in walk:
         subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED
-                            and not os.path.islink(os.path.join(directory, d)))
-        relative = os.path.relpath(directory, root)
+                            and not os.path.islink(os.path.join(folder, d)))
+        relative = os.path.relpath(folder, root)
         base = prefix if relative == "." else f"{prefix}{relative.replace(os.sep, '/')}/"
         if base:
-            entries.append((base, directory, 0, 0, stat.S_IFDIR | 0o755))
+            entries.append((base, folder, 0, 0, stat.S_IFDIR | 0o755))
         for name in sorted(files):
-            full = os.path.join(directory, name)
+            full = os.path.join(folder, name)
             try:
                 info = os.stat(full)
             except OSError:  # a dangling link, or removed while we looked
@@ -144,14 +152,24 @@ class PackageStore:
     calls it from a thread. Only packages whose hash checked and that unpacked whole
     get their final names, so a name in this directory is a package to trust."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self, directory: str | None) -> None:
+        """`directory` None: a private temporary one, made by `open`."""
+        self.directory = directory or ""
+        self._private = directory is None
 
-    def clear(self) -> None:
-        """Start empty (leftovers belong to an earlier life of the node, which its
-        scheduler does not know it holds)."""
+    def open(self) -> None:
+        """Start empty: leftovers belong to an earlier life of the node, whose scheduler
+        does not know it holds them."""
+        if self._private:
+            self.directory = tempfile.mkdtemp(prefix="p2pexec-packages-")
+            return
         shutil.rmtree(self.directory, ignore_errors=True)
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    def close(self) -> None:
+        """Remove every package: a node that comes back fetches them again."""
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def zip_path(self, package: bytes) -> str:
         return package_path(self.directory, package) + ".zip"

@@ -78,7 +78,7 @@ def test_the_store_unpacks_a_package_once_with_its_modes(tmp_path):
     data = zip_of(tmp_path)
     package = package_hash(data)
     store = PackageStore(str(tmp_path / "store"))
-    store.clear()
+    store.open()
     store.add(package, data)
     store.add(package, data)  # again: nothing changes
     unpacked = tmp_path / "store" / package.hex()
@@ -94,7 +94,7 @@ def test_bytes_that_do_not_hash_to_the_name_are_refused_and_leave_nothing(tmp_pa
     make_project(tmp_path / "project")
     data = zip_of(tmp_path)
     store = PackageStore(str(tmp_path / "store"))
-    store.clear()
+    store.open()
     with pytest.raises(RuntimeEnvSetupError, match="do not hash to its name"):
         store.add(bytes(32), data)
     with pytest.raises(RuntimeEnvSetupError, match="over the 100 bytes limit"):
@@ -127,7 +127,7 @@ def crafted(entries):
 def test_a_hostile_zip_is_refused_and_writes_nothing_outside(tmp_path, entries, reason):
     data = crafted(entries)
     store = PackageStore(str(tmp_path / "store"))
-    store.clear()
+    store.open()
     with pytest.raises(RuntimeEnvSetupError, match=reason):
         store.add(package_hash(data), data)
     assert os.listdir(tmp_path / "store") == []
@@ -138,7 +138,7 @@ def test_a_zip_that_unpacks_over_the_limit_is_refused(tmp_path):
     data = crafted([("zeros.bin", bytes(4096))])  # a small zip of a large file
     assert len(data) < 1024
     store = PackageStore(str(tmp_path / "store"))
-    store.clear()
+    store.open()
     with pytest.raises(RuntimeEnvSetupError, match="unpacks to 4096 bytes, over the 1024"):
         store.add(package_hash(data), data, limit=1024)
     assert os.listdir(tmp_path / "store") == []
