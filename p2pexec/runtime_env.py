@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from p2pexec.errors import LocalUsageError
-from p2pexec.exec import packages
 from p2pexec.exec.runtime_env import RuntimeEnv
 
 SUPPORTED = ("env_vars", "py_modules", "working_dir")
@@ -134,6 +133,8 @@ def _module_path(entry: Any) -> Any:
 def _directory(path: Any, what: str) -> str:
     """An existing directory's absolute path (relative ones are from the current
     directory, now)."""
+    from p2pexec.exec import packages  # here: worker processes import this module
+
     if not isinstance(path, (str, os.PathLike)):
         raise LocalUsageError(f"runtime_env {what} must be a path, got {path!r}")
     return packages.directory(path, f"{what} {os.fspath(path)!r}")
@@ -142,6 +143,8 @@ def _directory(path: Any, what: str) -> str:
 def _package(runtime: Any, path: str, prefix: str) -> bytes:
     """The package of directory `path` (entries under `prefix`), stored with
     `runtime`'s node: zipped again only when its files changed, sent to a node once."""
+    from p2pexec.exec import packages
+
     what = f"{'py_modules entry' if prefix else 'working_dir'} {path!r}"
     found = packages.scan(path, what, prefix)
     stored = _stored.setdefault(runtime, set())

@@ -18,8 +18,6 @@ import io
 import os
 import shutil
 import stat
-import tempfile
-import uuid
 from dataclasses import dataclass
 
 from p2pexec.errors import LocalUsageError, RuntimeEnvSetupError
@@ -109,7 +107,7 @@ def pack(found: Scan, what: str, limit: int | None = None) -> bytes:
     """The zip of a scanned directory: entries in order, fixed timestamps, modes 0o644
     or 0o755, so equal content gives equal bytes. `LocalUsageError` when the zip
     itself is over `limit` (incompressible files near the limit)."""
-    import zipfile  # here: worker processes import this module's neighbours, not zipfile
+    import zipfile  # here: workers import this module (through the API) and never zip
 
     limit = MAX_PACKAGE_BYTES if limit is None else limit
     buffer = io.BytesIO()
@@ -161,6 +159,8 @@ class PackageStore:
         """Start empty: leftovers belong to an earlier life of the node, whose scheduler
         does not know it holds them."""
         if self._private:
+            import tempfile  # here, as zipfile: drivers and workers import this module
+
             self.directory = tempfile.mkdtemp(prefix="p2pexec-packages-")
             return
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -176,7 +176,7 @@ class PackageStore:
 
     def part_path(self, package: bytes) -> str:
         """A fresh file name for bytes still to be checked."""
-        return f"{package_path(self.directory, package)}.part-{uuid.uuid4().hex}"
+        return f"{package_path(self.directory, package)}.part-{os.urandom(8).hex()}"
 
     def add(self, package: bytes, data: bytes, limit: int | None = None) -> None:
         """Store a package a local client sent (its bytes, checked as a peer's)."""
@@ -191,7 +191,7 @@ class PackageStore:
         is gone afterwards either way. `RuntimeEnvSetupError` says what was wrong."""
         limit = MAX_PACKAGE_BYTES if limit is None else limit
         target = package_path(self.directory, package)
-        unpacking = f"{target}.unpacking-{uuid.uuid4().hex}"
+        unpacking = f"{target}.unpacking-{os.urandom(8).hex()}"
         try:
             size = os.path.getsize(part)
             if size > limit:
