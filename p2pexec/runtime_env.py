@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from p2pexec.errors import LocalUsageError
-from p2pexec.exec.runtime_env import RuntimeEnv
+from p2pexec.exec.runtime_env import MAX_PY_MODULES, RuntimeEnv
 
 SUPPORTED = ("env_vars", "py_modules", "working_dir")
 
@@ -48,7 +48,9 @@ class RuntimeEnvOption:
         """Absolute path, or None: the parent's."""
         self.py_modules = py_modules
         """Absolute paths, or None: the parent's."""
-        self._memo: tuple[Any, RuntimeEnv | None, RuntimeEnv | None] | None = None
+        self._memo: tuple[weakref.ref, RuntimeEnv | None, RuntimeEnv | None] | None = None
+        """(runtime, parent environment, answer) of the last `resolve`: the runtime held
+        weakly, so a function kept after px.shutdown does not keep the old node alive."""
 
     @classmethod
     def parse(cls, value: Any) -> RuntimeEnvOption | None:
@@ -75,6 +77,9 @@ class RuntimeEnvOption:
                                                                        (list, tuple)):
                 raise LocalUsageError("runtime_env py_modules must be a list of package "
                                       "directories or imported packages")
+            if len(py_modules) > MAX_PY_MODULES:
+                raise LocalUsageError(f"runtime_env py_modules has {len(py_modules)} "
+                                      f"entries, over the limit of {MAX_PY_MODULES}")
             py_modules = tuple(_directory(_module_path(entry), "py_modules entry")
                                for entry in py_modules)
         return cls(env_vars, working_dir, py_modules)
@@ -85,7 +90,7 @@ class RuntimeEnvOption:
         node the first time. The same answer while neither changes."""
         parent = runtime.runtime_env
         memo = self._memo
-        if memo is not None and memo[0] is runtime and memo[1] is parent:
+        if memo is not None and memo[0]() is runtime and memo[1] is parent:
             return memo[2]
         env_vars = dict(parent.env_vars) if parent is not None else {}
         env_vars.update(self.env_vars or {})
@@ -98,7 +103,7 @@ class RuntimeEnvOption:
         env = None
         if env_vars or working_dir is not None or py_modules:
             env = RuntimeEnv(tuple(sorted(env_vars.items())), working_dir, py_modules)
-        self._memo = (runtime, parent, env)
+        self._memo = (weakref.ref(runtime), parent, env)
         return env
 
 

@@ -72,10 +72,14 @@ def enter(env: RuntimeEnv, package_dir: str) -> None:
     variables set (`${NAME}` in a value is NAME's value in the node's environment, ""
     when unset), its working dir the current directory and first on sys.path, each
     py_modules package (a directory holding the module) next, so the modules import by
-    their names. The node unpacked every package before it sent the first task."""
+    their names (in subprocesses too: PYTHONPATH). The node unpacked every package
+    before it sent the first task."""
     for name, value in env.env_vars:
         os.environ[name] = _REFERENCE.sub(lambda m: os.environ.get(m.group(1), ""), value)
     paths = [package_path(package_dir, package) for package in env.packages()]
     sys.path[0:0] = [path for path in paths if path not in sys.path]
+    if paths:  # for the Python subprocesses the work starts, as Ray's PYTHONPATH
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
     if env.working_dir is not None:
         os.chdir(paths[0])

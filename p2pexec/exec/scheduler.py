@@ -298,7 +298,7 @@ class Scheduler:
         """Per code hash this node lacks, the granted tasks waiting for its fetch."""
         self.packages: set[bytes] = set()
         """The runtime_env packages stored and unpacked here (by a local client, or
-        fetched): a worker of an environment starts only once all of its are here."""
+        fetched): work of an environment runs only once all of its are here."""
         self._package_waiting: dict[bytes, tuple[bytes, list[TaskState]]] = {}
         """Per package this node lacks, the node it is being fetched from and the granted
         tasks waiting for it."""
@@ -1023,9 +1023,10 @@ class Scheduler:
             task = self.tasks.get(task_of(object_id))
             if task is None or task.state is not READY or task.spec.kind != TASK:
                 continue
-            if task.attempts or task.spec.runtime_env != worker.runtime_env:
+            if task.attempts:
                 continue  # it crashed a worker once: never again under a waiting caller
-                # (or it runs in another environment than this worker's)
+            if task.spec.runtime_env != worker.runtime_env:
+                continue  # it runs in another environment than this worker's
             if not self.resources.fits(task.spec.resources):
                 continue
             task.held = self.resources.acquire(task.spec.resources)

@@ -162,6 +162,7 @@ def test_a_worker_takes_on_its_environment(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("BASE", "/opt")
     monkeypatch.delenv("ADDED", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/already")
     monkeypatch.chdir(tmp_path)
     work, module = bytes(32), b"\1" * 32
     for package in (work, module):
@@ -169,5 +170,6 @@ def test_a_worker_takes_on_its_environment(tmp_path, monkeypatch):
     enter(RuntimeEnv((("ADDED", "${BASE}/lib:${UNSET}"),), work, (module,)), str(tmp_path))
     assert os.environ["ADDED"] == "/opt/lib:"
     assert os.getcwd() == package_path(str(tmp_path), work)
-    assert sys.path[:2] == [package_path(str(tmp_path), work),
-                            package_path(str(tmp_path), module)]
+    paths = [package_path(str(tmp_path), work), package_path(str(tmp_path), module)]
+    assert sys.path[:2] == paths
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([*paths, "/already"])
