@@ -138,7 +138,8 @@ def _module_path(entry: Any) -> Any:
 def _directory(path: Any, what: str) -> str:
     """An existing directory's absolute path (relative ones are from the current
     directory, now)."""
-    from p2pexec.exec import packages  # here: worker processes import this module
+    from p2pexec.exec import packages  # here: worker processes import this module, and
+    # never pack (zipfile, the store)
 
     if not isinstance(path, (str, os.PathLike)):
         raise LocalUsageError(f"runtime_env {what} must be a path, got {path!r}")

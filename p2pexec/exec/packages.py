@@ -18,6 +18,8 @@ import io
 import os
 import shutil
 import stat
+import tempfile
+import zipfile
 from dataclasses import dataclass
 
 from p2pexec.errors import LocalUsageError, RuntimeEnvSetupError
@@ -107,8 +109,6 @@ def pack(found: Scan, what: str, limit: int | None = None) -> bytes:
     """The zip of a scanned directory: entries in order, fixed timestamps, modes 0o644
     or 0o755, so equal content gives equal bytes. `LocalUsageError` when the zip
     itself is over `limit` (incompressible files near the limit)."""
-    import zipfile  # here: workers import this module (through the API) and never zip
-
     limit = MAX_PACKAGE_BYTES if limit is None else limit
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
@@ -159,8 +159,6 @@ class PackageStore:
         """Start empty: leftovers belong to an earlier life of the node, whose scheduler
         does not know it holds them."""
         if self._private:
-            import tempfile  # here, as zipfile: drivers and workers import this module
-
             self.directory = tempfile.mkdtemp(prefix="p2pexec-packages-")
             return
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -234,8 +232,6 @@ def unpack(zip_path: str, target: str, limit: int | None = None) -> None:
     an archive over `limit` bytes unpacked or `MAX_PACKAGE_FILES` entries, and any entry
     that would land outside `target` (absolute, `..` or a NUL in its name), is
     a link or repeats a name. Files get mode 0o644 or 0o755, nothing else."""
-    import zipfile
-
     limit = MAX_PACKAGE_BYTES if limit is None else limit
     root = os.path.abspath(target)
     try:
