@@ -34,6 +34,7 @@ from p2pexec.exec.refs import (
 )
 from p2pexec.exec.resources import CPU, GPU
 from p2pexec.exec.runner import is_async_class
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.task import (
     ACTOR_CALL,
     ACTOR_CREATE,
@@ -44,6 +45,8 @@ from p2pexec.exec.task import (
     TaskSpec,
 )
 from p2pexec.ids import NodeId
+from p2pexec.runtime_env import RuntimeEnvOption
+from p2pexec.runtime_env import effective as effective_runtime_env
 from p2pexec.scheduling import spec_fields
 
 _runtime_lock = threading.Lock()
@@ -54,10 +57,10 @@ PUT_INDEX = return_id(b"", 0)
 _EMPTY_ARGS = [INLINE, cloudpickle.dumps(((), {}), protocol=5), []]
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "num_returns",
-                "retry_exceptions", "name", "scheduling_strategy"}
+                "retry_exceptions", "name", "scheduling_strategy", "runtime_env"}
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
                  "name", "namespace", "lifetime", "get_if_exists", "max_concurrency",
-                 "scheduling_strategy"}
+                 "scheduling_strategy", "runtime_env"}
 
 ASYNC_ACTOR_CONCURRENCY = 1000
 """Calls an async actor runs at once unless told otherwise (Ray's default)."""
@@ -67,7 +70,8 @@ ASYNC_ACTOR_CONCURRENCY = 1000
 def init(num_cpus: float | None = None, resources: dict[str, float] | None = None, *,
          num_gpus: int | None = None, address: str | os.PathLike[str] | None = None,
          cluster: Any = None, object_store_memory: int | None = None,
-         namespace: str | None = None, ignore_reinit_error: bool = False) -> None:
+         namespace: str | None = None, runtime_env: dict[str, Any] | None = None,
+         ignore_reinit_error: bool = False) -> None:
     """Connect this program to a node: attach to one running on this machine, or embed one.
 
     `address` (Ray's rule):
@@ -83,10 +87,14 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
     cluster, as `p2pexec join` does; `object_store_memory` caps the bytes of shared memory
     its objects take before the least recently used spill to disk (default: 30% of
     RAM). Those settings describe a new node, so they are refused when attaching.
+    `runtime_env` (Ray's; see `p2pexec.runtime_env`) is the environment every task and
+    actor of this driver runs in unless its own option says otherwise; its directories
+    are packed and stored with the node here, before init returns.
     Called implicitly, with no arguments, by the first API call.
     """
     if namespace is not None:
         _check_namespace(namespace)
+    env_option = RuntimeEnvOption.parse(runtime_env)
     with _runtime_lock:
         current = context.runtime
         if current is not None and (context.in_worker or current.alive):
@@ -94,34 +102,46 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
                 return
             raise LocalUsageError("p2pexec is already initialised in this process; "
                                   "call px.shutdown() first or pass ignore_reinit_error=True")
-        from p2pexec import client
-        from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
-
         context.namespace = namespace or ""
+        runtime = _connect(address, num_cpus, resources, cluster, object_store_memory,
+                           num_gpus)
+        if env_option is not None:
+            try:
+                runtime.runtime_env = env_option.resolve(runtime)
+            except BaseException:
+                runtime.shutdown()
+                raise
+        context.runtime = runtime
 
-        configures = (num_cpus is not None or num_gpus is not None or bool(resources)
-                      or cluster is not None or object_store_memory is not None)
-        if address is None and not configures:
-            socket_path = control_socket_path(default_data_dir())
-            if socket_path.exists():
-                try:
-                    context.runtime = client.AttachedRuntime(socket_path)
-                    return
-                except NodeNotRunning:  # a socket left by a node that is gone
-                    pass
-        elif address is not None and address != "local":
-            if configures:
-                raise LocalUsageError(
-                    "num_cpus, num_gpus, resources, cluster and object_store_memory "
-                    "configure a new node; they cannot be given when attaching to a running "
-                    "one (its `p2pexec join` options set them); use address='local' for a "
-                    "private node")
-            socket_path = (control_socket_path(default_data_dir()) if address == "auto"
-                           else client.socket_path_of(address))
-            context.runtime = client.AttachedRuntime(socket_path)
-            return
-        context.runtime = client.DriverRuntime(NodeConfig.embedded(
-            num_cpus, resources, cluster, object_store_memory, num_gpus))
+
+def _connect(address: str | os.PathLike[str] | None, num_cpus: float | None,
+             resources: dict[str, float] | None, cluster: Any,
+             object_store_memory: int | None, num_gpus: int | None) -> Any:
+    """The runtime `init` asks for: attached to a running node, or an embedded one."""
+    from p2pexec import client
+    from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
+
+    configures = (num_cpus is not None or num_gpus is not None or bool(resources)
+                  or cluster is not None or object_store_memory is not None)
+    if address is None and not configures:
+        socket_path = control_socket_path(default_data_dir())
+        if socket_path.exists():
+            try:
+                return client.AttachedRuntime(socket_path)
+            except NodeNotRunning:  # a socket left by a node that is gone
+                pass
+    elif address is not None and address != "local":
+        if configures:
+            raise LocalUsageError(
+                "num_cpus, num_gpus, resources, cluster and object_store_memory "
+                "configure a new node; they cannot be given when attaching to a running "
+                "one (its `p2pexec join` options set them); use address='local' for a "
+                "private node")
+        socket_path = (control_socket_path(default_data_dir()) if address == "auto"
+                       else client.socket_path_of(address))
+        return client.AttachedRuntime(socket_path)
+    return client.DriverRuntime(NodeConfig.embedded(
+        num_cpus, resources, cluster, object_store_memory, num_gpus))
 
 
 def shutdown() -> None:
@@ -288,6 +308,7 @@ class RemoteFunction:
         self._max_retries = int(options.get("max_retries", 3))
         self._retry_exceptions = bool(options.get("retry_exceptions", False))
         self._strategy = spec_fields(options.get("scheduling_strategy"))
+        self._env = RuntimeEnvOption.parse(options.get("runtime_env"))
         if self._returns[1] == STREAMING and self._strategy:
             raise LocalUsageError(f"{self._name} streams its values: a streaming generator "
                                   f"runs on the node that calls it, so it takes no "
@@ -309,7 +330,7 @@ class RemoteFunction:
         code_hash = self._shipped.register(runtime)
         return _submit(runtime, self._name, self._returns, args, kwargs, TASK, code_hash,
                        None, self._resources, self._max_retries, self._retry_exceptions, None,
-                       self._strategy)
+                       self._strategy, effective_runtime_env(self._env, runtime))
 
 
 # ---- actors ----
@@ -327,6 +348,7 @@ class ActorClass:
         self._methods = _methods_of(cls)
         self._concurrency = _max_concurrency(cls, options.get("max_concurrency"))
         self._strategy = spec_fields(options.get("scheduling_strategy"))
+        self._env = RuntimeEnvOption.parse(options.get("runtime_env"))
         self.__doc__ = cls.__doc__
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
@@ -352,6 +374,7 @@ class ActorClass:
             raise LocalUsageError(f"an actor named {name!r} already exists; pick another "
                                   f"name or px.get_actor({name!r})")
         code_hash = self._shipped.register(runtime)
+        env = effective_runtime_env(self._env, runtime)
         actor_id = runtime.ids.task_id()
         class_name = self._cls.__name__
         args_payload, deps, contained = _serialize_arguments(runtime, actor_id, class_name,
@@ -367,7 +390,7 @@ class ActorClass:
             self._resources, task_retries,
             False, actor_id, name, int(options.get("max_restarts", 0)),
             lifetime == "detached", self._concurrency, namespace=_current_namespace(),
-            **self._strategy))
+            runtime_env=env, **self._strategy))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
 
 
@@ -493,10 +516,12 @@ class ActorMethod:
 def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwargs: dict,
             kind: int, code_hash: bytes | None, method: str | None,
             resources: dict[str, float], max_retries: int, retry_exceptions: bool,
-            actor_id: bytes | None, strategy: dict[str, Any] | None = None) -> Any:
+            actor_id: bytes | None, strategy: dict[str, Any] | None = None,
+            runtime_env: RuntimeEnv | None = None) -> Any:
     """Serialise the arguments, make the result refs, hand the spec to the runtime;
     `returns`: how many refs and how a generator's values come back (`_returns`);
-    `strategy`: the spec's scheduling strategy fields (`scheduling.spec_fields`)."""
+    `strategy`: the spec's scheduling strategy fields (`scheduling.spec_fields`);
+    `runtime_env`: the environment it runs in (`runtime_env.effective`)."""
     num_returns, generator = returns
     task_id = runtime.ids.task_id()
     args_payload, deps, contained = _serialize_arguments(runtime, task_id, name, args, kwargs)
@@ -509,7 +534,7 @@ def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwar
     runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
                             actor_id, generator=generator, namespace=_current_namespace(),
-                            **(strategy or {})))
+                            runtime_env=runtime_env, **(strategy or {})))
     if generator == STREAMING:
         return ObjectRefGenerator(refs[0])
     return refs[0] if num_returns == 1 else refs

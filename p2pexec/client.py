@@ -52,6 +52,7 @@ from p2pexec.exec.protocol import (
     Values,
 )
 from p2pexec.exec.refs import IdGenerator, RefCounter, owners_of
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.serialization import system_error, system_error_payload
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
@@ -77,6 +78,9 @@ class DriverRuntime:
         self.segments = self.service.segments
         self.ids = IdGenerator()
         self._registered: set[bytes] = set()
+        self.runtime_env: RuntimeEnv | None = None
+        """The job's environment (`px.init(runtime_env=...)`): every task's and actor's
+        unless its own option says otherwise."""
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._started = threading.Event()
@@ -327,6 +331,8 @@ class AttachedRuntime:
         self.segments = None  # argument segments are recycled only inside the node
         self.ids = IdGenerator()
         self._registered: set[bytes] = set()
+        self.runtime_env: RuntimeEnv | None = None
+        """The job's environment (`px.init(runtime_env=...)`)."""
         self._send_lock = threading.Lock()
         self._requests = itertools.count(1)
         self._pending: dict[int, _PendingReply] = {}

@@ -83,6 +83,12 @@ class CodeUnavailableError(P2PExecError):
     pickled code from the node that gave it, nor from any holder the DHT knows."""
 
 
+class RuntimeEnvSetupError(P2PExecError):
+    """A task's or actor's `runtime_env` could not be set up on the node that was to run
+    it: a package of its directories could not be fetched from the node that gave the
+    work, failed its hash check, or could not be unpacked (Ray's error of the same name)."""
+
+
 class ObjectLostError(P2PExecError):
     """Every copy of an object is gone and it could not be rebuilt from lineage."""
 

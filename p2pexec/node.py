@@ -36,6 +36,7 @@ from p2pexec.exec.mesh import (
     StatsRequest,
     node_stats,
 )
+from p2pexec.exec.packages import PackageRequest
 from p2pexec.exec.scheduler import CPU
 from p2pexec.exec.service import ExecService
 from p2pexec.exec.stealing import PeerLoad
@@ -65,9 +66,12 @@ class Node:
         choice of the cluster service and object transfers (default: a fresh RNG);
         `inline` runs workers as trio tasks instead of processes; `control_socket=False`
         opens no socket in the data dir."""
-        if config.cluster is not None and config.exec.spill_dir is None:
+        if config.cluster is not None:
+            data_dir = config.cluster.data_dir
             config = dataclasses.replace(config, exec=dataclasses.replace(
-                config.exec, spill_dir=os.path.join(config.cluster.data_dir, "spill")))
+                config.exec,
+                spill_dir=config.exec.spill_dir or os.path.join(data_dir, "spill"),
+                package_dir=config.exec.package_dir or os.path.join(data_dir, "packages")))
         self.config = config
         self._rng = rng or random.Random()
         self.cluster: ClusterService | None = None
@@ -135,6 +139,7 @@ class Node:
         cluster.add_message_handler(MESH_MESSAGES, mesh.handle_message)
         cluster.add_request_handler((StatsRequest,), mesh.local_stats)
         cluster.add_request_handler((CodeRequest,), mesh.serve_code)
+        cluster.add_request_handler((PackageRequest,), mesh.serve_package)
         for codes in MESH_CODES:
             cluster.add_stream_service(codes, cluster.rpc.adopt)
         self.exec.mesh = mesh
@@ -262,6 +267,7 @@ class Node:
             "available": self.exec.core.free(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,
+            "packages_fetched": self.exec.mesh.packages_fetched if self.exec.mesh else 0,
             **dataclasses.asdict(node_stats(self.exec)),
         }
 

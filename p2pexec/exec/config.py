@@ -35,6 +35,11 @@ class ExecConfig:
     spill_dir: str | None = None
     """Where spilled objects go. None: `<data dir>/spill` for a node that joined a
     cluster, a private temporary directory for an embedded one (removed at shutdown)."""
+    package_dir: str | None = None
+    """Where runtime_env packages (working_dir, py_modules) are kept and unpacked, one
+    directory per content hash. None: `<data dir>/packages` for a node that joined a
+    cluster, a private temporary directory for an embedded one; emptied at start and
+    removed at shutdown either way (a node that comes back fetches them again)."""
 
     infeasible_grace: float = 10.0
     """In a cluster, seconds after this node first hears of its peers before a task

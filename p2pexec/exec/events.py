@@ -323,6 +323,16 @@ class StreamYielded:
 
 
 @dataclass(frozen=True, slots=True)
+class PackageReady:
+    """A package of a runtime_env is stored and unpacked here (a local client stored it,
+    or a `FetchPackage` from `holder` ended), or, with `error`, could not be had."""
+
+    package: bytes
+    holder: bytes | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequested:
     """px.cancel of a task here (submitted here, or given by a peer), from a local client
     or from the peer that gave it: `force` kills a running task's process, `recursive`
@@ -341,4 +351,5 @@ Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFin
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
-         | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded)
+         | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded
+         | PackageReady)

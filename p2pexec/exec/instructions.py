@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from p2pexec.exec.runtime_env import RuntimeEnv
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -15,6 +17,8 @@ class Send:
 class StartWorker:
     worker: int
     actor_id: bytes | None = None
+    runtime_env: RuntimeEnv | None = None
+    """The environment the worker runs work in, for its life."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +219,16 @@ class FetchCode:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchPackage:
+    """Tasks a peer gave need a runtime_env package this node lacks: fetch it from
+    `holder` (the node that gave them, which holds it), check and unpack it (the answer
+    is a `PackageReady` event)."""
+
+    package: bytes
+    holder: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StopRemoteActor:
     """The last handle of an actor this node made is gone and the actor lives on `node`:
     stop it there (Ray's rule, across nodes)."""
@@ -247,4 +261,5 @@ class CancelRemote:
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
                | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
                | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed
-               | CodeHere | FetchCode | StopRemoteActor | Interrupt | CancelRemote)
+               | CodeHere | FetchCode | StopRemoteActor | Interrupt | CancelRemote
+               | FetchPackage)

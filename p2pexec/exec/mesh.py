@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from p2pexec.errors import (
     OwnerDiedError,
     P2PExecError,
     RemoteProtocolError,
+    RuntimeEnvSetupError,
 )
+from p2pexec.exec import packages
 from p2pexec.exec.events import (
     ActorKilled,
     ActorLocated,
@@ -46,6 +49,7 @@ from p2pexec.exec.events import (
     CodeFetched,
     HeldAsked,
     NameLost,
+    PackageReady,
     PeerLoads,
     Released,
     RemoteActorKilled,
@@ -62,6 +66,7 @@ from p2pexec.exec.instructions import (
     CancelRemote,
     CodeHere,
     FetchCode,
+    FetchPackage,
     Forward,
     Grant,
     HandBack,
@@ -71,6 +76,7 @@ from p2pexec.exec.instructions import (
     ReturnResult,
     StopRemoteActor,
 )
+from p2pexec.exec.packages import CHUNK_BYTES, PackageChunk, PackageRequest
 from p2pexec.exec.serialization import (
     callable_hash,
     check_payload,
@@ -92,7 +98,7 @@ log = logging.getLogger("p2pexec.mesh")
 
 MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
                    | Lend | HandBack | AskHeld | ActorNamed | CodeHere | FetchCode
-                   | StopRemoteActor | CancelRemote)
+                   | StopRemoteActor | CancelRemote | FetchPackage)
 
 
 @message(111)
@@ -280,6 +286,8 @@ CODE_REQUEST_TIMEOUT = 5.0
 """Seconds one holder has to send a pickled function: a frame, even a large one."""
 CODE_REPLY_OVERHEAD = 64
 """Bytes of a `CodeReply` frame besides the pickled code (type code, length headers)."""
+PACKAGE_REQUEST_TIMEOUT = 10.0
+"""Seconds one node has to send a `PackageChunk` (4 MiB)."""
 
 
 SEND_ERRORS = (OSError, TimeoutError, P2PExecError, trio.BrokenResourceError,
@@ -317,6 +325,8 @@ class Mesh:
         """Per asking peer: (tokens left, when last counted) of its request allowance."""
         self._warned: dict[NodeId, float] = {}
         self._rng = rng
+        self.packages_fetched = 0
+        """runtime_env packages this node fetched from peers (one per package, ever)."""
         self._names_in, self._names_out = trio.open_memory_channel[ActorNamed](math.inf)
         """Name records to publish or withdraw, in the order the scheduler decided them
         (a name withdrawn and taken again on this node must end published)."""
@@ -463,6 +473,19 @@ class Mesh:
             pickled = None
         return CodeReply(pickled)
 
+    def serve_package(self, peer: Peer, request: Any) -> PackageChunk:
+        """A peer's `PackageRequest`: a chunk of a runtime_env package this node holds
+        (stored whole: its hash checked, unpacked), from the offset asked."""
+        package, offset = request.package, request.offset
+        if package not in self.service.core.packages:
+            return PackageChunk(None, b"")
+        store = self.service.packages
+        size = store.size(package)
+        if not 0 <= offset < size:
+            raise RemoteProtocolError(f"asked for package {package.hex()[:12]} from byte "
+                                      f"{offset} of {size}")
+        return PackageChunk(size, store.read(package, offset, CHUNK_BYTES))
+
     def _serve_steal(self, node: NodeId, msg: StealRequest) -> None:
         """A thief this node's membership does not show alive gets nothing: this node
         could never learn of its failure, and tasks it took would be waited for for ever
@@ -542,6 +565,10 @@ class Mesh:
         if kind in (LocateActor, ActorHere, CodeHere, FetchCode):
             if self._nursery is not None:
                 self._nursery.start_soon(self._dht_tasks[kind], self, instruction)
+            return
+        if kind is FetchPackage:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._fetch_package, instruction)
             return
         if kind is Forward:
             self._send(instruction.node, ActorCalls(list(instruction.specs),
@@ -744,6 +771,59 @@ class Mesh:
             failures.append(f"{node.short} sent bytes of another hash")
             return None
         return reply.pickled
+
+    async def _fetch_package(self, instruction: FetchPackage) -> None:
+        """Get a runtime_env package from the node that gave work needing it, chunk by
+        chunk into a file; the store checks its hash and limits and unpacks it (never
+        trusting a peer's bytes). The answer is one `PackageReady`, with the reason when
+        it failed."""
+        package, node = instruction.package, NodeId(instruction.holder)
+        store = self.service.packages
+        part = store.part_path(package)
+        error = ""
+        try:
+            size = await self._receive_package(node, package, part)
+            await trio.to_thread.run_sync(store.install, package, part)
+            self.packages_fetched += 1
+            log.info("fetched runtime_env package %s (%d bytes) from node %s",
+                     package.hex()[:12], size, node.short)
+        except SEND_ERRORS as exc:
+            error = (f"package {package.hex()[:12]} could not be fetched from node "
+                     f"{node.short}: {exc or type(exc).__name__}")
+            log.warning("%s", error)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        self.service.stimulus(PackageReady(package, instruction.holder, error))
+
+    async def _receive_package(self, node: NodeId, package: bytes, part: str) -> int:
+        """Write the package's bytes from `node` into file `part`; its size. A peer that
+        announces more than `MAX_PACKAGE_BYTES` or sends chunks unlike what it announced
+        is refused."""
+        address = self.address_of(node)
+        if address is None:
+            raise RuntimeEnvSetupError(f"node {node.short} is not a live member")
+        offset, size = 0, None
+        with open(part, "wb") as file:
+            while size is None or offset < size:
+                reply = await self.rpc.call(address, PackageRequest(package, offset),
+                                            node=node, timeout=PACKAGE_REQUEST_TIMEOUT)
+                if type(reply) is not PackageChunk:
+                    raise RemoteProtocolError(f"answered a package request with "
+                                              f"{type(reply).__name__}")
+                if reply.size is None:
+                    raise RuntimeEnvSetupError("it does not hold the package")
+                if size is None:
+                    size = reply.size
+                    if size > packages.MAX_PACKAGE_BYTES:
+                        raise RuntimeEnvSetupError(
+                            f"it announced {size} bytes, over the "
+                            f"{packages.MAX_PACKAGE_BYTES}-byte limit on a package")
+                if reply.size != size or not reply.data or offset + len(reply.data) > size:
+                    raise RemoteProtocolError("sent a package chunk unlike what it announced")
+                await trio.to_thread.run_sync(file.write, reply.data)
+                offset += len(reply.data)
+        return size
 
     async def _name_loop(self) -> None:
         """Publish and withdraw name records one at a time, in order; after each publish

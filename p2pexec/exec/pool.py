@@ -4,6 +4,11 @@ The pool keeps one worker per CPU, starts extra ones while CPUs are lent by bloc
 workers (Ray's rule: at most `extra_workers` more), remembers which code each worker has
 already been sent, and judges from measured run times how many tasks a busy worker may
 queue (`depth`). It decides nothing about tasks: the scheduler does.
+
+Each worker runs the work of one runtime environment for its life (Ray's rule: a
+process's sys.path, modules, cwd and variables cannot be switched back safely). Work of
+an environment no idle worker has starts a worker for it, and idle workers of other
+environments beyond one per CPU are retired to make room.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from p2pexec.exec.config import ExecConfig
-from p2pexec.exec.instructions import Instruction, StartWorker
+from p2pexec.exec.instructions import Instruction, StartWorker, StopWorker
+from p2pexec.exec.runtime_env import RuntimeEnv
 
 
 @dataclass(slots=True)
 class WorkerState:
     worker_id: int
     actor_id: bytes | None = None
+    runtime_env: RuntimeEnv | None = None
+    """The environment it was started for: it runs only work of that environment."""
     ready: bool = False
     """The process said READY; until then nothing is sent to it but its configuration."""
     stack: list[bytes] = field(default_factory=list)
@@ -27,10 +35,12 @@ class WorkerState:
     queued: deque[bytes] = field(default_factory=deque)
     """Tasks sent ahead, not started yet."""
     known_code: set[bytes] = field(default_factory=set)
+    retiring: bool = False
+    """Stopped to make room for a worker of another environment: gone once it dies."""
 
     @property
     def idle(self) -> bool:
-        return self.ready and not self.stack and not self.queued
+        return self.ready and not self.stack and not self.queued and not self.retiring
 
 
 class WorkerPool:
@@ -51,36 +61,63 @@ class WorkerPool:
         for _ in range(self._target):
             self.start_worker(None)
 
-    def start_worker(self, actor_id: bytes | None) -> int:
+    def start_worker(self, actor_id: bytes | None, runtime_env: RuntimeEnv | None = None
+                     ) -> int:
         worker_id = self._next_worker
         self._next_worker += 1
-        self.workers[worker_id] = WorkerState(worker_id, actor_id)
-        self._out.append(StartWorker(worker_id, actor_id))
+        self.workers[worker_id] = WorkerState(worker_id, actor_id, runtime_env)
+        self._out.append(StartWorker(worker_id, actor_id, runtime_env))
         return worker_id
 
     def pool_workers(self) -> Iterator[WorkerState]:
-        """Workers that run plain tasks (not an actor's)."""
-        return (w for w in self.workers.values() if w.actor_id is None)
+        """Workers that run plain tasks (not an actor's), less those being retired."""
+        return (w for w in self.workers.values() if w.actor_id is None and not w.retiring)
 
-    def idle_worker(self) -> WorkerState | None:
+    def idle_worker(self, runtime_env: RuntimeEnv | None = None) -> WorkerState | None:
+        """An idle pool worker of that environment."""
         for worker in self.workers.values():  # once per task scheduled: checks inline
-            if worker.actor_id is None and worker.idle:
+            if worker.actor_id is None and worker.idle and worker.runtime_env == runtime_env:
                 return worker
         return None
+
+    def has_idle(self) -> bool:
+        """Some pool worker, of any environment, is idle."""
+        return any(w.actor_id is None and w.idle for w in self.workers.values())
 
     def replace_lost(self) -> None:
         """A pool worker died: keep one per CPU."""
         if sum(1 for _ in self.pool_workers()) < self._target:
             self.start_worker(None)
 
-    def maybe_start_extra(self) -> None:
-        """Work waits and no worker is idle (CPUs are lent by blocked workers): start one
-        more, one at a time, up to the limit."""
+    def maybe_start_extra(self, runtime_env: RuntimeEnv | None = None) -> None:
+        """Work of `runtime_env` waits and no worker of it is idle (CPUs are lent by
+        blocked workers, or the idle ones run other environments): start one more, one
+        at a time per environment, up to the limit, and retire idle workers of other
+        environments while the pool is over one per CPU."""
         pool = list(self.pool_workers())
-        if any(not w.ready for w in pool):
+        if any(not w.ready and w.runtime_env == runtime_env for w in pool):
             return  # one is starting already
-        if len(pool) < self._target + self.config.extra_workers():
-            self.start_worker(None)
+        size, limit = len(pool), self._target + self.config.extra_workers()
+        if size >= limit:  # full: an idle worker of another environment makes room
+            size -= self._retire_idle(runtime_env, size - limit + 1)
+        if size < limit:
+            self.start_worker(None, runtime_env)
+            self._retire_idle(runtime_env, size + 1 - self._target)
+
+    def _retire_idle(self, runtime_env: RuntimeEnv | None, count: int) -> int:
+        """Stop up to `count` idle workers of other environments (Ray too stops idle
+        workers beyond its soft limit); how many. A retired worker's death starts no
+        replacement: the new one took its place."""
+        retired = 0
+        for worker in self.workers.values():
+            if retired >= count:
+                break
+            if (worker.actor_id is None and worker.idle
+                    and worker.runtime_env != runtime_env):
+                worker.retiring = True
+                self._out.append(StopWorker(worker.worker_id))
+                retired += 1
+        return retired
 
     def register_code(self, code_hash: bytes, pickled: bytes) -> None:
         self.code.setdefault(code_hash, pickled)

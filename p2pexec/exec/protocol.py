@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.task import TaskSpec
 from p2pexec.net.codec import message
 from p2pexec.net.config import CodecLimits
@@ -170,6 +171,11 @@ class Configure:
     cwd: str
     spill_dir: str = ""
     """Where the node spills objects it evicts from shared memory ("": nowhere)."""
+    runtime_env: RuntimeEnv | None = None
+    """A worker's: the environment it was started for, taken on before its first task
+    (`runtime_env.enter`) and inherited by the work its tasks submit (Ray's rule)."""
+    package_dir: str = ""
+    """Where the node unpacks packages (`runtime_env.package_path`)."""
 
 
 @message(107)

@@ -58,6 +58,7 @@ from p2pexec.exec.events import (
     GetRequested,
     HeldAsked,
     NameLost,
+    PackageReady,
     PeerGone,
     PeerLoads,
     PeersResources,
@@ -89,6 +90,7 @@ from p2pexec.exec.instructions import (
     DeleteSpilled,
     Fetch,
     FetchCode,
+    FetchPackage,
     Forward,
     Grant,
     HandBack,
@@ -110,6 +112,7 @@ from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.pool import WorkerPool, WorkerState
 from p2pexec.exec.refs import stream_item, stream_link, task_of
 from p2pexec.exec.resources import CPU, GPU, Resources, covers, gpu_ids
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.serialization import payload_segment, payload_size, system_error_payload
 from p2pexec.exec.stealing import PLACEMENT, Placement, batch_size, worth_moving
 from p2pexec.exec.task import (
@@ -293,6 +296,12 @@ class Scheduler:
         carries each only once (forgotten when the peer goes)."""
         self._code_waiting: dict[bytes, list[TaskState]] = {}
         """Per code hash this node lacks, the granted tasks waiting for its fetch."""
+        self.packages: set[bytes] = set()
+        """The runtime_env packages stored and unpacked here (by a local client, or
+        fetched): work of an environment runs only once all of its are here."""
+        self._package_waiting: dict[bytes, tuple[bytes, list[TaskState]]] = {}
+        """Per package this node lacks, the node it is being fetched from and the granted
+        tasks waiting for it."""
         self._peer_totals: tuple[dict[str, float], ...] = ()
         self.placement = Placement()
         """The peers' gossiped loads: where a new actor goes."""
@@ -350,6 +359,7 @@ class Scheduler:
             CodeFetched: self._on_code_fetched,
             CancelRequested: self._on_cancel_requested,
             StreamYielded: self._on_stream_yielded,
+            PackageReady: self._on_package_ready,
         }
         self._children: dict[bytes, list[bytes]] = {}
         """The tasks each running task here submitted (what a recursive cancel reaches);
@@ -687,6 +697,10 @@ class Scheduler:
             self._try_create_actor(actor)
         resources = self.resources
         ready = self.ready
+        # environments whose worker is starting, and their tasks: these keep their turn
+        # while work of environments with an idle worker goes by
+        starting: set[RuntimeEnv | None] = set()
+        skipped: list[bytes] = []
         while ready:
             task = self.tasks.get(ready[0])
             if task is None or task.state is not READY:
@@ -699,13 +713,20 @@ class Scheduler:
                     self._park_infeasible(task)
                     continue
                 break
-            worker = self.pool.idle_worker()
+            env = task.spec.runtime_env
+            worker = None if env in starting else self.pool.idle_worker(env)
             if worker is None:
-                self.pool.maybe_start_extra()
-                break
+                if env not in starting:
+                    self.pool.maybe_start_extra(env)
+                    if not self.pool.has_idle():
+                        break
+                    starting.add(env)
+                skipped.append(ready.popleft())
+                continue
             ready.popleft()
             task.held = resources.acquire(demand)
             self._run_on(worker, task, nested=False)
+        ready.extendleft(reversed(skipped))
         if ready:
             self._prefetch()
 
@@ -773,6 +794,7 @@ class Scheduler:
                     ready.popleft()
                     continue
                 if (len(worker.queued) >= depth(task.spec.callable_hash)
+                        or task.spec.runtime_env != worker.runtime_env
                         or not covers(inherited, task.spec.resources)
                         or GPU in task.spec.resources
                         or (starting and not self.pool.is_tiny(task.spec.callable_hash))):
@@ -1003,6 +1025,8 @@ class Scheduler:
                 continue
             if task.attempts:
                 continue  # it crashed a worker once: never again under a waiting caller
+            if task.spec.runtime_env != worker.runtime_env:
+                continue  # it runs in another environment than this worker's
             if not self.resources.fits(task.spec.resources):
                 continue
             task.held = self.resources.acquire(task.spec.resources)
@@ -1123,7 +1147,7 @@ class Scheduler:
     def _place_actor_here(self, task: TaskState) -> None:
         """The actor lives on this node: its worker starts, and the cluster hears of it."""
         spec = task.spec
-        actor = self.actors.add(spec, self.pool.start_worker(spec.actor_id),
+        actor = self.actors.add(spec, self.pool.start_worker(spec.actor_id, spec.runtime_env),
                                 creator=task.submitter)
         if self.in_cluster:
             self._out.append(ActorHere(spec.actor_id, True))
@@ -1258,7 +1282,7 @@ class Scheduler:
                 if creation.state is not WAITING:  # not when it died before it started
                     self._transition(creation, WAITING)
             creation.worker = None
-            actor.worker = self.pool.start_worker(actor.actor_id)
+            actor.worker = self.pool.start_worker(actor.actor_id, actor.creation.runtime_env)
             return
         if creation is not None:
             self._fail(creation, errors.ActorDiedError(f"the actor's process died ({reason})"))
@@ -1614,6 +1638,7 @@ class Scheduler:
                 self.counts["stolen_in"] += 1
             task = TaskState(spec, owner=owner, submitter=holder)
             self._await_code(task, owner)
+            self._await_packages(task, owner)
             self._admit(task)
             for object_id in created:  # pinned by the task now
                 objects.remove_holder(object_id, holder)
@@ -1642,14 +1667,57 @@ class Scheduler:
             for task in waiting:
                 self._dep_arrived(task)
             return
-        for task in waiting:
-            reason = (f"the code of {task.spec.name} (hash {event.code_hash.hex()}) could "
-                      f"not be had from any node: {event.error}")
-            actor = self.actors.get(task.spec.actor_id)  # a creation's (calls need no code)
+        self._cannot_run(waiting, errors.CodeUnavailableError, lambda task: (
+            f"the code of {task.spec.name} (hash {event.code_hash.hex()}) could not be had "
+            f"from any node: {event.error}"))
+
+    def _cannot_run(self, tasks: list[TaskState], error: type[errors.P2PExecError],
+                    reason: Callable[[TaskState], str]) -> None:
+        """Granted work this node cannot get what it needs for (code, a package): it
+        fails, and an actor whose creation it is dies."""
+        for task in tasks:
+            actor = self.actors.get(task.spec.actor_id)  # a creation's (calls need none)
             if actor is not None and actor.dead_reason is None:
-                self._stop_actor(actor, reason, reason)
+                self._stop_actor(actor, reason(task), reason(task))
             else:
-                self._fail(task, errors.CodeUnavailableError(reason))
+                self._fail(task, error(reason(task)))
+
+    def _await_packages(self, task: TaskState, holder: bytes) -> None:
+        """A task a peer gave runs in an environment whose packages this node may lack:
+        it waits for each as for an argument, and the first to wait asks `holder` (the
+        node that gave it, which holds them: work is never given on) for it."""
+        env = task.spec.runtime_env
+        if env is None:
+            return
+        for package in env.packages():
+            if package in self.packages:
+                continue
+            task.missing += 1
+            fetching = self._package_waiting.get(package)
+            if fetching is None:
+                fetching = self._package_waiting[package] = (holder, [])
+                self._out.append(FetchPackage(package, holder))
+            fetching[1].append(task)
+
+    def _on_package_ready(self, event: PackageReady) -> None:
+        """A package is here (its tasks go on), or the fetch from `event.holder` failed:
+        the tasks that node gave fail (`RuntimeEnvSetupError`); others wait for a fetch
+        from their own owner."""
+        holder, waiting = self._package_waiting.pop(event.package, (None, []))
+        waiting = [task for task in waiting if self.tasks.get(task.spec.task_id) is task]
+        if not event.error:
+            self.packages.add(event.package)
+            for task in waiting:
+                self._dep_arrived(task)
+            return
+        others = [task for task in waiting if task.owner != holder]
+        if others:
+            self._package_waiting[event.package] = (others[0].owner, others)
+            self._out.append(FetchPackage(event.package, others[0].owner))
+        self._cannot_run([task for task in waiting if task.owner == holder],
+                         errors.RuntimeEnvSetupError, lambda task: (
+            f"the runtime_env of {task.spec.name} could not be set up on node "
+            f"{self.node_id.hex()[:12]}: {event.error}"))
 
     def _return_to_owner(self, task: TaskState, payloads: list[list],
                          contained: list[list[bytes]] | None) -> None:
@@ -2141,14 +2209,16 @@ class Scheduler:
         at_peers = sum(1 for t in self.tasks.values() if t.state is STOLEN)
         assert self._at_peers == at_peers, (self._at_peers, at_peers)
         requests = {id(r) for r in self.requests.values()}
-        awaiting_code = set()
+        awaiting: dict[bytes, int] = {}  # the code and packages each task waits for
         for code_hash, waiting in self._code_waiting.items():
             assert code_hash not in self.pool.code, f"tasks wait for code {code_hash.hex()} held"
-            awaiting_code.update(t.spec.task_id for t in waiting
-                                 if self.tasks.get(t.spec.task_id) is t)
+            self._count_waiting(waiting, awaiting)
+        for package, (_holder, waiting) in self._package_waiting.items():
+            assert package not in self.packages, f"tasks wait for package {package.hex()} held"
+            self._count_waiting(waiting, awaiting)
         for task_id, task in self.tasks.items():
             self._validate_task(task_id, task, places.get(task_id, []), task_id in ready,
-                                task_id in awaiting_code)
+                                awaiting.get(task_id, 0))
             assert task.request is None or id(task.request) in requests, (
                 f"{task.spec.name} waits for a request nobody will answer")
         for worker_id, _request_id in self.requests:
@@ -2158,8 +2228,13 @@ class Scheduler:
                     or task_of(object_id) in self.tasks), (
                 f"object {object_id.hex()} has no value and no task or fetch to make one")
 
+    def _count_waiting(self, waiting: list[TaskState], counts: dict[bytes, int]) -> None:
+        for task in waiting:
+            if self.tasks.get(task.spec.task_id) is task:
+                counts[task.spec.task_id] = counts.get(task.spec.task_id, 0) + 1
+
     def _validate_task(self, task_id: bytes, task: TaskState, places: list[str],
-                       in_ready: bool, awaits_code: bool) -> None:
+                       in_ready: bool, awaits: int) -> None:
         spec, state = task.spec, task.state
         name = f"{spec.name} ({state.value})"
         assert spec.task_id == task_id and state is not DONE, name
@@ -2168,7 +2243,7 @@ class Scheduler:
         # an actor's restart makes its creation result pending again, under tasks that
         # already had it: more may be pending than a task waits for, never fewer
         pending = sum(1 for dep in self._awaited_args(spec) if self._pending(dep)) \
-            + awaits_code
+            + awaits
         assert task.missing <= pending, f"{name}: waits for {task.missing}, pending {pending}"
         assert state is WAITING or not task.missing, f"{name} waits for {task.missing}"
         if state is RUNNING:

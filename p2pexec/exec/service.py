@@ -38,6 +38,7 @@ from p2pexec.exec.events import (
     Fetched,
     GaveBack,
     GetRequested,
+    PackageReady,
     Put,
     RefsChanged,
     ShutDown,
@@ -69,7 +70,9 @@ from p2pexec.exec.instructions import (
     Warn,
 )
 from p2pexec.exec.mesh import Mesh, MeshInstruction
+from p2pexec.exec.packages import PackageStore
 from p2pexec.exec.refs import OBJECT_ID_SIZE, task_of
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.scheduler import DRIVER, Scheduler
 from p2pexec.exec.serialization import check_payload, system_error_payload
 from p2pexec.exec.transfer import ObjectTransfers
@@ -126,8 +129,11 @@ class ClientLink:
 
     def __init__(self, client_id: int, sock: socket.socket, stream: trio.SocketStream,
                  process: subprocess.Popen | None = None, pid: int | None = None,
-                 interrupts: int | None = None) -> None:
+                 interrupts: int | None = None, runtime_env: RuntimeEnv | None = None
+                 ) -> None:
         self.client_id = client_id
+        self.runtime_env = runtime_env
+        """A worker's environment (what its `Configure` says)."""
         self.interrupts = interrupts
         """A worker's interrupt pipe: the ids of its tasks px.cancel cancelled (a thread
         in the worker reads them while its main thread runs a task)."""
@@ -230,7 +236,7 @@ class ExecService:
         self._next_driver = -1
         self._driver_paths: list[str] = []
         """Import paths of attached drivers, appended to the workers' own."""
-        self.call_handlers = dict(call_handlers or {})
+        self.call_handlers = {"store_package": self._store_package, **(call_handlers or {})}
         self._ops: deque[tuple] = deque()
         self._drain_scheduled = False
         self._loop_asleep = threading.Lock()
@@ -247,6 +253,8 @@ class ExecService:
         """Where objects over the memory cap go (made at start; see ExecConfig)."""
         self.segments = shm.SegmentPool()
         """Argument segments handed back for reuse by this process's submitters."""
+        self.packages = PackageStore(config.package_dir)
+        """The runtime_env packages this node holds (from start to end only)."""
 
     # ---- lifecycle ----
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -254,6 +262,7 @@ class ExecService:
         """Start the worker pool and serve until cancelled; workers are stopped on exit."""
         shm.sweep_orphans()
         self._open_spill_dir()
+        self.packages.open()
         self._token = trio.lowlevel.current_trio_token()
         if self.inline is not None:
             self.inline.configure(self.config.inline_limit, os.getpid())
@@ -319,6 +328,7 @@ class ExecService:
         for link in list(self.links.values()):
             self._forget_link(link)
         self._close_spill_dir()
+        self.packages.close()
 
     # ---- from driver threads ----
     def post(self, op: tuple) -> None:
@@ -423,7 +433,8 @@ class ExecService:
                 if self.inline is not None:
                     self.inline.start(self._nursery, instruction.worker, self.stimulus)
                 else:
-                    self._spawn(instruction.worker, instruction.actor_id)
+                    self._spawn(instruction.worker, instruction.actor_id,
+                                instruction.runtime_env)
             elif type(instruction) is Interrupt:
                 link = links.get(instruction.worker)
                 if link is not None and link.interrupts is not None:
@@ -474,6 +485,18 @@ class ExecService:
             payload = system_error_payload(exc)
         self._apply(self.core.handle(Fetched(object_id, payload)))
 
+    async def _store_package(self, argument: Any) -> None:
+        """A local client's runtime_env package (`[SHA-256, zip bytes]`, the
+        "store_package" operation): checked, unpacked in a thread, held from now on. The
+        client submits work needing it only once this answered."""
+        if not (isinstance(argument, (list, tuple)) and len(argument) == 2
+                and all(isinstance(part, bytes) for part in argument)):
+            raise LocalUsageError("store_package takes [package hash, zip bytes]")
+        package, data = argument
+        if package not in self.core.packages:
+            await trio.to_thread.run_sync(self.packages.add, package, data)
+            self.stimulus(PackageReady(package))
+
     def stimulus(self, *events: Event) -> None:
         """Events from outside the links (an in-process worker's report, a peer's message,
         membership): one batch for the core, then its instructions."""
@@ -492,7 +515,8 @@ class ExecService:
         await trio.to_thread.run_sync(shm.unlink, segment)
         self._unlinking.discard(segment)  # not when cancelled: shutdown unlinks it then
 
-    def _spawn(self, worker_id: int, actor_id: bytes | None) -> None:
+    def _spawn(self, worker_id: int, actor_id: bytes | None,
+               runtime_env: RuntimeEnv | None) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         interrupts_in, interrupts = os.pipe()
         try:
@@ -510,17 +534,19 @@ class ExecService:
         os.set_blocking(interrupts, False)
         parent_end.setblocking(False)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        link = ClientLink(worker_id, parent_end, stream, process, interrupts=interrupts)
+        link = ClientLink(worker_id, parent_end, stream, process, interrupts=interrupts,
+                          runtime_env=runtime_env)
         self.links[worker_id] = link
-        link.queue(self.codec.frame(self._configure()))
+        link.queue(self.codec.frame(self._configure(runtime_env)))
         link.flush()
         kind = "actor" if actor_id is not None else "pool"
         log.debug("started %s worker %d (pid %d)", kind, worker_id, process.pid)
         self._nursery.start_soon(self._serve_worker, link)
 
-    def _configure(self) -> p.Configure:
+    def _configure(self, runtime_env: RuntimeEnv | None = None) -> p.Configure:
         return p.Configure(self.node_id, os.getpid(), self.config.inline_limit,
-                           self.import_paths(), os.getcwd(), self.spill_dir or "")
+                           self.import_paths(), os.getcwd(), self.spill_dir or "",
+                           runtime_env, self.packages.directory)
 
     def import_paths(self) -> list[str]:
         """Where this node's workers import from: what a peer running its tasks needs."""
@@ -534,10 +560,9 @@ class ExecService:
         if not new:
             return
         self._driver_paths += new
-        configure = self.codec.frame(self._configure())
         for link in self.links.values():
             if not link.is_driver:
-                link.queue(configure)
+                link.queue(self.codec.frame(self._configure(link.runtime_env)))
                 link.flush()
 
     def _kill(self, link: ClientLink) -> None:
@@ -665,6 +690,10 @@ class ExecService:
         """The event of a message both kinds of client send; None if it is none of them."""
         kind = type(message)
         if kind is p.Submit:
+            env = message.spec.runtime_env
+            if env is not None and not self.core.packages.issuperset(env.packages()):
+                raise RemoteProtocolError(f"task {message.spec.name} names a runtime_env "
+                                          f"package the client never stored here")
             return Submitted(message.spec, client_id)
         if kind is p.Refs:
             return RefsChanged(client_id, message.deltas, message.owners)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.net.codec import message
 
 TASK, ACTOR_CREATE, ACTOR_CALL = 0, 1, 2
@@ -63,6 +64,9 @@ class TaskSpec:
     soft: bool = False
     """NODE_AFFINITY only: when that node is not a live member or lacks the resources,
     run anywhere (as DEFAULT) instead of failing."""
+    runtime_env: RuntimeEnv | None = None
+    """Its environment variables and packages (a task or actor creation; calls run in
+    their actor's): it runs on a worker started for exactly this environment."""
 
     def __post_init__(self) -> None:
         if self.strategy and (self.strategy not in (SPREAD, NODE_AFFINITY)

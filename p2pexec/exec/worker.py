@@ -29,11 +29,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
-from p2pexec.exec import context, refs, serialization, shm
+from p2pexec.exec import context, refs, runtime_env, serialization, shm
 from p2pexec.exec import protocol as p
 from p2pexec.exec.link import LinkEnd
 from p2pexec.exec.refs import TASK_ID_SIZE, IdGenerator, ObjectRef, RefCounter
 from p2pexec.exec.runner import TaskRunner, is_async_class
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.task import ACTOR_CREATE, TASK, TaskSpec
 
 if TYPE_CHECKING:
@@ -78,6 +79,14 @@ class WorkerRuntime:
         self.abandoned: set[int] = set()
         """Requests an interrupt cut short: their replies are dropped when they come."""
         self.loop_calls: _EventLoopCalls | None = None
+        self.runtime_env: RuntimeEnv | None = None
+        """The environment this worker was started for: what its work runs in, and what
+        the work it submits inherits (Ray's rule)."""
+        self.package_dir = ""
+        """Where the node unpacked the environment's packages."""
+        self.env_pending = False
+        """The environment is not taken on yet: its packages may still be on their way
+        when an actor's worker starts, so it is taken on before the first task."""
 
     # ---- I/O ----
     def send(self, message: Any) -> None:
@@ -163,8 +172,13 @@ class WorkerRuntime:
             for entry in reversed(message.sys_path):
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
-            if message.cwd and os.path.isdir(message.cwd):
+            env = message.runtime_env
+            if message.cwd and os.path.isdir(message.cwd) and (env is None
+                                                               or env.working_dir is None):
                 os.chdir(message.cwd)
+            if env is not None and self.runtime_env is None:
+                self.runtime_env, self.package_dir = env, message.package_dir
+                self.env_pending = True
             self.owner_pid, self.inline_limit = message.owner_pid, message.inline_limit
             self.node_id = message.node_id
             shm.set_spill_dir(message.spill_dir or None)
@@ -178,6 +192,9 @@ class WorkerRuntime:
                                       f"the node accepts")
 
     def execute(self, work: p.Execute) -> None:
+        if self.env_pending:
+            self.env_pending = False
+            runtime_env.enter(self.runtime_env, self.package_dir)
         started = time.perf_counter()
         outer = self.visible_gpus if self.runner.current()[0] else None  # nested: its caller's
         ids = (self.runner.actor_work or work).gpu_ids  # an actor's calls: the actor's

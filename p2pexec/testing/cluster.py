@@ -24,6 +24,7 @@ from p2pexec.exec import serialization, shm
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.inline import Duration, InlineWorkers
 from p2pexec.exec.refs import IdGenerator, return_id
+from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from p2pexec.gossip.config import GossipConfig
 from p2pexec.net.discovery import DiscoveryConfig
@@ -67,13 +68,15 @@ class SimNode:
         return completions
 
     def submit(self, function: Callable[..., Any], *args: Any, name: str | None = None,
-               strategy: dict[str, Any] | None = None) -> bytes:
+               strategy: dict[str, Any] | None = None,
+               runtime_env: RuntimeEnv | None = None) -> bytes:
         """Submit `function(*args)` as a task owned by this node, as its embedded driver
         would (`strategy`: the spec's scheduling strategy fields, as
-        `scheduling.spec_fields` makes them); returns the result's object id."""
+        `scheduling.spec_fields` makes them; `runtime_env`: packages already stored
+        here); returns the result's object id. Inline workers take on no environment."""
         return self._submit(TASK, self._register(function), None, args,
                             name or getattr(function, "__qualname__", "task"), {"CPU": 1.0},
-                            strategy=strategy)
+                            strategy=strategy, runtime_env=runtime_env)
 
     def create_actor(self, cls: type, *args: Any, name: str | None = None,
                      resources: dict[str, float] | None = None) -> bytes:
@@ -120,7 +123,8 @@ class SimNode:
                 args: tuple, name: str, resources: dict[str, float], *,
                 task_id: bytes | None = None, actor_id: bytes | None = None,
                 actor_name: str | None = None, pins: tuple[bytes, ...] = (),
-                strategy: dict[str, Any] | None = None) -> bytes:
+                strategy: dict[str, Any] | None = None,
+                runtime_env: RuntimeEnv | None = None) -> bytes:
         service = self.node.exec
         task_id = task_id or self.ids.task_id()
         payload, contained = serialization.to_payload((args, {}), service.config.inline_limit,
@@ -129,7 +133,8 @@ class SimNode:
         result = return_id(task_id, 1)
         service.post(("submit", TaskSpec(
             task_id, kind, code_hash, method, payload, (), (*contained, *pins), (result,),
-            name, resources, actor_id=actor_id, actor_name=actor_name, **(strategy or {}))))
+            name, resources, actor_id=actor_id, actor_name=actor_name,
+            runtime_env=runtime_env, **(strategy or {}))))
         return result
 
     def put(self, value: Any) -> bytes:

@@ -559,3 +559,44 @@ def test_generators_run_on_every_node(launcher: Launcher):
     nodes = {node for node, _ in answer["sums"]} | {
         node for batch in answer["values"] for node, _ in batch}
     assert len(nodes) >= 2, nodes  # some ran on peers
+
+
+PROJECT_ACROSS = """
+    import json, os, sys, time
+    import p2pexec as px
+
+    px.init(runtime_env={"working_dir": sys.argv[1], "env_vars": {"SURVEY": "on"}})
+
+    @px.remote
+    def survey(i):
+        import surveying  # only in the project's directory, which no node has
+        time.sleep(0.05)  # long enough to be worth stealing
+        return surveying.area(i), os.environ["SURVEY"], os.getppid(), os.getcwd()
+
+    results = px.get([survey.remote(i) for i in range(60)], timeout=120)
+    assert [(area, flag) for area, flag, _, _ in results] == [(i * i, "on") for i in range(60)]
+    print(json.dumps({"nodes": sorted({pid for _, _, pid, _ in results}),
+                      "dirs": sorted({cwd for _, _, _, cwd in results})}))
+"""
+
+
+def test_a_working_dir_reaches_the_nodes_that_steal_its_tasks_once_each(
+        launcher: Launcher, tmp_path):
+    """A driver on A runs a project's tasks: the peers that steal them fetch its package
+    from A once each, check it and unpack it into their own data dir, where the tasks
+    import the project's module."""
+    project = tmp_path / "project"
+    (project / "shapes").mkdir(parents=True)
+    (project / "surveying.py").write_text("from shapes import area\n")
+    (project / "shapes" / "__init__.py").write_text("def area(side):\n    return side * side\n")
+    a, b, c = three_nodes(launcher)
+    answer = run_driver(PROJECT_ACROSS, a.data_dir, str(project), timeout=180)
+    thieves = [node for node in (b, c) if stats(node)["stolen_in"] > 0]
+    assert thieves, answer  # some ran on peers
+    assert sorted(answer["nodes"]) == sorted(n.proc.pid for n in (a, *thieves)), answer
+    # one package, unpacked in each node's own data dir
+    (package,) = {os.path.basename(path) for path in answer["dirs"]}
+    assert sorted(answer["dirs"]) == sorted(str(n.data_dir / "packages" / package)
+                                            for n in (a, *thieves))
+    assert [stats(node)["packages_fetched"] for node in (a, *thieves)] == [0] + [1] * len(
+        thieves)
