@@ -99,25 +99,19 @@ class TaskRunner:
         return DynamicObjectRefGenerator(refs)
 
     def _stream(self, work: p.Execute, values: Iterator) -> tuple[list, list[list[bytes]]]:
-        """Send each value as it is yielded (`limits.stream`), then the end or the error;
-        the task's own result is then empty."""
-        index = 0
-        while True:
-            try:
-                value = next(values)
-            except StopIteration:
-                break
-            except (Exception, ActorExit) as exc:
-                return self._stream_error(work, index, exc)
-            if not self._stream_one(work, index, value):
-                return [], []
-            index += 1
-        self.limits.stream(work.task_id, index, None, [], True)
-        return [], []
+        """`_stream_async` over a plain generator: that coroutine never suspends then,
+        so one `send` runs it to its end, here on this thread."""
+        steps = self._stream_async(work, _Awaitable(values))
+        try:
+            steps.send(None)
+        except StopIteration as finished:
+            return finished.value
+        raise RuntimeError("a plain generator's stream suspended")  # (cannot happen)
 
     async def _stream_async(self, work: p.Execute, values: AsyncIterator
                             ) -> tuple[list, list[list[bytes]]]:
-        """`_stream` for an async generator (an async actor's method)."""
+        """Send each value as it is yielded (`limits.stream`), then the end or the error;
+        the task's own result is then empty."""
         index = 0
         while True:
             try:
@@ -222,6 +216,22 @@ class TaskRunner:
         if not any(contained):
             contained = []
         return payloads, contained
+
+
+class _Awaitable:
+    """A plain iterator as an async one whose steps never suspend."""
+
+    def __init__(self, values: Iterator) -> None:
+        self.values = values
+
+    def __aiter__(self) -> _Awaitable:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self.values)
+        except StopIteration:
+            raise StopAsyncIteration from None
 
 
 def _collect(result: Any) -> tuple[list, Exception | None]:
