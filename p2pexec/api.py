@@ -71,7 +71,7 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
          num_gpus: int | None = None, address: str | os.PathLike[str] | None = None,
          cluster: Any = None, object_store_memory: int | None = None,
          namespace: str | None = None, runtime_env: dict[str, Any] | None = None,
-         ignore_reinit_error: bool = False) -> None:
+         ignore_reinit_error: bool = False, log_to_driver: bool = True) -> None:
     """Connect this program to a node: attach to one running on this machine, or embed one.
 
     `address` (Ray's rule):
@@ -90,6 +90,9 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
     `runtime_env` (Ray's; see `p2pexec.runtime_env`) is the environment every task and
     actor of this driver runs in unless its own option says otherwise; its directories
     are packed and stored with the node here, before init returns.
+    `log_to_driver` (Ray's): what this driver's tasks and actors print appears in its
+    stdout and stderr, each line prefixed `(name pid=...)`, with `node=` when it ran on
+    another node; False shows none of it.
     Called implicitly, with no arguments, by the first API call.
     """
     if namespace is not None:
@@ -104,7 +107,7 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
                                   "call px.shutdown() first or pass ignore_reinit_error=True")
         context.namespace = namespace or ""
         runtime = _connect(address, num_cpus, resources, cluster, object_store_memory,
-                           num_gpus)
+                           num_gpus, log_to_driver)
         if env_option is not None:
             try:
                 runtime.runtime_env = env_option.resolve(runtime)
@@ -116,7 +119,8 @@ def init(num_cpus: float | None = None, resources: dict[str, float] | None = Non
 
 def _connect(address: str | os.PathLike[str] | None, num_cpus: float | None,
              resources: dict[str, float] | None, cluster: Any,
-             object_store_memory: int | None, num_gpus: int | None) -> Any:
+             object_store_memory: int | None, num_gpus: int | None,
+             log_to_driver: bool) -> Any:
     """The runtime `init` asks for: attached to a running node, or an embedded one."""
     from p2pexec import client
     from p2pexec.config import NodeConfig, control_socket_path, default_data_dir
@@ -127,7 +131,7 @@ def _connect(address: str | os.PathLike[str] | None, num_cpus: float | None,
         socket_path = control_socket_path(default_data_dir())
         if socket_path.exists():
             try:
-                return client.AttachedRuntime(socket_path)
+                return client.AttachedRuntime(socket_path, log_to_driver)
             except NodeNotRunning:  # a socket left by a node that is gone
                 pass
     elif address is not None and address != "local":
@@ -139,9 +143,9 @@ def _connect(address: str | os.PathLike[str] | None, num_cpus: float | None,
                 "private node")
         socket_path = (control_socket_path(default_data_dir()) if address == "auto"
                        else client.socket_path_of(address))
-        return client.AttachedRuntime(socket_path)
+        return client.AttachedRuntime(socket_path, log_to_driver)
     return client.DriverRuntime(NodeConfig.embedded(
-        num_cpus, resources, cluster, object_store_memory, num_gpus))
+        num_cpus, resources, cluster, object_store_memory, num_gpus), log_to_driver)
 
 
 def shutdown() -> None:
@@ -390,7 +394,7 @@ class ActorClass:
             self._resources, task_retries,
             False, actor_id, name, int(options.get("max_restarts", 0)),
             lifetime == "detached", self._concurrency, namespace=_current_namespace(),
-            runtime_env=env, **self._strategy))
+            runtime_env=env, **self._strategy, job=runtime.job))
         return ActorHandle(actor_id, class_name, created, task_retries, self._methods)
 
 
@@ -534,7 +538,7 @@ def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwar
     runtime.submit(TaskSpec(task_id, kind, code_hash, method, args_payload, tuple(deps), pins,
                             return_ids, name, resources, max_retries, retry_exceptions,
                             actor_id, generator=generator, namespace=_current_namespace(),
-                            runtime_env=runtime_env, **(strategy or {})))
+                            runtime_env=runtime_env, **(strategy or {}), job=runtime.job))
     if generator == STREAMING:
         return ObjectRefGenerator(refs[0])
     return refs[0] if num_returns == 1 else refs

@@ -144,10 +144,12 @@ async def _run_joined(config: NodeConfig, generated: bool) -> None:
 
     import trio
 
+    from p2pexec.exec.output import print_output
     from p2pexec.net.transport import format_address
     from p2pexec.node import Node
 
     node = Node(config)
+    node.exec.unclaimed_output = print_output  # tasks whose driver left, or does not read
     cluster = node.cluster
     assert cluster is not None and cluster.address is None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

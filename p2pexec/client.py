@@ -38,8 +38,10 @@ from p2pexec.errors import (
 )
 from p2pexec.exec import refs, shm
 from p2pexec.exec.link import LinkEnd, split_changes
+from p2pexec.exec.output import Output, job_id, print_output
 from p2pexec.exec.protocol import (
     DRIVER_ROLE,
+    OUTPUT_ROLE,
     Call,
     Configure,
     Get,
@@ -53,6 +55,7 @@ from p2pexec.exec.protocol import (
 )
 from p2pexec.exec.refs import IdGenerator, RefCounter, owners_of
 from p2pexec.exec.runtime_env import RuntimeEnv
+from p2pexec.exec.scheduler import DRIVER
 from p2pexec.exec.serialization import system_error, system_error_payload
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
@@ -70,10 +73,13 @@ class DriverRuntime:
     (`ExecService.post_all`): the loop is then a few microseconds from its I/O wait.
     Other submits never wait (a burst of them would pay it each time)."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, log_to_driver: bool = True) -> None:
         self.node = Node(config)
         self.node_id = self.node.node_id.raw
+        self.job = job_id(self.node_id, DRIVER)
         self.service = self.node.exec
+        if log_to_driver:  # printed by the node's thread, before the results it precedes
+            self.service.driver_output = print_output
         self.inline_limit = config.exec.inline_limit
         self.segments = self.service.segments
         self.ids = IdGenerator()
@@ -326,7 +332,7 @@ class AttachedRuntime:
     REF_FLUSH_DELAY = 0.005
     """Seconds dropped refs may wait for a message to ride on before they go alone."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, log_to_driver: bool = True) -> None:
         self.address = Path(socket_path)
         self.segments = None  # argument segments are recycled only inside the node
         self.ids = IdGenerator()
@@ -361,8 +367,10 @@ class AttachedRuntime:
             raise RemoteProtocolError(f"the node at {self.address} answered the attach "
                                       f"with {type(configure).__name__}")
         self.node_id = configure.node_id
+        self.job = configure.job
         self.inline_limit = configure.inline_limit
         self._owner_pid = configure.owner_pid
+        self._output = _OutputReader(self.address, self.job) if log_to_driver else None
         shm.set_spill_dir(configure.spill_dir or None)
         self._refs = _RefBatcher(self._send_refs_alone, self.REF_FLUSH_DELAY)
         self.counter = RefCounter(self._refs.changed)
@@ -552,7 +560,57 @@ class AttachedRuntime:
         self._callbacks_waiting.set()
         self._read_until(lambda: not self._reading)  # the callback thread has let go
         self.link.sock.close()
+        if self._output is not None:
+            self._output.finish()
         atexit.unregister(self.shutdown)
+
+
+class _OutputReader:
+    """An attached driver's output stream: a second connection to the node, on which a
+    thread of its own prints what the driver's tasks print (so a reply never waits
+    behind output, and a driver that is busy elsewhere still shows it)."""
+
+    FINISH_TIMEOUT = 2.0
+    """Seconds a detaching driver waits for the output its node still had for it."""
+
+    def __init__(self, address: Path, job: bytes) -> None:
+        sock = _connect(address)
+        self.link = LinkEnd(sock)
+        try:
+            sock.settimeout(ATTACH_TIMEOUT)
+            sock.sendall(self.link.frame(Hello(OUTPUT_ROLE, os.getpid(), job=job)))
+            opened = self.link.receive()  # an empty Output: the node will send here
+            sock.settimeout(None)
+        except (OSError, EOFError, P2PExecError) as exc:
+            sock.close()
+            raise RemoteProtocolError(f"the node at {address} did not open this driver's "
+                                      f"output stream ({exc or type(exc).__name__})") from None
+        self._print(opened)
+        self._thread = threading.Thread(target=self._run, name="p2pexec-output",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._print(self.link.receive())
+        except (OSError, EOFError, P2PExecError) as exc:
+            if not isinstance(exc, EOFError):
+                log.warning("stopped showing task output: %s", exc)
+        finally:
+            self.link.sock.close()
+
+    @staticmethod
+    def _print(messages: list[Any]) -> None:
+        for message in messages:
+            if type(message) is not Output:
+                raise RemoteProtocolError(f"the node sent a {type(message).__name__} on "
+                                          f"the output stream")
+            print_output(message.records)
+
+    def finish(self) -> None:
+        """The driver detached: print what the node still sends, until it closes."""
+        self._thread.join(self.FINISH_TIMEOUT)
 
 
 class _Wakeup:

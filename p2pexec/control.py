@@ -9,7 +9,8 @@ says what the client is:
   `{"ok": true, "value": ...}` or `{"ok": false, "error": "one line"}`, in order, until the
   client closes the connection;
 - a codec message `Hello(role="driver")` attaches a driver: from then on the connection is
-  the local link of `p2pexec.exec.protocol`, served by the execution layer.
+  the local link of `p2pexec.exec.protocol`, served by the execution layer;
+  `Hello(role="output")` opens that driver's output stream (what its tasks print).
 A client that says nothing within `FIRST_FRAME_TIMEOUT` is dropped.
 
 A socket file left by a node that was killed is noticed (nobody accepts on it) and
@@ -240,9 +241,11 @@ class ControlServer:
     async def _attach(self, stream: trio.SocketStream, first: bytes,
                       decoder: FrameDecoder) -> None:
         hello = self._hello_codec.decode(first)
-        if type(hello) is not link.Hello or hello.role != link.DRIVER_ROLE:
+        if type(hello) is not link.Hello or hello.role not in (link.DRIVER_ROLE,
+                                                               link.OUTPUT_ROLE):
             raise RemoteProtocolError(f"a client opened with {type(hello).__name__}; "
-                                      f"a driver must open with Hello(role='driver')")
+                                      f"a driver must open with Hello(role='driver' or "
+                                      f"'output')")
         if hello.protocol != link.LINK_PROTOCOL:
             raise RemoteProtocolError(f"driver pid {hello.pid} speaks link protocol "
                                       f"{hello.protocol}, this node speaks "

@@ -86,7 +86,7 @@ class Node:
         self.node_id = node_id if node_id is not None else NodeId(os.urandom(32))
         self.exec = ExecService(config.exec, resources, node_id=self.node_id.raw,
                                 inline=inline, in_cluster=config.cluster is not None,
-                                call_handlers={
+                                node_name=config.name, call_handlers={
             "get_actor": self._get_actor,
             "actor_exists": self._actor_exists,
             "kill": self._kill,

@@ -76,6 +76,7 @@ from p2pexec.exec.instructions import (
     ReturnResult,
     StopRemoteActor,
 )
+from p2pexec.exec.output import Output, OutputBuffer, OutputLines
 from p2pexec.exec.packages import CHUNK_BYTES, PackageChunk, PackageRequest
 from p2pexec.exec.serialization import (
     callable_hash,
@@ -271,8 +272,9 @@ class CodeReply:
 
 
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
-                 ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck, CancelTask)
-MESH_CODES = (range(111, 112), range(117, 127), range(160, 163))
+                 ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck, CancelTask,
+                 Output)
+MESH_CODES = (range(111, 112), range(117, 127), range(160, 163), range(170, 171))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -319,6 +321,9 @@ class Mesh:
         self._request_ids = itertools.count(1)
         self._outstanding: dict[int, tuple[NodeId, trio.Event, list[int]]] = {}
         self._outboxes: dict[NodeId, list[Any]] = {}
+        self._output: dict[NodeId, OutputBuffer] = {}
+        """Per home node, output of its jobs that ran here, bounded: it sits in that
+        node's outbox until the next write turns it into an `Output` message."""
         self._nursery: trio.Nursery | None = None
         self._capacity = trio.Event()
         self._buckets: dict[NodeId, tuple[float, float]] = {}
@@ -442,6 +447,9 @@ class Mesh:
             self._take_kill(node, msg)
         elif type(msg) is CancelTask:
             self.service.stimulus(CancelRequested(msg.task_id, msg.force, msg.recursive))
+        elif type(msg) is Output:
+            self.service.output_limits.check(msg)
+            self.service.route_output(msg.records, from_peer=True)
         else:
             raise RemoteProtocolError(f"a {type(msg).__name__} is not a mesh message")
 
@@ -613,6 +621,16 @@ class Mesh:
             self._send(instruction.node, ReleaseObjects(list(instruction.object_ids),
                                                         list(instruction.counts)))
 
+    def send_output(self, node_raw: bytes, record: OutputLines) -> None:
+        """Lines a task of `node_raw`'s job printed here, marked with this node's name;
+        batched per burst and bounded (`_flush` makes the message)."""
+        node = NodeId(node_raw)
+        buffer = self._output.get(node)
+        if buffer is None:
+            buffer = self._output[node] = OutputBuffer(self.service.output_limits)
+            self._send(node_raw, buffer)
+        buffer.add([record], node=self.service.node_name)
+
     def _last_queued(self, node_raw: bytes, kind: type) -> Any:
         """The message last queued for `node_raw` if it is a `kind` (to add to it)."""
         outbox = self._outboxes.get(NodeId(node_raw))
@@ -635,6 +653,9 @@ class Mesh:
                 await trio.lowlevel.checkpoint()  # let the burst that queued these finish
                 messages = self._outboxes[node]
                 self._outboxes[node] = []
+                if node in self._output:  # later lines start a new batch
+                    messages = [Output(self._output.pop(node).take())
+                                if type(msg) is OutputBuffer else msg for msg in messages]
                 address = self.address_of(node)
                 if address is None:
                     log.info("dropped %d messages for %s: not a live member",
@@ -653,6 +674,7 @@ class Mesh:
                         f"{exc or type(exc).__name__}"))
         finally:
             self._outboxes.pop(node, None)
+            self._output.pop(node, None)
 
     def _unanswered(self, node: NodeId, dropped: list[Any], error: P2PExecError) -> None:
         """Borrows that could not be sent will get no answer: give the waiters `error`

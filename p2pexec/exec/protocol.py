@@ -47,7 +47,10 @@ a batch of up to ten million ids; nesting as on the network (32 levels)."""
 HELLO_LIMITS = CodecLimits(max_frame_size=1 << 16)
 """What a client may send before the node knows it: one small `Hello`."""
 
-WORKER, DRIVER_ROLE = "worker", "driver"
+WORKER, DRIVER_ROLE, OUTPUT_ROLE = "worker", "driver", "output"
+"""Who says `Hello`: a worker, a driver attaching, or a driver's output stream (a second
+connection on which the node sends it what its tasks print: `output.Output` frames, so
+that printing never waits behind, or delays, the driver's replies)."""
 
 
 # ---- either client -> node ----
@@ -62,6 +65,8 @@ class Hello:
     pid: int
     protocol: int = LINK_PROTOCOL
     sys_path: list[str] = field(default_factory=list)
+    job: bytes = b""
+    """An output stream: the job of the driver it belongs to (from its `Configure`)."""
 
 
 @message(97)
@@ -176,6 +181,8 @@ class Configure:
     (`runtime_env.enter`) and inherited by the work its tasks submit (Ray's rule)."""
     package_dir: str = ""
     """Where the node unpacks packages (`runtime_env.package_path`)."""
+    job: bytes = b""
+    """A driver's job (`output.job_id`), which it stamps on what it submits."""
 
 
 @message(107)
@@ -208,6 +215,8 @@ class Execute:
     """The GPU indices the node that runs it gave it (an actor's creation: the actor's
     for its life; its calls carry none and run with those): the worker sets
     `CUDA_VISIBLE_DEVICES` to them."""
+    job: bytes = b""
+    """Its spec's job: where its output goes, and the job of what it submits."""
 
 
 @message(108)

@@ -2295,7 +2295,8 @@ def work_message(spec: TaskSpec, code: bytes | None, deps: dict[bytes, list],
     GPU indices its holding took here (chosen by the node that runs it, not its owner)."""
     return p.Execute(spec.kind, spec.task_id, spec.callable_hash, code, spec.method, spec.args,
                      deps, list(spec.return_ids), spec.name, nested, spec.resources,
-                     spec.max_concurrency, spec.generator, spec.namespace, gpus)
+                     spec.max_concurrency, spec.generator, spec.namespace, gpus,
+                     spec.job)
 
 
 def values_message(request_id: int, body: dict[bytes, list] | list[bytes],

@@ -70,6 +70,7 @@ from p2pexec.exec.instructions import (
     Warn,
 )
 from p2pexec.exec.mesh import Mesh, MeshInstruction
+from p2pexec.exec.output import Output, OutputBuffer, OutputLimits, OutputLines, job_home, job_id
 from p2pexec.exec.packages import PackageStore
 from p2pexec.exec.refs import OBJECT_ID_SIZE, task_of
 from p2pexec.exec.runtime_env import RuntimeEnv
@@ -146,6 +147,8 @@ class ClientLink:
         self.writing = False
         self.waits: set[_DriverWait] = set()
         """An attached driver's get/wait requests the node has not answered yet."""
+        self.output: _OutputStream | None = None
+        """An attached driver's output stream, once it opened one (log_to_driver)."""
 
     @property
     def is_driver(self) -> bool:
@@ -173,6 +176,28 @@ class ClientLink:
             return False
         self.outbox = [data[sent:]] if sent < len(data) else []
         return bool(self.outbox)
+
+
+OutputSink = Callable[[list[OutputLines]], None]
+"""Takes output records on the node's thread (printing them, say)."""
+
+
+class _OutputStream:
+    """An attached driver's output stream as the node's thread feeds it: a bounded
+    buffer, and the event that wakes its writer."""
+
+    def __init__(self, limits: OutputLimits) -> None:
+        self.buffer = OutputBuffer(limits)
+        self.wake = trio.Event()
+        self.closed = False
+
+    def add(self, records: list[OutputLines]) -> None:
+        self.buffer.add(records)
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
 
 
 class _DriverWait:
@@ -218,9 +243,18 @@ class ExecService:
     def __init__(self, config: ExecConfig, resources: dict[str, float] | None = None,
                  call_handlers: dict[str, Callable[[Any], Any]] | None = None,
                  node_id: bytes = b"", inline: InlineWorkers | None = None,
-                 in_cluster: bool = False) -> None:
+                 in_cluster: bool = False, node_name: str = "") -> None:
         self.config = config
         self.node_id = node_id
+        self.node_name = node_name
+        """Shown with the output of this node's tasks on other nodes' drivers."""
+        self.driver_output: OutputSink | None = None
+        """Where the embedded driver's output goes (None: it set log_to_driver=False,
+        or there is none: its output is unclaimed)."""
+        self.unclaimed_output: OutputSink | None = None
+        """Where output no driver takes goes (the driver left, or it does not want it):
+        `p2pexec join` prints it; None drops it."""
+        self.output_limits = OutputLimits()
         self.inline = inline
         """Run workers as trio tasks of this loop (simulations) instead of processes."""
         self.core = Scheduler(config, resources, in_cluster=in_cluster, node_id=node_id)
@@ -543,10 +577,11 @@ class ExecService:
         log.debug("started %s worker %d (pid %d)", kind, worker_id, process.pid)
         self._nursery.start_soon(self._serve_worker, link)
 
-    def _configure(self, runtime_env: RuntimeEnv | None = None) -> p.Configure:
+    def _configure(self, runtime_env: RuntimeEnv | None = None, job: bytes = b""
+                   ) -> p.Configure:
         return p.Configure(self.node_id, os.getpid(), self.config.inline_limit,
                            self.import_paths(), os.getcwd(), self.spill_dir or "",
-                           runtime_env, self.packages.directory)
+                           runtime_env, self.packages.directory, job)
 
     def import_paths(self) -> list[str]:
         """Where this node's workers import from: what a peer running its tasks needs."""
@@ -584,7 +619,11 @@ class ExecService:
         """Serve a driver that attached through the control socket (`hello` was its first
         message; `decoder` holds what it sent after it) until it goes away, then drop
         everything it held: its refs, its queued tasks and the actors it created unless
-        they are detached (Ray's driver lifetime)."""
+        they are detached (Ray's driver lifetime). A `Hello` of the output role opens
+        an attached driver's output stream instead."""
+        if hello.role == p.OUTPUT_ROLE:
+            await self._serve_output(stream, hello)
+            return
         client_id = self._next_driver
         self._next_driver -= 1
         sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
@@ -593,19 +632,77 @@ class ExecService:
         self.links[client_id] = link
         log.info("driver pid %d attached", hello.pid)
         self.learn_paths(hello.sys_path)
-        link.queue(self.codec.frame(self._configure()))
+        link.queue(self.codec.frame(self._configure(job=job_id(self.node_id, client_id))))
         link.flush()
         decoder.max_frame_size = p.MAX_FRAME
         try:
             await self._serve_link(link, decoder)
         finally:
             self._forget_link(link)
+            if link.output is not None:  # what it has left goes, then the stream ends
+                link.output.close()
             sock.close()
             for wait in list(link.waits):
                 wait.finish()
             self._apply(self.core.handle(ClientLeft(client_id)))
             log.info("driver pid %d detached; its references, queued tasks and actors "
                      "were released", hello.pid)
+
+    async def _serve_output(self, stream: trio.SocketStream, hello: p.Hello) -> None:
+        """An attached driver's output stream: an empty `Output` says it is open, then
+        what the driver's tasks print, batched and bounded (a driver that does not read
+        loses lines, with a notice, rather than the node filling up). It ends after the
+        driver detaches, once what was left is sent."""
+        home = job_home(hello.job)
+        link = self.links.get(home[1]) if home is not None and home[0] == self.node_id \
+            and home[1] < 0 else None
+        if link is None or link.pid != hello.pid or link.output is not None:
+            log.warning("pid %d opened an output stream for no driver of its own; closed",
+                        hello.pid)
+            return
+        sink = link.output = _OutputStream(self.output_limits)
+        try:
+            await stream.send_all(self.codec.frame(Output([])))
+            while not sink.closed or sink.buffer.pending:
+                await sink.wake.wait()
+                sink.wake = trio.Event()
+                records = sink.buffer.take()
+                if records:
+                    await stream.send_all(self.codec.frame(Output(records)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the driver exited; its link's end closes the rest
+        finally:
+            if link.output is sink:
+                link.output = None
+
+    # ---- output of tasks and actors ----
+    def route_output(self, records: list[OutputLines], from_peer: bool = False) -> None:
+        """Send what tasks printed on to their job's driver: here, or at the job's home
+        node (what peers send is for this node's drivers only: anything else is
+        unclaimed, never forwarded again)."""
+        local: dict[int | None, list[OutputLines]] = {}
+        for record in records:
+            home = job_home(record.job)
+            if home is not None and home[0] != self.node_id:
+                if not from_peer and self.mesh is not None:
+                    self.mesh.send_output(home[0], record)
+                    continue
+                home = None
+            local.setdefault(None if home is None else home[1], []).append(record)
+        for holder, batch in local.items():
+            self._deliver_output(holder, batch)
+
+    def _deliver_output(self, holder: int | None, records: list[OutputLines]) -> None:
+        sink = self.unclaimed_output
+        if holder == DRIVER and self.driver_output is not None:
+            sink = self.driver_output
+        elif holder is not None and holder < 0:
+            link = self.links.get(holder)
+            if link is not None and link.output is not None:
+                link.output.add(records)
+                return
+        if sink is not None:
+            sink(records)
 
     def _forget_link(self, link: ClientLink) -> None:
         if self.links.get(link.client_id) is link:
@@ -681,6 +778,9 @@ class ExecService:
                         self._answer_call(link.client_id, message)
                     else:
                         self._driver_get(link, message)
+                elif kind is Output and not link.is_driver:
+                    self.output_limits.check(message)
+                    self.route_output(message.records)
                 else:
                     events.append(event_of(link.client_id, message))
         finally:

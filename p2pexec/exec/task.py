@@ -67,6 +67,9 @@ class TaskSpec:
     runtime_env: RuntimeEnv | None = None
     """Its environment variables and packages (a task or actor creation; calls run in
     their actor's): it runs on a worker started for exactly this environment."""
+    job: bytes = b""
+    """The driver it belongs to (`output.job_id`): where what it prints goes. A task
+    submitted by a task or actor has its submitter's job (an actor's: its creator's)."""
 
     def __post_init__(self) -> None:
         if self.strategy and (self.strategy not in (SPREAD, NODE_AFFINITY)

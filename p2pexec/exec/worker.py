@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.exec import context, refs, runtime_env, serialization, shm
 from p2pexec.exec import protocol as p
+from p2pexec.exec.capture import Attribution, capture_output
 from p2pexec.exec.link import LinkEnd
+from p2pexec.exec.output import WORKER_LIMITS, Output, OutputBuffer
 from p2pexec.exec.refs import TASK_ID_SIZE, IdGenerator, ObjectRef, RefCounter
 from p2pexec.exec.runner import TaskRunner, is_async_class
 from p2pexec.exec.runtime_env import RuntimeEnv
@@ -87,13 +89,20 @@ class WorkerRuntime:
         self.env_pending = False
         """The environment is not taken on yet: its packages may still be on their way
         when an actor's worker starts, so it is taken on before the first task."""
+        self.output = OutputBuffer(WORKER_LIMITS, os.getpid(), time.monotonic)
+        """What this worker's work printed, until it rides on the next message
+        (`exec.capture`)."""
+        self.attribution = Attribution(self.runner, type(self).execute.__code__)
 
     # ---- I/O ----
     def send(self, message: Any) -> None:
         with self.lock:
             self.shielded += 1
             try:
-                self.link.sock.sendall(self.link.frame(message, self.counter.take_pending()))
+                data = self.link.frame(message, self.counter.take_pending())
+                if self.output.pending:  # printed lines go first: before a task's result
+                    data = self.link.codec.frame(Output(self.output.take())) + data
+                self.link.sock.sendall(data)
             finally:
                 self.shielded -= 1
         if self.interrupt_pending:
@@ -398,6 +407,12 @@ class WorkerRuntime:
     def segment_name(self, object_id: bytes) -> str:
         return shm.segment_name(self.owner_pid, object_id)
 
+    @property
+    def job(self) -> bytes:
+        """The job of what the calling thread submits: that of the work it runs."""
+        work = self.attribution.work()
+        return work.job if work is not None else b""
+
 
 class _EventLoopCalls:
     """An async actor's calls: tasks on one asyncio event loop in its own thread, at most
@@ -474,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
     runtime = WorkerRuntime(sock)
+    capture_output(runtime)  # what tasks print goes to the driver that owns them
     runtime.listen_for_interrupts(interrupts)  # SIGINT: only to stop a cancelled task
     context.set_worker_runtime(runtime)
     try:
