@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -422,3 +423,42 @@ def test_the_api_suite_passes_through_an_attached_driver(launcher: Launcher, tmp
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert " passed" in done.stdout.splitlines()[-1]
+
+
+SHOUTING_DRIVER = """
+    import sys, time
+    import p2pexec as px
+
+    tag, wants = sys.argv[1], sys.argv[2] == "log"
+    px.init(log_to_driver=wants)
+
+    @px.remote
+    def shout(tag, i):
+        time.sleep(0.05)
+        print(tag, i)
+        print(tag, "error", i, file=sys.stderr)
+        return i
+
+    assert px.get([shout.remote(tag, i) for i in range(10)]) == list(range(10))
+    sys.stdout.write(f"done {tag}\\n")  # one write: task output is printed meanwhile
+"""
+
+
+def test_attached_drivers_each_get_only_their_own_tasks_output(launcher: Launcher):
+    node = start_node(launcher)
+    procs = {tag: driver(SHOUTING_DRIVER, node.data_dir, tag, wants)
+             for tag, wants in (("first", "log"), ("second", "log"), ("quiet", "no"))}
+    outputs = {tag: proc.communicate(timeout=90) for tag, proc in procs.items()}
+    for tag, proc in procs.items():
+        assert proc.returncode == 0, outputs[tag]
+    for tag in ("first", "second"):
+        out, err = outputs[tag]
+        shown = sorted(re.findall(r"^\(shout pid=\d+\) (.*)$", out, re.MULTILINE))
+        assert shown == sorted(f"{tag} {i}" for i in range(10)), out
+        errors = re.findall(r"^\(shout pid=\d+\) (.*)$", err, re.MULTILINE)
+        assert sorted(errors) == sorted(f"{tag} error {i}" for i in range(10)), err
+    assert outputs["quiet"][0] == "done quiet\n"
+    assert "quiet" not in outputs["quiet"][1]
+    # what no driver takes, the node prints itself
+    assert wait_for(lambda: len(re.findall(r"\(shout pid=\d+\) quiet \d", node.log())) == 10,
+                    10), node.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -600,3 +601,45 @@ def test_a_working_dir_reaches_the_nodes_that_steal_its_tasks_once_each(
                                             for n in (a, *thieves))
     assert [stats(node)["packages_fetched"] for node in (a, *thieves)] == [0] + [1] * len(
         thieves)
+
+
+PRINTING = """
+    import json, sys, time
+    import p2pexec as px
+
+    px.init()
+
+    @px.remote
+    def child(i):
+        print("child", i)
+        return px.get_runtime_context().get_node_id()
+
+    @px.remote
+    def branch(i):
+        time.sleep(0.3)  # long enough to be worth stealing
+        print("ran", i)
+        return px.get_runtime_context().get_node_id(), px.get(child.remote(i))
+
+    results = px.get([branch.remote(i) for i in range(12)], timeout=120)
+    names = {node["id"]: node["name"] for node in px.nodes()}
+    time.sleep(1)  # output crosses the mesh beside the results, not always before them
+    sys.stdout.write("RESULT " + json.dumps([[names[a], names[b]] for a, b in results]) + "\\n")
+"""
+
+
+def test_what_a_stolen_task_prints_reaches_the_driver_with_the_thiefs_name(
+        launcher: Launcher):
+    a, _b, _c = three_nodes(launcher)
+    proc = driver(PRINTING, a.data_dir)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out + err
+    ran = json.loads(out.split("RESULT ")[1].splitlines()[0])
+    assert {node for node, _ in ran} != {"a"}, ran  # some branches were stolen
+
+    def shown(name: str, node: str, line: str) -> bool:
+        where = "" if node == "a" else f", node={node}"
+        return re.search(rf"^\({name} pid=\d+{where}\) {line}$", out, re.MULTILINE) is not None
+
+    for i, (node, child_node) in enumerate(ran):
+        assert shown("branch", node, f"ran {i}"), (i, node, out)
+        assert shown("child", child_node, f"child {i}"), (i, child_node, out)
