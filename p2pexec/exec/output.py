@@ -134,6 +134,7 @@ class OutputBuffer:
 
     def write(self, job: bytes, name: str, stream: int, text: str) -> None:
         """Text a task or actor wrote; its whole lines are kept (within the limits)."""
+        name = name[:MAX_NAME]  # a long options(name=...) is cut, not refused downstream
         key = (job, name, stream)
         with self._lock:
             partial = self._partial.pop(key, "")
@@ -149,6 +150,8 @@ class OutputBuffer:
 
     def add(self, records: Iterable[OutputLines], node: str | None = None) -> None:
         """Records from another buffer; `node` names the node they ran on if given."""
+        if node is not None:
+            node = node[:MAX_NAME]
         with self._lock:
             for r in records:
                 self._keep(r.job, r.name, r.pid, r.node if node is None else node, r.stream,
@@ -236,9 +239,13 @@ def render(records: Iterable[OutputLines]) -> tuple[str, str]:
 def print_output(records: list[OutputLines], stdout: TextIO | None = None,
                  stderr: TextIO | None = None) -> None:
     """Write `records` to this process's streams (default: sys.stdout and sys.stderr as
-    they are now, so redirections apply), one write per stream. The one I/O here."""
+    they are now, so redirections apply), one write per stream. The one I/O here. A
+    stream that is closed or broken loses the lines: output never stops the node."""
     out, err = render(records)
     for text, stream in ((out, stdout or sys.stdout), (err, stderr or sys.stderr)):
         if text and stream is not None:
-            stream.write(text)
-            stream.flush()
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # closed, or a reader that went away
+                pass

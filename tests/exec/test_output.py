@@ -3,6 +3,8 @@ what tasks print, and what they refuse."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from p2pexec.errors import RemoteProtocolError
@@ -16,6 +18,7 @@ from p2pexec.exec.output import (
     OutputLines,
     job_home,
     job_id,
+    print_output,
     render,
 )
 from p2pexec.net.codec import Codec
@@ -61,6 +64,19 @@ def test_a_line_without_end_is_cut_at_the_limit():
     buffer.write(JOB, "f", STDOUT, "x" * (MAX_LINE + 10))
     [record] = buffer.take()
     assert record.lines == ["x" * MAX_LINE + " [line cut]"]
+
+
+def test_long_names_are_cut_so_that_what_a_buffer_sends_passes_the_check():
+    buffer = OutputBuffer()
+    buffer.write(JOB, "n" * 10_000, STDOUT, "hi\n")
+    buffer.add([OutputLines(JOB, "f", 1, "", STDOUT, ["x"])], node="m" * 10_000)
+    OutputLimits().check(Output(buffer.take()))
+
+
+def test_a_closed_stream_loses_the_lines_without_an_error():
+    closed = io.StringIO()
+    closed.close()
+    print_output([OutputLines(JOB, "f", 1, "", STDOUT, ["hi"])], closed, closed)
 
 
 def test_beyond_its_bounds_a_buffer_drops_lines_and_says_how_many():

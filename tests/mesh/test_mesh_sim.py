@@ -13,6 +13,7 @@ from p2pexec.errors import ObjectLostError, TaskUnschedulableError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import PeerGone, TasksReturned
+from p2pexec.exec.output import MAX_LINE, STDOUT, Output, OutputLines, job_id
 from p2pexec.exec.stealing import PLACEMENT
 from p2pexec.exec.task import ACTOR_CREATE, NODE_AFFINITY, SPREAD, TaskSpec
 from p2pexec.ids import NodeId
@@ -96,6 +97,32 @@ async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_
     assert "asks for work faster than" in text
     assert "which this node did not send it; refused" in text
     assert "payload count unlike its ids" in text
+
+
+async def test_a_peers_output_reaches_the_jobs_driver_and_bad_output_drops_the_peer(
+        autojump_clock, caplog):
+    net = SimNetwork(seed=6, default_link=LinkSpec(latency=0.001))
+    cluster = SimCluster(net, 2, cpus=2, duration=0.1, seed=6)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        assert await cluster.wait_converged(30)
+        home, peer = cluster.nodes[0], cluster.nodes[1].node.cluster
+        shown: list[OutputLines] = []
+        home.node.exec.driver_output = shown.extend
+        address, node = home.address, home.node.cluster.node_id
+        job = job_id(node.raw, 0)  # the embedded driver of `home`
+        good = OutputLines(job, "f", 42, "thief", STDOUT, ["hello"])
+        await peer.rpc.notify(address, Output([good]), node=node)
+        await trio.sleep(0.5)
+        assert shown == [good]
+        bad = OutputLines(job, "f", 42, "thief", STDOUT, ["x" * (MAX_LINE + 1000)])
+        await peer.rpc.notify(address, Output([bad]), node=node)
+        await trio.sleep(0.5)
+        assert shown == [good]
+        with trio.fail_after(60):  # and the node serves on
+            assert await home.result(home.submit(triple, 5)) == 15
+        nursery.cancel_scope.cancel()
+    assert "output line over the length limit" in caplog.text
 
 
 async def test_tasks_a_thief_dropped_on_a_one_sided_verdict_run_again_at_the_owner(
