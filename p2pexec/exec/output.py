@@ -141,6 +141,10 @@ class OutputBuffer:
             if "\n" not in text:
                 if len(partial) + len(text) <= MAX_LINE:
                     self._partial[key] = partial + text
+                    if len(self._partial) > self.limits.max_records:
+                        oldest = next(iter(self._partial))  # waits no more: a line now
+                        self._keep(oldest[0], oldest[1], self.pid, "", oldest[2],
+                                   [self._partial.pop(oldest)])
                     return
                 text += "\n"  # too long to wait for its end
             *lines, rest = (partial + text).split("\n")

@@ -59,6 +59,13 @@ def test_two_tasks_writing_at_once_never_share_a_line():
                                                          ("g", ["g-start g-end"])]
 
 
+def test_unfinished_lines_of_many_sources_are_bounded():
+    buffer = OutputBuffer(OutputLimits(max_records=2))
+    for name in ("a", "b", "c"):
+        buffer.write(JOB, name, STDOUT, "no end")
+    assert [(r.name, r.lines) for r in buffer.take()] == [("a", ["no end"])]
+
+
 def test_a_line_without_end_is_cut_at_the_limit():
     buffer = OutputBuffer()
     buffer.write(JOB, "f", STDOUT, "x" * (MAX_LINE + 10))
