@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from p2pexec.errors import LocalUsageError, RemoteProtocolError
 from p2pexec.exec import context, refs, runtime_env, serialization, shm
 from p2pexec.exec import protocol as p
-from p2pexec.exec.capture import Attribution, capture_output
+from p2pexec.exec.capture import DRAIN_AFTER, Attribution, RawOutput, capture_output
 from p2pexec.exec.link import LinkEnd
 from p2pexec.exec.output import WORKER_LIMITS, Output, OutputBuffer
 from p2pexec.exec.refs import TASK_ID_SIZE, IdGenerator, ObjectRef, RefCounter
@@ -93,6 +93,8 @@ class WorkerRuntime:
         """What this worker's work printed, until it rides on the next message
         (`exec.capture`)."""
         self.attribution = Attribution(self.runner, type(self).execute.__code__)
+        self.raw_output: RawOutput | None = None
+        """Fds 1 and 2, once captured."""
 
     # ---- I/O ----
     def send(self, message: Any) -> None:
@@ -100,6 +102,9 @@ class WorkerRuntime:
             self.shielded += 1
             try:
                 data = self.link.frame(message, self.counter.take_pending())
+                if (type(message) is p.Done and message.seconds >= DRAIN_AFTER
+                        and self.raw_output is not None):  # what its subprocesses wrote
+                    self.raw_output.drain()
                 if self.output.pending:  # printed lines go first: before a task's result
                     data = self.link.codec.frame(Output(self.output.take())) + data
                 self.link.sock.sendall(data)
@@ -234,6 +239,7 @@ class WorkerRuntime:
     def finish(self, work: p.Execute, started: float, payloads: list,
                contained: list[list[bytes]], mappings: list) -> None:
         """Send a call's results; end the worker if the call ended its actor."""
+        self.attribution.last = (work.job, work.name)  # output read after it ended
         # the arguments are garbage now unless the task kept them: if their segment is
         # unmapped, the node may hand it back for reuse instead of freeing it
         released = bool(mappings) and all(
@@ -410,8 +416,7 @@ class WorkerRuntime:
     @property
     def job(self) -> bytes:
         """The job of what the calling thread submits: that of the work it runs."""
-        work = self.attribution.work()
-        return work.job if work is not None else b""
+        return self.attribution.label()[0]
 
 
 class _EventLoopCalls:
@@ -489,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
     runtime = WorkerRuntime(sock)
-    capture_output(runtime)  # what tasks print goes to the driver that owns them
+    runtime.raw_output = capture_output(runtime)  # what tasks print goes to their driver
     runtime.listen_for_interrupts(interrupts)  # SIGINT: only to stop a cancelled task
     context.set_worker_runtime(runtime)
     try:
