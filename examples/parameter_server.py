@@ -2,19 +2,20 @@
 
 The model is a (features x classes) weight matrix, split by rows into `--servers`
 shards, each held by a parameter-server actor. The synthetic dataset (labels drawn from
-a random "teacher" model) is split into `--workers` partitions, each put into the object
-store once by the driver: a worker task receives its partition's ref and maps the
-arrays from shared memory; nothing is copied per call.
+a random "teacher" model) is split into `--workers` partitions. The driver puts each
+partition into the object store once and hands its ref to a data-worker actor, which
+keeps the arrays (mapped from shared memory, or fetched once to its machine): the data
+never moves again. Both kinds of actor are spread over the machines.
 
 Each step is a small dataflow graph that the driver wires and never waits inside: every
 server's `pull` gives one object (the shard and the step it belongs to), which all the
-worker tasks read; each worker computes the loss and gradient on its partition and
-returns the gradient cut into one slice per server; each server's `apply` takes the
-slices for its shard straight from the workers (refs passed as arguments: the arrays go
-from worker to server, not through the driver) and steps by their mean. Summed in
-worker order, the update does not depend on which worker finished first, so a run is
-exactly reproducible from `--seed`. After `--steps` steps the program exits with status
-1 unless the training loss is below `--target`.
+workers read; each worker computes the loss and gradient on its partition and returns
+the gradient cut into one slice per server; each server's `apply` takes the slices for
+its shard straight from the workers (refs passed as arguments: the arrays go from
+worker to server, not through the driver) and steps by their mean. Summed in worker
+order, the update does not depend on which worker finished first, so a run is exactly
+reproducible from `--seed`. After `--steps` steps the program exits with status 1
+unless the training loss is below `--target`.
 
 Run it embedded (one node in this process), or on a running cluster:
 
@@ -28,14 +29,15 @@ Run it embedded (one node in this process), or on a running cluster:
 `import ray as px`) a cluster address such as 127.0.0.1:6379. Without it, `px.init()`
 attaches to the node running on this machine, if any, and otherwise starts one.
 
-Failures: the servers are declared with `max_restarts=-1` (restart whenever their
+Failures: the actors are declared with `max_restarts=-1` (restart whenever their
 process or machine dies) and `max_task_retries=-1` (calls caught by a death run again on
-the new incarnation). A restarted server starts from scratch, at step 0 with zero
-weights; its state is rebuilt by the driver, which keeps the shards that the last
-completed step returned. Every server tells the step it is at: when one is not where it
-should be (a worker was given a stale shard, or an update a missing gradient), the
-driver puts every server back to the last completed step and runs the step again, which
-gives the same update. Worker tasks whose machine dies run again (`max_retries`).
+the new incarnation). A restarted data worker gets its partition again from its
+constructor's argument (the driver owns the object). A restarted server starts from
+scratch, at step 0 with zero weights; its state is rebuilt by the driver, which keeps
+the shards that the last completed step returned. Every server tells the step it is
+at: when one is not where it should be (a worker was given a stale shard, or an update
+a missing gradient), the driver puts every server back to the last completed step and
+runs the step again, which gives the same update.
 """
 
 from __future__ import annotations
@@ -76,25 +78,29 @@ class ParameterServer:
         self.step, self.weights = step, np.array(weights)
 
 
-@px.remote
-def worker_step(partition: tuple[np.ndarray, np.ndarray], step: int,
-                *pulled: tuple[int, np.ndarray]) -> tuple:
-    """The loss on this partition and the gradient, cut into one slice per server; all
-    None when a server was not at `step` (it restarted: the driver restores it)."""
-    if any(at != step for at, _ in pulled):
-        return (None,) * (1 + len(pulled))
-    features, labels = partition
-    weights = np.concatenate([shard for _, shard in pulled])
-    logits = features @ weights
-    logits -= logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(logits)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    rows = np.arange(len(labels))
-    loss = float(-np.log(probabilities[rows, labels] + 1e-12).mean())
-    probabilities[rows, labels] -= 1.0
-    gradient = features.T @ probabilities / np.float32(len(labels))
-    bounds = np.cumsum([0] + [shard.shape[0] for _, shard in pulled])
-    return (loss, *(gradient[bounds[i]:bounds[i + 1]] for i in range(len(pulled))))
+@px.remote(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
+class DataWorker:
+    """One partition of the dataset, and the gradient of the loss on it."""
+
+    def __init__(self, partition: tuple[np.ndarray, np.ndarray]) -> None:
+        self.features, self.labels = partition  # mapped from the object store, read-only
+
+    def gradient(self, step: int, *pulled: tuple[int, np.ndarray]) -> tuple:
+        """The loss on this partition and the gradient, cut into one slice per server;
+        all None when a server was not at `step` (it restarted: the driver restores it)."""
+        if any(at != step for at, _ in pulled):
+            return (None,) * (1 + len(pulled))
+        weights = np.concatenate([shard for _, shard in pulled])
+        logits = self.features @ weights
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        rows = np.arange(len(self.labels))
+        loss = float(-np.log(probabilities[rows, self.labels] + 1e-12).mean())
+        probabilities[rows, self.labels] -= 1.0
+        gradient = self.features.T @ probabilities / np.float32(len(self.labels))
+        bounds = np.cumsum([0] + [shard.shape[0] for _, shard in pulled])
+        return (loss, *(gradient[bounds[i]:bounds[i + 1]] for i in range(len(pulled))))
 
 
 def dataset(samples: int, features: int, classes: int, seed: int
@@ -127,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     px.init(address=args.address)
     connected = time.perf_counter()
     x, y = dataset(args.samples, args.features, args.classes, args.seed)
-    partitions = [px.put((x[part], y[part])) for part in
-                  np.array_split(np.arange(args.samples), args.workers)]
+    workers = [DataWorker.remote(px.put((x[part], y[part])))
+               for part in np.array_split(np.arange(args.samples), args.workers)]
     rows = [len(r) for r in np.array_split(np.arange(args.features), args.servers)]
     servers = [ParameterServer.remote(r, args.classes) for r in rows]
     shards = [np.zeros((r, args.classes), dtype=np.float32) for r in rows]  # step 0
@@ -139,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     step, redone, loss = 0, 0, float("nan")
     while step < args.steps:
         pulled = [server.pull.remote() for server in servers]  # one object per shard
-        outputs = [worker_step.options(num_returns=1 + args.servers).remote(
-            partition, step, *pulled) for partition in partitions]
+        outputs = [worker.gradient.options(num_returns=1 + args.servers).remote(
+            step, *pulled) for worker in workers]
         applied = px.get([server.apply.remote(step, args.learning_rate,
                                               *[out[1 + i] for out in outputs])
                           for i, server in enumerate(servers)])
