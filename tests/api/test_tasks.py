@@ -277,3 +277,14 @@ def test_refs_are_futures_and_awaitables_in_drivers_as_in_ray():
     assert (first, both, single) == (5, [2, 4], 10) and ticks >= 5
     with pytest.raises(px.LocalUsageError, match="async or threaded actors"):
         px.get(uses_future.remote([px.put(1)]), timeout=30)
+
+
+@px.remote
+def blas_threads():
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+def test_workers_run_numpy_on_one_thread_unless_told_otherwise():
+    # Ray's default: OMP_NUM_THREADS=1 in workers, unless the node's environment sets it
+    expected = os.environ.get("OMP_NUM_THREADS", "1")
+    assert px.get(blas_threads.remote(), timeout=30) == expected
