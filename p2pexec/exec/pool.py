@@ -89,6 +89,10 @@ class WorkerPool:
         if sum(1 for _ in self.pool_workers()) < self._target:
             self.start_worker(None)
 
+    def starting(self) -> bool:
+        """A pool worker (not an actor's) has been started and is not ready yet."""
+        return any(not w.ready for w in self.pool_workers())
+
     def maybe_start_extra(self, runtime_env: RuntimeEnv | None = None) -> None:
         """Work of `runtime_env` waits and no worker of it is idle (CPUs are lent by
         blocked workers, or the idle ones run other environments): start one more, one

@@ -773,13 +773,8 @@ class Scheduler:
         starts."""
         ready = self.ready
         depth = self.pool.depth
-        workers = self.workers.values()
-        starting = False
-        for worker in workers:
-            if not worker.ready and worker.actor_id is None:
-                starting = True
-                break
-        for worker in workers:  # the hot path: no generator, checks inline
+        starting = self.pool.starting()
+        for worker in self.workers.values():  # the hot path: no generator, checks inline
             if (worker.actor_id is not None or not worker.stack or not worker.ready
                     or len(worker.stack) > 1):
                 continue
