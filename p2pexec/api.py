@@ -501,12 +501,12 @@ class ActorMethod:
     def __init__(self, handle: ActorHandle, method: str, num_returns: int | str) -> None:
         self._handle = handle
         self._method = method
+        self._num_returns = num_returns
         self._returns = _returns(num_returns, None)
 
     def options(self, /, *, num_returns: int | str | None = None) -> ActorMethod:
         return ActorMethod(self._handle, self._method,
-                           _NUM_RETURNS_NAMES.get(self._returns, self._returns[0])
-                           if num_returns is None else num_returns)
+                           self._num_returns if num_returns is None else num_returns)
 
     def remote(self, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
@@ -542,10 +542,6 @@ def _submit(runtime: Any, name: str, returns: tuple[int, int], args: tuple, kwar
     if generator == STREAMING:
         return ObjectRefGenerator(refs[0])
     return refs[0] if num_returns == 1 else refs
-
-
-_NUM_RETURNS_NAMES = {(1, DYNAMIC): "dynamic", (1, STREAMING): "streaming"}
-"""`num_returns` as users spell it, for what `_returns` made of a name."""
 
 
 def _returns(option: Any, target: Any) -> tuple[int, int]:
