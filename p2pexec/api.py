@@ -313,10 +313,6 @@ class RemoteFunction:
         self._retry_exceptions = bool(options.get("retry_exceptions", False))
         self._strategy = spec_fields(options.get("scheduling_strategy"))
         self._env = RuntimeEnvOption.parse(options.get("runtime_env"))
-        if self._returns[1] == STREAMING and self._strategy:
-            raise LocalUsageError(f"{self._name} streams its values: a streaming generator "
-                                  f"runs on the node that calls it, so it takes no "
-                                  f"scheduling_strategy")
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
 

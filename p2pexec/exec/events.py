@@ -323,6 +323,20 @@ class StreamYielded:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteYielded:
+    """A streaming task this node gave peer `node` (stolen, or a call of an actor
+    there) yielded its `index`-th value there, or ended (`StreamYielded` as that peer
+    saw it). A large value stays at `node` until fetched."""
+
+    node: bytes
+    task_id: bytes
+    index: int
+    payload: Any
+    contained: list[bytes]
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PackageReady:
     """A package of a runtime_env is stored and unpacked here (a local client stored it,
     or a `FetchPackage` from `holder` ended), or, with `error`, could not be had."""
@@ -351,5 +365,5 @@ Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFin
          | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
          | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
          | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
-         | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded
+         | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded | RemoteYielded
          | PackageReady)

@@ -112,6 +112,20 @@ class ReturnResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ReturnYielded:
+    """Send a value a streaming task of `owner`'s yielded here, or its end, to the owner,
+    which keeps the stream's links (a large value stays here, held for the owner until
+    it says `Released`)."""
+
+    owner: bytes
+    task_id: bytes
+    index: int
+    payload: list | None
+    contained: list[bytes]
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Tell `node` that this node no longer needs its copies of these objects: it has
     its own now (large results), or it let go of what it borrowed."""
@@ -259,7 +273,7 @@ class CancelRemote:
 
 
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
-               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | Release
+               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | ReturnYielded | Release
                | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed
                | CodeHere | FetchCode | StopRemoteActor | Interrupt | CancelRemote
                | FetchPackage)

@@ -7,6 +7,8 @@ A thief asks with a one-way `StealRequest`; the victim's scheduler decides
 waiting still runs: no task can be marked given at the victim and dropped at the thief
 while their connection stays up. Results go to the owner in `TaskResults` batches (one
 write per burst), and an owner that has fetched a large result sends `ReleaseObjects`.
+A streaming task's values go to its owner one `Yielded` each, on the same connection
+as its result, so they arrive in order and before it.
 
 Everything a peer sends is checked before the scheduler sees it: message types by the
 codec, payload shapes here (values that arrive inline must be inline: a peer's segment
@@ -54,6 +56,7 @@ from p2pexec.exec.events import (
     Released,
     RemoteActorKilled,
     RemoteFinished,
+    RemoteYielded,
     StealRequested,
     TasksGranted,
     TasksReturned,
@@ -74,10 +77,12 @@ from p2pexec.exec.instructions import (
     LocateActor,
     Release,
     ReturnResult,
+    ReturnYielded,
     StopRemoteActor,
 )
 from p2pexec.exec.output import Output, OutputBuffer, OutputLines
 from p2pexec.exec.packages import CHUNK_BYTES, PackageChunk, PackageRequest
+from p2pexec.exec.protocol import Yielded
 from p2pexec.exec.serialization import (
     callable_hash,
     check_payload,
@@ -97,9 +102,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("p2pexec.mesh")
 
-MeshInstruction = (Grant | ReturnResult | Release | LocateActor | ActorHere | Forward | Borrow
-                   | Lend | HandBack | AskHeld | ActorNamed | CodeHere | FetchCode
-                   | StopRemoteActor | CancelRemote | FetchPackage)
+MeshInstruction = (Grant | ReturnResult | ReturnYielded | Release | LocateActor | ActorHere
+                   | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed | CodeHere
+                   | FetchCode | StopRemoteActor | CancelRemote | FetchPackage)
 
 
 @message(111)
@@ -273,8 +278,8 @@ class CodeReply:
 
 MESH_MESSAGES = (StealRequest, StealGrant, TaskResults, ReleaseObjects, ReturnTasks,
                  ActorCalls, BorrowObjects, LentObjects, KillActor, HeldCheck, CancelTask,
-                 Output)
-MESH_CODES = (range(111, 112), range(117, 127), range(160, 163), range(170, 171))
+                 Yielded, Output)
+MESH_CODES = (range(111, 112), range(117, 127), range(160, 164), range(170, 171))
 """Type codes a connection may open with to carry mesh messages (over the node's RPC)."""
 
 STEAL_REQUESTS_PER_SECOND = 200.0
@@ -447,6 +452,11 @@ class Mesh:
             self._take_kill(node, msg)
         elif type(msg) is CancelTask:
             self.service.stimulus(CancelRequested(msg.task_id, msg.force, msg.recursive))
+        elif type(msg) is Yielded:
+            if msg.payload is not None:
+                check_payload(msg.payload)
+            self.service.stimulus(RemoteYielded(node.raw, msg.task_id, msg.index, msg.payload,
+                                                msg.contained, msg.end))
         elif type(msg) is Output:
             self.service.output_limits.check(msg)
             self.service.route_output(msg.records, from_peer=True)
@@ -608,6 +618,10 @@ class Mesh:
             self._send(instruction.thief, StealGrant(
                 instruction.request_id, list(instruction.specs), instruction.values,
                 instruction.code, self.service.import_paths(), instruction.queue_length))
+        elif type(instruction) is ReturnYielded:
+            self._send(instruction.owner, Yielded(
+                instruction.task_id, instruction.index, instruction.payload,
+                list(instruction.contained), instruction.end))
         elif type(instruction) is ReturnResult:
             result = TaskResult(instruction.task_id, list(instruction.object_ids),
                                 instruction.payloads, instruction.contained,

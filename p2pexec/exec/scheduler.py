@@ -67,6 +67,7 @@ from p2pexec.exec.events import (
     Released,
     RemoteActorKilled,
     RemoteFinished,
+    RemoteYielded,
     ShutDown,
     SpillEnded,
     Started,
@@ -101,6 +102,7 @@ from p2pexec.exec.instructions import (
     Recycle,
     Release,
     ReturnResult,
+    ReturnYielded,
     Send,
     Spill,
     StopRemoteActor,
@@ -231,6 +233,9 @@ class RemoteResult:
     node: bytes
     contained: dict[bytes, list[bytes]]
     pending: set[bytes]
+    lineage: bool = True
+    """The task's arguments are kept to run it again if a copy is lost; not so for a
+    value a streaming task yielded (its loss is that item's error)."""
 
 
 @dataclass(slots=True)
@@ -359,6 +364,7 @@ class Scheduler:
             CodeFetched: self._on_code_fetched,
             CancelRequested: self._on_cancel_requested,
             StreamYielded: self._on_stream_yielded,
+            RemoteYielded: self._on_remote_yielded,
             PackageReady: self._on_package_ready,
         }
         self._children: dict[bytes, list[bytes]] = {}
@@ -896,15 +902,12 @@ class Scheduler:
         task's came as it yielded (`_on_stream_yielded`); only an error that ends it
         (its worker died for good, it was cancelled) is delivered here, to the link its
         consumer waits on next."""
-        spec = task.spec
         if task.owner is not None:
             self._return_to_owner(task, payloads, contained)
             return
-        return_ids = spec.return_ids
-        if spec.generator == STREAMING:
-            if not payloads:
-                return
-            return_ids = (stream_link(spec.task_id, task.streamed),)
+        return_ids = _result_ids(task, payloads)
+        if not return_ids and task.spec.generator == STREAMING:
+            return
         self._out.append(Completed(tuple(return_ids)))  # wake drivers first
         for index, (object_id, payload) in enumerate(zip(return_ids, payloads,
                                                           strict=True)):
@@ -1176,12 +1179,6 @@ class Scheduler:
     def _queue_actor_call(self, task: TaskState) -> None:
         actor = self.actors.get(task.spec.actor_id)
         if actor is None and self.in_cluster and task.owner is None:
-            if task.spec.generator == STREAMING:
-                self._fail(task, errors.LocalUsageError(
-                    f"{task.spec.name} streams its values, and its actor lives on another "
-                    f"node: streaming generators run where their caller is (use "
-                    f'num_returns="dynamic" there)'))
-                return
             self._call_remote_actor(task)
             return
         if actor is None or actor.dead_reason is not None:
@@ -1398,18 +1395,71 @@ class Scheduler:
             if event.payload is not None:
                 self._drop_payloads([event.payload])
             return
-        task_id, index, objects = event.task_id, event.index, self.objects
+        if task.owner is not None:
+            self._yield_to_owner(task, event)
+        else:
+            self._take_yield(task, event.index, event.payload, event.contained, event.end)
+
+    def _take_yield(self, task: TaskState, index: int, payload: list | None,
+                    contained: list[bytes], end: bool, node: bytes | None = None) -> None:
+        """Make link `index` of a stream this node owns (and its item): the value came
+        from a worker here, or from peer `node` that runs the task."""
+        task_id, objects = task.spec.task_id, self.objects
         link = stream_link(task_id, index)
-        if event.end:
-            objects.complete(link, event.payload or STREAM_END, [])
+        if end:
+            objects.complete(link, payload or STREAM_END, [])
         else:
             item, following = stream_item(task_id, index), stream_link(task_id, index + 1)
             objects.expect_contained(item)
             objects.expect_contained(following)
             objects.complete(link, STREAM_MORE, [item, following])  # pins both
-            objects.complete(item, event.payload, event.contained)
+            if node is None:
+                objects.complete(item, payload, contained)
+            elif payload_segment(payload) is None:
+                self.loans.adopt(node, contained)
+                objects.complete(item, payload, contained)
+            else:  # the value stays at the peer until fetched
+                objects.entries[item].remote = True
+                self._remote_results[item] = RemoteResult(task, node, {item: contained},
+                                                          {item}, lineage=False)
+                self._out.append(Fetch(item, node))
             task.streamed = index + 1
         self._out.append(Completed((link,)))
+
+    def _yield_to_owner(self, task: TaskState, event: StreamYielded) -> None:
+        """A streaming task a peer gave this node yielded: the value goes to the peer,
+        which keeps the stream's links (a large value stays here until fetched)."""
+        if not event.end:
+            task.streamed = event.index + 1
+        owner, payload = task.owner, event.payload
+        if task.owner_gone:
+            if payload is not None:
+                self._drop_payloads([payload])
+            return
+        if payload is not None and payload_segment(payload) is not None:
+            item = stream_item(task.spec.task_id, event.index)
+            self.kept[item] = owner
+            self.objects.put(item, payload, event.contained, self._peer_holder(owner))
+        self.loans.lent_with_result(owner, [event.contained])
+        self._out.append(ReturnYielded(owner, task.spec.task_id, event.index, payload,
+                                       event.contained, event.end))
+
+    def _on_remote_yielded(self, event: RemoteYielded) -> None:
+        """A streaming task this node gave a peer yielded there (or ended): its link is
+        made here, where its consumer reads; a value that is not wanted any more goes
+        back (the peer holds a large one, and the refs inside, for this node)."""
+        task = self.tasks.get(event.task_id)
+        if (task is None or task.state is not STOLEN or task.node != event.node
+                or task.cancelled or task.spec.generator != STREAMING
+                or event.index != task.streamed):
+            let_go = list(event.contained)
+            if event.payload is not None and payload_segment(event.payload) is not None:
+                let_go.append(stream_item(event.task_id, event.index))
+            if let_go:
+                self._out.append(Release(event.node, tuple(let_go)))
+            return
+        self._take_yield(task, event.index, event.payload, event.contained, event.end,
+                         node=event.node)
 
     # ---- cancel ----
     def cancel_refusal(self, task_id: bytes, force: bool) -> str | None:
@@ -1582,8 +1632,7 @@ class Scheduler:
         else:
             fits = (spec.kind == ACTOR_CREATE and spec.task_id in self.parked
                     and covers(free, _placement_demand(spec)))
-        return (fits and task.owner is None and not task.pinned and self._pushable(spec)
-                and spec.generator != STREAMING)  # its consumer reads its links here
+        return fits and task.owner is None and not task.pinned and self._pushable(spec)
 
     def _pushable(self, spec: TaskSpec) -> bool:
         """A grant can carry it: its arguments are inline, and every value they name is
@@ -1727,13 +1776,13 @@ class Scheduler:
             return
         holder = self._peer_holder(task.owner)
         self.loans.lent_with_result(task.owner, contained)
-        for index, (object_id, payload) in enumerate(zip(spec.return_ids, payloads,
-                                                          strict=True)):
+        return_ids = _result_ids(task, payloads)
+        for index, (object_id, payload) in enumerate(zip(return_ids, payloads, strict=True)):
             if payload_segment(payload) is not None:
                 self.kept[object_id] = task.owner
                 self.objects.put(object_id, payload, contained[index] if contained else [],
                                  holder)
-        self._out.append(ReturnResult(task.owner, spec.task_id, spec.return_ids, payloads,
+        self._out.append(ReturnResult(task.owner, spec.task_id, return_ids, payloads,
                                       contained, task.seconds))
 
     def _on_remote_finished(self, event: RemoteFinished) -> None:
@@ -1745,7 +1794,7 @@ class Scheduler:
         large = [oid for oid, payload in zip(event.object_ids, event.payloads, strict=True)
                  if payload_segment(payload) is not None]
         if (task is None or task.state is not STOLEN or task.node != node
-                or list(task.spec.return_ids) != list(event.object_ids)):
+                or list(_result_ids(task, event.payloads)) != list(event.object_ids)):
             if task is None or task.node != node:
                 self._out.append(Warn(f"a peer sent the result of task {event.task_id.hex()} "
                                       f"that this node did not give it; dropped"))
@@ -1753,14 +1802,14 @@ class Scheduler:
             if let_go:  # what the peer keeps or holds for this node
                 self._out.append(Release(node, tuple(let_go)))
             return
-        spec = task.spec
+        spec, return_ids = task.spec, event.object_ids
         if event.seconds is not None:
             self.pool.record_duration(spec.callable_hash, event.seconds)
         contained = event.contained or [[] for _ in event.payloads]
         self._retire(task)
         task.node = None
         small = []
-        for object_id, payload, inside in zip(spec.return_ids, event.payloads, contained,
+        for object_id, payload, inside in zip(return_ids, event.payloads, contained,
                                               strict=True):
             if payload_segment(payload) is None:
                 small.append(object_id)
@@ -1774,8 +1823,8 @@ class Scheduler:
         if spec.kind == ACTOR_CREATE:
             self._remote_actor_created(spec, node, event.payloads[0])
         if large:
-            result = RemoteResult(task, node, dict(zip(spec.return_ids, contained,
-                                                       strict=True)), set(large))
+            result = RemoteResult(task, node, dict(zip(return_ids, contained, strict=True)),
+                                  set(large))
             for object_id in large:
                 self._remote_results[object_id] = result
         elif spec.kind != ACTOR_CREATE:  # a restart needs them
@@ -1798,11 +1847,15 @@ class Scheduler:
             inside = result.contained.get(object_id, [])
             self.loans.adopt(result.node, inside)
             self.objects.complete(object_id, payload, inside)
+        elif entry is not None and not result.lineage:  # a lost item of a stream
+            entry.remote = False
+            self._out.append(Completed((object_id,)))
+            self.objects.complete(object_id, payload, [])
         elif entry is not None:
             entry.remote = False
             if task_of(object_id) not in self.tasks:
                 self._rerun(result.task)
-        if not result.pending:
+        if not result.pending and result.lineage:
             self._forget_arguments(result.task.spec)
         return True
 
@@ -2268,6 +2321,15 @@ class Scheduler:
 def _hard_affinity(spec: TaskSpec | None) -> bool:
     """Node affinity with soft=False: the work runs on that node or nowhere."""
     return spec is not None and spec.strategy == NODE_AFFINITY and not spec.soft
+
+
+def _result_ids(task: TaskState, payloads: list[list]) -> tuple[bytes, ...]:
+    """Where a task's results go: its return ids; for a streaming task (whose values
+    came as it yielded) the link its consumer reads next, when an error ends it."""
+    spec = task.spec
+    if spec.generator != STREAMING:
+        return spec.return_ids
+    return (stream_link(spec.task_id, task.streamed),) if payloads else ()
 
 
 def _retry_call(task: TaskState) -> bool:

@@ -145,8 +145,8 @@ def test_a_stream_dropped_early_or_cancelled_leaves_nothing_behind(tmp_path):
     assert sorted(objects_of(*probes)) == sorted(probe.id for probe in probes)
 
 
-def test_bad_num_returns_and_strategies_are_refused():
+def test_a_bad_num_returns_is_refused_and_a_strategy_is_taken():
     with pytest.raises(px.LocalUsageError, match="num_returns"):
         count.options(num_returns="lots")
-    with pytest.raises(px.LocalUsageError, match="scheduling_strategy"):
-        count.options(scheduling_strategy="SPREAD")
+    spread = count.options(scheduling_strategy="SPREAD").remote(3)
+    assert [px.get(ref, timeout=30) for ref in spread] == [0, 10, 20]

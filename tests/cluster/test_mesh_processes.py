@@ -524,6 +524,7 @@ def test_spread_and_node_affinity_place_work_on_the_nodes_they_name(launcher: La
 GENERATORS_ACROSS = """
     import json, os, time
     import p2pexec as px
+    from p2pexec.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 
     px.init()
 
@@ -543,16 +544,45 @@ GENERATORS_ACROSS = """
         time.sleep(0.05)
         return os.getppid(), sum(px.get(ref) for ref in numbers.remote(n))
 
+    @px.remote
+    class Source:
+        def chunks(self, n, fail_at=None):
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"no chunk {i}")
+                size = 300_000 if i % 2 else 10  # large ones stay there until fetched
+                yield px.get_runtime_context().get_node_id(), bytes([i]) * size
+
+    @px.remote
+    def located(n):
+        for i in range(n):
+            yield px.get_runtime_context().get_node_id(), i
+
     sums = px.get([consume.remote(k) for k in range(30)], timeout=120)
     batches = [list(px.get(ref)) for ref in [batch.remote(5) for _ in range(30)]]
     values = [px.get(refs, timeout=60) for refs in batches]
-    print(json.dumps({"sums": sums, "values": values}))
+    here = px.get_runtime_context().get_node_id()
+    peers = [node["id"] for node in px.nodes() if node["state"] == "alive" and node["id"] != here]
+    source = Source.options(scheduling_strategy=Affinity(peers[0], soft=False)).remote()
+    chunks = [px.get(ref, timeout=60) for ref in source.chunks.remote(6)]
+    failed = []
+    try:
+        for ref in source.chunks.remote(6, fail_at=3):
+            failed.append(px.get(ref, timeout=60)[1][:1].hex())
+    except ValueError as exc:
+        failed.append(f"ValueError: {'no chunk 3' in str(exc)}")
+    placed = located.options(scheduling_strategy=Affinity(peers[1], soft=False)).remote(4)
+    print(json.dumps({"sums": sums, "values": values, "peers": peers,
+                      "chunks": [(node, len(data), data[:1].hex()) for node, data in chunks],
+                      "failed": failed, "placed": [px.get(ref, timeout=60) for ref in placed]}))
 """
 
 
 def test_generators_run_on_every_node(launcher: Launcher):
     """Tasks stolen by peers consume streams they start there; dynamic generators
-    stolen by peers hand back refs to values that stay on the thief until read."""
+    stolen by peers hand back refs to values that stay on the thief until read; an
+    actor's method and a task placed on peers stream to the driver (large values
+    fetched, an error part way keeping the values before it)."""
     a, _b, _c = three_nodes(launcher)
     answer = run_driver(GENERATORS_ACROSS, a.data_dir, timeout=180)
     assert [total for _node, total in answer["sums"]] == [k * (k - 1) // 2 for k in range(30)]
@@ -560,6 +590,11 @@ def test_generators_run_on_every_node(launcher: Launcher):
     nodes = {node for node, _ in answer["sums"]} | {
         node for batch in answer["values"] for node, _ in batch}
     assert len(nodes) >= 2, nodes  # some ran on peers
+    peers = answer["peers"]
+    assert answer["chunks"] == [[peers[0], 300_000 if i % 2 else 10, f"{i:02x}"]
+                                for i in range(6)], answer["chunks"]
+    assert answer["failed"] == ["00", "01", "02", "ValueError: True"], answer["failed"]
+    assert answer["placed"] == [[peers[1], i] for i in range(4)], answer["placed"]
 
 
 PROJECT_ACROSS = """

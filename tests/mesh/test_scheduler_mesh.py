@@ -27,8 +27,10 @@ from p2pexec.exec.events import (
     RefsChanged,
     Released,
     RemoteFinished,
+    RemoteYielded,
     Started,
     StealRequested,
+    StreamYielded,
     Submitted,
     TaskFinished,
     TasksGranted,
@@ -50,6 +52,7 @@ from p2pexec.exec.instructions import (
     LocateActor,
     Release,
     ReturnResult,
+    ReturnYielded,
     Send,
     StartWorker,
     StopRemoteActor,
@@ -57,11 +60,11 @@ from p2pexec.exec.instructions import (
     Unlink,
     Warn,
 )
-from p2pexec.exec.refs import return_id
-from p2pexec.exec.scheduler import DRIVER, Scheduler
+from p2pexec.exec.refs import return_id, stream_item, stream_link
+from p2pexec.exec.scheduler import DRIVER, STREAM_END, Scheduler
 from p2pexec.exec.serialization import system_error_payload
 from p2pexec.exec.stealing import PLACEMENT, PeerLoad, StealConfig
-from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from p2pexec.exec.task import ACTOR_CALL, ACTOR_CREATE, STREAMING, TASK, TaskSpec
 from p2pexec.ids import NodeId
 
 ARGS = [p.INLINE, b"args", []]
@@ -785,3 +788,69 @@ def test_a_stolen_gpu_task_runs_on_the_gpu_its_thief_picks():
     assert own.message.gpu_ids == [0]
     (stolen,) = thief.handle(TasksGranted(OWNER, grant.specs, grant.values, grant.code))
     assert (stolen.message.task_id, stolen.message.gpu_ids) == (tid(1), [1])
+
+
+# ---- streaming generators across the mesh ----
+def streaming_call(n: int, actor: bytes) -> TaskSpec:
+    return dataclasses.replace(call(n, actor), generator=STREAMING)
+
+
+def test_a_streaming_call_of_an_actor_on_a_peer_makes_its_links_at_the_caller():
+    caller, actor = node(1), tid(9)
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))
+    caller.handle(Submitted(streaming_call(1, actor), DRIVER))
+    caller.handle(ActorLocated(actor, OWNER))
+    link, item = (lambda k: stream_link(tid(1), k)), (lambda k: stream_item(tid(1), k))
+    out = caller.handle(RemoteYielded(OWNER, tid(1), 0, ok(b"a"), [], False))
+    assert out == [Completed((link(0),))]
+    assert caller.objects.payload(item(0)) == ok(b"a")
+    # a large value stays at the actor's node until fetched, then is let go there
+    out = caller.handle(RemoteYielded(OWNER, tid(1), 1, shared("p2px-9-y1"), [], False))
+    assert out == [Fetch(item(1), OWNER), Completed((link(1),))]
+    out = caller.handle(Fetched(item(1), shared("p2px-1-y1")))
+    assert out == [Release(OWNER, (item(1),)), Completed((item(1),)), Holding(item(1), True)]
+    # a value out of turn (a rerun's, before where the stream is) is handed back
+    out = caller.handle(RemoteYielded(OWNER, tid(1), 0, shared("p2px-9-y0"), [], False))
+    assert out == [Release(OWNER, (item(0),))]
+    out = caller.handle(RemoteYielded(OWNER, tid(1), 2, None, [], True))
+    assert out == [Completed((link(2),))]
+    assert caller.objects.payload(link(2)) == STREAM_END
+    assert caller.handle(RemoteFinished(OWNER, tid(1), [], [], None, None)) == []
+    assert tid(1) not in caller.tasks
+
+
+def test_a_lost_streamed_value_is_its_items_error_and_a_dead_actor_node_ends_the_stream():
+    caller, actor = node(1), tid(9)
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))
+    caller.handle(Submitted(streaming_call(1, actor), DRIVER))
+    caller.handle(ActorLocated(actor, OWNER))
+    caller.handle(RemoteYielded(OWNER, tid(1), 0, shared("p2px-9-y0"), [], False))
+    caller.handle(PeerGone(OWNER))
+    lost = system_error_payload(errors.ObjectLostError("gone"))
+    out = caller.handle(Fetched(stream_item(tid(1), 0), lost))
+    assert Completed((stream_item(tid(1), 0),)) in out and not [
+        i for i in out if type(i) is Warn]  # not run again: the stream goes on without it
+    assert caller.objects.payload(stream_item(tid(1), 0)) == lost
+    assert "ActorDiedError" in caller.objects.payload(stream_link(tid(1), 1))[1]
+
+
+def test_the_actors_node_sends_a_streaming_calls_values_to_its_caller():
+    home = node(1)
+    create = dataclasses.replace(spec(9), kind=ACTOR_CREATE, actor_id=tid(9))
+    home.handle(Submitted(create, DRIVER))
+    worker = home.actors.get(tid(9)).worker
+    home.handle(WorkerReady(worker), TaskFinished(worker, tid(9), [ok()], None, 0.1))
+    home.handle(TasksGranted(THIEF, [streaming_call(1, tid(9))], {}, {}))
+    out = home.handle(StreamYielded(worker, tid(1), 0, ok(b"a"), [], False))
+    assert out == [ReturnYielded(THIEF, tid(1), 0, ok(b"a"), [], False)]
+    big = shared("p2px-1-y1")
+    out = home.handle(StreamYielded(worker, tid(1), 1, big, [], False))
+    assert ReturnYielded(THIEF, tid(1), 1, big, [], False) in out
+    assert home.objects.known(stream_item(tid(1), 1))  # held for the caller
+    out = home.handle(StreamYielded(worker, tid(1), 2, None, [], True))
+    assert out == [ReturnYielded(THIEF, tid(1), 2, None, [], True)]
+    out = home.handle(TaskFinished(worker, tid(1), [], None, 0.01))
+    assert ReturnResult(THIEF, tid(1), (), [], None, None) in out
+    out = home.handle(Released(THIEF, [stream_item(tid(1), 1)]))
+    assert Unlink("p2px-1-y1") in out
+    assert list(home.objects.entries) == [rid(9)]  # the actor's handle, no more
