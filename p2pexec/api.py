@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import math
 import os
 import pickle
 import queue
@@ -178,8 +179,8 @@ def _serialize_arguments(runtime: Any, task_id: bytes, name: str, args: tuple,
     """Payload of (args, kwargs), the top-level ObjectRef ids, and every ObjectRef id."""
     if not args and not kwargs:
         return _EMPTY_ARGS, [], []
-    plain = serialization.PLAIN_TYPES
-    if all(type(a) in plain for a in args) and all(type(v) in plain for v in kwargs.values()):
+    plain = serialization.is_plain
+    if all(plain(a) for a in args) and all(plain(v) for v in kwargs.values()):
         main = pickle.dumps((args, kwargs), protocol=5)  # no refs, no code: skip cloudpickle
         if len(main) <= runtime.inline_limit:
             return [INLINE, main, []], [], []
@@ -254,22 +255,42 @@ _DEFAULT = object()
 _KINDS = type(inspect.Parameter.POSITIONAL_ONLY)
 
 
-def _signature(shape: Shape) -> inspect.Signature:
-    return inspect.Signature([inspect.Parameter(name, _KINDS(kind),
-                                                default=_DEFAULT if has_default
-                                                else inspect.Parameter.empty)
-                              for name, kind, has_default in shape])
+class _Fit:
+    """What calls of a function must fit: its signature, and how many positional
+    arguments fit it when no keyword is passed (the common call, checked without
+    `inspect`'s bind, which costs more than the rest of a submit)."""
 
+    __slots__ = ("fewest", "most", "signature")
 
-def _check_call(signature: inspect.Signature | None, what: str, args: tuple,
-                kwargs: dict) -> None:
-    """Arguments that do not fit the signature raise `TypeError` here, at `.remote()`,
-    as in Ray (not later, in the worker)."""
-    if signature is not None:
+    def __init__(self, shape: Shape) -> None:
+        self.signature = inspect.Signature([
+            inspect.Parameter(name, _KINDS(kind), default=_DEFAULT if has_default
+                              else inspect.Parameter.empty)
+            for name, kind, has_default in shape])
+        positional = [has_default for _, kind, has_default in shape
+                      if kind <= _KINDS.POSITIONAL_OR_KEYWORD]
+        self.fewest: int | None = positional.count(False)
+        self.most = math.inf if any(kind == _KINDS.VAR_POSITIONAL for _, kind, _ in shape) \
+            else len(positional)
+        if any(kind == _KINDS.KEYWORD_ONLY and not has_default
+               for _, kind, has_default in shape):
+            self.fewest = None  # a keyword is required: only bind can tell
+
+    def check(self, what: str, args: tuple, kwargs: dict) -> None:
+        """Arguments that do not fit raise `TypeError` here, at `.remote()`, as in Ray
+        (not later, in the worker)."""
+        fewest = self.fewest
+        if not kwargs and fewest is not None and fewest <= len(args) <= self.most:
+            return
         try:
-            signature.bind(*args, **kwargs)
+            self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{what}() {exc}") from None
+
+
+def _check_call(fit: _Fit | None, what: str, args: tuple, kwargs: dict) -> None:
+    if fit is not None:
+        fit.check(what, args, kwargs)
 
 
 class _Callable:
@@ -280,7 +301,7 @@ class _Callable:
         self._pickled: bytes | None = None
         self._hash: bytes | None = None
         shape = _shape(target)
-        self.signature = None if shape is None else _signature(shape)
+        self.signature = None if shape is None else _Fit(shape)
         """What calls must fit (for a class, its constructor); None: not checked."""
 
     def register(self, runtime: Any) -> bytes:
@@ -458,7 +479,7 @@ class ActorHandle:
         self._methods = methods
         """The class's public methods and their parameters (None: unknown, as for a
         handle from `get_actor`; then calls are checked by the actor only)."""
-        self._signatures: dict[str, inspect.Signature | None] = {}
+        self._signatures: dict[str, _Fit | None] = {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
@@ -469,12 +490,12 @@ class ActorHandle:
             raise AttributeError(f"actor class {self._class_name} has no method {name!r}")
         return ActorMethod(self, name, self._methods[name][1])
 
-    def _signature(self, method: str) -> inspect.Signature | None:
+    def _signature(self, method: str) -> _Fit | None:
         if self._methods is None:
             return None
         if method not in self._signatures:
             shape = self._methods[method][0]
-            self._signatures[method] = None if shape is None else _signature(shape)
+            self._signatures[method] = None if shape is None else _Fit(shape)
         return self._signatures[method]
 
     def __reduce__(self):

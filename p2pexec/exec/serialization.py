@@ -50,13 +50,26 @@ def dumps_with_refs(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list[
 
 PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 """Values of these types hold no code and no ObjectRef: the C pickler alone is enough."""
+PLAIN_SCAN = 4096
+"""Longest list or tuple looked through for plain items (a chunk of a `Pool.map`, a row
+of numbers); a longer one goes to cloudpickle without the look."""
+
+
+def is_plain(value: Any) -> bool:
+    """A plain value, or a list or tuple of plain values: no code or ObjectRef inside."""
+    kind = type(value)
+    if kind in PLAIN_TYPES:
+        return True
+    if (kind is not list and kind is not tuple) or len(value) > PLAIN_SCAN:
+        return False
+    return PLAIN_TYPES.issuperset(map(type, value))
 
 
 def to_payload(value: Any, inline_limit: int, segment: str, what: str = "value",
                pool: shm.SegmentPool | None = None) -> tuple[list, list[bytes]]:
     """Serialise `value` into a payload; large ones go to shared memory named `segment`
     (or to a free segment of `pool`)."""
-    if type(value) in PLAIN_TYPES:
+    if is_plain(value):
         main = pickle.dumps(value, protocol=5)
         if len(main) <= inline_limit:
             return [INLINE, main, []], []
