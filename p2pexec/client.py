@@ -197,7 +197,7 @@ class DriverRuntime:
                 pending.append(object_id)
         if not pending:
             return found, False
-        timed_out = self._wait_until(pending, len(pending), timeout, found)
+        timed_out = self._wait_for_all(pending, timeout, found)
         return found, timed_out
 
     def wait(self, object_ids: list[bytes], num_returns: int, timeout: float | None
@@ -206,15 +206,61 @@ class DriverRuntime:
         self._wait_until(list(object_ids), num_returns, timeout, found)
         return [object_id for object_id in object_ids if object_id in found]
 
+    def _deadline(self, pending: list[bytes], timeout: float | None) -> float | None:
+        """Before a wait: when it ends; and refs received from elsewhere must reach the
+        node now (it fetches another node's objects when told a process holds a ref)."""
+        entries = self.service.core.objects.entries
+        if any(object_id not in entries for object_id in pending):
+            self._post_refs(self._refs.take())
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _wait_for_all(self, pending: list[bytes], timeout: float | None,
+                      found: dict[bytes, list]) -> bool:
+        """Block until each of `pending` has a value (added to `found`), waiting on one
+        at a time in order: the loop wakes this thread only for the value that holds the
+        rest up, and the values before it are never looked at again (waiting on all of
+        them at once woke it per value and rescanned the rest each time). True: timed
+        out."""
+        entries = self.service.core.objects.entries
+        deadline = self._deadline(pending, timeout)
+        event, watched = _Wakeup(), None
+        try:
+            for index, object_id in enumerate(pending):
+                while object_id not in found:
+                    entry = entries.get(object_id)
+                    if entry is not None and entry.payload is not None:
+                        found[object_id] = entry.payload
+                    elif watched != object_id:  # registered first, then looked at again
+                        if watched is not None:
+                            self.service.unregister_waiter([watched], event)
+                        self.service.register_waiter([object_id], event)
+                        watched = object_id
+                    elif self._sleep(event, deadline, pending[index:], found) is None:
+                        return True
+            return False
+        finally:
+            if watched is not None:
+                self.service.unregister_waiter([watched], event)
+
+    def _sleep(self, event: _Wakeup, deadline: float | None, pending: list[bytes],
+               found: dict[bytes, list]) -> int | None:
+        """Wait for `event` up to a second; None when `deadline` has passed, else how
+        many of `pending` turned out lost (after a quiet second: the node must be alive,
+        and knows every id it was ever told of)."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return None
+        if event.wait(1.0 if remaining is None else min(remaining, 1.0)):
+            self._woken.by_loop = True
+            return 0
+        self._check()
+        return self._mark_lost(pending, found)
+
     def _wait_until(self, pending: list[bytes], wanted: int, timeout: float | None,
                     found: dict[bytes, list]) -> bool:
         """Block until `wanted` of `pending` have values (added to `found`). True: timed out."""
         entries = self.service.core.objects.entries
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if any(object_id not in entries for object_id in pending):
-            # refs received from elsewhere: the node must hear of them now (it fetches
-            # another node's objects when told a process holds a ref to one)
-            self._post_refs(self._refs.take())
+        deadline = self._deadline(pending, timeout)
         event = _Wakeup()
         self.service.register_waiter(pending, event)
         try:
@@ -231,14 +277,10 @@ class DriverRuntime:
                 pending = still
                 if got >= wanted or not pending:
                     return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                lost = self._sleep(event, deadline, pending, found)
+                if lost is None:
                     return True
-                if event.wait(1.0 if remaining is None else min(remaining, 1.0)):
-                    self._woken.by_loop = True
-                else:
-                    self._check()
-                    got += self._mark_lost(pending, found)
+                got += lost
         finally:
             self.service.unregister_waiter(pending, event)
 
