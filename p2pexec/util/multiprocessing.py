@@ -9,7 +9,14 @@ unchanged. Where it differs, and why:
   chunks run at once: the cluster's CPUs do (None: the cluster's CPU count);
 - the `initializer` runs once in each worker process that runs a chunk of this pool,
   before its first chunk (the standard library runs it as each pool process starts);
-- `maxtasksperchild` is not supported: worker processes belong to the node, not the pool.
+- `maxtasksperchild` is not supported: worker processes belong to the node, not the pool;
+- `map`, `starmap` and their `_async` forms run at most `TASKS_PER_CPU` tasks per CPU of
+  the cluster: when there are more chunks, a task runs several, one after another (as
+  joblib's auto-batching groups calls). A task costs the node tens of microseconds
+  however little it does, about what a whole chunk of tiny items costs the standard
+  library's pool; the results, their order and the first error raised are the same.
+  `imap` and `imap_unordered` keep one task per chunk, so each chunk's results come as
+  soon as it is done.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ from p2pexec.errors import LocalUsageError
 
 _initialized: set[bytes] = set()
 """In a worker process: the pools whose initializer has run here."""
+TASKS_PER_CPU = 8
+"""Most tasks one `map` runs per CPU of the cluster: enough to even out chunks of
+different lengths (the standard library's default chunk size makes 4 per process)."""
 
 
 class _Chunks:
-    """What a chunk's task runs: `func` over the chunk's items (unpacked with `star`),
+    """What a task runs: `func` over the items of its chunks (unpacked with `star`),
     after this pool's initializer if this process has not run it yet. One per call of
     the pool, so the function is pickled once per map, not once per chunk."""
 
@@ -36,13 +46,15 @@ class _Chunks:
                  init: tuple[bytes, Callable, tuple] | None) -> None:
         self.func, self.star, self.init = func, star, init
 
-    def __call__(self, chunk: list) -> list:
+    def __call__(self, chunks: list[list]) -> list:
         init = self.init
         if init is not None and init[0] not in _initialized:
             init[1](*init[2])
             _initialized.add(init[0])
         func = self.func
-        return [func(*item) for item in chunk] if self.star else [func(item) for item in chunk]
+        if self.star:
+            return [func(*item) for chunk in chunks for item in chunk]
+        return [func(item) for chunk in chunks for item in chunk]
 
 
 class AsyncResult:
@@ -118,7 +130,7 @@ class Pool:
                     kwds: dict[str, Any] | None = None, callback: Callable | None = None,
                     error_callback: Callable | None = None) -> AsyncResult:
         call = _Bound(func, tuple(args), dict(kwds or {}))
-        return AsyncResult(self._submit(call, [[()]], True), lambda parts: parts[0][0],
+        return AsyncResult(self._submit(call, [[()]], True, 1), lambda parts: parts[0][0],
                            callback, error_callback)
 
     def map(self, func: Callable, iterable: Iterable[Any], chunksize: int | None = None
@@ -142,14 +154,14 @@ class Pool:
     def imap(self, func: Callable, iterable: Iterable[Any], chunksize: int = 1
              ) -> Iterator[Any]:
         """Results in order, each chunk as soon as it and those before it are done."""
-        refs = self._submit(func, self._chunks(iterable, chunksize), False)
+        refs = self._submit(func, self._chunks(iterable, chunksize), False, 1)
         for ref in refs:
             yield from api.get(ref)
 
     def imap_unordered(self, func: Callable, iterable: Iterable[Any], chunksize: int = 1
                        ) -> Iterator[Any]:
         """Results as their chunks finish."""
-        pending = self._submit(func, self._chunks(iterable, chunksize), False)
+        pending = self._submit(func, self._chunks(iterable, chunksize), False, 1)
         while pending:
             ready, pending = api.wait(pending, num_returns=1)
             yield from api.get(ready[0])
@@ -178,6 +190,8 @@ class Pool:
     # ---- internals ----
     def _chunks(self, iterable: Iterable[Any], chunksize: int | None) -> list[list]:
         items = list(iterable)
+        if not items:  # nothing to run (and no chunk size to check, as the standard library)
+            return []
         if chunksize is None:  # the standard library's rule
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += bool(extra)
@@ -186,23 +200,34 @@ class Pool:
         it = iter(items)
         return [chunk for chunk in iter(lambda: list(itertools.islice(it, chunksize)), [])]
 
-    def _submit(self, func: Callable, chunks: list[list], star: bool) -> list[Any]:
+    def _submit(self, func: Callable, chunks: list[list], star: bool, per_task: int
+                ) -> list[Any]:
+        """One task per `per_task` chunks, in order."""
         if self._state != "running":
             raise ValueError("Pool not running")
         run = api.RemoteFunction(_Chunks(func, star, self._init),
                                  {"name": getattr(func, "__qualname__", "pool"),
                                   **self._options})
-        return [run.remote(chunk) for chunk in chunks]
+        return [run.remote(chunks[start:start + per_task])
+                for start in range(0, len(chunks), per_task)]
+
+    def _map(self, func: Callable, iterable: Iterable[Any], chunksize: int | None,
+             star: bool) -> list[Any]:
+        """The tasks of a map: at most `TASKS_PER_CPU` per CPU of the cluster."""
+        chunks = self._chunks(iterable, chunksize)
+        cpus = max(self._processes, int(api.cluster_resources().get("CPU", 1)))
+        return self._submit(func, chunks, star,
+                            max(1, -(-len(chunks) // (TASKS_PER_CPU * cpus))))
 
     def _gather(self, func: Callable, iterable: Iterable[Any], chunksize: int | None,
                 star: bool) -> list:
-        refs = self._submit(func, self._chunks(iterable, chunksize), star)
+        refs = self._map(func, iterable, chunksize, star)
         return list(itertools.chain.from_iterable(api.get(refs)))
 
     def _async(self, func: Callable, iterable: Iterable[Any], chunksize: int | None,
                star: bool, callback: Callable | None,
                error_callback: Callable | None) -> AsyncResult:
-        refs = self._submit(func, self._chunks(iterable, chunksize), star)
+        refs = self._map(func, iterable, chunksize, star)
         return AsyncResult(refs, lambda parts: list(itertools.chain.from_iterable(parts)),
                            callback, error_callback)
 

@@ -7,7 +7,7 @@ import pytest
 
 import p2pexec as px
 from p2pexec.util import ActorPool
-from p2pexec.util.multiprocessing import Pool
+from p2pexec.util.multiprocessing import TASKS_PER_CPU, Pool
 from p2pexec.util.queue import Empty, Full, Queue
 
 pytestmark = pytest.mark.usefixtures("cluster")
@@ -149,6 +149,21 @@ def test_pool_is_a_drop_in_for_multiprocessing_pool():
         pool.map(square, [1])
     with pytest.raises(px.LocalUsageError, match="maxtasksperchild"):
         Pool(maxtasksperchild=1)
+
+
+def test_pool_map_runs_many_chunks_in_a_few_tasks_keeping_order_and_errors():
+    cpus = int(px.cluster_resources()["CPU"])
+    with Pool(2) as pool:
+        assert len(pool._map(square, range(1000), 1, False)) == TASKS_PER_CPU * cpus
+        assert len(pool._map(square, range(10), 1, False)) == 10  # few: one chunk a task
+        assert pool.map(square, range(5000), chunksize=3) == [x * x for x in range(5000)]
+        assert pool.starmap(power, [(x, 2) for x in range(999)], chunksize=1) == [
+            x * x for x in range(999)]
+        assert pool.map_async(square, range(300), chunksize=1).get(30) == [
+            x * x for x in range(300)]
+        with pytest.raises(ValueError, match="bad 0"):
+            pool.map(fails, range(100), chunksize=1)
+        assert pool.map(square, []) == [] and list(pool.imap(square, [])) == []
 
 
 def test_joblib_runs_on_p2pexec_through_its_backend():
