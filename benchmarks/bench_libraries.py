@@ -148,8 +148,9 @@ def main() -> None:
                               capture_output=True, text=True, timeout=1800)
         results[system] = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 \
             else None
-        if proc.returncode != 0 and system != "ray":
-            print(proc.stderr[-2000:], file=sys.stderr)
+        if proc.returncode != 0:  # Ray may be missing (the bench extra): say which
+            print(f"{system} failed (exit {proc.returncode}): {proc.stderr[-2000:]}",
+                  file=sys.stderr)
     rows_names = [f"Pool.map {args.items:,} items, chunksize {c or 'default'}"
                   for c in CHUNKSIZES] + [f"ActorPool.map {ACTOR_ITEMS:,} calls",
                                           f"async actor: {ASYNC_CALLS:,} calls, then get",
