@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import trio
 
@@ -14,7 +15,7 @@ from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import PeerGone, TasksReturned
 from p2pexec.exec.output import MAX_LINE, STDOUT, Output, OutputLines, job_id
-from p2pexec.exec.stealing import PLACEMENT
+from p2pexec.exec.stealing import PLACEMENT, PeerLoad
 from p2pexec.exec.task import ACTOR_CREATE, NODE_AFFINITY, SPREAD, TaskSpec
 from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
@@ -180,6 +181,27 @@ async def test_actors_go_to_the_least_loaded_node_and_their_calls_follow(autojum
         assert [await home.result(home.call_actor(a, "step")) for a in actors] == [2, 2, 2]
         nursery.cancel_scope.cancel()
 
+
+
+async def test_an_actor_is_looked_for_only_on_nodes_membership_shows_alive():
+    """A dead node's actor record outlives it in the DHT until every node holding it
+    hears of the death, and the dead node cannot withdraw it: the lookup names the first
+    publisher that is a live member, never the dead one."""
+    dead, live, me = NodeId(b"B" * 32), NodeId(b"D" * 32), NodeId(b"C" * 32)
+
+    class Dht:
+        async def find_value(self, key: bytes) -> list[SimpleNamespace]:
+            return [SimpleNamespace(publisher=dead), SimpleNamespace(publisher=live)]
+
+    mesher = mesh.Mesh.__new__(mesh.Mesh)
+    mesher.dht = Dht()
+    mesher.rpc = SimpleNamespace(local=SimpleNamespace(node_id=me))
+    mesher.peers = lambda: [PeerLoad(live, ("10.0.0.4", 7946), 0, 1)]
+    assert await mesher._actor_home(b"a" * 16) == live.raw
+    mesher.peers = lambda: [PeerLoad(dead, ("10.0.0.2", 7946), 0, 1)]
+    assert await mesher._actor_home(b"a" * 16) == dead.raw
+    mesher.peers = lambda: []
+    assert await mesher._actor_home(b"a" * 16) is None
 
 
 def test_a_grant_that_cannot_be_sent_queues_its_tasks_at_the_owner_again():
