@@ -51,6 +51,16 @@ class ExecConfig:
     after handing back those that had not started. Tasks still running then are killed
     and run again by their owners, with no attempt charged (the leave was not their
     fault)."""
+    actor_relocate_timeout: float = 60.0
+    """In a cluster, seconds a node calling an actor another node made keeps looking for
+    it after the actor's node died, before the calls waiting for it (those its
+    max_task_retries allowed to wait) fail with ActorDiedError. Only the actor's creator
+    knows whether it restarts, so the caller looks until a live node has it: long
+    enough for the creator to notice the death (a few seconds of failure detection) and
+    place it again, also when it waits a while for a node with room."""
+    actor_relocate_interval: float = 1.0
+    """Seconds between two lookups of such an actor (each a DHT lookup, which itself
+    asks again after 50 ms, 250 ms and 1 s while it finds no record)."""
     steal: StealConfig = field(default_factory=StealConfig)
     """How this node takes work from its peers and gives its own (see exec.stealing)."""
 

@@ -730,14 +730,17 @@ class Mesh:
                                            await self._actor_home(instruction.actor_id)))
 
     async def _actor_home(self, actor_id: bytes) -> bytes | None:
-        """Which node has the actor: the one that published its record (None: none)."""
+        """Which node has the actor: the first live member that published its record
+        (None: none). A dead node's record outlives it until every node holding it hears
+        of the death, and the dead node cannot withdraw it, so membership decides."""
         try:
             found = await find_publishers(self.dht, actor_key(actor_id),
                                           self.rpc.local.node_id)
         except DhtLookupError as exc:
             log.info("actor %s is on no node: %s", actor_id.hex()[:12], exc)
             return None
-        return found[0].raw if found else None
+        live = {peer.node for peer in self.peers()}
+        return next((node.raw for node in found if node in live), None)
 
     async def _announce(self, instruction: ActorHere) -> None:
         key = actor_key(instruction.actor_id)

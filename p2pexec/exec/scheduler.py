@@ -222,6 +222,24 @@ class RemoteActor:
     creation: TaskSpec | None = None
     """Its creation, when this node made it (so it can be placed again if `node` dies)."""
     attempts: int = 0
+    search: Relocation | None = None
+    """Set while this node, which did not make it, looks for it after its node died."""
+
+
+@dataclass(slots=True)
+class Relocation:
+    """The search for an actor another node made, whose node died: its creator may
+    place it again (and its new node publishes that), so this node asks where it is
+    until a live node has it or `deadline` passes."""
+
+    gone: bytes
+    """The node it lived on (named in the calls' error if the search fails)."""
+    deadline: float | None = None
+    """When the calls waiting for it fail (None: the next tick reads the clock)."""
+    ask_at: float = -math.inf
+    """When the next lookup is due."""
+    asking: bool = True
+    """A lookup is out (one at a time): its `ActorLocated` has not come back yet."""
 
 
 @dataclass(slots=True)
@@ -296,6 +314,9 @@ class Scheduler:
         """Objects borrowed from peers and lent to them."""
         self.remote_actors: dict[bytes, RemoteActor] = {}
         """Actors other nodes made that tasks here call."""
+        self._relocating: set[bytes] = set()
+        """The remote actors being looked for again (`RemoteActor.search`; an id whose
+        entry went meanwhile is dropped at the next tick)."""
         self._code_sent: dict[bytes, set[bytes]] = {}
         """Per peer, the code hashes this node's grants have carried to it: a grant
         carries each only once (forgotten when the peer goes)."""
@@ -412,11 +433,14 @@ class Scheduler:
         return self.pool.workers
 
     def next_deadline(self) -> float | None:
-        """When this node wants a `Tick`: the first get timeout, and while tasks are at
-        peers the next held check (-inf: tick at once, to start its clock)."""
+        """When this node wants a `Tick`: the first get timeout, while tasks are at
+        peers the next held check, and while actors are looked for again the next
+        lookup or deadline (-inf: tick at once, to start a clock)."""
         deadlines = [r.deadline for r in self.requests.values() if r.deadline is not None]
         if self._at_peers:
             deadlines.append(-math.inf if self._next_check is None else self._next_check)
+        if self._relocating:
+            deadlines.extend(self._search_deadlines())
         return min(deadlines) if deadlines else None
 
     @property
@@ -1077,6 +1101,8 @@ class Scheduler:
             if self._next_check is not None:
                 self._check_held()
             self._next_check = event.now + self.config.steal.check_interval
+        if self._relocating:
+            self._search_on(event.now)
 
     def _check_held(self) -> None:
         """Ask each peer whether it still holds the tasks it has had since the last
@@ -1937,6 +1963,9 @@ class Scheduler:
         remote = self.remote_actors.get(event.actor_id)
         if remote is None:
             return
+        if remote.search is not None:
+            self._found_again(event.actor_id, remote, event.node)
+            return
         if event.node is not None:
             remote.node = event.node
             self._pump_remote(remote)
@@ -2010,18 +2039,19 @@ class Scheduler:
                     self._make_ready(task, front=True)
 
     def _retry_calls_sent_to(self, node: bytes) -> None:
-        """Calls in flight to actors this node made that lived on `node`, which just died:
-        those their `max_task_retries` allows wait, first in line, for the actor to be
-        placed again (when `max_restarts` allows; the others fail with it)."""
+        """Calls in flight to actors that lived on `node`, which just died: those their
+        `max_task_retries` allows wait, first in line, for the actor to be placed again
+        (by this node when it made the actor and `max_restarts` allows; else by its
+        creator, which only it knows: they wait while the actor is looked for)."""
         retried: dict[bytes, list[bytes]] = {}
         for task in self.tasks.values():
             spec = task.spec
             if task.state is not STOLEN or task.node != node or spec.kind != ACTOR_CALL:
                 continue
             remote = self.remote_actors.get(spec.actor_id)
-            if remote is None or remote.node != node or remote.creation is None:
+            if remote is None or remote.node != node:
                 continue
-            restarts = remote.creation.max_restarts
+            restarts = -1 if remote.creation is None else remote.creation.max_restarts
             if (restarts < 0 or remote.attempts < restarts) and _retry_call(task):
                 self._transition(task, WAITING)
                 task.node = None
@@ -2068,8 +2098,11 @@ class Scheduler:
             if remote.node != node:
                 continue
             remote.node = None
+            if remote.creation is None:  # another node made it, and may place it again
+                self._search_for(actor_id, remote, node)
+                continue
             remote.attempts += 1
-            restarts = remote.creation.max_restarts if remote.creation is not None else 0
+            restarts = remote.creation.max_restarts
             if ((restarts < 0 or remote.attempts <= restarts)
                     and not _hard_affinity(remote.creation)):  # placed again, fresh state
                 self._out.append(Warn(f"the node of actor {remote.creation.name} died; "
@@ -2110,6 +2143,65 @@ class Scheduler:
                     self._stop_actor(actor, "its owner's node died",
                                      "the node that owns it died")
         self._dirty = True  # (a result being fetched from it fails, and its task reruns)
+
+    # ---- actors other nodes made, looked for again after their node died ----
+    def _search_for(self, actor_id: bytes, remote: RemoteActor, gone: bytes) -> None:
+        """The node of an actor another node made died. Its creator places it again
+        while its max_restarts allows, and its new node publishes that; this node cannot
+        know whether it will, so it asks where the actor is (now, then every
+        `actor_relocate_interval`) until a live node has it or `actor_relocate_timeout`
+        has passed. Its calls wait meanwhile, with those made in between."""
+        remote.search = Relocation(gone)
+        self._relocating.add(actor_id)
+        self._out.append(LocateActor(actor_id))
+
+    def _searches(self) -> list[tuple[bytes, RemoteActor, Relocation]]:
+        """The actors being looked for again, with their entries and searches."""
+        found = []
+        for actor_id in self._relocating:
+            remote = self.remote_actors.get(actor_id)
+            if remote is not None and remote.search is not None:
+                found.append((actor_id, remote, remote.search))
+        return found
+
+    def _search_deadlines(self) -> list[float]:
+        """When the searches want a tick: their next lookup or deadline."""
+        return [-math.inf if search.deadline is None else min(search.deadline, search.ask_at)
+                for _actor_id, _remote, search in self._searches()]
+
+    def _search_on(self, now: float) -> None:
+        """A tick: start the searches' clocks, fail the calls of those past their
+        deadline, and ask again where one is due (and none of its lookups is out)."""
+        searches = self._searches()
+        self._relocating = {actor_id for actor_id, _remote, _search in searches}
+        timeout, interval = self.config.actor_relocate_timeout, self.config.actor_relocate_interval
+        for actor_id, remote, search in searches:
+            if search.deadline is None:
+                search.deadline, search.ask_at = now + timeout, now + interval
+            elif now >= search.deadline:
+                self._relocating.discard(actor_id)
+                del self.remote_actors[actor_id]
+                self._fail_calls(remote.calls, (
+                    f"its node {search.gone.hex()[:12]} died and no live node had it again "
+                    f"within {timeout:g} s (it was not restarted: its max_restarts ran out, "
+                    f"it was killed, or the node that made it is gone too)"))
+            elif now >= search.ask_at:
+                search.ask_at = now + interval
+                if not search.asking:
+                    search.asking = True
+                    self._out.append(LocateActor(actor_id))
+
+    def _found_again(self, actor_id: bytes, remote: RemoteActor, node: bytes | None) -> None:
+        """A lookup of the search came back: the waiting calls go to the node that has
+        the actor now, or wait for the next lookup when none has it yet."""
+        assert remote.search is not None
+        remote.search.asking = False
+        if node is None:
+            return
+        remote.search = None
+        self._relocating.discard(actor_id)
+        remote.node = node
+        self._pump_remote(remote)
 
     # ---- scheduling strategies: work its owner sends where it says ----
     def _arguments_ready(self, task: TaskState) -> None:
@@ -2247,9 +2339,12 @@ class Scheduler:
                 places.setdefault(task_id, []).append(f"in flight at {actor.worker}")
             for task_id in actor.calls:
                 places.setdefault(task_id, []).append("actor calls")
-        for remote in self.remote_actors.values():
+        for actor_id, remote in self.remote_actors.items():
             for task_id in remote.calls:
                 places.setdefault(task_id, []).append("actor calls")
+            assert remote.search is None or (
+                remote.node is None and remote.creation is None
+                and actor_id in self._relocating), f"actor {actor_id.hex()} is searched wrongly"
         ready = set(self.ready)
         owned_ready = sum(1 for t in self.tasks.values()
                           if t.state is READY and t.owner is None and not t.pinned)

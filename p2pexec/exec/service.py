@@ -61,6 +61,7 @@ from p2pexec.exec.instructions import (
     Holding,
     Instruction,
     Interrupt,
+    LocateActor,
     Recycle,
     Send,
     Spill,
@@ -87,8 +88,9 @@ Answer = Callable[[Any, P2PExecError | None], None]
 
 MESH_INSTRUCTIONS = MeshInstruction.__args__
 """What the mesh driver carries out: messages to peers, actor records in the DHT."""
-SENDS_TASKS = (Grant, Forward)
-"""Instructions that put tasks at peers (which the scheduler then checks on)."""
+WAKES_TIMER = (Grant, Forward, LocateActor)
+"""Instructions after which the scheduler may want a tick sooner: tasks put at peers
+(held checks), actors looked for (a search for one whose node died)."""
 RECEIVE_SIZE = 1 << 16
 """Bytes read at once from a link, into a buffer the link keeps: reading into a fresh
 256 KiB object per read cost an mmap, a page fault and a munmap each time."""
@@ -500,7 +502,7 @@ class ExecService:
             elif type(instruction) in MESH_INSTRUCTIONS:
                 if self.mesh is not None:
                     self.mesh.apply(instruction)
-                if type(instruction) in SENDS_TASKS:  # the held checks' clock may start
+                if type(instruction) in WAKES_TIMER:  # a clock of the core may start
                     self._timer_changed.set()
         for link in touched:
             link.flush()

@@ -79,19 +79,23 @@ class SimNode:
                             strategy=strategy, runtime_env=runtime_env)
 
     def create_actor(self, cls: type, *args: Any, name: str | None = None,
-                     resources: dict[str, float] | None = None) -> bytes:
+                     resources: dict[str, float] | None = None, max_restarts: int = 0,
+                     strategy: dict[str, Any] | None = None) -> bytes:
         """Create an actor of `cls` here (named `name` if given, holding `resources` for
         its life), as `Cls.options(name=name, ...).remote(*args)` would; its actor id."""
         task_id = self.ids.task_id()
         self._submit(ACTOR_CREATE, self._register(cls), None, args, f"{cls.__name__}.__init__",
-                     resources or {}, task_id=task_id, actor_id=task_id, actor_name=name)
+                     resources or {}, task_id=task_id, actor_id=task_id, actor_name=name,
+                     max_restarts=max_restarts, strategy=strategy)
         return task_id
 
-    def call_actor(self, actor_id: bytes, method: str, *args: Any) -> bytes:
+    def call_actor(self, actor_id: bytes, method: str, *args: Any,
+                   max_task_retries: int = 0) -> bytes:
         """Call `method(*args)` of the actor (wherever it lives), as a handle's
-        `.remote()` would; returns the result's object id."""
+        `.remote()` would (with the handle's `max_task_retries`); returns the result's
+        object id."""
         return self._submit(ACTOR_CALL, None, method, args, method, {}, actor_id=actor_id,
-                            pins=(return_id(actor_id, 1),))
+                            pins=(return_id(actor_id, 1),), max_retries=max_task_retries)
 
     async def call(self, operation: str, argument: Any) -> Any:
         """A node operation (get_actor, kill, ...) as a driver's `runtime.call`; raises
@@ -124,7 +128,8 @@ class SimNode:
                 task_id: bytes | None = None, actor_id: bytes | None = None,
                 actor_name: str | None = None, pins: tuple[bytes, ...] = (),
                 strategy: dict[str, Any] | None = None,
-                runtime_env: RuntimeEnv | None = None) -> bytes:
+                runtime_env: RuntimeEnv | None = None, max_retries: int = 3,
+                max_restarts: int = 0) -> bytes:
         service = self.node.exec
         task_id = task_id or self.ids.task_id()
         payload, contained = serialization.to_payload((args, {}), service.config.inline_limit,
@@ -133,8 +138,8 @@ class SimNode:
         result = return_id(task_id, 1)
         service.post(("submit", TaskSpec(
             task_id, kind, code_hash, method, payload, (), (*contained, *pins), (result,),
-            name, resources, actor_id=actor_id, actor_name=actor_name,
-            runtime_env=runtime_env, **(strategy or {}))))
+            name, resources, max_retries, actor_id=actor_id, actor_name=actor_name,
+            max_restarts=max_restarts, runtime_env=runtime_env, **(strategy or {}))))
         return result
 
     def put(self, value: Any) -> bytes:

@@ -6,15 +6,17 @@ import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import trio
 
-from p2pexec.errors import ObjectLostError, TaskUnschedulableError
+from p2pexec.errors import ActorDiedError, ObjectLostError, TaskUnschedulableError
 from p2pexec.exec import mesh
 from p2pexec.exec import protocol as p
 from p2pexec.exec.events import PeerGone, TasksReturned
 from p2pexec.exec.output import MAX_LINE, STDOUT, Output, OutputLines, job_id
-from p2pexec.exec.stealing import PLACEMENT
+from p2pexec.exec.stealing import PLACEMENT, PeerLoad
 from p2pexec.exec.task import ACTOR_CREATE, NODE_AFFINITY, SPREAD, TaskSpec
 from p2pexec.ids import NodeId
 from p2pexec.testing.cluster import SimCluster
@@ -180,6 +182,129 @@ async def test_actors_go_to_the_least_loaded_node_and_their_calls_follow(autojum
         assert [await home.result(home.call_actor(a, "step")) for a in actors] == [2, 2, 2]
         nursery.cancel_scope.cancel()
 
+
+
+class Tally:
+    """An actor that counts its calls: a restarted one counts from 1 again."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def work(self, x: int) -> tuple[int, int]:
+        self.calls += 1
+        return x, self.calls
+
+
+SECONDS = {"work": 1.0, "busy": 10.0, "busier": 20.0}
+
+
+def seconds(work: p.Execute) -> float:
+    """`Tally.work` takes a simulated second, `busy` and `busier` tasks 10 and 20,
+    everything else 10 ms."""
+    return SECONDS.get(work.name, 0.01)
+
+
+async def tally_called_from_a_third_node(nursery: trio.Nursery, seed: int,
+                                         cpus: float = 0.0
+                                         ) -> tuple[SimCluster, bytes, list[bytes], bytes]:
+    """Three nodes of two CPUs: the first makes a Tally (max_restarts=1, holding `cpus`)
+    that lives on the second; the third calls it, three calls with max_task_retries=1
+    then one without, and the second crashes while the first of them runs. The actor,
+    its retried calls' ids and the doomed call's id."""
+    net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
+    cluster = SimCluster(net, 3, cpus=2, duration=seconds, seed=seed)
+    await cluster.start(nursery)
+    assert await cluster.wait_converged(30)
+    await trio.sleep(2)  # loads gossiped, DHT tables filled
+    maker, home, caller = cluster.nodes
+    there = {"strategy": NODE_AFFINITY, "affinity": home.node.node_id.raw, "soft": True}
+    actor = maker.create_actor(Tally, max_restarts=1, strategy=there,
+                               resources={"CPU": cpus} if cpus else None)
+    assert await maker.result(maker.call_actor(actor, "work", -1)) == (-1, 1)
+    assert home.node.exec.core.actor_alive(actor)
+    retried = [caller.call_actor(actor, "work", i, max_task_retries=1) for i in range(3)]
+    doomed = caller.call_actor(actor, "work", 99)
+    await trio.sleep(0.5)  # all forwarded; the first runs
+    cluster.crash(1)
+    return cluster, actor, retried, doomed
+
+
+async def test_a_third_nodes_calls_in_flight_follow_the_restarted_actor(autojump_clock):
+    """The actor's node dies with calls from a node that did not make it in flight: its
+    maker places it again, the caller finds it, and the calls max_task_retries allows
+    run on the new incarnation (fresh state), in order; the other fails."""
+    async with trio.open_nursery() as nursery:
+        cluster, actor, retried, doomed = await tally_called_from_a_third_node(nursery, 21)
+        caller = cluster.nodes[2]
+        with pytest.raises(ActorDiedError, match="the node of the actor running work died"):
+            await caller.result(doomed)
+        assert [await caller.result(oid) for oid in retried] == [(0, 1), (1, 2), (2, 3)]
+        alive = [i for i, sim in enumerate(cluster.nodes)
+                 if i != 1 and sim.node.exec.core.actor_alive(actor)]
+        assert len(alive) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_third_nodes_calls_wait_while_the_maker_has_no_room_for_the_actor(
+        autojump_clock):
+    """The maker can place the two-CPU actor again only once its own tasks end, 10 s
+    later (the caller's CPUs are taken longer): the caller looks for it, in vain, until
+    then, finds it at the maker, and its retried calls run there."""
+    async with trio.open_nursery() as nursery:
+        cluster, actor, retried, doomed = await tally_called_from_a_third_node(
+            nursery, 23, cpus=2.0)
+        maker, caller = cluster.nodes[0], cluster.nodes[2]
+        busy = [maker.submit(triple, i, name="busy") for i in range(2)]
+        busier = caller.submit(triple, 9, name="busier")
+        crashed = trio.current_time()
+        with pytest.raises(ActorDiedError):
+            await caller.result(doomed)
+        assert [await caller.result(oid) for oid in retried] == [(0, 1), (1, 2), (2, 3)]
+        assert trio.current_time() - crashed > SECONDS["busy"]
+        assert maker.node.exec.core.actor_alive(actor)
+        assert [await maker.result(oid) for oid in busy] == [0, 3]
+        assert await caller.result(busier) == 27
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_third_nodes_calls_fail_when_the_actor_is_not_restarted(autojump_clock):
+    """Its maker crashes with the actor's node: nobody places it again, and the calls
+    waiting at the caller fail with ActorDiedError once the search's deadline passes."""
+    async with trio.open_nursery() as nursery:
+        cluster, _actor, retried, doomed = await tally_called_from_a_third_node(nursery, 22)
+        cluster.crash(0)
+        caller = cluster.nodes[2]
+        timeout = caller.node.exec.config.actor_relocate_timeout
+        crashed = trio.current_time()
+        with trio.fail_after(timeout + 60):  # + failure detection (slow: two of three died)
+            with pytest.raises(ActorDiedError):
+                await caller.result(doomed)
+            for oid in retried:
+                with pytest.raises(ActorDiedError, match=f"again within {timeout:g} s"):
+                    await caller.result(oid)
+        assert trio.current_time() - crashed >= timeout
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_actor_is_looked_for_only_on_nodes_membership_shows_alive():
+    """A dead node's actor record outlives it in the DHT until every node holding it
+    hears of the death, and the dead node cannot withdraw it: the lookup names the first
+    publisher that is a live member, never the dead one."""
+    dead, live, me = NodeId(b"B" * 32), NodeId(b"D" * 32), NodeId(b"C" * 32)
+
+    class Dht:
+        async def find_value(self, key: bytes) -> list[SimpleNamespace]:
+            return [SimpleNamespace(publisher=dead), SimpleNamespace(publisher=live)]
+
+    mesher = mesh.Mesh.__new__(mesh.Mesh)
+    mesher.dht = Dht()
+    mesher.rpc = SimpleNamespace(local=SimpleNamespace(node_id=me))
+    mesher.peers = lambda: [PeerLoad(live, ("10.0.0.4", 7946), 0, 1)]
+    assert await mesher._actor_home(b"a" * 16) == live.raw
+    mesher.peers = lambda: [PeerLoad(dead, ("10.0.0.2", 7946), 0, 1)]
+    assert await mesher._actor_home(b"a" * 16) == dead.raw
+    mesher.peers = lambda: []
+    assert await mesher._actor_home(b"a" * 16) is None
 
 
 def test_a_grant_that_cannot_be_sent_queues_its_tasks_at_the_owner_again():

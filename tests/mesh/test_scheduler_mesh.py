@@ -337,8 +337,10 @@ def test_calls_of_an_actor_another_node_made_go_there_in_order():
     assert out == [Completed((rid(1),))]
     caller.handle(PeerGone(OWNER))  # the actor's node died: the call in flight fails
     assert "ActorDiedError" in caller.objects.payload(rid(2))[1]
-    caller.handle(Submitted(call(3, actor), DRIVER))  # a later call looks it up again
-    assert caller.handle(ActorLocated(actor, None)) and (
+    other = tid(8)  # an actor no node has: its calls fail once the lookup says so
+    caller.handle(Put(return_id(other, 1), ok(b"handle"), [], DRIVER))
+    assert caller.handle(Submitted(call(3, other), DRIVER)) == [LocateActor(other)]
+    assert caller.handle(ActorLocated(other, None)) and (
         "no node of the cluster has the actor" in caller.objects.payload(rid(3))[2])
 
 
@@ -569,6 +571,68 @@ def test_calls_in_flight_to_a_dead_actor_node_wait_for_the_restart_within_max_ta
     out = owner.handle(RemoteFinished(other_box, actor, [rid(9)], [ok()], None, 0.1))
     forwards = [i for i in out if type(i) is Forward]
     assert [s.task_id for f in forwards for s in f.specs] == [tid(1), tid(3)]  # in order
+
+
+def test_a_callers_calls_in_flight_wait_while_the_actors_creator_places_it_again():
+    """A node calling an actor another node made cannot place it again when the actor's
+    node dies, nor know whether its creator will: its calls whose max_task_retries allow
+    wait, first and in order, with those made meanwhile, while it looks for the actor
+    again (at once, then each `actor_relocate_interval`); they go where it is found."""
+    caller = node(1)
+    actor, home, new_home = tid(9), b"B" * 32, b"D" * 32
+    handle = {return_id(actor, 1): ok(b"handle")}
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))
+    caller.handle(Submitted(call(1, actor, retries=1), DRIVER), Submitted(call(2, actor), DRIVER),
+                  Submitted(call(3, actor, retries=-1), DRIVER), ActorLocated(actor, home))
+    out = caller.handle(PeerGone(home))
+    assert out == [LocateActor(actor), Completed((rid(2),))]  # looked for again at once
+    assert "ActorDiedError" in caller.objects.payload(rid(2))[1]  # max_task_retries=0
+    assert [caller.tasks[tid(n)].attempts for n in (1, 3)] == [1, 1]
+    assert caller.actor_node(actor) is None
+    assert caller.handle(Submitted(call(4, actor, retries=1), DRIVER)) == []  # waits too
+    assert caller.next_deadline() == -math.inf  # a tick starts the search's clock
+    interval = caller.config.actor_relocate_interval
+    assert caller.handle(Tick(100.0)) == []  # the first search is still out
+    assert caller.handle(ActorLocated(actor, None)) == []  # not placed again yet
+    assert caller.next_deadline() == 100.0 + interval
+    assert caller.handle(Tick(100.0 + interval / 2)) == []
+    assert caller.handle(Tick(100.0 + interval)) == [LocateActor(actor)]
+    out = caller.handle(ActorLocated(actor, new_home))
+    assert out == [Forward(new_home, (call(1, actor, retries=1), call(3, actor, retries=-1),
+                                      call(4, actor, retries=1)), handle)]
+    assert caller.actor_node(actor) == new_home
+    out = caller.handle(PeerGone(new_home))  # died again: call 1 has no retry left
+    assert out == [LocateActor(actor), Completed((rid(1),))]
+    assert "ActorDiedError" in caller.objects.payload(rid(1))[1]
+    assert [caller.tasks[tid(n)].attempts for n in (3, 4)] == [2, 1]
+    out = caller.handle(ActorLocated(actor, home))  # placed again where it first lived
+    assert out == [Forward(home, (call(3, actor, retries=-1), call(4, actor, retries=1)),
+                           handle)]
+
+
+def test_a_callers_calls_fail_when_no_live_node_has_the_actor_again_in_time():
+    """The actor's creator may be out of restarts, or dead itself: past
+    `actor_relocate_timeout` since its node died, the calls waiting for it fail with
+    ActorDiedError saying so, and a later call looks for it afresh."""
+    caller = node(1)
+    actor, home = tid(9), b"B" * 32
+    caller.handle(Put(return_id(actor, 1), ok(b"handle"), [], DRIVER))
+    caller.handle(Submitted(call(1, actor, retries=2), DRIVER), ActorLocated(actor, home))
+    caller.handle(PeerGone(home), Tick(0.0), ActorLocated(actor, None))
+    timeout, interval = caller.config.actor_relocate_timeout, caller.config.actor_relocate_interval
+    asks = 0
+    while (now := caller.next_deadline()) < timeout:
+        asks += caller.handle(Tick(now)).count(LocateActor(actor))
+        caller.handle(ActorLocated(actor, None))
+    assert asks == round(timeout / interval) - 1  # one each interval after the first
+    assert caller.objects.payload(rid(1)) is None  # still waiting just before
+    assert caller.handle(Tick(timeout)) == [Completed((rid(1),))]
+    message = caller.objects.payload(rid(1))[2]
+    assert f"no live node had it again within {timeout:g} s" in message
+    assert f"node {home.hex()[:12]}" in message
+    assert caller.next_deadline() is None
+    out = caller.handle(Submitted(call(2, actor, retries=2), DRIVER))
+    assert out == [LocateActor(actor)]  # looked up afresh
 
 
 # ---- actor placement ----
