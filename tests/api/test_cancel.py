@@ -168,7 +168,9 @@ class Worker:
     def __init__(self):
         self.calls = 0
 
-    def slow(self, seconds):
+    def slow(self, seconds, started=None):
+        if started is not None:
+            open(started, "w").write("started")
         time.sleep(seconds)
         self.calls += 1
         return "finished"
@@ -182,7 +184,9 @@ class AsyncWorker:
     def __init__(self):
         self.cancelled = 0
 
-    async def wait(self, seconds):
+    async def wait(self, seconds, started=None):
+        if started is not None:
+            open(started, "w").write("started")
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
@@ -194,11 +198,11 @@ class AsyncWorker:
         return self.cancelled
 
 
-def test_actor_calls_are_skipped_if_queued_and_run_on_if_running_as_in_ray():
+def test_actor_calls_are_skipped_if_queued_and_run_on_if_running_as_in_ray(tmp_path):
     actor = Worker.remote()
-    running = actor.slow.remote(0.5)
+    running = actor.slow.remote(0.5, str(tmp_path / "running"))
     queued = actor.slow.remote(0)
-    time.sleep(0.2)
+    assert wait_for_file(tmp_path / "running")
     px.cancel(running)
     px.cancel(queued)
     assert px.get(running, timeout=30) == "finished"  # a running sync call is not stopped
@@ -209,10 +213,10 @@ def test_actor_calls_are_skipped_if_queued_and_run_on_if_running_as_in_ray():
         px.cancel(actor.slow.remote(0), force=True)
 
 
-def test_a_call_on_an_async_actor_is_cancelled_on_its_loop():
+def test_a_call_on_an_async_actor_is_cancelled_on_its_loop(tmp_path):
     actor = AsyncWorker.remote()
-    waiting = [actor.wait.remote(60) for _ in range(3)]
-    time.sleep(0.3)
+    waiting = [actor.wait.remote(60, str(tmp_path / f"w{i}")) for i in range(3)]
+    assert all(wait_for_file(tmp_path / f"w{i}") for i in range(3))
     for ref in waiting:
         px.cancel(ref)
     for ref in waiting:
