@@ -17,8 +17,15 @@ Figures: the example's own time from `px.init()` returning to its end (the work)
 median of `--repeats` runs with the spread (min-max), and, beside it, the median time
 `px.init()` took. The runs of one example alternate between the systems, so a busy
 spell on the machine disturbs both. Ray columns show "n/a" unless Ray is installed
-(`pip install '.[bench]'`). Target (issue 12): p2pexec at least 2x faster than Ray on
-each example in the same configuration. The environment is passed on to every process:
+(`pip install '.[bench]'`). With `--floor`, each repeat also runs each example once on
+no framework (`example_floor.py`: its own code, serially, on a virtual clock of 2
+cores, OMP_NUM_THREADS=1, the oldest trial's tasks first), and the table shows that
+time, what a framework with no overhead at all would take on this machine's 2 cores, and
+Ray's time over it, about the most p2pexec could gain on Ray (the same for one node and
+three: 2 cores either way; for the examples whose path depends on timing, on the path
+that schedule gives). On stderr, each run's last line (rollouts: its number of updates).
+Target (issue 12): p2pexec at least 2x faster than Ray on each example in the same
+configuration. The environment is passed on to every process:
 `OMP_NUM_THREADS=1 python benchmarks/bench_examples.py` measures with BLAS on one thread
 per process (Ray sets that in its workers itself; p2pexec does not).
 """
@@ -26,6 +33,7 @@ per process (Ray sets that in its workers itself; p2pexec does not).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -67,8 +75,10 @@ def ray_installed() -> bool:
     return True
 
 
-def run_example(path: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(seconds of work after px.init, seconds in px.init) of one checked run."""
+def run_example(path: Path, args: list[str], env: dict[str, str]
+                ) -> tuple[float, float, str]:
+    """(seconds of work after px.init, seconds in px.init, its last line) of one checked
+    run."""
     done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
                           timeout=1800, env={**os.environ, **env}, cwd=ROOT)
     match = DONE.search(done.stdout)
@@ -76,10 +86,10 @@ def run_example(path: Path, args: list[str], env: dict[str, str]) -> tuple[float
         raise RuntimeError(f"{path.name} {' '.join(args)} failed:\n{done.stdout}\n"
                            f"{done.stderr[-3000:]}")
     total, init = float(match.group(1)), float(match.group(2))
-    return total - init, init
+    return total - init, init, match.group(0)
 
 
-def p2pexec_run(name: str, nodes: int) -> tuple[float, float]:
+def p2pexec_run(name: str, nodes: int) -> tuple[float, float, str]:
     path = ROOT / "examples" / f"{name}.py"
     if nodes == 1:
         with tempfile.TemporaryDirectory(prefix="p2pexec-bench-examples-") as empty:
@@ -88,7 +98,7 @@ def p2pexec_run(name: str, nodes: int) -> tuple[float, float]:
         return run_example(path, ["--address", str(cluster.data_dirs[0])], {})
 
 
-def ray_run(name: str, nodes: int, swapped: Path) -> tuple[float, float]:
+def ray_run(name: str, nodes: int, swapped: Path) -> tuple[float, float, str]:
     path = swapped / f"{name}.py"
     if nodes == 1:
         return run_example(path, [], {**RAY_ENV, "RAY_ADDRESS": "local"})
@@ -110,6 +120,18 @@ def ray_run(name: str, nodes: int, swapped: Path) -> tuple[float, float]:
             helper.wait(timeout=30)
 
 
+def floor_run(name: str) -> tuple[float, str]:
+    """(the example's time on no framework, on 2 virtual cores, its last line)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "example_floor.py"),
+                           "--examples", name, "--order", "root", "--json"],
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"example_floor.py {name} failed:\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.splitlines()[-1])
+    return figures["ideal"], figures["last"]
+
+
 def swap_imports(directory: Path) -> Path:
     """The examples with their one import line swapped for Ray's, in `directory`."""
     for name in EXAMPLES:
@@ -128,6 +150,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--examples", default=",".join(EXAMPLES))
     parser.add_argument("--nodes", default="1,3")
+    parser.add_argument("--floor", action="store_true",
+                        help="add each example's time on no framework (example_floor.py)")
     args = parser.parse_args()
     names = args.examples.split(",")
     sizes = [int(n) for n in args.nodes.split(",")]
@@ -136,28 +160,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-examples-ray-") as tmp:
         swapped = swap_imports(Path(tmp))
         for name in names:
+            floors: list[float] = []  # the same for every number of nodes
             for nodes in sizes:
-                ours: list[tuple[float, float]] = []
-                theirs: list[tuple[float, float]] = []
+                ours: list[tuple[float, float, str]] = []
+                theirs: list[tuple[float, float, str]] = []
                 for repeat in range(args.repeats):
                     ours.append(p2pexec_run(name, nodes))
                     if has_ray:
                         theirs.append(ray_run(name, nodes, swapped))
+                    lines = [f"  p2pexec: {ours[-1][2]}"]
+                    if theirs:
+                        lines.append(f"  ray: {theirs[-1][2]}")
+                    if args.floor and len(floors) < args.repeats:
+                        ideal, last = floor_run(name)
+                        floors.append(ideal)
+                        lines.append(f"  floor {ideal:.2f} s: {last}")
                     print(f"{name} x{nodes} run {repeat + 1}: work p2pexec {ours[-1][0]:.2f} s"
                           + (f", ray {theirs[-1][0]:.2f} s" if theirs else ""),
-                          file=sys.stderr, flush=True)
-                work = [w for w, _ in ours]
+                          *lines, sep="\n", file=sys.stderr, flush=True)
+                work = [w for w, _, _ in ours]
                 row = [name, str(nodes), spread(work)]
                 if theirs:
-                    ray_work = [w for w, _ in theirs]
+                    ray_work = [w for w, _, _ in theirs]
                     row += [spread(ray_work), f"{median(ray_work) / median(work):.2f}"]
                 else:
                     row += ["n/a", "n/a"]
-                row.append(f"{median([i for _, i in ours]):.2f}")
-                row.append(f"{median([i for _, i in theirs]):.2f}" if theirs else "n/a")
+                if args.floor:
+                    row.append(spread(floors))
+                    row.append(f"{median(ray_work) / median(floors):.2f}" if theirs else "n/a")
+                row.append(f"{median([i for _, i, _ in ours]):.2f}")
+                row.append(f"{median([i for _, i, _ in theirs]):.2f}" if theirs else "n/a")
                 rows.append(row)
     print(render_table(["example", "nodes", "p2pexec s (range)", "ray s (range)",
-                        "ray / p2pexec", "p2pexec init s", "ray init s"], rows))
+                        "ray / p2pexec",
+                        *(["floor s (range)", "ray / floor"] if args.floor else []),
+                        "p2pexec init s", "ray init s"], rows))
 
 
 if __name__ == "__main__":
