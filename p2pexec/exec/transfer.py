@@ -63,9 +63,11 @@ from p2pexec.net.transport import Connection, Transport
 
 log = logging.getLogger("p2pexec.exec")
 
-CHUNK_SIZE = 1 << 20
-"""Bytes per chunk: large enough that per-message costs vanish next to the copy, small
-against the 16 MiB frame limit, so a window of a few chunks is all either side holds."""
+CHUNK_SIZE = 1 << 18
+"""Bytes per chunk (a bulk frame's plaintext): large enough that per-frame costs vanish
+next to the copy, small enough that a frame and its sealed twin stay in the CPU cache
+between read, checksum, seal and send (and open, write and checksum), and that the first
+frame arrives soon. 256 KiB beat 128 KiB, 512 KiB and 1 MiB by 0.3-2 ms per 16 MiB here."""
 
 CHECKSUM_SIZE = 4
 """Bytes of an `ObjectEnd` checksum (a CRC-32, big-endian)."""
