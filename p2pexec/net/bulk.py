@@ -18,6 +18,9 @@ port that carries large frames sealed under a key used for one transfer only:
    frame's byte offset, so a frame that was altered, replayed, reordered or moved to
    another transfer fails its tag. Frame lengths follow from the offer and the size the
    receiver expects, so no length field is ever read from the wire.
+4. The two sides may keep the connection for later offers between the same peers (each
+   under its own key and ticket, nonces counting from 0 again), as long as every offer
+   was read to its last frame: a transfer that fails closes it.
 
 The ticket crosses the bulk connection in clear; an on-path attacker who copies it can
 take the connection's place and so stall the transfer, but never read or alter the data
