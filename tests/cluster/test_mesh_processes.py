@@ -425,8 +425,10 @@ CANCEL_ACROSS = """
 
     @px.remote
     def linger(i):
-        with open(os.path.join(directory, str(i)), "w") as marker:
+        partial = os.path.join(directory, f".{i}")  # a cancel may land mid-write
+        with open(partial, "w") as marker:
             marker.write(str(os.getppid()))  # the parent of a worker is its node
+        os.replace(partial, os.path.join(directory, str(i)))
         time.sleep(300)
 
     @px.remote
@@ -436,13 +438,13 @@ CANCEL_ACROSS = """
 
     def nodes():
         return {open(os.path.join(directory, name)).read()
-                for name in os.listdir(directory)}
+                for name in os.listdir(directory) if not name.startswith(".")}
 
     refs = [linger.remote(i) for i in range(6)]
     deadline = time.monotonic() + 60
     while len(nodes()) < 3 and time.monotonic() < deadline:  # running everywhere
         time.sleep(0.05)
-    started = len(os.listdir(directory))
+    started = len([name for name in os.listdir(directory) if not name.startswith(".")])
     for ref in refs:
         px.cancel(ref)
     cancelled = 0
