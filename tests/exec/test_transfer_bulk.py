@@ -359,6 +359,17 @@ async def test_a_fetcher_that_stalls_is_dropped_by_the_holder(
         assert content(payload) == data
 
 
+async def fetch_traced(fetcher, object_id: bytes, holder) -> tuple[list, int]:
+    """`fetcher` fetches `object_id` from `holder`: the payload, and the peak of Python
+    memory allocated meanwhile (both ends run in this process)."""
+    tracemalloc.start()
+    try:
+        payload = await fetcher.transfers.fetch(object_id, holder=holder.node_id)
+        return payload, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 async def test_the_fetcher_holds_a_chunk_window_not_the_object():
     """Python memory allocated during a 32 MiB transfer (both ends in this process):
     each side's two frame buffers, never the object."""
@@ -366,12 +377,7 @@ async def test_the_fetcher_holds_a_chunk_window_not_the_object():
         data = os.urandom(32 << 20)
         a.hold(dht, b"obj7", data)
         del data
-        tracemalloc.start()
-        try:
-            payload = await b.transfers.fetch(b"obj7", holder=a.node_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        payload, peak = await fetch_traced(b, b"obj7", a)
         assert b.transfers.bytes_fetched == 32 << 20
         assert peak < 6 << 20, f"peak {peak / 2**20:.1f} MiB"
         shm.unlink(payload[1])
@@ -385,11 +391,6 @@ async def test_later_transfers_reuse_the_frame_buffers():
         a.hold(dht, b"first", first)
         a.hold(dht, b"second", second)
         assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
-        tracemalloc.start()
-        try:
-            payload = await b.transfers.fetch(b"second", holder=a.node_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        payload, peak = await fetch_traced(b, b"second", a)
         assert content(payload) == second
         assert peak < 256 << 10, f"peak {peak / 2**10:.0f} KiB"
