@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,12 +30,21 @@ _spec.loader.exec_module(figures)
 triple = figures.triple
 
 
-async def three_nodes(nursery: trio.Nursery, seed: int, duration: float) -> SimCluster:
-    """Three converged nodes of two CPUs whose loads have been gossiped."""
-    net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
-    cluster = SimCluster(net, 3, cpus=2, duration=duration, seed=seed)
+async def converged(nursery: trio.Nursery, nodes: int, seed: int,
+                    duration: float | Callable[[p.Execute], float],
+                    jitter: float = 0.0005) -> SimCluster:
+    """`nodes` nodes of two CPUs on 1 ms links, started, their membership converged."""
+    net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=jitter))
+    cluster = SimCluster(net, nodes, cpus=2, duration=duration, seed=seed)
     await cluster.start(nursery)
     assert await cluster.wait_converged(30)
+    return cluster
+
+
+async def three_nodes(nursery: trio.Nursery, seed: int,
+                      duration: float | Callable[[p.Execute], float]) -> SimCluster:
+    """Three converged nodes of two CPUs whose loads (and DHT tables) have been gossiped."""
+    cluster = await converged(nursery, 3, seed, duration)
     await trio.sleep(2)  # loads gossiped
     return cluster
 
@@ -73,11 +83,8 @@ async def test_three_nodes_unplugged_mid_run_lose_no_result(autojump_clock):
 
 
 async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_clock, caplog):
-    net = SimNetwork(seed=5, default_link=LinkSpec(latency=0.001))
-    cluster = SimCluster(net, 3, cpus=2, duration=0.1, seed=5)
     async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        assert await cluster.wait_converged(30)
+        cluster = await converged(nursery, 3, 5, 0.1, jitter=0.0)
         victim, bad = cluster.nodes[0], cluster.nodes[1].node.cluster
         ids = [victim.submit(triple, i) for i in range(60)]
         address, node = victim.address, victim.node.cluster.node_id
@@ -103,11 +110,8 @@ async def test_bad_mesh_input_from_a_peer_is_refused_and_loses_no_task(autojump_
 
 async def test_a_peers_output_reaches_the_jobs_driver_and_bad_output_drops_the_peer(
         autojump_clock, caplog):
-    net = SimNetwork(seed=6, default_link=LinkSpec(latency=0.001))
-    cluster = SimCluster(net, 2, cpus=2, duration=0.1, seed=6)
     async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        assert await cluster.wait_converged(30)
+        cluster = await converged(nursery, 2, 6, 0.1, jitter=0.0)
         home, peer = cluster.nodes[0], cluster.nodes[1].node.cluster
         shown: list[OutputLines] = []
         home.node.exec.driver_output = shown.extend
@@ -211,11 +215,7 @@ async def tally_called_from_a_third_node(nursery: trio.Nursery, seed: int,
     that lives on the second; the third calls it, three calls with max_task_retries=1
     then one without, and the second crashes while the first of them runs. The actor,
     its retried calls' ids and the doomed call's id."""
-    net = SimNetwork(seed=seed, default_link=LinkSpec(latency=0.001, jitter=0.0005))
-    cluster = SimCluster(net, 3, cpus=2, duration=seconds, seed=seed)
-    await cluster.start(nursery)
-    assert await cluster.wait_converged(30)
-    await trio.sleep(2)  # loads gossiped, DHT tables filled
+    cluster = await three_nodes(nursery, seed, seconds)
     maker, home, caller = cluster.nodes
     there = {"strategy": NODE_AFFINITY, "affinity": home.node.node_id.raw, "soft": True}
     actor = maker.create_actor(Tally, max_restarts=1, strategy=there,
