@@ -741,7 +741,7 @@ class ExecService:
                 link.flush()
 
     async def _read_link(self, link: ClientLink, decoder: FrameDecoder) -> None:
-        sock = link.stream.socket
+        sock = link.sock  # the stream's socket, non-blocking
         # a buffer per link, never shared: trio checkpoints after a read, so other links
         # read before this one's bytes reach its decoder
         buffer = memoryview(bytearray(RECEIVE_SIZE))
@@ -755,8 +755,15 @@ class ExecService:
                           "dropping it", who, link.client_id, link.pid, exc)
                 self._kill(link)
                 return
-            try:
-                size = await sock.recv_into(buffer)
+            try:  # wait, then read: a client's messages come one at a time, so a read
+                # straight after one finds nothing (trio's recv tries first) and costs a
+                # failed syscall and an exception on the loop, and lets go of the GIL
+                # just as the driver thread the loop woke wants it
+                await trio.lowlevel.wait_readable(sock)
+                size = sock.recv_into(buffer)
+            except BlockingIOError:  # woken without data after all
+                size = 0
+                continue
             except (OSError, trio.ClosedResourceError):  # the client died, or we closed it
                 return
             if not size:
