@@ -57,6 +57,7 @@ from p2pexec.exec.refs import IdGenerator, RefCounter, owners_of
 from p2pexec.exec.runtime_env import RuntimeEnv
 from p2pexec.exec.scheduler import DRIVER
 from p2pexec.exec.serialization import system_error, system_error_payload
+from p2pexec.exec.service import Wakeup
 from p2pexec.exec.shm import segment_name
 from p2pexec.exec.task import TaskSpec
 from p2pexec.node import Node
@@ -223,7 +224,7 @@ class DriverRuntime:
         out."""
         entries = self.service.core.objects.entries
         deadline = self._deadline(pending, timeout)
-        event, watched = _Wakeup(), None
+        event, watched = Wakeup(), None
         try:
             for index, object_id in enumerate(pending):
                 while object_id not in found:
@@ -231,6 +232,8 @@ class DriverRuntime:
                     if entry is not None and entry.payload is not None:
                         found[object_id] = entry.payload
                     elif watched != object_id:  # registered first, then looked at again
+                        if self.service.read_reply_here(object_id, self._slice(deadline)):
+                            continue  # read from its worker in this thread
                         if watched is not None:
                             self.service.unregister_waiter([watched], event)
                         self.service.register_waiter([object_id], event)
@@ -242,15 +245,19 @@ class DriverRuntime:
             if watched is not None:
                 self.service.unregister_waiter([watched], event)
 
-    def _sleep(self, event: _Wakeup, deadline: float | None, pending: list[bytes],
+    @staticmethod
+    def _slice(deadline: float | None) -> float:
+        """How long one wait lasts: up to a second, then the node's health is checked."""
+        return 1.0 if deadline is None else max(0.0, min(deadline - time.monotonic(), 1.0))
+
+    def _sleep(self, event: Wakeup, deadline: float | None, pending: list[bytes],
                found: dict[bytes, list]) -> int | None:
         """Wait for `event` up to a second; None when `deadline` has passed, else how
         many of `pending` turned out lost (after a quiet second: the node must be alive,
         and knows every id it was ever told of)."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        if deadline is not None and deadline <= time.monotonic():
             return None
-        if event.wait(1.0 if remaining is None else min(remaining, 1.0)):
+        if event.wait(self._slice(deadline)):
             self._woken.by_loop = True
             return 0
         self._check()
@@ -261,7 +268,7 @@ class DriverRuntime:
         """Block until `wanted` of `pending` have values (added to `found`). True: timed out."""
         entries = self.service.core.objects.entries
         deadline = self._deadline(pending, timeout)
-        event = _Wakeup()
+        event = Wakeup()
         self.service.register_waiter(pending, event)
         try:
             got = 0
@@ -655,27 +662,6 @@ class _OutputReader:
         self._thread.join(self.FINISH_TIMEOUT)
 
 
-class _Wakeup:
-    """Wakes one blocked thread, set from another (the node loop). A bare lock, held
-    while unset: `set` and `wait` are single C calls, where a `threading.Event` runs a
-    Python-level condition that the node loop pays for on every completion. A wake
-    clears it again; setting it twice before the wait counts once."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        with contextlib.suppress(RuntimeError):  # set already, not waited for yet
-            self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        """True when set within `timeout` seconds (and now clear again)."""
-        return self._lock.acquire(timeout=timeout)
-
-
 class _RefBatcher:
     """A driver's reference changes, held until they ride on its next message to the
     node, or sent alone once `delay` seconds pass with changes pending and no message
@@ -692,7 +678,7 @@ class _RefBatcher:
         self._delay = delay
         self._changes: dict[bytes, int] = {}
         self._lock = threading.Lock()
-        self._wake = _Wakeup()
+        self._wake = Wakeup()
         self._armed = False
         """The thread is awake (sleeping out a delay): changes need not wake it."""
         self._taken = 0

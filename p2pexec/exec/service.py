@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -144,6 +146,11 @@ class ClientLink:
         self.pid = process.pid if process is not None else pid
         self.sock = sock
         self.stream = stream
+        self.decoder: FrameDecoder | None = None
+        """What its reader splits frames with (set when reading starts)."""
+        self.parked = False
+        """Its reader waits for input: a driver thread holding the loop lock may read the
+        link itself (`ExecService.read_reply_here`)."""
         self.outbox: list[bytes] = []
         self.wake = trio.Event()
         self.writing = False
@@ -279,6 +286,12 @@ class ExecService:
         """Free only while the loop waits for I/O: a driver thread that takes it may step
         the scheduler itself (`post_all`). Held from here until the loop first sleeps."""
         self._loop_asleep.acquire()
+        self._loop_wants_lock: int | None = None
+        """An eventfd the loop writes when it wakes and a thread holds `_loop_asleep` (a
+        thread reading a reply waits on it too, and lets go); open while the loop runs."""
+        self._loop_epoll: select.epoll | None = None
+        """The loop's own epoll (set while threads may read replies themselves)."""
+        self._reply_buffer = bytearray(RECEIVE_SIZE)
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -302,9 +315,13 @@ class ExecService:
         self._token = trio.lowlevel.current_trio_token()
         if self.inline is not None:
             self.inline.configure(self.config.inline_limit, os.getpid())
-        awake = _HeldWhileAwake(self._loop_asleep)
         steps_here = self.inline is None and not self.core.in_cluster
         if steps_here:  # else no thread may step the core: the lock stays held
+            self._loop_wants_lock = _signal_fd()
+            if self._loop_wants_lock is not None:
+                self._loop_epoll = _loop_epoll()
+        awake = _HeldWhileAwake(self._loop_asleep, self._loop_wants_lock)
+        if steps_here:
             trio.lowlevel.add_instrument(awake)
         try:
             async with trio.open_nursery() as nursery:
@@ -320,6 +337,12 @@ class ExecService:
             self._closed = True
             if steps_here:  # awake now, so the lock stays held: no more steps
                 trio.lowlevel.remove_instrument(awake)
+            if self._loop_epoll is not None:
+                self._loop_epoll.close()
+                self._loop_epoll = None
+            if self._loop_wants_lock is not None:
+                os.close(self._loop_wants_lock)
+                self._loop_wants_lock = None
             self._stop_everything()
 
     def _open_spill_dir(self) -> None:
@@ -395,24 +418,138 @@ class ExecService:
         try:
             if self._closed or self._ops or self._drain_scheduled:
                 return False  # ops posted earlier go first
-            instructions = self.core.handle(*map(_event_of_op, ops))
-            links = self.links
-            if not all(type(instruction) is Send and instruction.worker in links
-                       for instruction in instructions):
-                self.post(("apply", instructions))  # the loop carries out the rest
-                return True
-            frame = self.codec.frame
-            touched: set[ClientLink] = set()
-            for instruction in instructions:
-                link = links[instruction.worker]
-                link.queue(frame(instruction.message))
-                touched.add(link)
-            for link in touched:
-                if link.send_queued():
-                    self._token.run_sync_soon(link.wake.set)
+            self._apply_here(self.core.handle(*map(_event_of_op, ops)))
             return True
         finally:
             self._loop_asleep.release()
+
+    def _apply_here(self, instructions: list[Instruction]) -> None:
+        """Carry out, from a thread holding the loop lock, what the core said: frames to
+        worker processes are written here (non-blocking; a remainder goes to the link's
+        writer task) and a completion only thread waiters wait for wakes them here; if
+        anything else is asked, the loop carries out the whole list, in order."""
+        links, waiters = self.links, self.waiters
+        for instruction in instructions:
+            kind = type(instruction)
+            if kind is Send:
+                here = instruction.worker in links
+            else:
+                here = kind is Completed and all(
+                    type(event) is Wakeup for object_id in instruction.object_ids
+                    for event in waiters.get(object_id, ()))
+            if not here:
+                self.post(("apply", instructions))
+                return
+        frame = self.codec.frame
+        touched: set[ClientLink] = set()
+        for instruction in instructions:
+            if type(instruction) is Send:
+                link = links[instruction.worker]
+                link.queue(frame(instruction.message))
+                touched.add(link)
+            else:
+                for object_id in instruction.object_ids:
+                    for event in waiters.pop(object_id, ()):
+                        event.set()
+        for link in touched:
+            if link.send_queued():
+                self._token.run_sync_soon(link.wake.set)
+
+    def read_reply_here(self, object_id: bytes, timeout: float) -> bool:
+        """A driver thread about to wait for `object_id` reads it from the worker that
+        makes it, itself, while the loop sleeps (on a standalone node, as `post_all`
+        steps). The worker's reply then wakes this thread alone: otherwise it wakes the
+        loop, which wakes this thread, one more wake-up (tens of microseconds when it
+        crosses CPUs) and a hand-over of the GIL per sync round trip. The loop's epoll
+        stops watching that worker meanwhile, and the loop's wish to run (any other
+        event) ends it at once. True: the object has its value; False: this did not
+        apply, the loop wants to run or `timeout` passed (the caller waits as usual)."""
+        epoll = self._loop_epoll
+        if epoll is None or not self._loop_asleep.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self._ops or self._drain_scheduled:
+                return False  # the loop has work to do first
+            task = self.core.tasks.get(task_of(object_id))
+            link = None if task is None or task.worker is None else self.links.get(task.worker)
+            if link is None or not link.parked or link.process is None:
+                return False
+            fd = link.sock.fileno()
+            try:
+                epoll.modify(fd, select.EPOLLONESHOT)  # registered, watching nothing
+            except OSError:
+                return False
+            done, watch = False, True
+            try:
+                done, watch = self._read_reply(link, object_id, timeout)
+            finally:
+                if watch:  # the loop watches it again (and wakes at once if input waits)
+                    with contextlib.suppress(OSError):
+                        epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+            return done
+        finally:
+            self._loop_asleep.release()
+
+    def _read_reply(self, link: ClientLink, object_id: bytes, timeout: float
+                    ) -> tuple[bool, bool]:
+        """`read_reply_here`'s reading: (the object has its value, the loop should watch
+        the link again now). Messages only the loop can handle (a nested get, output, a
+        node call) go to it with the rest of their read, in order; it watches the link
+        again after them."""
+        wants = self._loop_wants_lock
+        poller = select.poll()
+        poller.register(link.sock, select.POLLIN)
+        poller.register(wants, select.POLLIN)
+        entries = self.core.objects.entries
+        buffer = self._reply_buffer
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            if link.sock.fileno() not in ready:
+                return False, True  # the loop wants to run, or the time is up
+            try:
+                size = link.sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError:  # the worker died: the loop finds out from its reader
+                return False, True
+            if not size:
+                return False, True
+            try:
+                bodies = link.decoder.feed(memoryview(buffer)[:size])
+            except RemoteProtocolError as exc:  # the loop says so and drops the worker
+                self.post(("drop", link, exc))
+                return False, True
+            if not self._take_reply(link, bodies):
+                return False, False
+            entry = entries.get(object_id)
+            if entry is None or entry.payload is not None:
+                return entry is not None, True
+            if wants in ready:
+                return False, True
+
+    def _take_reply(self, link: ClientLink, bodies: list[bytes]) -> bool:
+        """Step the core with a worker's messages in this thread; False: they went to
+        the loop instead (one needs it, or one is bad and the loop drops the worker)."""
+        events = self._reply_events(link, bodies)
+        if events is None:
+            self.post(("frames", link, bodies))
+            return False
+        self._apply_here(self.core.handle(*events))
+        return True
+
+    def _reply_events(self, link: ClientLink, bodies: list[bytes]) -> list[Event] | None:
+        """The events of a worker's messages if they only step the core; else None."""
+        events: list[Event] = []
+        for body in bodies:
+            try:
+                message = self.codec.decode(body)
+                if type(message) not in _REPLY_KINDS:
+                    return None
+                events.append(self._worker_event(link.client_id, message))
+            except Exception:  # bad: the loop meets it again, says so and drops the worker
+                return None
+        return events
 
     def _drain(self) -> None:
         self._drain_scheduled = False
@@ -424,9 +561,25 @@ class ExecService:
                 self._apply(self.core.handle(*events))
                 events = []
                 self._apply(op[1])
+            elif op[0] == "frames":  # a worker's reply a driver thread read but left here
+                self._apply(self.core.handle(*events))
+                events = []
+                self._frames_from_thread(op[1], op[2])
+            elif op[0] == "drop":  # a worker sent a driver thread a bad frame
+                self._drop_for(op[1], op[2])
             else:
                 events.append(_event_of_op(op))
         self._apply(self.core.handle(*events))
+
+    def _frames_from_thread(self, link: ClientLink, bodies: list[bytes]) -> None:
+        """Handle what `read_reply_here` read from `link` and left to the loop, then
+        watch the link again (it stopped, so that later input waits for these)."""
+        if self.links.get(link.client_id) is not link:
+            return
+        self._take_frames(link, bodies)  # a bad one kills the worker: its reader sees why
+        if self._loop_epoll is not None:
+            with contextlib.suppress(OSError):
+                self._loop_epoll.modify(link.sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
 
     def register_waiter(self, object_ids: list[bytes], event: Any) -> None:
         for object_id in object_ids:
@@ -746,20 +899,24 @@ class ExecService:
         # read before this one's bytes reach its decoder
         buffer = memoryview(bytearray(RECEIVE_SIZE))
         size = 0
+        link.decoder = decoder
         while True:
             try:
-                self._handle_frames(link, decoder.feed(buffer[:size]))
-            except Exception as exc:  # any bad message costs that client, never the node
-                who = "driver" if link.is_driver else "worker"
-                log.error("%s %d (pid %s) sent a message the node could not handle (%s); "
-                          "dropping it", who, link.client_id, link.pid, exc)
-                self._kill(link)
+                bodies = decoder.feed(buffer[:size])
+            except RemoteProtocolError as exc:
+                self._drop_for(link, exc)
+                return
+            if bodies and not self._take_frames(link, bodies):
                 return
             try:  # wait, then read: a client's messages come one at a time, so a read
                 # straight after one finds nothing (trio's recv tries first) and costs a
                 # failed syscall and an exception on the loop, and lets go of the GIL
                 # just as the driver thread the loop woke wants it
-                await trio.lowlevel.wait_readable(sock)
+                link.parked = True
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                finally:
+                    link.parked = False
                 size = sock.recv_into(buffer)
             except BlockingIOError:  # woken without data after all
                 size = 0
@@ -768,6 +925,21 @@ class ExecService:
                 return
             if not size:
                 return
+
+    def _take_frames(self, link: ClientLink, bodies: list[bytes]) -> bool:
+        """Handle a client's frames; False when one was bad and the client is dropped."""
+        try:
+            self._handle_frames(link, bodies)
+        except Exception as exc:  # any bad message costs that client, never the node
+            self._drop_for(link, exc)
+            return False
+        return True
+
+    def _drop_for(self, link: ClientLink, exc: Exception) -> None:
+        who = "driver" if link.is_driver else "worker"
+        log.error("%s %d (pid %s) sent a message the node could not handle (%s); "
+                  "dropping it", who, link.client_id, link.pid, exc)
+        self._kill(link)
 
     def _handle_frames(self, link: ClientLink, bodies: list[bytes]) -> None:
         """One read's worth of a client's frames, scheduled once. A node call (and a
@@ -1034,14 +1206,75 @@ class _HeldWhileAwake(trio.abc.Instrument):
     I/O: a thread that takes it knows no task of the loop touches the scheduler until
     it lets go (the loop waits for it on waking, a few microseconds at most)."""
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.Lock, wants: int | None) -> None:
         self.lock = lock
+        self.wants = wants
 
     def before_io_wait(self, timeout: float) -> None:
         self.lock.release()
 
     def after_io_wait(self, timeout: float) -> None:
+        if self.lock.acquire(blocking=False):
+            return
+        if self.wants is None:
+            self.lock.acquire()
+            return
+        os.eventfd_write(self.wants, 1)  # a thread reading a reply lets go when told
         self.lock.acquire()
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.wants)  # met: the next holder must not see it
+
+
+class Wakeup:
+    """Wakes one blocked thread, set from another (the node loop). A bare lock, held
+    while unset: `set` and `wait` are single C calls, where a `threading.Event` runs a
+    Python-level condition that the node loop pays for on every completion. A wake
+    clears it again; setting it twice before the wait counts once. Any thread may set
+    it (`ExecService._apply_here` does, for a completion it stepped)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # set already, not waited for yet
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """True when set within `timeout` seconds (and now clear again)."""
+        return self._lock.acquire(timeout=timeout)
+
+
+_REPLY_KINDS = frozenset({p.Done, p.Refs, p.Yielded, p.GiveBack})
+"""What a driver thread that reads a worker's reply handles itself (`_take_reply`):
+messages whose events only step the core. The rest (a nested get, output, a node call)
+need the loop."""
+
+
+def _signal_fd() -> int | None:
+    """An eventfd for `_HeldWhileAwake` to say the loop wants its lock (None where the
+    platform has none: then threads never read replies themselves)."""
+    if not hasattr(os, "eventfd"):
+        return None
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def _loop_epoll() -> select.epoll | None:
+    """The running trio loop's epoll, through a duplicate of its descriptor: a thread
+    reading a worker's reply stops the loop from watching that worker meanwhile (trio
+    registers every descriptor one-shot, so the registration stays, watching nothing,
+    until set back). Trio has no public way to it; where its internals differ, None
+    (threads then leave replies to the loop, as before)."""
+    try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+        epoll = GLOBAL_RUN_CONTEXT.runner.io_manager._epoll
+    except (ImportError, AttributeError):
+        return None
+    if not isinstance(epoll, select.epoll):
+        return None
+    return select.epoll.fromfd(os.dup(epoll.fileno()))
 
 
 WORKER_THREADS = {"OMP_NUM_THREADS": "1"}

@@ -1,9 +1,14 @@
-"""The embedded driver's fast path: while the node loop sleeps, the driver thread steps the
-scheduler itself (`ExecService.post_all`). These tests check that it is taken, and that
-threads racing the loop and each other leave the scheduler valid and the store empty."""
+"""The embedded driver's fast paths: while the node loop sleeps, the driver thread steps the
+scheduler itself (`ExecService.post_all`) and reads the reply of the worker it waits on
+itself (`ExecService.read_reply_here`). These tests check that they are taken, that what
+only the loop can handle still reaches it in order, that the loop is never kept from
+running, and that threads racing the loop and each other leave the scheduler valid and the
+store empty."""
 
 import os
+import sys
 import threading
+import time
 
 import pytest
 
@@ -57,6 +62,51 @@ def fast_paths(monkeypatch):
     return counts
 
 
+@pytest.fixture
+def replies_read_here(monkeypatch):
+    """How often a driver thread read the reply it waited for itself (True) or left it
+    to the loop (False), and how often it handed messages it read to the loop."""
+    counts = {True: 0, False: 0, "handed": 0}
+    original = service_module.ExecService.read_reply_here
+    original_handed = service_module.ExecService._frames_from_thread
+
+    def counted(self, object_id, timeout):
+        done = original(self, object_id, timeout)
+        counts[done] += 1
+        return done
+
+    def handed(self, link, bodies):
+        counts["handed"] += 1
+        return original_handed(self, link, bodies)
+
+    monkeypatch.setattr(service_module.ExecService, "read_reply_here", counted)
+    monkeypatch.setattr(service_module.ExecService, "_frames_from_thread", handed)
+    return counts
+
+
+@px.remote
+class Talker:
+    """Calls that send the node more than their result while the driver waits."""
+
+    def shout(self, text):
+        print(text)
+        sys.stdout.flush()
+        return text.upper()
+
+    def nested(self, x):
+        return px.get(plus_one.remote(x))
+
+    def stored(self, x):
+        return px.get(px.put(x)) + 1
+
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    def die(self):
+        os._exit(1)
+
+
 def _validate_on_loop() -> None:
     runtime = api._rt()
     runtime.in_loop(runtime.service.core.validate)
@@ -67,12 +117,72 @@ def _stored_objects() -> int:
     return runtime.in_loop(lambda: len(runtime.service.core.objects.entries))
 
 
-def test_sync_round_trips_step_the_core_in_the_driver_thread(fast_paths):
+def test_sync_round_trips_step_the_core_in_the_driver_thread(fast_paths, replies_read_here):
     px.get(plus_one.remote(0))  # workers up, code registered
+    log = Log.remote()
+    px.get(log.add.remote(0))
     fast_paths[True] = fast_paths[False] = 0
+    replies_read_here[True] = replies_read_here[False] = 0
     assert [px.get(plus_one.remote(i)) for i in range(200)] == list(range(1, 201))
-    # the loop sleeps between round trips, so nearly every submit takes the fast path
-    assert fast_paths[True] >= 150, fast_paths
+    assert [px.get(log.add.remote(i)) for i in range(200)] == list(range(2, 202))
+    # the loop sleeps between round trips, so nearly every submit takes the fast path,
+    # and nearly every get reads its result from the worker in this thread
+    assert fast_paths[True] >= 300, fast_paths
+    assert replies_read_here[True] >= 300, replies_read_here
+    _validate_on_loop()
+
+
+def test_what_only_the_loop_handles_reaches_it_in_order(replies_read_here, capfd):
+    talker = Talker.remote()
+    px.get(talker.nap.remote(0))
+    for i in range(20):
+        assert px.get(talker.shout.remote(f"line {i}")) == f"LINE {i}"
+        assert px.get(talker.nested.remote(i)) == i + 1
+        assert px.get(talker.stored.remote(i)) == i + 1
+    assert replies_read_here["handed"] > 0, replies_read_here  # output, nested gets, puts
+    deadline = time.monotonic() + 10
+    out = ""
+    while time.monotonic() < deadline and "line 19" not in out:
+        time.sleep(0.05)
+        out += capfd.readouterr().out
+    lines = [line.split()[-2:] for line in out.splitlines() if "line" in line]
+    assert lines == [["line", str(i)] for i in range(20)], out
+    _validate_on_loop()
+
+
+def test_a_driver_waiting_on_a_worker_never_keeps_the_loop_from_running(replies_read_here):
+    talker = Talker.remote()
+    px.get(talker.nap.remote(0))
+    px.get(plus_one.remote(0))
+    slow = talker.nap.remote(3.0)
+    finished = {}
+
+    def waits_long() -> None:
+        finished["slow"] = px.get(slow)
+        finished["slow at"] = time.monotonic()
+
+    waiter = threading.Thread(target=waits_long)
+    waiter.start()
+    time.sleep(0.1)  # the waiter now reads the actor's link, holding the loop's lock
+    start = time.monotonic()
+    assert [px.get(plus_one.remote(i)) for i in range(20)] == list(range(1, 21))
+    with pytest.raises(px.GetTimeoutError):
+        px.get(talker.nap.remote(0), timeout=0.2)  # queued behind the nap: times out
+    took = time.monotonic() - start
+    waiter.join(timeout=30)
+    assert finished["slow"] == 3.0
+    assert took < 0.8 and start + took < finished["slow at"], (took, finished)
+    _validate_on_loop()
+
+
+def test_a_worker_dying_while_the_driver_reads_its_link_is_an_actor_death(replies_read_here):
+    talker = Talker.remote()
+    px.get(talker.nap.remote(0))
+    start = time.monotonic()
+    with pytest.raises(px.ActorDiedError):
+        px.get(talker.die.remote(), timeout=30)
+    assert time.monotonic() - start < 10
+    assert px.get(plus_one.remote(1)) == 2
     _validate_on_loop()
 
 
