@@ -427,8 +427,12 @@ class ExecService:
         """Carry out, from a thread holding the loop lock, what the core said: frames to
         worker processes are written here (non-blocking; a remainder goes to the link's
         writer task) and a completion only thread waiters wait for wakes them here; if
-        anything else is asked, the loop carries out the whole list, in order."""
+        anything else is asked, the loop carries out the whole list, in order (and every
+        list after it until it has: a frame written here must not overtake one it holds)."""
         links, waiters = self.links, self.waiters
+        if self._ops:
+            self.post(("apply", instructions))
+            return
         for instruction in instructions:
             kind = type(instruction)
             if kind is Send:
