@@ -264,6 +264,7 @@ class Node:
             "pool_workers": sum(1 for w in core.workers.values() if w.actor_id is None),
             "actor_workers": sum(1 for w in core.workers.values() if w.actor_id is not None),
             "drivers": self.exec.drivers(),
+            "driver_timers": self.exec.timers,
             "available": self.exec.core.free(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,

@@ -214,7 +214,7 @@ class _DriverWait:
     its timeout passes. Registered as a waiter for each object still pending; counts the
     completions it hears of, so a get of n objects costs O(n), not a scan per object."""
 
-    __slots__ = ("done", "link", "missing", "object_ids", "request", "service")
+    __slots__ = ("done", "expiry", "link", "missing", "object_ids", "request", "service")
 
     def __init__(self, service: ExecService, link: ClientLink, request: p.Get) -> None:
         self.service = service
@@ -224,6 +224,9 @@ class _DriverWait:
         self.missing = 0
         """Completions still needed before the answer is worth computing."""
         self.done = False
+        self.expiry: trio.CancelScope | None = None
+        """Its timeout's scope (None without one): ends the timer task when answered, so
+        a driver's gets with long timeouts do not pile up sleeping tasks."""
 
     def set(self) -> None:
         """One object it waits for completed: answer once that may be enough."""
@@ -239,6 +242,8 @@ class _DriverWait:
         self.done = True
         self.link.waits.discard(self)
         self.service.unregister_waiter(self.object_ids, self)
+        if self.expiry is not None:
+            self.expiry.cancel()
 
 
 class ExecService:
@@ -277,6 +282,8 @@ class ExecService:
         """Per object id, what to `set()` when it completes (threading events, waits)."""
         self.codec = Codec(p.LINK_LIMITS)
         self._next_driver = -1
+        self.timers = 0
+        """Timeouts of attached drivers' gets and waits still running."""
         self._driver_paths: list[str] = []
         """Import paths of attached drivers, appended to the workers' own."""
         self.call_handlers = {"store_package": self._store_package, **(call_handlers or {})}
@@ -1032,11 +1039,18 @@ class ExecService:
         link.waits.add(wait)
         self.watch(wait)
         if request.timeout is not None:
-            self._nursery.start_soon(self._expire, wait, request.timeout)
+            wait.expiry = trio.CancelScope(
+                deadline=trio.current_time() + max(0.0, request.timeout))
+            self._nursery.start_soon(self._expire, wait)
 
-    async def _expire(self, wait: _DriverWait, timeout: float) -> None:
-        await trio.sleep(max(0.0, timeout))
-        if not wait.done:
+    async def _expire(self, wait: _DriverWait) -> None:
+        self.timers += 1
+        try:
+            with wait.expiry:
+                await trio.sleep_forever()
+        finally:
+            self.timers -= 1
+        if not wait.done:  # its deadline passed (an answer cancels the scope first)
             self.try_answer(wait, timed_out=True)
             wait.finish()
 
