@@ -419,16 +419,17 @@ class ExecService:
     def _step_here(self, ops: list[tuple], patience: float) -> bool:
         """`post_all`'s fast path; False when it does not apply (the caller posts)."""
         asleep = self._loop_asleep
-        if not (asleep.acquire(timeout=patience) if patience > 0 else
-                asleep.acquire(blocking=False)):
-            return False  # the loop is awake (or stopped): it takes the ops itself
-        try:
-            if self._closed or self._ops or self._drain_scheduled:
-                return False  # ops posted earlier go first
-            self._apply_here(self.core.handle(*map(_event_of_op, ops)))
-            return True
-        finally:
-            self._loop_asleep.release()
+        with _NO_INTERRUPT:
+            if not (asleep.acquire(timeout=patience) if patience > 0 else
+                    asleep.acquire(blocking=False)):
+                return False  # the loop is awake (or stopped): it takes the ops itself
+            try:
+                if self._closed or self._ops or self._drain_scheduled:
+                    return False  # ops posted earlier go first
+                self._apply_here(self.core.handle(*map(_event_of_op, ops)))
+                return True
+            finally:
+                asleep.release()
 
     def _apply_here(self, instructions: list[Instruction]) -> None:
         """Carry out, from a thread holding the loop lock, what the core said: frames to
@@ -476,30 +477,34 @@ class ExecService:
         event) ends it at once. True: the object has its value; False: this did not
         apply, the loop wants to run or `timeout` passed (the caller waits as usual)."""
         epoll = self._loop_epoll
-        if epoll is None or not self._loop_asleep.acquire(blocking=False):
+        if epoll is None:
             return False
-        try:
-            if self._closed or self._ops or self._drain_scheduled:
-                return False  # the loop has work to do first
-            task = self.core.tasks.get(task_of(object_id))
-            link = None if task is None or task.worker is None else self.links.get(task.worker)
-            if link is None or not link.parked or link.process is None:
+        with _NO_INTERRUPT:
+            if not self._loop_asleep.acquire(blocking=False):
                 return False
-            fd = link.sock.fileno()
             try:
-                epoll.modify(fd, select.EPOLLONESHOT)  # registered, watching nothing
-            except OSError:
-                return False
-            done, watch = False, True
-            try:
-                done, watch = self._read_reply(link, object_id, timeout)
+                if self._closed or self._ops or self._drain_scheduled:
+                    return False  # the loop has work to do first
+                task = self.core.tasks.get(task_of(object_id))
+                link = (None if task is None or task.worker is None
+                        else self.links.get(task.worker))
+                if link is None or not link.parked or link.process is None:
+                    return False
+                fd = link.sock.fileno()
+                try:
+                    epoll.modify(fd, select.EPOLLONESHOT)  # registered, watching nothing
+                except OSError:
+                    return False
+                done, watch = False, True
+                try:
+                    done, watch = self._read_reply(link, object_id, timeout)
+                finally:
+                    if watch:  # the loop watches it again (and wakes at once if input waits)
+                        with contextlib.suppress(OSError):
+                            epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                return done
             finally:
-                if watch:  # the loop watches it again (and wakes at once if input waits)
-                    with contextlib.suppress(OSError):
-                        epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
-            return done
-        finally:
-            self._loop_asleep.release()
+                self._loop_asleep.release()
 
     def _read_reply(self, link: ClientLink, object_id: bytes, timeout: float
                     ) -> tuple[bool, bool]:
@@ -515,7 +520,8 @@ class ExecService:
         buffer = self._reply_buffer
         deadline = time.monotonic() + timeout
         while True:
-            ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            with _INTERRUPTIBLE:  # Ctrl-C ends a long get here, as it should
+                ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
             if link.sock.fileno() not in ready:
                 return False, True  # the loop wants to run, or the time is up
             try:
@@ -1241,6 +1247,33 @@ class _HeldWhileAwake(trio.abc.Instrument):
         self.lock.acquire()
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.wants)  # met: the next holder must not see it
+
+
+class _SignalMask:
+    """Holds off Ctrl-C (SIGINT, Python's KeyboardInterrupt) in the main thread while
+    it holds the loop lock (`_NO_INTERRUPT`), or lets it in again while that thread
+    waits (`_INTERRUPTIBLE`): raised half way through a core step or between reading
+    bytes and handing them to a decoder, it would break the scheduler or a link's frame
+    stream, and between taking the lock and the `try` that lets it go, stop the loop for
+    good. A Ctrl-C held off arrives as soon as it is let in. Other threads never get it."""
+
+    __slots__ = ("how", "undo")
+
+    def __init__(self, how: int, undo: int) -> None:
+        self.how, self.undo = how, undo
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.pthread_sigmask(self.how, _INTERRUPT)
+
+    def __exit__(self, *exc: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.pthread_sigmask(self.undo, _INTERRUPT)
+
+
+_INTERRUPT = {signal.SIGINT}
+_NO_INTERRUPT = _SignalMask(signal.SIG_BLOCK, signal.SIG_UNBLOCK)
+_INTERRUPTIBLE = _SignalMask(signal.SIG_UNBLOCK, signal.SIG_BLOCK)
 
 
 class Wakeup:

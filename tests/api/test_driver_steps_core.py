@@ -6,6 +6,7 @@ running, and that threads racing the loop and each other leave the scheduler val
 store empty."""
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -225,3 +226,39 @@ def test_threads_racing_the_loop_keep_order_state_and_store(fast_paths):
         px.get(plus_one.remote(0))
         deadline -= 1
     assert _stored_objects() <= before
+
+
+def test_ctrl_c_during_round_trips_leaves_the_node_whole():
+    """Ctrl-C lands anywhere in a sync loop (as in a notebook, which goes on after it):
+    the core's state and every link's frame stream stay whole."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("only the main thread gets KeyboardInterrupt")
+    log = Log.remote()
+    px.get(log.add.remote(0))
+    px.get(plus_one.remote(0))
+    stop = threading.Event()
+
+    def interrupt() -> None:
+        while not stop.wait(0.0003):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt)
+    interrupts = done = 0
+    interrupter.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                px.get(plus_one.remote(done))
+                px.get(log.add.remote(done))
+                done += 1
+            except KeyboardInterrupt:
+                interrupts += 1
+    finally:
+        stop.set()
+        interrupter.join()
+        time.sleep(0.05)  # the last interrupt has landed
+    assert interrupts > 50 and done > 50, (interrupts, done)
+    assert px.get(plus_one.remote(1), timeout=30) == 2
+    assert px.get(log.add.remote(0), timeout=30) > 1
+    _validate_on_loop()
