@@ -203,6 +203,32 @@ async def test_fetches_from_one_holder_share_one_connection_and_bulk_channel(
         assert dropped(caplog) == []
 
 
+async def test_a_prefetch_uses_only_a_kept_connection_and_a_miss_keeps_it(
+        caplog: pytest.LogCaptureFixture):
+    """A prefetch is a guess: with no connection kept to the holder it opens none; one the
+    holder has no large copy for answers None and leaves the connection for the next
+    request (so does a fetch told `ObjectMissing`); one that finds the copy brings it."""
+    async with cluster(2) as (dht, (a, b)):
+        first, second = os.urandom(SIZE), os.urandom(SIZE)
+        a.hold(dht, b"first", first)
+        a.hold(dht, b"second", second)
+        opened, bulk_opened = tls_connections(b), bulk_connections(b)
+        assert await b.transfers.prefetch(b"first", a.node_id) is None
+        assert opened == [0] and b.transfers.prefetched == 0
+        assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
+        assert await b.transfers.prefetch(b"small", a.node_id) is None
+        assert content(await b.transfers.prefetch(b"second", a.node_id)) == second
+        with pytest.raises(ObjectLostError, match="no copy of that object here"):
+            await b.transfers.fetch(b"gone", holder=a.node_id)
+        assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
+        assert opened == bulk_opened == [1]
+        assert b.transfers.prefetched == 1
+        mine = f"{shm.PREFIX}_{os.getpid()}_"
+        left = {n for n in os.listdir(shm.segment_dir()) if n.startswith(mine)}
+        assert left == set(a.segments)  # the missed prefetch left no copy behind
+        assert dropped(caplog) == []
+
+
 async def test_a_failed_transfer_closes_its_channel_and_the_next_fetch_opens_another(
         caplog: pytest.LogCaptureFixture):
     """A bad frame ends the connection and its bulk channel (whatever else was in flight
