@@ -95,6 +95,17 @@ def serve_bulk_with(node: Node, sender: Callable[..., Awaitable[None]]) -> None:
     node.transfers._send_bulk = send
 
 
+def dies_after_five_frames(node: Node) -> None:
+    """`node` sends five frames of its next bulk stream, then goes away whole."""
+
+    async def dies(send_bulk, stream, offer, fd, offset, size, hasher, buffer):
+        await send_bulk(stream, offer, fd, offset, offset + 5 * CHUNK, hasher, buffer)
+        await node.transport.aclose()
+        raise trio.BrokenResourceError("killed")
+
+    serve_bulk_with(node, dies)
+
+
 @asynccontextmanager
 async def cluster(n: int, chunk_size: int = CHUNK, idle_timeouts: tuple[float, ...] = ()
                   ) -> AsyncIterator[tuple[StubDht, list[Node]]]:
@@ -275,14 +286,7 @@ async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         caplog: pytest.LogCaptureFixture):
     async with cluster(3) as (dht, (a, b, c)):
         data = held_by_both(dht, a, c, b"obj2")
-
-        async def dies_after_five_frames(send_bulk, stream, offer, fd, offset, size, hasher,
-                                         buffer):
-            await send_bulk(stream, offer, fd, offset, offset + 5 * CHUNK, hasher, buffer)
-            await a.transport.aclose()  # the whole node goes away
-            raise trio.BrokenResourceError("killed")
-
-        serve_bulk_with(a, dies_after_five_frames)
+        dies_after_five_frames(a)
         opened = bulk_connections(b)
         payload = await b.transfers.fetch(b"obj2", holder=a.node_id)
         assert content(payload) == data
@@ -291,6 +295,20 @@ async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         assert c.transfers.bytes_served == SIZE - 5 * CHUNK  # resumed, not restarted
         assert b.transfers.bytes_fetched == SIZE
         assert dropped(caplog) == []  # a holder dying is not its fault
+
+
+async def test_a_copy_stitched_from_two_holders_that_differ_is_refused():
+    """A fetch resumed from a second holder whose copy differs from the first's: the
+    stitched copy fails the second holder's checksum and is deleted."""
+    async with cluster(3) as (dht, (a, b, c)):
+        a.hold(dht, b"obj4", os.urandom(SIZE))
+        c.hold(dht, b"obj4", os.urandom(SIZE))
+        dies_after_five_frames(a)
+        before = set(os.listdir(shm.segment_dir()))
+        with pytest.raises(ObjectLostError, match="content checksum mismatch"):
+            await b.transfers.fetch(b"obj4", holder=a.node_id)
+        assert c.transfers.bytes_served == SIZE - 5 * CHUNK  # resumed, then refused
+        assert set(os.listdir(shm.segment_dir())) == before
 
 
 async def test_a_copy_that_fails_its_content_checksum_is_deleted():
