@@ -268,6 +268,7 @@ class Node:
             "available": self.exec.core.free(),
             "bytes_fetched": transfers.bytes_fetched if transfers is not None else 0,
             "bytes_served": transfers.bytes_served if transfers is not None else 0,
+            "objects_prefetched": transfers.prefetched if transfers is not None else 0,
             "packages_fetched": self.exec.mesh.packages_fetched if self.exec.mesh else 0,
             **dataclasses.asdict(node_stats(self.exec)),
         }

@@ -21,6 +21,13 @@ and the lender lets go only when none is left. So a release that crosses a new v
 containing the same ref (B let go while the lender was sending it again) does not free
 the object under the new ref. The invariant, modulo messages in flight: the lender's
 count for (B, X) is the borrower's, and it holds X for B exactly while that is not zero.
+
+A borrow from a lender whose last answer here named a large object also starts fetching
+it from that lender at once (`Prefetch`), so the borrow's round trip overlaps the
+transfer instead of preceding it (~2 ms of a ~17 ms get of 16 MiB). It is only a guess:
+the borrow goes as always and counts as always; a copy the prefetch brings completes the
+placeholder like a fetched one, and when it brings none the answer decides (a fetch, if
+it says the object is large, now or once the prefetch has ended).
 """
 
 from __future__ import annotations
@@ -29,7 +36,16 @@ from collections.abc import Callable
 from functools import partial
 
 from p2pexec import errors
-from p2pexec.exec.instructions import Borrow, Completed, Fetch, Instruction, Lend, Release
+from p2pexec.exec.instructions import (
+    Borrow,
+    Completed,
+    Fetch,
+    Instruction,
+    Lend,
+    Prefetch,
+    Release,
+    Unlink,
+)
 from p2pexec.exec.objects import ObjectTable
 from p2pexec.exec.serialization import payload_segment, system_error_payload
 
@@ -49,6 +65,12 @@ class Loans:
         """Per borrowed object, per node that lent it here: lends to give back on free."""
         self.lent: dict[tuple[bytes, bytes], int] = {}
         """Per (borrower, object) this node holds for a peer: lends not given back yet."""
+        self.large_from: set[bytes] = set()
+        """Lenders whose last answer here named a large object: a borrow from one of them
+        prefetches (the next object it lends is likely large too)."""
+        self.prefetching: dict[bytes, bool] = {}
+        """Objects with a prefetch in flight; True once the lender's answer said to fetch
+        the object (fetched the usual way if the prefetch brings no copy)."""
 
     # ---- the borrower ----
     def borrow(self, object_id: bytes, lender: bytes) -> None:
@@ -56,6 +78,9 @@ class Loans:
         self.lenders[object_id] = lender
         self._count(object_id, lender)
         self._out.append(Borrow(lender, (object_id,)))
+        if lender in self.large_from and object_id not in self.prefetching:
+            self.prefetching[object_id] = False
+            self._out.append(Prefetch(object_id, lender))
 
     def _count(self, object_id: bytes, lender: bytes) -> None:
         per_lender = self.received.setdefault(object_id, {})
@@ -90,11 +115,36 @@ class Loans:
                 completed.append(object_id)
                 self.objects.complete(object_id, payload, [])
         for object_id in large:
-            if self._waiting(object_id, lender):
+            if not self._waiting(object_id, lender):
+                continue
+            if object_id in self.prefetching:  # fetched once the prefetch ends, if need be
+                self.prefetching[object_id] = True
+            else:
                 self._out.append(Fetch(object_id, lender))
+        if large:
+            self.large_from.add(lender)
+        elif values:
+            self.large_from.discard(lender)
         if completed:
             self._out.append(Completed(tuple(completed)))
         return bool(completed)
+
+    def prefetched(self, object_id: bytes, lender: bytes, payload: list | None) -> bool:
+        """A prefetch from `lender` ended. Its copy completes the placeholder (True); a
+        copy nobody waits for any more is deleted. Without a copy, a fetch follows if the
+        lender's answer already said the object is large; else that answer decides."""
+        answered_large = self.prefetching.pop(object_id, False)
+        waiting = self._waiting(object_id, lender)
+        if payload is None:
+            if answered_large and waiting:
+                self._out.append(Fetch(object_id, lender))
+            return False
+        if not waiting:
+            self._out.append(Unlink(payload_segment(payload)))
+            return False
+        self._out.append(Completed((object_id,)))
+        self.objects.complete(object_id, payload, [])
+        return True
 
     def _waiting(self, object_id: bytes, lender: bytes) -> bool:
         """Borrowed from `lender` and still without a value (else a stray answer)."""
@@ -118,6 +168,9 @@ class Loans:
         failed = [oid for oid in lost if self._waiting(oid, node)]
         for object_id in lost:
             del self.lenders[object_id]
+            if object_id in self.prefetching:  # its prefetch serves no answered borrow
+                self.prefetching[object_id] = False
+        self.large_from.discard(node)
         for per_lender in self.received.values():
             per_lender.pop(node, None)
         for object_id in failed:
@@ -190,11 +243,15 @@ class Loans:
             del self.lent[key]
 
     def validate(self) -> None:
-        """Every borrowed object still has its entry here (freeing it forgets the loan),
-        and every lend counted here is of an object still held for that borrower."""
+        """Every borrowed object still has its entry here (freeing it forgets the loan), a
+        prefetch a fetch waits for serves a borrow, and every lend counted here is of an
+        object still held for that borrower."""
         for object_id in self.lenders:
             assert self.objects.known(object_id), (
                 f"borrowed object {object_id.hex()} was freed without releasing it")
+        for object_id, answered_large in self.prefetching.items():
+            assert not answered_large or object_id in self.lenders, (
+                f"object {object_id.hex()} waits for its prefetch but is not borrowed")
         for (borrower, object_id), count in self.lent.items():
             entry = self.objects.entries.get(object_id)
             assert count > 0 and entry is not None and self._holder_of(borrower) in \

@@ -147,6 +147,16 @@ class Fetched:
 
 
 @dataclass(frozen=True, slots=True)
+class Prefetched:
+    """A `Prefetch` from `holder` ended: the copy's payload, or None when it got none (no
+    connection kept to the holder, no large copy there, or the transfer failed)."""
+
+    object_id: bytes
+    holder: bytes
+    payload: list | None
+
+
+@dataclass(frozen=True, slots=True)
 class SpillEnded:
     """A `Spill` finished: `ok` when the copy is complete on disk."""
 
@@ -362,8 +372,8 @@ class CancelRequested:
 
 Event = (Started | ShutDown | CodeRegistered | Submitted | WorkerReady | TaskFinished
          | WorkerDied | GetRequested | GaveBack | Put | RefsChanged | Tick | ActorKilled
-         | ClientLeft | Fetched | SpillEnded | StealRequested | TasksGranted | RemoteFinished
-         | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads | PeerGone
-         | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
+         | ClientLeft | Fetched | Prefetched | SpillEnded | StealRequested | TasksGranted
+         | RemoteFinished | Released | TasksReturned | HeldAsked | PeersResources | PeerLoads
+         | PeerGone | ActorLocated | BorrowRequested | BorrowAnswered | Draining | NameLost
          | RemoteActorKilled | CodeFetched | CancelRequested | StreamYielded | RemoteYielded
          | PackageReady)

@@ -61,6 +61,18 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class Prefetch:
+    """A borrow from `holder` just went out, and that node's last answer here was a large
+    object: start fetching this one from it now, on a connection already kept to it, so
+    that the borrow's round trip overlaps the transfer. A guess: the answer is a
+    `Prefetched` event, with no copy if the guess was wrong (a small value, or none yet),
+    and the borrow's answer decides then."""
+
+    object_id: bytes
+    holder: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Holding:
     """This node now holds (`held`) or no longer holds a value in shared memory: tell
     the cluster, so other nodes find a copy here."""
@@ -273,7 +285,8 @@ class CancelRemote:
 
 
 Instruction = (Send | StartWorker | StopWorker | Completed | Unlink | Recycle | Warn | Fetch
-               | Holding | Spill | DeleteSpilled | Grant | ReturnResult | ReturnYielded | Release
-               | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld | ActorNamed
+               | Prefetch | Holding | Spill | DeleteSpilled | Grant | ReturnResult | ReturnYielded
+               | Release | LocateActor | ActorHere | Forward | Borrow | Lend | HandBack | AskHeld
+               | ActorNamed
                | CodeHere | FetchCode | StopRemoteActor | Interrupt | CancelRemote
                | FetchPackage)

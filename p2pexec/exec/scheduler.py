@@ -62,6 +62,7 @@ from p2pexec.exec.events import (
     PeerGone,
     PeerLoads,
     PeersResources,
+    Prefetched,
     Put,
     RefsChanged,
     Released,
@@ -366,6 +367,7 @@ class Scheduler:
             ActorKilled: self._on_actor_killed,
             ClientLeft: self._on_client_left,
             Fetched: self._on_fetched,
+            Prefetched: self._on_prefetched,
             SpillEnded: self._on_spill_ended,
             StealRequested: self._on_steal_requested,
             TasksGranted: self._on_tasks_granted,
@@ -710,6 +712,10 @@ class Scheduler:
         self._out.append(Completed((event.object_id,)))
         self.objects.complete(event.object_id, event.payload, [])
         self._dirty = True  # tasks may have waited for it
+
+    def _on_prefetched(self, event: Prefetched) -> None:
+        if self.loans.prefetched(event.object_id, event.holder, event.payload):
+            self._dirty = True  # tasks may have waited for it
 
     def _on_spill_ended(self, event: SpillEnded) -> None:
         segment = self.objects.spilled(event.object_id, event.segment, event.ok)

@@ -41,6 +41,7 @@ from p2pexec.exec.events import (
     GaveBack,
     GetRequested,
     PackageReady,
+    Prefetched,
     Put,
     RefsChanged,
     ShutDown,
@@ -64,6 +65,7 @@ from p2pexec.exec.instructions import (
     Instruction,
     Interrupt,
     LocateActor,
+    Prefetch,
     Recycle,
     Send,
     Spill,
@@ -665,6 +667,10 @@ class ExecService:
                 if not self._closed:
                     self._nursery.start_soon(self._fetch, instruction.object_id,
                                              instruction.holder)
+            elif type(instruction) is Prefetch:
+                if not self._closed:
+                    self._nursery.start_soon(self._prefetch, instruction.object_id,
+                                             instruction.holder)
             elif type(instruction) is Holding:
                 if self.transfers is not None and not self._closed:
                     self._nursery.start_soon(self.transfers.announce, instruction.object_id,
@@ -690,6 +696,13 @@ class ExecService:
         except P2PExecError as exc:
             payload = system_error_payload(exc)
         self._apply(self.core.handle(Fetched(object_id, payload)))
+
+    async def _prefetch(self, object_id: bytes, holder: bytes) -> None:
+        """Fetch a borrowed object alongside its borrow (see `Prefetch`)."""
+        payload = None
+        if self.transfers is not None:
+            payload = await self.transfers.prefetch(object_id, NodeId(holder))
+        self._apply(self.core.handle(Prefetched(object_id, holder, payload)))
 
     async def _store_package(self, argument: Any) -> None:
         """A local client's runtime_env package (`[SHA-256, zip bytes]`, the

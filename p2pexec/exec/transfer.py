@@ -200,6 +200,8 @@ class ObjectTransfers:
         self.node_id = transport.local.node_id
         self.bytes_served = 0
         self.bytes_fetched = 0
+        self.prefetched = 0
+        """Copies a prefetch brought (see `prefetch`)."""
         self._fetches = itertools.count()
         self._buffers = _Buffers(chunk_size + TAG_SIZE, KEPT_BUFFERS)
         self._idle: dict[NodeId, list[tuple[float, _Channel]]] = {}
@@ -345,12 +347,7 @@ class ObjectTransfers:
         """A local copy of `object_id` as a payload; `ObjectLostError` if no holder in the
         cluster can supply one intact. `holder`: a node known to have a copy (the peer
         that computed it), asked before the DHT is."""
-        # a name of its own per fetch: a copy fetched again soon after it was freed must
-        # not meet the old file, whose unlink may still be under way
-        name = shm.segment_name(os.getpid(), hashlib.sha256(
-            b"fetched\0" + self.node_id.raw + object_id
-            + next(self._fetches).to_bytes(8, "big")).digest()[:16])
-        copy = _Copy(name)
+        copy = self._copy(object_id)
         reasons: list[str] = []
         try:
             if holder is not None:
@@ -377,6 +374,39 @@ class ObjectTransfers:
         raise ObjectLostError(f"object {object_id.hex()} could not be fetched: "
                               f"{'; '.join(reasons) or 'no holder'}")
 
+    async def prefetch(self, object_id: bytes, holder: NodeId) -> list | None:
+        """A copy of `object_id` from `holder` alone, or None: no connection to it is kept
+        (a guess opens none), it has no large copy (a small value, or none yet), or the
+        transfer failed. Never an error: the borrow this goes with has its own answer."""
+        address = self.dht.address_of(holder)
+        if address is None:
+            return None
+        channel = await self._take_idle(holder)
+        if channel is None:
+            return None
+        copy = self._copy(object_id)
+        try:
+            if await self._request(channel, holder, address, object_id, copy, pooled=True):
+                payload = self._checked(holder, object_id, copy, [])
+                self.prefetched += payload is not None
+                return payload
+        except (ProtocolError, OSError, ObjectLostError, trio.BrokenResourceError,
+                trio.ClosedResourceError, trio.EndOfChannel) as exc:
+            log.debug("prefetch of object %s from %s got no copy (%s)", object_id.hex()[:12],
+                      holder.short, exc or type(exc).__name__)
+        finally:
+            if not copy.complete:
+                copy.discard()
+        return None
+
+    def _copy(self, object_id: bytes) -> _Copy:
+        """The segment a fetch of `object_id` writes into: a name of its own per fetch, so
+        that a copy fetched again soon after it was freed never meets the old file, whose
+        unlink may still be under way."""
+        return _Copy(shm.segment_name(os.getpid(), hashlib.sha256(
+            b"fetched\0" + self.node_id.raw + object_id
+            + next(self._fetches).to_bytes(8, "big")).digest()[:16]))
+
     async def _fetch_one(self, holder: NodeId, object_id: bytes, copy: _Copy,
                          reasons: list[str]) -> list | None:
         """Fill `copy` from `holder` (resuming where an earlier holder stopped); the
@@ -399,6 +429,12 @@ class ObjectTransfers:
             return None
         if not copy.complete:
             return None
+        return self._checked(holder, object_id, copy, reasons)
+
+    def _checked(self, holder: NodeId, object_id: bytes, copy: _Copy, reasons: list[str]
+                 ) -> list | None:
+        """The payload of a `copy` whose content matches the holder's checksum; else None,
+        the copy started over and the reason noted."""
         if copy.hasher.digest() != copy.digest:
             copy.restart()
             reasons.append(f"{holder.short}: content checksum mismatch")
@@ -450,6 +486,7 @@ class ObjectTransfers:
                     return False
                 raise
             if type(header) is ObjectMissing:
+                done = True  # a whole answer: the connection serves the next request
                 raise ObjectLostError(header.reason)
             if type(header) is not ObjectHeader:
                 raise RemoteProtocolError(f"expected an ObjectHeader, got "

@@ -95,6 +95,17 @@ def serve_bulk_with(node: Node, sender: Callable[..., Awaitable[None]]) -> None:
     node.transfers._send_bulk = send
 
 
+def dies_after_five_frames(node: Node) -> None:
+    """`node` sends five frames of its next bulk stream, then goes away whole."""
+
+    async def dies(send_bulk, stream, offer, fd, offset, size, hasher, buffer):
+        await send_bulk(stream, offer, fd, offset, offset + 5 * CHUNK, hasher, buffer)
+        await node.transport.aclose()
+        raise trio.BrokenResourceError("killed")
+
+    serve_bulk_with(node, dies)
+
+
 @asynccontextmanager
 async def cluster(n: int, chunk_size: int = CHUNK, idle_timeouts: tuple[float, ...] = ()
                   ) -> AsyncIterator[tuple[StubDht, list[Node]]]:
@@ -203,6 +214,32 @@ async def test_fetches_from_one_holder_share_one_connection_and_bulk_channel(
         assert dropped(caplog) == []
 
 
+async def test_a_prefetch_uses_only_a_kept_connection_and_a_miss_keeps_it(
+        caplog: pytest.LogCaptureFixture):
+    """A prefetch is a guess: with no connection kept to the holder it opens none; one the
+    holder has no large copy for answers None and leaves the connection for the next
+    request (so does a fetch told `ObjectMissing`); one that finds the copy brings it."""
+    async with cluster(2) as (dht, (a, b)):
+        first, second = os.urandom(SIZE), os.urandom(SIZE)
+        a.hold(dht, b"first", first)
+        a.hold(dht, b"second", second)
+        opened, bulk_opened = tls_connections(b), bulk_connections(b)
+        assert await b.transfers.prefetch(b"first", a.node_id) is None
+        assert opened == [0] and b.transfers.prefetched == 0
+        assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
+        assert await b.transfers.prefetch(b"small", a.node_id) is None
+        assert content(await b.transfers.prefetch(b"second", a.node_id)) == second
+        with pytest.raises(ObjectLostError, match="no copy of that object here"):
+            await b.transfers.fetch(b"gone", holder=a.node_id)
+        assert content(await b.transfers.fetch(b"first", holder=a.node_id)) == first
+        assert opened == bulk_opened == [1]
+        assert b.transfers.prefetched == 1
+        mine = f"{shm.PREFIX}_{os.getpid()}_"
+        left = {n for n in os.listdir(shm.segment_dir()) if n.startswith(mine)}
+        assert left == set(a.segments)  # the missed prefetch left no copy behind
+        assert dropped(caplog) == []
+
+
 async def test_a_failed_transfer_closes_its_channel_and_the_next_fetch_opens_another(
         caplog: pytest.LogCaptureFixture):
     """A bad frame ends the connection and its bulk channel (whatever else was in flight
@@ -249,14 +286,7 @@ async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         caplog: pytest.LogCaptureFixture):
     async with cluster(3) as (dht, (a, b, c)):
         data = held_by_both(dht, a, c, b"obj2")
-
-        async def dies_after_five_frames(send_bulk, stream, offer, fd, offset, size, hasher,
-                                         buffer):
-            await send_bulk(stream, offer, fd, offset, offset + 5 * CHUNK, hasher, buffer)
-            await a.transport.aclose()  # the whole node goes away
-            raise trio.BrokenResourceError("killed")
-
-        serve_bulk_with(a, dies_after_five_frames)
+        dies_after_five_frames(a)
         opened = bulk_connections(b)
         payload = await b.transfers.fetch(b"obj2", holder=a.node_id)
         assert content(payload) == data
@@ -265,6 +295,20 @@ async def test_a_holder_dying_mid_way_hands_over_to_another_at_the_same_byte(
         assert c.transfers.bytes_served == SIZE - 5 * CHUNK  # resumed, not restarted
         assert b.transfers.bytes_fetched == SIZE
         assert dropped(caplog) == []  # a holder dying is not its fault
+
+
+async def test_a_copy_stitched_from_two_holders_that_differ_is_refused():
+    """A fetch resumed from a second holder whose copy differs from the first's: the
+    stitched copy fails the second holder's checksum and is deleted."""
+    async with cluster(3) as (dht, (a, b, c)):
+        a.hold(dht, b"obj4", os.urandom(SIZE))
+        c.hold(dht, b"obj4", os.urandom(SIZE))
+        dies_after_five_frames(a)
+        before = set(os.listdir(shm.segment_dir()))
+        with pytest.raises(ObjectLostError, match="content checksum mismatch"):
+            await b.transfers.fetch(b"obj4", holder=a.node_id)
+        assert c.transfers.bytes_served == SIZE - 5 * CHUNK  # resumed, then refused
+        assert set(os.listdir(shm.segment_dir())) == before
 
 
 async def test_a_copy_that_fails_its_content_checksum_is_deleted():

@@ -98,3 +98,25 @@ async def test_a_lender_sending_a_segment_name_inline_is_dropped(autojump_clock,
             assert await borrower.result(oid) == b"x" * 10
         assert "shared-memory payload" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+async def test_large_objects_borrowed_one_after_another_the_later_one_prefetched(
+        autojump_clock):
+    """The first large object is fetched once the owner answers; the next borrow from
+    that owner fetches at once, beside its round trip, on the connection the first left.
+    Each arrives whole, and once dropped every copy is freed on both nodes."""
+    async with trio.open_nursery() as nursery:
+        cluster = await start(nursery)
+        owner, borrower = cluster.nodes
+        values = [bytes([tag]) * 300_000 for tag in (1, 2, 3)]
+        for value in values:
+            oid = owner.put(value)
+            borrower.receive_ref(oid, owner_id(owner))
+            with trio.fail_after(10):
+                assert await borrower.result(oid) == value
+            borrower.drop_ref(oid)
+            owner.drop_ref(oid)
+        assert borrower.node.exec.transfers.prefetched == 2
+        await trio.sleep(0.5)  # the releases reach the owner
+        assert len(owner.node.exec.core.objects) == len(borrower.node.exec.core.objects) == 0
+        nursery.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from p2pexec.exec.events import (
     PeerGone,
     PeerLoads,
     PeersResources,
+    Prefetched,
     Put,
     RefsChanged,
     Released,
@@ -50,6 +51,7 @@ from p2pexec.exec.instructions import (
     Holding,
     Lend,
     LocateActor,
+    Prefetch,
     Release,
     ReturnResult,
     ReturnYielded,
@@ -437,6 +439,57 @@ def test_a_borrowed_large_object_is_fetched_from_its_owner():
     assert out == [Completed((rid(7),)), Holding(rid(7), True)]
     out = borrower.handle(RefsChanged(DRIVER, {rid(7): -1}))
     assert out == [Holding(rid(7), False), Unlink("p2px-1-copy"), Release(OWNER, (rid(7),))]
+
+
+def borrowed_large_once(borrower: Checked) -> None:
+    """`borrower` borrowed and fetched a large object from OWNER (and still holds it)."""
+    borrower.handle(RefsChanged(DRIVER, {rid(1): 1}, {rid(1): OWNER}))
+    assert borrower.handle(BorrowAnswered(OWNER, {}, [rid(1)])) == [Fetch(rid(1), OWNER)]
+    borrower.handle(Fetched(rid(1), shared("p2px-1-first")))
+
+
+def test_a_borrow_from_a_lender_of_large_objects_fetches_alongside_its_round_trip():
+    borrower = node(1)
+    borrowed_large_once(borrower)
+    out = borrower.handle(RefsChanged(DRIVER, {rid(7): 1}, {rid(7): OWNER}))
+    assert out == [Borrow(OWNER, (rid(7),)), Prefetch(rid(7), OWNER)]
+    out = borrower.handle(Prefetched(rid(7), OWNER, shared("p2px-1-copy")))
+    assert out == [Completed((rid(7),)), Holding(rid(7), True)]
+    assert borrower.handle(BorrowAnswered(OWNER, {}, [rid(7)])) == []  # no second fetch
+    out = borrower.handle(RefsChanged(DRIVER, {rid(7): -1}))
+    assert out == [Holding(rid(7), False), Unlink("p2px-1-copy"), Release(OWNER, (rid(7),))]
+
+
+def test_a_prefetch_that_brings_nothing_leaves_the_answer_to_the_borrow():
+    """The answer says fetch while the prefetch runs: the fetch waits for its end. An
+    inline answer completes the object; the lender's next borrow is not prefetched."""
+    borrower = node(1)
+    borrowed_large_once(borrower)
+    borrower.handle(RefsChanged(DRIVER, {rid(7): 1, rid(8): 1}, {rid(7): OWNER, rid(8): OWNER}))
+    assert borrower.handle(BorrowAnswered(OWNER, {}, [rid(7)])) == []
+    assert borrower.handle(Prefetched(rid(7), OWNER, None)) == [Fetch(rid(7), OWNER)]
+    assert borrower.handle(Prefetched(rid(8), OWNER, None)) == []
+    out = borrower.handle(BorrowAnswered(OWNER, {rid(8): ok(b"small")}, []))
+    assert out == [Completed((rid(8),))]
+    out = borrower.handle(RefsChanged(DRIVER, {rid(9): 1}, {rid(9): OWNER}))
+    assert out == [Borrow(OWNER, (rid(9),))]
+
+
+def test_a_prefetched_copy_nobody_waits_for_any_more_is_deleted():
+    borrower = node(1)
+    borrowed_large_once(borrower)
+    borrower.handle(RefsChanged(DRIVER, {rid(7): 1, rid(8): 1}, {rid(7): OWNER, rid(8): OWNER}))
+    borrower.handle(BorrowAnswered(OWNER, {rid(7): ok(b"small")}, [rid(8)]))
+    assert borrower.handle(RefsChanged(DRIVER, {rid(7): -1})) == [Release(OWNER, (rid(7),))]
+    # borrowed again while its prefetch is still out: that one serves the new borrow
+    assert borrower.handle(RefsChanged(DRIVER, {rid(7): 1}, {rid(7): OWNER})) == [
+        Borrow(OWNER, (rid(7),))]
+    assert borrower.handle(Prefetched(rid(7), OWNER, None)) == []
+    assert borrower.handle(BorrowAnswered(OWNER, {}, [rid(7)])) == [Fetch(rid(7), OWNER)]
+    borrower.handle(PeerGone(OWNER))  # rid(8) fails with OwnerDiedError
+    assert borrower.handle(Prefetched(rid(8), OWNER, shared("p2px-1-late"))) == [
+        Unlink("p2px-1-late")]
+    assert borrower.loans.prefetching == {}
 
 
 def test_answers_a_borrower_did_not_ask_that_node_for_are_ignored():
