@@ -28,8 +28,8 @@ from typing import Any
 import trio
 
 from p2pexec.errors import LocalUsageError, ObjectLostError, P2PExecError, RemoteProtocolError
+from p2pexec.exec import interrupts, shm
 from p2pexec.exec import protocol as p
-from p2pexec.exec import shm
 from p2pexec.exec.config import ExecConfig
 from p2pexec.exec.events import (
     ActorKilled,
@@ -421,7 +421,7 @@ class ExecService:
     def _step_here(self, ops: list[tuple], patience: float) -> bool:
         """`post_all`'s fast path; False when it does not apply (the caller posts)."""
         asleep = self._loop_asleep
-        with _NO_INTERRUPT:
+        with interrupts.held:
             if not (asleep.acquire(timeout=patience) if patience > 0 else
                     asleep.acquire(blocking=False)):
                 return False  # the loop is awake (or stopped): it takes the ops itself
@@ -481,7 +481,7 @@ class ExecService:
         epoll = self._loop_epoll
         if epoll is None:
             return False
-        with _NO_INTERRUPT:
+        with interrupts.held:
             if not self._loop_asleep.acquire(blocking=False):
                 return False
             try:
@@ -522,8 +522,8 @@ class ExecService:
         buffer = self._reply_buffer
         deadline = time.monotonic() + timeout
         while True:
-            with _INTERRUPTIBLE:  # Ctrl-C ends a long get here, as it should
-                ready = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            ready = dict(interrupts.interruptible_poll(
+                poller, max(0.0, deadline - time.monotonic()) * 1000))
             if link.sock.fileno() not in ready:
                 return False, True  # the loop wants to run, or the time is up
             try:
@@ -1260,33 +1260,6 @@ class _HeldWhileAwake(trio.abc.Instrument):
         self.lock.acquire()
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.wants)  # met: the next holder must not see it
-
-
-class _SignalMask:
-    """Holds off Ctrl-C (SIGINT, Python's KeyboardInterrupt) in the main thread while
-    it holds the loop lock (`_NO_INTERRUPT`), or lets it in again while that thread
-    waits (`_INTERRUPTIBLE`): raised half way through a core step or between reading
-    bytes and handing them to a decoder, it would break the scheduler or a link's frame
-    stream, and between taking the lock and the `try` that lets it go, stop the loop for
-    good. A Ctrl-C held off arrives as soon as it is let in. Other threads never get it."""
-
-    __slots__ = ("how", "undo")
-
-    def __init__(self, how: int, undo: int) -> None:
-        self.how, self.undo = how, undo
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.pthread_sigmask(self.how, _INTERRUPT)
-
-    def __exit__(self, *exc: object) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.pthread_sigmask(self.undo, _INTERRUPT)
-
-
-_INTERRUPT = {signal.SIGINT}
-_NO_INTERRUPT = _SignalMask(signal.SIG_BLOCK, signal.SIG_UNBLOCK)
-_INTERRUPTIBLE = _SignalMask(signal.SIG_UNBLOCK, signal.SIG_BLOCK)
 
 
 class Wakeup:
