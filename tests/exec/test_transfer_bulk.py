@@ -214,12 +214,20 @@ async def test_fetches_from_one_holder_share_one_connection_and_bulk_channel(
         assert dropped(caplog) == []
 
 
+def segments_now() -> set[str]:
+    """Every shared-memory segment on the machine now. Tests compare what they made
+    (the names added since a look before): earlier tests in this process and other
+    processes may still be removing theirs."""
+    return set(os.listdir(shm.segment_dir()))
+
+
 async def test_a_prefetch_uses_only_a_kept_connection_and_a_miss_keeps_it(
         caplog: pytest.LogCaptureFixture):
     """A prefetch is a guess: with no connection kept to the holder it opens none; one the
     holder has no large copy for answers None and leaves the connection for the next
     request (so does a fetch told `ObjectMissing`); one that finds the copy brings it."""
     async with cluster(2) as (dht, (a, b)):
+        before = segments_now()
         first, second = os.urandom(SIZE), os.urandom(SIZE)
         a.hold(dht, b"first", first)
         a.hold(dht, b"second", second)
@@ -235,8 +243,8 @@ async def test_a_prefetch_uses_only_a_kept_connection_and_a_miss_keeps_it(
         assert opened == bulk_opened == [1]
         assert b.transfers.prefetched == 1
         mine = f"{shm.PREFIX}_{os.getpid()}_"
-        left = {n for n in os.listdir(shm.segment_dir()) if n.startswith(mine)}
-        assert left == set(a.segments)  # the missed prefetch left no copy behind
+        made = {name for name in segments_now() - before if name.startswith(mine)}
+        assert made == set(a.segments)  # the missed prefetch left no copy behind
         assert dropped(caplog) == []
 
 
@@ -304,22 +312,22 @@ async def test_a_copy_stitched_from_two_holders_that_differ_is_refused():
         a.hold(dht, b"obj4", os.urandom(SIZE))
         c.hold(dht, b"obj4", os.urandom(SIZE))
         dies_after_five_frames(a)
-        before = set(os.listdir(shm.segment_dir()))
+        before = segments_now()
         with pytest.raises(ObjectLostError, match="content checksum mismatch"):
             await b.transfers.fetch(b"obj4", holder=a.node_id)
         assert c.transfers.bytes_served == SIZE - 5 * CHUNK  # resumed, then refused
-        assert set(os.listdir(shm.segment_dir())) == before
+        assert segments_now() - before == set()
 
 
 async def test_a_copy_that_fails_its_content_checksum_is_deleted():
     async with cluster(2) as (dht, (a, b)):
         a.hold(dht, b"obj3", os.urandom(SIZE))
         a.transfers._digests[b"obj3"] = bytes(CHECKSUM_SIZE)  # a holder that lies
-        before = set(os.listdir(shm.segment_dir()))
+        before = segments_now()
         with pytest.raises(ObjectLostError, match="content checksum"):
             await b.transfers.fetch(b"obj3", holder=a.node_id)
         assert b.transfers.bytes_fetched == SIZE
-        assert set(os.listdir(shm.segment_dir())) == before
+        assert segments_now() - before == set()
 
 
 @pytest.mark.parametrize("attack", ["garbage frames", "offset forged", "frame skipped"])
