@@ -947,6 +947,8 @@ class ExecService:
                     await trio.lowlevel.wait_readable(sock)
                 finally:
                     link.parked = False
+                if self._ops:  # what a driver thread read from this link before this
+                    self._drain()  # wake-up (`read_reply_here`) goes first, in order
                 size = sock.recv_into(buffer)
             except BlockingIOError:  # woken without data after all
                 size = 0
