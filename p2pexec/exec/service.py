@@ -501,9 +501,8 @@ class ExecService:
                 try:
                     done, watch = self._read_reply(link, object_id, timeout)
                 finally:
-                    if watch:  # the loop watches it again (and wakes at once if input waits)
-                        with contextlib.suppress(OSError):
-                            epoll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                    if watch:
+                        self._watch_again(link)
                 return done
             finally:
                 self._loop_asleep.release()
@@ -596,6 +595,11 @@ class ExecService:
         if self.links.get(link.client_id) is not link:
             return
         self._take_frames(link, bodies)  # a bad one kills the worker: its reader sees why
+        self._watch_again(link)
+
+    def _watch_again(self, link: ClientLink) -> None:
+        """The loop's epoll watches `link` again, after a thread stopped it for a while
+        (and reports at once any input that waited meanwhile)."""
         if self._loop_epoll is not None:
             with contextlib.suppress(OSError):
                 self._loop_epoll.modify(link.sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
